@@ -1,0 +1,140 @@
+//! The command line: one file per verb. `main` parses, runs the verb and turns its
+//! outcome into an exit code: 0 success, 1 failure, 2 bad usage or configuration.
+
+mod config;
+mod healthcheck;
+mod serve;
+
+use crate::config::{Inputs, OPTIONS};
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "betcycle",
+    version,
+    about = "Self-hosted software delivery platform in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Run the server: API, console, workers.
+    Serve(serve::Serve),
+    /// Exit 0 when the server's /readyz says ready, 1 otherwise (for container health checks).
+    Healthcheck(healthcheck::Healthcheck),
+    /// Print an example configuration file or the effective configuration.
+    #[command(subcommand)]
+    Config(config::ConfigVerb),
+    /// Print the version.
+    Version,
+}
+
+/// How a verb failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or configuration: exit 2.
+    Usage(String),
+    /// The work failed: exit 1.
+    Runtime(String),
+}
+
+impl Failure {
+    fn report(self) -> ExitCode {
+        let (code, message) = match self {
+            Failure::Usage(m) => (2, m),
+            Failure::Runtime(m) => (1, m),
+        };
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let result = match cli.command {
+        Verb::Serve(serve) => serve.run(env),
+        Verb::Healthcheck(check) => check.run(env),
+        Verb::Config(verb) => verb.run(env),
+        Verb::Version => {
+            println!("betcycle {}", crate::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(Failure::report)
+}
+
+/// The configuration flags, generated from [`OPTIONS`], plus `--config FILE`.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigArgs {
+    config_file: Option<PathBuf>,
+    flags: BTreeMap<&'static str, String>,
+}
+
+impl ConfigArgs {
+    pub fn inputs(&self, env: BTreeMap<String, String>) -> Inputs {
+        Inputs {
+            flags: self.flags.clone(),
+            config_file: self.config_file.clone(),
+            env,
+        }
+    }
+}
+
+impl FromArgMatches for ConfigArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = ConfigArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        if let Some(file) = matches.get_one::<String>("config") {
+            self.config_file = Some(PathBuf::from(file));
+        }
+        for opt in OPTIONS {
+            if let Some(value) = matches.get_one::<String>(opt.key) {
+                self.flags.insert(opt.key, value.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for ConfigArgs {
+    fn augment_args(cmd: Command) -> Command {
+        let cmd =
+            cmd.arg(Arg::new("config").long("config").value_name("FILE").help(
+                "TOML configuration file (also BETCYCLE_CONFIG); see `betcycle config example`",
+            ));
+        OPTIONS.iter().fold(cmd, |cmd, opt| {
+            cmd.arg(
+                Arg::new(opt.key)
+                    .long(opt.flag)
+                    .value_name(opt.value_name)
+                    .help(opt.help),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,50 @@
+//! The domain error. Variants say what went wrong in terms a caller can act on; the HTTP
+//! layer maps each to a status and a stable `code`, and logs internal causes instead of
+//! showing them.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A named thing does not exist (`what` is e.g. "project \"api\"").
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// The caller sent something invalid; the message says what and where.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database was written by a newer BetCycle.
+    #[error(
+        "the database {path} has schema version {found}, but this BetCycle supports at most {supported}; \
+         run a newer BetCycle or restore a backup"
+    )]
+    StoreTooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    /// Another process holds the database open.
+    #[error("the database {path} is already open in another BetCycle process")]
+    StoreLocked { path: PathBuf },
+    /// The database failed; the detail is for the log, not for clients.
+    #[error("store error: {0}")]
+    Store(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in table {table}: {reason}")]
+    Corrupt { table: String, reason: String },
+    /// A file or directory operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}

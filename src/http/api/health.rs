@@ -1,0 +1,28 @@
+//! `/healthz` (the process answers) and `/readyz` (it can do its job: 503 with the
+//! failing checks otherwise).
+
+use crate::app::App;
+use crate::health::{self, Readiness};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok", "version": crate::VERSION }))
+}
+
+pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Readiness>) {
+    let readiness = health::readiness(
+        &app.store,
+        &app.config.data_dir,
+        app.config.health_min_free_disk,
+    )
+    .await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness))
+}

@@ -1,0 +1,7 @@
+//! The JSON API (`/api/v1/…`) and the operational endpoints (`/healthz`, `/readyz`,
+//! `/metrics`). One file per resource.
+
+pub mod events;
+pub mod health;
+pub mod instance;
+pub mod metrics;

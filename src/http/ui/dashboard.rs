@@ -1,0 +1,81 @@
+//! The dashboard: version, uptime, store size, readiness and the start history. The
+//! status panel refreshes itself every 10 s through htmx (`/dashboard/status`).
+
+use super::{Layout, human_duration, render};
+use crate::app::App;
+use crate::health::{self, Check};
+use crate::http::ServerResult;
+use crate::http::api::instance;
+use askama::Template;
+use axum::extract::State;
+use axum::response::Html;
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    layout: Layout,
+    status: StatusPanel,
+}
+
+#[derive(Template)]
+#[template(path = "_status.html")]
+struct StatusPanel {
+    version: &'static str,
+    uptime: String,
+    store_size: String,
+    memory: String,
+    ready: bool,
+    checks: Vec<Check>,
+    instance_id: String,
+    created_at: String,
+    public_url: String,
+    data_dir: String,
+    starts_total: u64,
+    previous_shutdown_unclean: bool,
+}
+
+async fn status_panel(app: &App) -> ServerResult<StatusPanel> {
+    let view = instance::view(app).await?;
+    let readiness = health::readiness(
+        &app.store,
+        &app.config.data_dir,
+        app.config.health_min_free_disk,
+    )
+    .await;
+    let memory = crate::metrics::process_stats()
+        .map(|p| size(p.rss_bytes as u64))
+        .unwrap_or_else(|| "unknown".into());
+    Ok(StatusPanel {
+        version: view.version,
+        uptime: human_duration(view.uptime_seconds),
+        store_size: size(view.store.size_bytes),
+        memory,
+        ready: readiness.ready,
+        checks: readiness.checks,
+        instance_id: view.instance.id,
+        created_at: view
+            .instance
+            .created_at
+            .strftime("%Y-%m-%d %H:%M UTC")
+            .to_string(),
+        public_url: view.public_url,
+        data_dir: app.config.data_dir.display().to_string(),
+        starts_total: view.starts_total,
+        previous_shutdown_unclean: view.previous_shutdown_unclean,
+    })
+}
+
+fn size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+pub async fn page(State(app): State<App>) -> ServerResult<Html<String>> {
+    render(&DashboardPage {
+        layout: Layout::new("Dashboard", "dashboard"),
+        status: status_panel(&app).await?,
+    })
+}
+
+pub async fn status(State(app): State<App>) -> ServerResult<Html<String>> {
+    render(&status_panel(&app).await?)
+}

@@ -1,0 +1,17 @@
+//! BetCycle: a self-hosted software delivery platform in one binary. See ARCHITECTURE.md
+//! for the map of this crate.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod http;
+pub mod instance;
+pub mod logging;
+pub mod metrics;
+pub mod store;
+
+/// This build's version, as `betcycle version`, `/metrics` and the console show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,37 @@
+//! Schema migrations, applied in order at open, each in its own write transaction that
+//! also records the new `schema_version`: a crash between two migrations leaves the
+//! database at the last completed one, and the next start continues from there.
+
+use super::codec;
+use super::tables::{META, STARTS};
+use crate::error::Result;
+use crate::instance::Instance;
+use redb::WriteTransaction;
+
+pub struct Migration {
+    pub version: u64,
+    pub description: &'static str,
+    pub apply: fn(&WriteTransaction) -> Result<()>,
+}
+
+/// Every migration ever shipped. Append only; never edit or reorder a shipped one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "create meta and starts tables; give the instance its id",
+    apply: |tx| {
+        let mut meta = tx.open_table(META)?;
+        tx.open_table(STARTS)?;
+        let instance = Instance {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            created_at: jiff::Timestamp::now(),
+            created_by_version: crate::VERSION.to_string(),
+        };
+        meta.insert("instance", codec::encode(&instance).as_slice())?;
+        Ok(())
+    },
+}];
+
+/// The schema version this build writes.
+pub fn latest() -> u64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}

@@ -1,0 +1,303 @@
+//! The store: one redb database file, `<data-dir>/betcycle.redb`.
+//!
+//! Only this module knows redb. Callers use the typed methods in the submodules; each runs
+//! its transaction on the blocking pool (`spawn_blocking`), never on the async runtime,
+//! and holds no `.await` inside a transaction. Write transactions are short and commit
+//! with `Durability::Immediate`: when a write returns, the record survives `kill -9`.
+//! Events collected during a write are published only after its commit succeeds.
+
+mod codec;
+mod instance;
+mod migrations;
+pub mod tables;
+
+use crate::error::{Error, Result};
+use crate::events::{Event, EventBus};
+use redb::{Database, ReadableDatabase, WriteTransaction};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tables::META;
+
+pub use migrations::latest as latest_schema_version;
+
+/// File name of the database inside the data directory.
+pub const FILE_NAME: &str = "betcycle.redb";
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    events: EventBus,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// A write transaction plus the events to publish once it commits.
+pub(crate) struct WriteTx {
+    tx: WriteTransaction,
+    events: std::cell::RefCell<Vec<Event>>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = WriteTransaction;
+    fn deref(&self) -> &WriteTransaction {
+        &self.tx
+    }
+}
+
+impl WriteTx {
+    /// Queues an event; it is sent only if the transaction commits.
+    pub(crate) fn publish(&self, event: Event) {
+        self.events.borrow_mut().push(event);
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations. Blocking:
+    /// call it from a blocking context.
+    pub fn open(path: &Path, cache_size: u64, events: EventBus) -> Result<Store> {
+        let db = Database::builder()
+            .set_cache_size(usize::try_from(cache_size).unwrap_or(usize::MAX))
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked {
+                    path: path.to_path_buf(),
+                },
+                other => Error::Store(format!("cannot open {}: {other}", path.display())),
+            })?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                events,
+            }),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.inner.path).map_or(0, |m| m.len())
+    }
+
+    /// The schema version recorded in the database (0 for a new file).
+    fn schema_version(&self) -> Result<u64> {
+        let tx = self.inner.db.begin_read()?;
+        let meta = match tx.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        match meta.get("schema_version")? {
+            Some(v) => codec::decode(META, v.value()),
+            None => Ok(0),
+        }
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let current = self.schema_version()?;
+        let latest = migrations::latest();
+        if current > latest {
+            return Err(Error::StoreTooNew {
+                path: self.inner.path.clone(),
+                found: current,
+                supported: latest,
+            });
+        }
+        for migration in migrations::MIGRATIONS
+            .iter()
+            .filter(|m| m.version > current)
+        {
+            tracing::info!(
+                version = migration.version,
+                description = migration.description,
+                "applying store migration"
+            );
+            let tx = self.inner.db.begin_write()?;
+            (migration.apply)(&tx)?;
+            tx.open_table(META)?.insert(
+                "schema_version",
+                codec::encode(&migration.version).as_slice(),
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the database on the blocking pool.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || f(&inner.db)).await
+    }
+
+    /// Runs `f` in one durable write transaction on the blocking pool, commits, then
+    /// publishes the events `f` queued. If `f` fails, nothing is written or published.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTx) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let (value, events) = blocking(move || {
+            let tx = WriteTx {
+                tx: inner.db.begin_write()?,
+                events: Default::default(),
+            };
+            let value = f(&tx)?;
+            tx.tx.commit()?;
+            Ok((value, tx.events.into_inner()))
+        })
+        .await?;
+        for event in events {
+            self.inner.events.publish(event);
+        }
+        Ok(value)
+    }
+
+    /// Proves the store can be read and durably written, for `/readyz`.
+    pub async fn probe(&self) -> Result<()> {
+        self.write(|tx| {
+            let mut meta = tx.open_table(META)?;
+            let now = jiff::Timestamp::now();
+            meta.insert("readiness_probe", codec::encode(&now).as_slice())?;
+            Ok(())
+        })
+        .await?;
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            tx.open_table(META)?.get("readiness_probe")?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Store(format!("store task failed: {e}")))?
+}
+
+macro_rules! store_errors {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for Error {
+            fn from(e: $ty) -> Error {
+                Error::Store(e.to_string())
+            }
+        }
+    )*};
+}
+store_errors!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, bus: &EventBus) -> Result<Store> {
+        Store::open(&dir.join(FILE_NAME), 1 << 20, bus.clone())
+    }
+
+    #[tokio::test]
+    async fn events_are_published_only_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EventBus::new();
+        let store = open(dir.path(), &bus).unwrap();
+        let mut rx = bus.subscribe();
+
+        let failed: Result<()> = store
+            .write(|tx| {
+                tx.publish(Event::InstanceStarted {
+                    seq: 99,
+                    version: "x".into(),
+                });
+                Err(Error::Invalid("rolled back".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert!(rx.try_recv().is_err(), "a failed write published an event");
+
+        let seq = store.record_start("1.0", 7).await.unwrap();
+        let got = rx.try_recv().unwrap();
+        assert_eq!(
+            got.event,
+            Event::InstanceStarted {
+                seq,
+                version: "1.0".into()
+            }
+        );
+        // By the time the event arrives, the change is readable.
+        let info = store.instance_info().await.unwrap();
+        assert_eq!(info.recent_starts[0].seq, seq);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_records_and_skips_applied_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EventBus::new();
+        let id = {
+            let store = open(dir.path(), &bus).unwrap();
+            store.record_start("1.0", 1).await.unwrap();
+            store.instance_info().await.unwrap().instance.id
+        };
+        let store = open(dir.path(), &bus).unwrap();
+        let info = store.instance_info().await.unwrap();
+        assert_eq!(info.instance.id, id, "migration 1 ran twice");
+        assert_eq!(info.starts_total, 1);
+        assert_eq!(store.schema_version().unwrap(), migrations::latest());
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EventBus::new();
+        {
+            let store = open(dir.path(), &bus).unwrap();
+            store
+                .write(|tx| {
+                    tx.open_table(META)?
+                        .insert("schema_version", codec::encode(&999u64).as_slice())?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let err = open(dir.path(), &bus).err().unwrap().to_string();
+        assert!(err.contains("schema version 999"), "{err}");
+        assert!(err.contains("supports at most 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EventBus::new();
+        let _first = open(dir.path(), &bus).unwrap();
+        let err = open(dir.path(), &bus).err().unwrap();
+        assert!(matches!(err, Error::StoreLocked { .. }), "{err}");
+    }
+}
