@@ -448,9 +448,9 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, (String, usize, PathBuf)>, 
 fn did_you_mean(key: &str) -> String {
     OPTIONS
         .iter()
-        .map(|o| (strsim::levenshtein(key, o.key), o.key))
-        .filter(|(d, _)| *d <= 3)
-        .min()
+        .map(|o| (strsim::jaro_winkler(key, o.key), o.key))
+        .filter(|(similarity, _)| *similarity >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
         .unwrap_or_default()
 }

@@ -1,0 +1,75 @@
+//! The console over plain HTTP: pages, navigation, partials and asset caching.
+
+use crate::harness::{Server, tempdir};
+
+const AREAS: [&str; 9] = [
+    "Projects", "Runs", "Environments", "Policies", "Catalog", "Monitoring", "Security", "Cost", "Settings",
+];
+
+#[tokio::test]
+async fn dashboard_shows_version_uptime_store_and_health() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let response = server.get("/").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = response.text().await.unwrap();
+    assert!(page.contains(&format!("data-stat=\"version\">{}<", env!("CARGO_PKG_VERSION"))));
+    assert!(page.contains("data-stat=\"health\">Ready<"));
+    assert!(page.contains("data-stat=\"store-size\">"));
+    assert!(page.contains("data-stat=\"uptime\">"));
+    for area in AREAS {
+        assert!(page.contains(&format!(">{area}</a>")), "nav lacks {area}");
+    }
+    // The status panel refreshes itself through htmx.
+    assert!(page.contains("hx-get=\"/dashboard/status\""));
+    let partial = server.get("/dashboard/status").await.text().await.unwrap();
+    assert!(partial.contains("data-stat=\"health\">Ready<"));
+    assert!(!partial.contains("<html"), "partial must not carry the page frame");
+}
+
+#[tokio::test]
+async fn areas_not_built_yet_say_so() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    for area in AREAS {
+        let response = server.get(&format!("/{}", area.to_lowercase())).await;
+        assert_eq!(response.status(), 200, "{area}");
+        let page = response.text().await.unwrap();
+        assert!(page.contains(&format!("<h1>{area}</h1>")), "{area}");
+        assert!(page.contains("is not built yet"), "{area}");
+        assert!(page.contains("aria-current=\"page\">{area}".replace("{area}", area).as_str()), "{area} not marked current");
+    }
+}
+
+#[tokio::test]
+async fn assets_carry_etags_and_hashed_urls_are_immutable() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let page = server.get("/").await.text().await.unwrap();
+    let href = page
+        .split("href=\"")
+        .find_map(|s| s.strip_prefix("/static/app.css?v="))
+        .map(|s| s.split('"').next().unwrap().to_string())
+        .expect("stylesheet link with a content hash");
+
+    let hashed = server.get(&format!("/static/app.css?v={href}")).await;
+    assert_eq!(hashed.status(), 200);
+    assert_eq!(hashed.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(hashed.headers()["content-type"], "text/css");
+
+    let plain = server.get("/static/app.css").await;
+    assert_eq!(plain.headers()["cache-control"], "no-cache");
+    let etag = plain.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, format!("\"{href}\""));
+    let revalidated = reqwest::Client::new()
+        .get(format!("{}/static/app.css", server.url))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+
+    assert_eq!(server.get("/static/nope.js").await.status(), 404);
+    assert_eq!(server.get("/static/../Cargo.toml").await.status(), 404);
+}

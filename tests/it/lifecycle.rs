@@ -1,0 +1,128 @@
+//! Start, restart, crash and shutdown: what was committed stays committed.
+
+use crate::harness::{Server, betcycle, betcycle_at, tempdir, BIN};
+use std::time::Duration;
+
+#[tokio::test]
+async fn graceful_restart_keeps_the_instance_and_records_the_stop() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let first = server.get_json("/api/v1/instance").await;
+    assert_eq!(first["starts_total"], 1);
+    let status = server.stop();
+    assert!(status.success(), "exit {status:?}");
+
+    let server = Server::start(dir.path(), &[]);
+    let second = server.get_json("/api/v1/instance").await;
+    assert_eq!(second["instance"]["id"], first["instance"]["id"]);
+    assert_eq!(second["starts_total"], 2);
+    assert_eq!(second["recent_starts"][0]["seq"], 2);
+    assert!(second["recent_starts"][1]["stopped_at"].is_string(), "{second}");
+    assert_eq!(second["previous_shutdown_unclean"], false);
+}
+
+#[tokio::test]
+async fn kill_9_during_writes_loses_no_committed_record() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let id = server.get_json("/api/v1/instance").await["instance"]["id"].clone();
+
+    // Keep the store busy with durable writes (every /readyz commits a probe record)
+    // while the process is killed.
+    let url = format!("{}/readyz", server.url);
+    let writer = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut ok = 0u32;
+        while client.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+            ok += 1;
+        }
+        ok
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server.kill();
+    let writes = writer.await.unwrap();
+    assert!(writes > 0, "no writes happened before the kill");
+
+    let server = Server::start(dir.path(), &[]);
+    let info = server.get_json("/api/v1/instance").await;
+    assert_eq!(info["instance"]["id"], id);
+    assert_eq!(info["starts_total"], 2);
+    assert!(info["recent_starts"][1]["stopped_at"].is_null());
+    assert_eq!(info["previous_shutdown_unclean"], true);
+    assert_eq!(server.get_json("/readyz").await["ready"], true);
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("did not shut down gracefully"), "{logs}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_event_streams_and_exits_cleanly() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let mut stream = reqwest::get(format!("{}/api/v1/events", server.url)).await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    assert_eq!(stream.headers()["x-accel-buffering"], "no");
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.unwrap().unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains("event: connected"), "{first}");
+
+    server.signal(libc::SIGTERM);
+    // The stream ends (not hangs) once shutdown starts.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "SSE stream still open 10 s after SIGTERM");
+    let status = server.stop_after_signal();
+    assert!(status.success(), "exit {status:?}");
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempdir();
+    let _server = Server::start(dir.path(), &[]);
+    let out = betcycle(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("is already open in another BetCycle process"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_binary_copied_alone_serves_the_console_and_assets() {
+    let dir = tempdir();
+    let bin = dir.path().join("betcycle");
+    std::fs::copy(BIN, &bin).unwrap();
+    let server = Server::start_with(betcycle_at(&bin, dir.path()), dir.path(), &[]);
+    let page = server.get("/").await.text().await.unwrap();
+    assert!(page.contains("<h1>Dashboard</h1>"));
+    for asset in ["app.css", "htmx.min.js", "favicon.svg"] {
+        let response = server.get(&format!("/static/{asset}")).await;
+        assert_eq!(response.status(), 200, "{asset}");
+        assert!(!response.bytes().await.unwrap().is_empty(), "{asset}");
+    }
+}
+
+#[tokio::test]
+async fn logs_roll_into_json_files_under_the_data_dir() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    server.get("/healthz").await;
+    let data_dir = server.data_dir.clone();
+    assert!(server.stop().success());
+    let files: Vec<_> = std::fs::read_dir(data_dir.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("betcycle.") && name.ends_with(".log"), "{name}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "listening"));
+    assert!(lines.iter().any(|l| l["fields"]["path"] == "/healthz" && l["span"]["request_id"].is_string()));
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "stopped"));
+}

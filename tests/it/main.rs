@@ -1,0 +1,10 @@
+//! The one integration-test binary. Every test drives the real `betcycle` binary: a
+//! server started on 127.0.0.1:0 in a temp data directory, or a CLI verb.
+
+mod browser;
+mod cli;
+mod console;
+mod harness;
+mod health;
+mod lifecycle;
+mod metrics;
