@@ -541,7 +541,7 @@ mod tests {
             let env = format!("BETCYCLE_{}", opt.key.replace('.', "_").to_uppercase());
             assert_eq!(opt.env, env, "{}", opt.key);
             assert!(
-                opt.default.is_some() != !opt.derived.is_empty(),
+                opt.default.is_some() == opt.derived.is_empty(),
                 "{}",
                 opt.key
             );
@@ -631,7 +631,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_value_and_source() {
-        let cases: &[(&[(&'static str, &str)], &[(&str, &str)], &str)] = &[
+        type Case<'a> = (
+            &'a [(&'static str, &'a str)],
+            &'a [(&'a str, &'a str)],
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (
                 &[("listen", "nonsense")],
                 &[],
@@ -675,8 +680,10 @@ mod tests {
         let file = dir.path().join("c.toml");
         let load = |text: &str| {
             std::fs::write(&file, text).unwrap();
-            let mut i = Inputs::default();
-            i.config_file = Some(file.clone());
+            let i = Inputs {
+                config_file: Some(file.clone()),
+                ..Inputs::default()
+            };
             Config::load(&i).unwrap_err().to_string()
         };
         let path = file.display();
@@ -720,8 +727,10 @@ mod tests {
         let file = dir.path().join("example.toml");
         let example = example();
         std::fs::write(&file, &example).unwrap();
-        let mut i = Inputs::default();
-        i.config_file = Some(file.clone());
+        let i = Inputs {
+            config_file: Some(file.clone()),
+            ..Inputs::default()
+        };
         Config::load(&i).expect("example parses as printed");
 
         // Uncommenting the derived options' sample lines sets every option from the file.

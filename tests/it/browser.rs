@@ -18,7 +18,11 @@ impl Browser {
             eprintln!("{test}: skipped (set BETCYCLE_BROWSER_TESTS=1 to run browser tests)");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -43,17 +47,34 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&webdriver).await {
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&webdriver)
+                .await
+            {
                 Ok(client) => break client,
-                Err(e) if Instant::now() > deadline => panic!("cannot start a browser session: {e}"),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("cannot start a browser session: {e}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        Some(Browser { client, driver, _profile: profile })
+        Some(Browser {
+            client,
+            driver,
+            _profile: profile,
+        })
     }
 
     async fn text(&self, css: &str) -> String {
-        self.client.wait().for_element(Locator::Css(css)).await.unwrap().text().await.unwrap()
+        self.client
+            .wait()
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     async fn close(mut self) {
@@ -65,7 +86,9 @@ impl Browser {
 
 #[tokio::test]
 async fn a_person_sees_the_dashboard_and_navigates_the_console() {
-    let Some(browser) = Browser::start("a_person_sees_the_dashboard_and_navigates_the_console").await else {
+    let Some(browser) =
+        Browser::start("a_person_sees_the_dashboard_and_navigates_the_console").await
+    else {
         return;
     };
     let dir = tempdir();
@@ -75,7 +98,10 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
 
     assert_eq!(c.title().await.unwrap(), "Dashboard · BetCycle");
     assert_eq!(browser.text("main h1").await, "Dashboard");
-    assert_eq!(browser.text("[data-stat=version]").await, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        browser.text("[data-stat=version]").await,
+        env!("CARGO_PKG_VERSION")
+    );
     assert_eq!(browser.text("[data-stat=health]").await, "Ready");
     assert!(browser.text("[data-stat=store-size]").await.ends_with("B"));
     let checks = browser.text("table.checks tbody").await;
@@ -92,16 +118,32 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
         .await
         .unwrap();
     assert_eq!(styled, "rgb(22, 27, 34)");
-    let htmx = c.execute("return typeof window.htmx", vec![]).await.unwrap();
+    let htmx = c
+        .execute("return typeof window.htmx", vec![])
+        .await
+        .unwrap();
     assert_eq!(htmx, "object");
 
     // Navigation: every area is one click away and says plainly what is not built yet.
     let nav = c.find_all(Locator::Css("nav.sidebar a")).await.unwrap();
     assert_eq!(nav.len(), 10);
-    c.find(Locator::LinkText("Policies")).await.unwrap().click().await.unwrap();
-    c.wait().for_url(&url::Url::parse(&format!("{}/policies", server.url)).unwrap()).await.unwrap();
+    c.find(Locator::LinkText("Policies"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_url(&url::Url::parse(&format!("{}/policies", server.url)).unwrap())
+        .await
+        .unwrap();
     assert_eq!(browser.text("main h1").await, "Policies");
-    assert!(browser.text("main .notice").await.contains("is not built yet"));
+    assert!(
+        browser
+            .text("main .notice")
+            .await
+            .contains("is not built yet")
+    );
     let current = browser.text("nav a[aria-current=page]").await;
     assert_eq!(current, "Policies");
 

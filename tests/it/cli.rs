@@ -21,7 +21,11 @@ fn bad_listen_address_is_one_clear_line_exit_2_and_creates_nothing() {
         stderr,
         "error: invalid value \"nonsense\" for listen (from --listen): expected HOST:PORT such as 127.0.0.1:8080\n"
     );
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "serve created files");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "serve created files"
+    );
 }
 
 #[test]
@@ -74,26 +78,51 @@ fn layering_flags_then_env_then_file_then_defaults() {
             .to_string()
     };
     assert_eq!(line("listen"), "listen = \"127.0.0.1:7003\"  # --listen");
-    assert_eq!(line("log.level"), "log.level = \"debug\"  # BETCYCLE_LOG_LEVEL");
+    assert_eq!(
+        line("log.level"),
+        "log.level = \"debug\"  # BETCYCLE_LOG_LEVEL"
+    );
     assert_eq!(
         line("public_url"),
-        format!("public_url = \"https://ci.example.com\"  # BETCYCLE_PUBLIC_URL_FILE={}", secret.display())
+        format!(
+            "public_url = \"https://ci.example.com\"  # BETCYCLE_PUBLIC_URL_FILE={}",
+            secret.display()
+        )
     );
-    assert_eq!(line("log.format"), format!("log.format = \"json\"  # {}:6", file.display()));
-    assert_eq!(line("shutdown_timeout"), format!("shutdown_timeout = \"5s\"  # {}:2", file.display()));
-    assert_eq!(line("store.cache_size"), "store.cache_size = \"64 MiB\"  # default");
+    assert_eq!(
+        line("log.format"),
+        format!("log.format = \"json\"  # {}:6", file.display())
+    );
+    assert_eq!(
+        line("shutdown_timeout"),
+        format!("shutdown_timeout = \"5s\"  # {}:2", file.display())
+    );
+    assert_eq!(
+        line("store.cache_size"),
+        "store.cache_size = \"64 MiB\"  # default"
+    );
     assert_eq!(
         line("log.dir"),
-        format!("log.dir = \"{}\"  # derived", dir.path().join("betcycle-data/logs").display())
+        format!(
+            "log.dir = \"{}\"  # derived",
+            dir.path().join("betcycle-data/logs").display()
+        )
     );
-    assert_eq!(stderr, "warning: unknown environment variable BETCYCLE_LISTNE ignored\n");
+    assert_eq!(
+        stderr,
+        "warning: unknown environment variable BETCYCLE_LISTNE ignored\n"
+    );
 }
 
 #[test]
 fn config_file_errors_name_file_line_and_key() {
     let dir = tempdir();
     let file = dir.path().join("betcycle.toml");
-    std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[store]\ncache = \"1 GiB\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\n[store]\ncache = \"1 GiB\"\n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(betcycle(dir.path()).args(["serve", "--config"]).arg(&file));
     assert_eq!(code, 2);
     assert_eq!(
@@ -123,14 +152,18 @@ fn printed_example_is_accepted_by_the_binary() {
     assert_eq!(code, 0);
     let file = dir.path().join("example.toml");
     std::fs::write(&file, &example).unwrap();
-    let (code, stdout, stderr) = run(betcycle(dir.path()).args(["config", "show", "--config"]).arg(&file));
+    let (code, stdout, stderr) = run(betcycle(dir.path())
+        .args(["config", "show", "--config"])
+        .arg(&file));
     assert_eq!(code, 0, "{stderr}");
     // Every option appears in the example, set or (for derived ones) as a commented sample.
     for line in stdout.lines() {
         let key = line.split(" = ").next().unwrap();
         let name = key.rsplit('.').next().unwrap();
         assert!(
-            example.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{name} = "))),
+            example.lines().any(|l| l
+                .trim_start_matches("# ")
+                .starts_with(&format!("{name} = "))),
             "{key} is not in the example"
         );
     }

@@ -3,7 +3,15 @@
 use crate::harness::{Server, tempdir};
 
 const AREAS: [&str; 9] = [
-    "Projects", "Runs", "Environments", "Policies", "Catalog", "Monitoring", "Security", "Cost", "Settings",
+    "Projects",
+    "Runs",
+    "Environments",
+    "Policies",
+    "Catalog",
+    "Monitoring",
+    "Security",
+    "Cost",
+    "Settings",
 ];
 
 #[tokio::test]
@@ -12,9 +20,17 @@ async fn dashboard_shows_version_uptime_store_and_health() {
     let server = Server::start(dir.path(), &[]);
     let response = server.get("/").await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = response.text().await.unwrap();
-    assert!(page.contains(&format!("data-stat=\"version\">{}<", env!("CARGO_PKG_VERSION"))));
+    assert!(page.contains(&format!(
+        "data-stat=\"version\">{}<",
+        env!("CARGO_PKG_VERSION")
+    )));
     assert!(page.contains("data-stat=\"health\">Ready<"));
     assert!(page.contains("data-stat=\"store-size\">"));
     assert!(page.contains("data-stat=\"uptime\">"));
@@ -25,7 +41,10 @@ async fn dashboard_shows_version_uptime_store_and_health() {
     assert!(page.contains("hx-get=\"/dashboard/status\""));
     let partial = server.get("/dashboard/status").await.text().await.unwrap();
     assert!(partial.contains("data-stat=\"health\">Ready<"));
-    assert!(!partial.contains("<html"), "partial must not carry the page frame");
+    assert!(
+        !partial.contains("<html"),
+        "partial must not carry the page frame"
+    );
 }
 
 #[tokio::test]
@@ -38,7 +57,14 @@ async fn areas_not_built_yet_say_so() {
         let page = response.text().await.unwrap();
         assert!(page.contains(&format!("<h1>{area}</h1>")), "{area}");
         assert!(page.contains("is not built yet"), "{area}");
-        assert!(page.contains("aria-current=\"page\">{area}".replace("{area}", area).as_str()), "{area} not marked current");
+        assert!(
+            page.contains(
+                "aria-current=\"page\">{area}"
+                    .replace("{area}", area)
+                    .as_str()
+            ),
+            "{area} not marked current"
+        );
     }
 }
 
@@ -55,7 +81,10 @@ async fn assets_carry_etags_and_hashed_urls_are_immutable() {
 
     let hashed = server.get(&format!("/static/app.css?v={href}")).await;
     assert_eq!(hashed.status(), 200);
-    assert_eq!(hashed.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(
+        hashed.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
     assert_eq!(hashed.headers()["content-type"], "text/css");
 
     let plain = server.get("/static/app.css").await;

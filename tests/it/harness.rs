@@ -58,10 +58,10 @@ impl Server {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["fields"]["message"] == "listening" {
-                        let _ = tx.send(v["fields"]["url"].as_str().unwrap_or_default().to_string());
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "listening"
+                {
+                    let _ = tx.send(v["fields"]["url"].as_str().unwrap_or_default().to_string());
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -70,7 +70,10 @@ impl Server {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not start; log:\n{}", logs.lock().unwrap().join("\n"));
+                panic!(
+                    "server did not start; log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
             }
         };
         Server {
@@ -119,7 +122,10 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(50));
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not exit in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -130,7 +136,11 @@ impl Server {
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.get(path).await;
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 }
@@ -143,5 +153,8 @@ impl Drop for Server {
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("betcycle-it-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("betcycle-it-")
+        .tempdir()
+        .unwrap()
 }

@@ -12,11 +12,24 @@ async fn healthz_and_readyz_report_ok() {
 
     let ready = server.get_json("/readyz").await;
     assert_eq!(ready["ready"], true);
-    let names: Vec<_> = ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<_> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["store", "data_dir", "disk"]);
 
-    let out = betcycle(dir.path()).args(["healthcheck", "--url", &server.url]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = betcycle(dir.path())
+        .args(["healthcheck", "--url", &server.url])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -32,15 +45,27 @@ async fn readyz_is_503_naming_the_failing_check_when_disk_is_short() {
         .unwrap()
         .iter()
         .filter(|c| c["ok"] == false)
-        .map(|c| (c["name"].as_str().unwrap().to_string(), c["detail"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["detail"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(failing.len(), 1, "{failing:?}");
     assert_eq!(failing[0].0, "disk");
-    assert!(failing[0].1.ends_with("1000.0 PiB required"), "{}", failing[0].1);
+    assert!(
+        failing[0].1.ends_with("1000.0 PiB required"),
+        "{}",
+        failing[0].1
+    );
     // Liveness is unaffected.
     assert_eq!(server.get("/healthz").await.status(), 200);
 
-    let out = betcycle(dir.path()).args(["healthcheck", "--url", &server.url]).output().unwrap();
+    let out = betcycle(dir.path())
+        .args(["healthcheck", "--url", &server.url])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with("error: not ready: "), "{stderr}");
@@ -51,7 +76,11 @@ async fn readyz_is_503_naming_the_failing_check_when_disk_is_short() {
 async fn healthcheck_finds_the_server_from_the_same_config() {
     let dir = tempdir();
     // Pick a free port, then give the same `--listen` to both verbs.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = betcycle(dir.path());
     cmd.env("BETCYCLE_LISTEN", &listen);
@@ -62,10 +91,18 @@ async fn healthcheck_finds_the_server_from_the_same_config() {
         .env("BETCYCLE_LISTEN", &listen)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(server);
     // Nothing listening: exit 1 with the reason.
-    let out = betcycle(dir.path()).args(["healthcheck", "--listen", &listen]).output().unwrap();
+    let out = betcycle(dir.path())
+        .args(["healthcheck", "--listen", &listen])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -80,7 +117,13 @@ async fn errors_have_one_shape_with_the_request_id() {
         ("GET", "/api/v1/nope", "application/json", 404, "not_found"),
         ("GET", "/nope", "*/*", 404, "not_found"),
         ("POST", "/healthz", "*/*", 405, "method_not_allowed"),
-        ("DELETE", "/api/v1/instance", "application/json", 405, "method_not_allowed"),
+        (
+            "DELETE",
+            "/api/v1/instance",
+            "application/json",
+            405,
+            "method_not_allowed",
+        ),
     ];
     for (method, path, accept, status, code) in cases {
         let response = client
@@ -90,7 +133,10 @@ async fn errors_have_one_shape_with_the_request_id() {
             .await
             .unwrap();
         assert_eq!(response.status(), status, "{method} {path}");
-        let header_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let header_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["code"], code, "{method} {path}");
         assert_eq!(body["request_id"], header_id.as_str());
@@ -107,7 +153,12 @@ async fn errors_have_one_shape_with_the_request_id() {
         .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["x-request-id"], "quote-me-123");
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = response.text().await.unwrap();
     assert!(page.contains("404 Not Found"), "{page}");
     assert!(page.contains("no page or endpoint at /nope"));
@@ -128,7 +179,8 @@ async fn errors_have_one_shape_with_the_request_id() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let logs = server.logs();
     assert!(
-        logs.iter().any(|l| l.contains("\"request_id\":\"quote-me-123\"") && l.contains("\"status\":404")),
+        logs.iter()
+            .any(|l| l.contains("\"request_id\":\"quote-me-123\"") && l.contains("\"status\":404")),
         "no log line carries the request id"
     );
 }

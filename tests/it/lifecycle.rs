@@ -1,6 +1,6 @@
 //! Start, restart, crash and shutdown: what was committed stays committed.
 
-use crate::harness::{Server, betcycle, betcycle_at, tempdir, BIN};
+use crate::harness::{BIN, Server, betcycle, betcycle_at, tempdir};
 use std::time::Duration;
 
 #[tokio::test]
@@ -17,7 +17,10 @@ async fn graceful_restart_keeps_the_instance_and_records_the_stop() {
     assert_eq!(second["instance"]["id"], first["instance"]["id"]);
     assert_eq!(second["starts_total"], 2);
     assert_eq!(second["recent_starts"][0]["seq"], 2);
-    assert!(second["recent_starts"][1]["stopped_at"].is_string(), "{second}");
+    assert!(
+        second["recent_starts"][1]["stopped_at"].is_string(),
+        "{second}"
+    );
     assert_eq!(second["previous_shutdown_unclean"], false);
 }
 
@@ -33,7 +36,12 @@ async fn kill_9_during_writes_loses_no_committed_record() {
     let writer = tokio::spawn(async move {
         let client = reqwest::Client::new();
         let mut ok = 0u32;
-        while client.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+        while client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             ok += 1;
         }
         ok
@@ -58,11 +66,17 @@ async fn kill_9_during_writes_loses_no_committed_record() {
 async fn sigterm_closes_event_streams_and_exits_cleanly() {
     let dir = tempdir();
     let server = Server::start(dir.path(), &[]);
-    let mut stream = reqwest::get(format!("{}/api/v1/events", server.url)).await.unwrap();
+    let mut stream = reqwest::get(format!("{}/api/v1/events", server.url))
+        .await
+        .unwrap();
     assert_eq!(stream.status(), 200);
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     assert_eq!(stream.headers()["x-accel-buffering"], "no");
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let first = String::from_utf8_lossy(&first);
     assert!(first.contains("event: connected"), "{first}");
 
@@ -82,13 +96,23 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = tempdir();
     let _server = Server::start(dir.path(), &[]);
     let out = betcycle(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("is already open in another BetCycle process"), "{stderr}");
+    assert!(
+        stderr.contains("is already open in another BetCycle process"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -119,10 +143,20 @@ async fn logs_roll_into_json_files_under_the_data_dir() {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
-    assert!(name.starts_with("betcycle.") && name.ends_with(".log"), "{name}");
+    assert!(
+        name.starts_with("betcycle.") && name.ends_with(".log"),
+        "{name}"
+    );
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(lines.iter().any(|l| l["fields"]["message"] == "listening"));
-    assert!(lines.iter().any(|l| l["fields"]["path"] == "/healthz" && l["span"]["request_id"].is_string()));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["path"] == "/healthz" && l["span"]["request_id"].is_string())
+    );
     assert!(lines.iter().any(|l| l["fields"]["message"] == "stopped"));
 }

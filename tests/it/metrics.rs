@@ -13,8 +13,12 @@ fn parse(text: &str) -> (HashMap<String, f64>, HashMap<String, String>) {
             let (name, kind) = rest.split_once(' ').unwrap();
             types.insert(name.to_string(), kind.to_string());
         } else if !line.starts_with('#') {
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {line}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line}"));
             samples.insert(series.to_string(), value);
         }
     }
@@ -32,23 +36,45 @@ async fn metrics_count_requests_and_report_process_and_store() {
 
     let response = server.get("/metrics").await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let text = response.text().await.unwrap();
     let (samples, types) = parse(&text);
 
-    assert_eq!(samples[r#"betcycle_http_requests_total{route="/healthz",method="GET",status="200"}"#], 3.0);
+    assert_eq!(
+        samples[r#"betcycle_http_requests_total{route="/healthz",method="GET",status="200"}"#],
+        3.0
+    );
     // Unknown paths share one label value: no cardinality explosion.
-    assert_eq!(samples[r#"betcycle_http_requests_total{route="unmatched",method="GET",status="404"}"#], 1.0);
-    assert_eq!(samples[r#"betcycle_http_request_duration_seconds_count{route="/healthz",method="GET"}"#], 3.0);
+    assert_eq!(
+        samples[r#"betcycle_http_requests_total{route="unmatched",method="GET",status="404"}"#],
+        1.0
+    );
+    assert_eq!(
+        samples[r#"betcycle_http_request_duration_seconds_count{route="/healthz",method="GET"}"#],
+        3.0
+    );
     assert_eq!(types["betcycle_http_requests_total"], "counter");
     assert_eq!(types["betcycle_http_request_duration_seconds"], "histogram");
-    assert_eq!(samples[&format!("betcycle_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
+    assert_eq!(
+        samples[&format!(
+            "betcycle_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )],
+        1.0
+    );
 
     let rss = samples["process_resident_memory_bytes"];
     assert!(rss > 1e6 && rss < 1e9, "rss {rss}");
     assert!(samples["process_open_fds"] >= 3.0);
     assert!(samples.contains_key("process_cpu_seconds_total"));
-    let store_size = std::fs::metadata(server.data_dir.join("betcycle.redb")).unwrap().len() as f64;
+    let store_size = std::fs::metadata(server.data_dir.join("betcycle.redb"))
+        .unwrap()
+        .len() as f64;
     assert!(samples["betcycle_store_size_bytes"] > 0.0);
     assert!((samples["betcycle_store_size_bytes"] - store_size).abs() < 1e6);
 
@@ -59,7 +85,12 @@ async fn metrics_count_requests_and_report_process_and_store() {
         .send()
         .await
         .unwrap();
-    assert!(om.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(
+        om.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
     let om = om.text().await.unwrap();
     assert!(om.ends_with("# EOF\n"));
     assert!(om.contains("# TYPE betcycle_http_requests counter"));
@@ -79,12 +110,19 @@ fn promtool_check(text: &str) {
     let mut child = match child {
         Ok(child) => child,
         Err(_) if !required => {
-            eprintln!("promtool not found: skipped `promtool check metrics` (set BETCYCLE_PROMTOOL=1 to require it)");
+            eprintln!(
+                "promtool not found: skipped `promtool check metrics` (set BETCYCLE_PROMTOOL=1 to require it)"
+            );
             return;
         }
         Err(e) => panic!("BETCYCLE_PROMTOOL=1 but promtool cannot run: {e}"),
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
