@@ -549,6 +549,15 @@ mod tests {
     }
 
     #[test]
+    fn every_option_is_documented() {
+        let docs = include_str!("../docs/configuration.md");
+        for opt in OPTIONS {
+            let row = format!("| `{}` | `--{}` | `{}` |", opt.key, opt.flag, opt.env);
+            assert!(docs.contains(&row), "docs/configuration.md lacks the row for {}", opt.key);
+        }
+    }
+
+    #[test]
     fn defaults_apply_with_no_input() {
         let (config, warnings) = Config::load(&Inputs::default()).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
