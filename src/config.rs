@@ -553,7 +553,11 @@ mod tests {
         let docs = include_str!("../docs/configuration.md");
         for opt in OPTIONS {
             let row = format!("| `{}` | `--{}` | `{}` |", opt.key, opt.flag, opt.env);
-            assert!(docs.contains(&row), "docs/configuration.md lacks the row for {}", opt.key);
+            assert!(
+                docs.contains(&row),
+                "docs/configuration.md lacks the row for {}",
+                opt.key
+            );
         }
     }
 

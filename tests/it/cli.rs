@@ -1,15 +1,6 @@
 //! The command line: usage errors, configuration layering and the example file.
 
-use crate::harness::{betcycle, tempdir};
-
-fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use crate::harness::{betcycle, run, tempdir};
 
 #[test]
 fn bad_listen_address_is_one_clear_line_exit_2_and_creates_nothing() {

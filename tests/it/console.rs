@@ -1,6 +1,6 @@
 //! The console over plain HTTP: pages, navigation, partials and asset caching.
 
-use crate::harness::{Server, tempdir};
+use crate::harness::{Server, content_type, tempdir};
 
 const AREAS: [&str; 9] = [
     "Projects",
@@ -20,12 +20,7 @@ async fn dashboard_shows_version_uptime_store_and_health() {
     let server = Server::start(dir.path(), &[]);
     let response = server.get("/").await;
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(content_type(&response).starts_with("text/html"));
     let page = response.text().await.unwrap();
     assert!(page.contains(&format!(
         "data-stat=\"version\">{}<",

@@ -1,6 +1,6 @@
 //! `/healthz`, `/readyz`, `betcycle healthcheck`, and the error shape.
 
-use crate::harness::{Server, betcycle, tempdir};
+use crate::harness::{Server, betcycle, content_type, run, tempdir};
 
 #[tokio::test]
 async fn healthz_and_readyz_report_ok() {
@@ -20,16 +20,8 @@ async fn healthz_and_readyz_report_ok() {
         .collect();
     assert_eq!(names, ["store", "data_dir", "disk"]);
 
-    let out = betcycle(dir.path())
-        .args(["healthcheck", "--url", &server.url])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, stderr) = run(betcycle(dir.path()).args(["healthcheck", "--url", &server.url]));
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[tokio::test]
@@ -62,12 +54,8 @@ async fn readyz_is_503_naming_the_failing_check_when_disk_is_short() {
     // Liveness is unaffected.
     assert_eq!(server.get("/healthz").await.status(), 200);
 
-    let out = betcycle(dir.path())
-        .args(["healthcheck", "--url", &server.url])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (code, _, stderr) = run(betcycle(dir.path()).args(["healthcheck", "--url", &server.url]));
+    assert_eq!(code, 1);
     assert!(stderr.starts_with("error: not ready: "), "{stderr}");
     assert!(stderr.contains("503"), "{stderr}");
 }
@@ -86,24 +74,15 @@ async fn healthcheck_finds_the_server_from_the_same_config() {
     cmd.env("BETCYCLE_LISTEN", &listen);
     let server = Server::start_with(cmd, dir.path(), &["--listen", &listen]);
     assert!(server.url.ends_with(&format!(":{port}")));
-    let out = betcycle(dir.path())
+    let (code, _, stderr) = run(betcycle(dir.path())
         .arg("healthcheck")
-        .env("BETCYCLE_LISTEN", &listen)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("BETCYCLE_LISTEN", &listen));
+    assert_eq!(code, 0, "{stderr}");
     drop(server);
     // Nothing listening: exit 1 with the reason.
-    let out = betcycle(dir.path())
-        .args(["healthcheck", "--listen", &listen])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let (code, _, stderr) = run(betcycle(dir.path()).args(["healthcheck", "--listen", &listen]));
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("error: not ready: "), "{stderr}");
 }
 
 #[tokio::test]
@@ -153,12 +132,7 @@ async fn errors_have_one_shape_with_the_request_id() {
         .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["x-request-id"], "quote-me-123");
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(content_type(&response).starts_with("text/html"));
     let page = response.text().await.unwrap();
     assert!(page.contains("404 Not Found"), "{page}");
     assert!(page.contains("no page or endpoint at /nope"));

@@ -1,6 +1,6 @@
 //! Start, restart, crash and shutdown: what was committed stays committed.
 
-use crate::harness::{BIN, Server, betcycle, betcycle_at, tempdir};
+use crate::harness::{BIN, Server, betcycle, betcycle_at, run, tempdir};
 use std::time::Duration;
 
 #[tokio::test]
@@ -95,20 +95,10 @@ async fn sigterm_closes_event_streams_and_exits_cleanly() {
 async fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = tempdir();
     let _server = Server::start(dir.path(), &[]);
-    let out = betcycle(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (code, _, stderr) = run(betcycle(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data")));
+    assert_eq!(code, 1);
     assert!(
         stderr.contains("is already open in another BetCycle process"),
         "{stderr}"

@@ -1,7 +1,7 @@
 //! `/metrics`: parseable Prometheus text, counting what happened; `promtool check metrics`
 //! when available (required in CI with BETCYCLE_PROMTOOL=1).
 
-use crate::harness::{Server, tempdir};
+use crate::harness::{Server, content_type, tempdir};
 use std::collections::HashMap;
 
 /// Parses the classic text format into `series → value`, checking each family's TYPE.
@@ -36,12 +36,7 @@ async fn metrics_count_requests_and_report_process_and_store() {
 
     let response = server.get("/metrics").await;
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
+    assert!(content_type(&response).starts_with("text/plain; version=0.0.4"));
     let text = response.text().await.unwrap();
     let (samples, types) = parse(&text);
 
@@ -85,12 +80,7 @@ async fn metrics_count_requests_and_report_process_and_store() {
         .send()
         .await
         .unwrap();
-    assert!(
-        om.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text")
-    );
+    assert!(content_type(&om).starts_with("application/openmetrics-text"));
     let om = om.text().await.unwrap();
     assert!(om.ends_with("# EOF\n"));
     assert!(om.contains("# TYPE betcycle_http_requests counter"));
