@@ -14,6 +14,9 @@ pub enum Error {
     /// The caller sent something invalid; the message says what and where.
     #[error("{0}")]
     Invalid(String),
+    /// The request clashes with what exists (a name already taken).
+    #[error("{0}")]
+    Conflict(String),
     /// The database was written by a newer BetCycle.
     #[error(
         "the database {path} has schema version {found}, but this BetCycle supports at most {supported}; \

@@ -2,6 +2,8 @@
 //! for the map of this crate.
 
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -3,7 +3,7 @@
 //! database at the last completed one, and the next start continues from there.
 
 use super::codec;
-use super::tables::{META, STARTS};
+use super::tables::*;
 use crate::error::Result;
 use crate::instance::Instance;
 use redb::WriteTransaction;
@@ -15,7 +15,8 @@ pub struct Migration {
 }
 
 /// Every migration ever shipped. Append only; never edit or reorder a shipped one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
     version: 1,
     description: "create meta and starts tables; give the instance its id",
     apply: |tx| {
@@ -29,7 +30,24 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         meta.insert("instance", codec::encode(&instance).as_slice())?;
         Ok(())
     },
-}];
+    },
+    Migration {
+        version: 2,
+        description: "create users, sessions, API tokens, teams, role bindings and audit tables",
+        apply: |tx| {
+            tx.open_table(USERS)?;
+            tx.open_table(USER_NAMES)?;
+            tx.open_table(SESSIONS)?;
+            tx.open_table(API_TOKENS)?;
+            tx.open_table(API_TOKEN_DIGESTS)?;
+            tx.open_table(TEAMS)?;
+            tx.open_table(TEAM_NAMES)?;
+            tx.open_table(ROLE_BINDINGS)?;
+            tx.open_table(AUDIT)?;
+            Ok(())
+        },
+    },
+];
 
 /// The schema version this build writes.
 pub fn latest() -> u64 {

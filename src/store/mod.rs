@@ -6,6 +6,8 @@
 //! with `Durability::Immediate`: when a write returns, the record survives `kill -9`.
 //! Events collected during a write are published only after its commit succeeds.
 
+mod audit;
+mod auth;
 mod codec;
 mod instance;
 mod migrations;

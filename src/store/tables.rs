@@ -12,3 +12,35 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Key: start sequence number, from 1. Value: JSON [`crate::instance::Start`].
 pub const STARTS: TableDefinition<u64, &[u8]> = TableDefinition::new("starts-1");
+
+/// Key: user id, from 1. Value: JSON [`crate::auth::User`].
+pub const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users-1");
+
+/// Key: user name. Value: user id. Index of `USERS`, written in the same transaction.
+pub const USER_NAMES: TableDefinition<&str, u64> = TableDefinition::new("user-names-1");
+
+/// Key: SHA-256 (hex) of a session cookie value. Value: JSON [`crate::auth::Session`].
+pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions-1");
+
+/// Key: API token id, from 1. Value: JSON [`crate::auth::ApiToken`].
+pub const API_TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("api-tokens-1");
+
+/// Key: SHA-256 (hex) of an API token secret. Value: token id. Index of `API_TOKENS`.
+pub const API_TOKEN_DIGESTS: TableDefinition<&str, u64> =
+    TableDefinition::new("api-token-digests-1");
+
+/// Key: team id, from 1. Value: JSON [`crate::auth::Team`].
+pub const TEAMS: TableDefinition<u64, &[u8]> = TableDefinition::new("teams-1");
+
+/// Key: team name. Value: team id. Index of `TEAMS`.
+pub const TEAM_NAMES: TableDefinition<&str, u64> = TableDefinition::new("team-names-1");
+
+/// Key: (project slug, subject as `user:ID` or `team:ID`).
+/// Value: JSON [`crate::auth::RoleBinding`].
+pub const ROLE_BINDINGS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("role-bindings-1");
+
+/// Key: audit sequence number, from 1. Value: `<SHA-256 hex of body>\n<body>`, where the
+/// body is the JSON [`crate::audit::Entry`]. Not the usual JSON record: the hash covers the
+/// body's exact bytes. The chain's head (`{seq, hash}`) is `audit_head` in `META`.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
