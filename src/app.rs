@@ -10,9 +10,15 @@ use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 use jiff::Timestamp;
-use std::sync::Arc;
+use crate::auth::secret;
+use crate::auth::throttle::LoginThrottle;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Failed sign-ins allowed per user name and per address within the window.
+pub const LOGIN_MAX_FAILURES: usize = 10;
+pub const LOGIN_WINDOW_SECS: u64 = 300;
 
 /// Everything a request handler or background worker may need. Cheap to clone.
 #[derive(Clone)]
@@ -25,11 +31,20 @@ pub struct App {
     pub started: Instant,
     /// Cancelled on SIGTERM/SIGINT; long-lived work (SSE streams, workers) stops on it.
     pub shutdown: CancellationToken,
+    pub login_throttle: Arc<LoginThrottle>,
+    /// SHA-256 of the one-time set-up token while no user exists; `None` afterwards.
+    pub setup_token_digest: Arc<Mutex<Option<String>>>,
 }
 
 impl App {
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// Whether cookies must be `Secure`: BetCycle serves HTTPS itself or sits behind a
+    /// proxy that does.
+    pub fn https(&self) -> bool {
+        self.config.tls.is_some() || self.config.public_url.starts_with("https://")
     }
 }
 
@@ -59,7 +74,8 @@ pub async fn serve(mut config: Config) -> Result<()> {
         .iter()
         .any(|(k, _, s)| *k == "public_url" && *s == Source::Derived)
     {
-        config.public_url = format!("http://{addr}");
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        config.public_url = format!("{scheme}://{addr}");
     }
 
     let seq = store
@@ -73,6 +89,18 @@ pub async fn serve(mut config: Config) -> Result<()> {
         );
     }
 
+    let setup_token_digest = if store.user_count().await? == 0 {
+        let token = secret::random_hex(16);
+        tracing::warn!(
+            setup_url = %format!("{}/setup?token={token}", config.public_url),
+            "no users yet: open the set-up URL to create the first administrator \
+             (or run `betcycle user add NAME --admin --password-stdin` while the server is stopped)"
+        );
+        Some(secret::digest(&token))
+    } else {
+        None
+    };
+
     let app = App {
         metrics: Arc::new(Metrics::new(store.clone())),
         config: Arc::new(config),
@@ -81,6 +109,11 @@ pub async fn serve(mut config: Config) -> Result<()> {
         started_at: Timestamp::now(),
         started: Instant::now(),
         shutdown: CancellationToken::new(),
+        login_throttle: Arc::new(LoginThrottle::new(
+            LOGIN_MAX_FAILURES,
+            std::time::Duration::from_secs(LOGIN_WINDOW_SECS),
+        )),
+        setup_token_digest: Arc::new(Mutex::new(setup_token_digest)),
     };
     tokio::spawn(stop_on_signal(app.shutdown.clone()));
 

@@ -21,6 +21,16 @@ pub enum Outcome {
     Denied,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Denied => "denied",
+        })
+    }
+}
+
 /// Who did it, from where, in which request.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Context {

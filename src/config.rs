@@ -75,6 +75,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "How long in-flight requests may take to finish after SIGTERM or SIGINT.",
     },
     OptionSpec {
+        key: "session_lifetime",
+        flag: "session-lifetime",
+        env: "BETCYCLE_SESSION_LIFETIME",
+        default: Some("7d"),
+        derived: "",
+        integer: false,
+        value_name: "DURATION",
+        help: "How long a console sign-in lasts before the user must sign in again.",
+    },
+    OptionSpec {
         key: "log.level",
         flag: "log-level",
         env: "BETCYCLE_LOG_LEVEL",
@@ -113,6 +123,26 @@ pub const OPTIONS: &[OptionSpec] = &[
         integer: true,
         value_name: "N",
         help: "How many daily log files to keep; older ones are deleted (0 keeps none on disk).",
+    },
+    OptionSpec {
+        key: "tls.cert",
+        flag: "tls-cert",
+        env: "BETCYCLE_TLS_CERT",
+        default: None,
+        derived: "unset: plain HTTP",
+        integer: false,
+        value_name: "FILE",
+        help: "PEM certificate chain; with tls.key, serve HTTPS. Reloaded when the files change.",
+    },
+    OptionSpec {
+        key: "tls.key",
+        flag: "tls-key",
+        env: "BETCYCLE_TLS_KEY",
+        default: None,
+        derived: "unset: plain HTTP",
+        integer: false,
+        value_name: "FILE",
+        help: "PEM private key for tls.cert.",
     },
     OptionSpec {
         key: "store.cache_size",
@@ -208,6 +238,12 @@ pub struct LogConfig {
     pub max_files: usize,
 }
 
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The validated configuration every other module reads.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -215,6 +251,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub public_url: String,
     pub shutdown_timeout: Duration,
+    pub session_lifetime: Duration,
+    /// Certificate and key files when HTTPS is on.
+    pub tls: Option<TlsConfig>,
     pub log: LogConfig,
     pub store_cache_size: u64,
     pub health_min_free_disk: u64,
@@ -282,10 +321,23 @@ impl Config {
                 }
                 value.trim_end_matches('/').to_string()
             }
+            None if get("tls.cert").is_some() => format!("https://{listen}"),
             None => format!("http://{listen}"),
         };
         let shutdown_timeout = parse_duration(&get("shutdown_timeout").expect("has default").0)
             .map_err(|reason| invalid("shutdown_timeout", &reason))?;
+
+        let session_lifetime = parse_duration(&get("session_lifetime").expect("has default").0)
+            .map_err(|reason| invalid("session_lifetime", &reason))?;
+        let tls = match (get("tls.cert"), get("tls.key")) {
+            (Some((cert, _)), Some((key, _))) => Some(TlsConfig {
+                cert: std::path::absolute(cert).map_err(|e| invalid("tls.cert", &e.to_string()))?,
+                key: std::path::absolute(key).map_err(|e| invalid("tls.key", &e.to_string()))?,
+            }),
+            (Some(_), None) => return Err(invalid("tls.cert", "tls.key must be set too")),
+            (None, Some(_)) => return Err(invalid("tls.key", "tls.cert must be set too")),
+            (None, None) => None,
+        };
 
         let level = get("log.level").expect("has default").0.clone();
         tracing_subscriber::EnvFilter::builder()
@@ -331,6 +383,8 @@ impl Config {
             listen,
             public_url,
             shutdown_timeout,
+            session_lifetime,
+            tls,
             log: LogConfig {
                 level,
                 format,
@@ -475,11 +529,14 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         .map_err(|_| "expected a size such as 64 MiB, 1 GB or 1048576".to_string())
 }
 
-/// Parses a duration such as `30s`, `5m` or `1h 30m`.
+/// Parses a duration such as `30s`, `5m`, `1h 30m` or `7d` (a day is 24 hours here).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let expected = "expected a duration such as 30s, 5m or 1h 30m";
-    let d: jiff::SignedDuration = value.trim().parse().map_err(|_| expected.to_string())?;
-    Duration::try_from(d).map_err(|_| expected.to_string())
+    let expected = || "expected a duration such as 30s, 5m, 1h 30m or 7d".to_string();
+    let span: jiff::Span = value.trim().parse().map_err(|_| expected())?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| expected())?;
+    Duration::try_from(d).map_err(|_| expected())
 }
 
 /// The complete, commented example file printed by `betcycle config example`.
@@ -515,6 +572,8 @@ fn example_for(key: &str) -> &'static str {
     match key {
         "public_url" => "https://betcycle.example.com",
         "log.dir" => "/var/log/betcycle",
+        "tls.cert" => "/etc/betcycle/cert.pem",
+        "tls.key" => "/etc/betcycle/key.pem",
         _ => "",
     }
 }
@@ -668,7 +727,7 @@ mod tests {
             (
                 &[("shutdown_timeout", "soon")],
                 &[],
-                "invalid value \"soon\" for shutdown_timeout (from --shutdown-timeout): expected a duration such as 30s, 5m or 1h 30m",
+                "invalid value \"soon\" for shutdown_timeout (from --shutdown-timeout): expected a duration such as 30s, 5m, 1h 30m or 7d",
             ),
             (
                 &[("public_url", "ftp://x")],

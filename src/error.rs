@@ -14,6 +14,15 @@ pub enum Error {
     /// The caller sent something invalid; the message says what and where.
     #[error("{0}")]
     Invalid(String),
+    /// Wrong user name or password, or an unusable credential. Deliberately vague.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller may not do this; the message says why.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts; try again after the given number of seconds.
+    #[error("too many failed attempts; try again in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
     /// The request clashes with what exists (a name already taken).
     #[error("{0}")]
     Conflict(String),

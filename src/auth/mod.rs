@@ -3,6 +3,7 @@
 //! tokens are random secrets stored only as SHA-256 digests, so the database never
 //! holds anything that can be replayed.
 
+pub mod accounts;
 pub mod secret;
 pub mod throttle;
 

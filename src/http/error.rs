@@ -15,6 +15,10 @@ pub type ServerResult<T> = Result<T, ServerError>;
 pub enum ServerError {
     NotFound(String),
     BadRequest(String),
+    Unauthorized(String),
+    Forbidden(String),
+    Conflict(String),
+    TooManyRequests { message: String, retry_after_secs: u64 },
     Internal(Error),
 }
 
@@ -23,6 +27,13 @@ impl From<Error> for ServerError {
         match e {
             Error::NotFound { .. } => ServerError::NotFound(e.to_string()),
             Error::Invalid(message) => ServerError::BadRequest(message),
+            Error::Conflict(message) => ServerError::Conflict(message),
+            Error::Unauthorized(message) => ServerError::Unauthorized(message),
+            Error::Forbidden(message) => ServerError::Forbidden(message),
+            Error::Throttled { retry_after_secs } => ServerError::TooManyRequests {
+                message: e.to_string(),
+                retry_after_secs,
+            },
             other => ServerError::Internal(other),
         }
     }
@@ -38,9 +49,20 @@ pub struct ErrorInfo {
 
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, code, message) = match self {
             ServerError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ServerError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ServerError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
+            ServerError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+            ServerError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ServerError::TooManyRequests {
+                message,
+                retry_after_secs,
+            } => {
+                retry_after = Some(retry_after_secs);
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+            }
             ServerError::Internal(e) => {
                 tracing::error!(error = %e, "internal error");
                 (
@@ -51,9 +73,17 @@ impl IntoResponse for ServerError {
             }
         };
         let mut response = status.into_response();
-        response
-            .extensions_mut()
-            .insert(ErrorInfo { code, message });
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(ErrorInfo { code, message });
         response
     }
 }

@@ -4,28 +4,31 @@
 
 mod api;
 mod assets;
+pub mod auth;
 mod error;
 mod middleware;
+pub mod routes;
 mod ui;
 
 use crate::app::App;
 use crate::error::{Error, Result};
 use axum::Router;
-use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::{ServerError, ServerResult};
 
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/healthz", get(api::health::healthz))
-        .route("/readyz", get(api::health::readyz))
-        .route("/metrics", get(api::metrics::metrics))
-        .route("/api/v1/instance", get(api::instance::show))
-        .route("/api/v1/events", get(api::events::stream))
-        .route("/static/{*path}", get(assets::serve))
-        .merge(ui::routes())
+    let mut router = Router::new();
+    for route in routes::table() {
+        let guard = axum::middleware::from_fn_with_state((app.clone(), route.need), auth::require);
+        router = router.route(&route.path, route.handler.route_layer(guard));
+    }
+    router
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::authenticate,
+        ))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -39,7 +42,8 @@ pub fn router(app: App) -> Router {
 pub async fn serve(app: App, listener: tokio::net::TcpListener) -> Result<()> {
     let token = app.shutdown.clone();
     let grace = app.config.shutdown_timeout;
-    let server = axum::serve(listener, router(app))
+    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service)
         .with_graceful_shutdown(token.clone().cancelled_owned())
         .into_future();
     tokio::select! {

@@ -1,7 +1,10 @@
 //! The JSON API (`/api/v1/…`) and the operational endpoints (`/healthz`, `/readyz`,
 //! `/metrics`). One file per resource.
 
+pub mod audit;
+pub mod auth;
 pub mod events;
 pub mod health;
 pub mod instance;
 pub mod metrics;
+pub mod users;

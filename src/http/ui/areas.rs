@@ -3,6 +3,7 @@
 
 use super::{Layout, render};
 use crate::http::ServerResult;
+use crate::http::auth::Signed;
 use askama::Template;
 use axum::response::Html;
 
@@ -10,6 +11,10 @@ pub struct Area {
     pub slug: &'static str,
     pub title: &'static str,
     pub summary: &'static str,
+    /// Screens of this area that exist: (title, link, what it holds).
+    pub built: &'static [(&'static str, &'static str, &'static str)],
+    /// What the area's page says is still missing.
+    pub pending: &'static str,
 }
 
 pub const AREAS: &[Area] = &[
@@ -17,46 +22,69 @@ pub const AREAS: &[Area] = &[
         slug: "projects",
         title: "Projects",
         summary: "Git repositories with a .betcycle.yml pipeline, their settings and role bindings.",
+        built: &[],
+        pending: "Projects is not built yet in this version of BetCycle.",
     },
     Area {
         slug: "runs",
         title: "Runs",
         summary: "Pipeline runs across all projects: live logs, test results, coverage and artifacts.",
+        built: &[],
+        pending: "Runs is not built yet in this version of BetCycle.",
     },
     Area {
         slug: "environments",
         title: "Environments",
         summary: "Where releases are deployed, with approvals, deploy windows, promotion and rollback.",
+        built: &[],
+        pending: "Environments is not built yet in this version of BetCycle.",
     },
     Area {
         slug: "policies",
         title: "Policies",
         summary: "Rego policies gating pipelines, deployments and infrastructure, and every decision made.",
+        built: &[],
+        pending: "Policies is not built yet in this version of BetCycle.",
     },
     Area {
         slug: "catalog",
         title: "Catalog",
         summary: "The service catalog: owners, lifecycle, dependencies, docs and self-service templates.",
+        built: &[],
+        pending: "Catalog is not built yet in this version of BetCycle.",
     },
     Area {
         slug: "monitoring",
         title: "Monitoring",
         summary: "DORA metrics, pipeline trends, health probes, alert rules and notification channels.",
+        built: &[],
+        pending: "Monitoring is not built yet in this version of BetCycle.",
     },
     Area {
         slug: "security",
         title: "Security",
         summary: "Users, teams, tokens, secrets, the audit log and findings from security reports.",
+        built: &[
+            ("Your account", "/account", "password, sessions and API tokens"),
+            ("Users", "/security/users", "accounts and administrators (administrators only)"),
+            ("Teams", "/security/teams", "groups of users for project roles (administrators only)"),
+            ("Audit log", "/security/audit", "every change and sign-in, hash-chained (administrators only)"),
+        ],
+        pending: "Secrets and findings from security reports are not built yet.",
     },
     Area {
         slug: "cost",
         title: "Cost",
         summary: "Runner and environment costs, FOCUS billing imports, budgets and unused resources.",
+        built: &[],
+        pending: "Cost is not built yet in this version of BetCycle.",
     },
     Area {
         slug: "settings",
         title: "Settings",
         summary: "Instance configuration, backups and updates.",
+        built: &[],
+        pending: "Settings is not built yet in this version of BetCycle.",
     },
 ];
 
@@ -67,9 +95,9 @@ struct AreaPage {
     area: &'static Area,
 }
 
-pub async fn page(area: &'static Area) -> ServerResult<Html<String>> {
+pub async fn page(area: &'static Area, signed: Signed) -> ServerResult<Html<String>> {
     render(&AreaPage {
-        layout: Layout::new(area.title, area.slug),
+        layout: Layout::new(area.title, area.slug, Some(&signed.principal)),
         area,
     })
 }

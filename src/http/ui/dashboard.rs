@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::health::{self, Check};
 use crate::http::ServerResult;
 use crate::http::api::instance;
+use crate::http::auth::Signed;
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
@@ -69,9 +70,9 @@ fn size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
-pub async fn page(State(app): State<App>) -> ServerResult<Html<String>> {
+pub async fn page(State(app): State<App>, signed: Signed) -> ServerResult<Html<String>> {
     render(&DashboardPage {
-        layout: Layout::new("Dashboard", "dashboard"),
+        layout: Layout::new("Dashboard", "dashboard", Some(&signed.principal)),
         status: status_panel(&app).await?,
     })
 }

@@ -1,42 +1,75 @@
 //! The web console: server-rendered askama templates (`web/templates/`) with htmx for
 //! partial updates. One file per screen; `Layout` carries what every page's frame needs.
 
+mod account;
+mod admin;
 mod areas;
 mod dashboard;
+mod sign_in;
 
 use super::assets;
 use super::error::{ErrorInfo, ServerError, ServerResult};
-use crate::app::App;
+use super::routes::{Route, route};
+use crate::auth::{Credential, Need, Principal};
 use askama::Template;
-use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::Html;
-use axum::routing::get;
 
 pub use areas::{AREAS, Area};
 
-pub fn routes() -> Router<App> {
-    let mut router = Router::new()
-        .route("/", get(dashboard::page))
-        .route("/dashboard/status", get(dashboard::status));
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    use Need::{Admin, Public, User};
+    let mut routes = vec![
+        route(M::GET, "/", User, dashboard::page),
+        route(M::GET, "/dashboard/status", User, dashboard::status),
+        route(M::GET, "/login", Public, sign_in::login_page),
+        route(M::POST, "/login", Public, sign_in::login),
+        route(M::POST, "/logout", User, sign_in::logout),
+        route(M::GET, "/setup", Public, sign_in::setup_page),
+        route(M::POST, "/setup", Public, sign_in::setup),
+        route(M::GET, "/account", User, account::page),
+        route(M::POST, "/account/password", User, account::change_password),
+        route(M::POST, "/account/tokens", User, account::create_token),
+        route(M::POST, "/account/tokens/{id}/revoke", User, account::revoke_token),
+        route(M::POST, "/account/sessions/{id}/revoke", User, account::revoke_session),
+        route(M::POST, "/account/sessions/revoke-others", User, account::revoke_other_sessions),
+        route(M::GET, "/security/users", Admin, admin::users_page),
+        route(M::POST, "/security/users", Admin, admin::create_user),
+        route(M::POST, "/security/users/{name}", Admin, admin::update_user),
+        route(M::GET, "/security/teams", Admin, admin::teams_page),
+        route(M::POST, "/security/teams", Admin, admin::create_team),
+        route(M::POST, "/security/teams/{name}/members", Admin, admin::add_member),
+        route(M::POST, "/security/teams/{name}/members/{user}/remove", Admin, admin::remove_member),
+        route(M::POST, "/security/teams/{name}/delete", Admin, admin::delete_team),
+        route(M::GET, "/security/audit", Admin, admin::audit_page),
+    ];
     for area in AREAS {
-        router = router.route(&format!("/{}", area.slug), get(move || areas::page(area)));
+        let page = move |signed: super::auth::Signed| areas::page(area, signed);
+        routes.push(route(M::GET, format!("/{}", area.slug), User, page));
     }
-    router
+    routes
 }
 
-/// What the page frame (`base.html`) needs: the title and which navigation entry is
-/// current.
+/// What the page frame (`base.html`) needs: the title, the current navigation entry, who
+/// is signed in, and the CSRF token forms and htmx requests send back.
 pub struct Layout {
     pub title: String,
     pub active: &'static str,
+    pub user: Option<String>,
+    pub csrf: String,
 }
 
 impl Layout {
-    pub fn new(title: impl Into<String>, active: &'static str) -> Self {
+    pub fn new(title: impl Into<String>, active: &'static str, principal: Option<&Principal>) -> Self {
         Self {
             title: title.into(),
             active,
+            user: principal.map(|p| p.user.name.clone()),
+            csrf: match principal.map(|p| &p.credential) {
+                Some(Credential::Session(s)) => s.csrf_token.clone(),
+                _ => String::new(),
+            },
         }
     }
 
@@ -51,6 +84,22 @@ impl Layout {
     pub fn version(&self) -> &'static str {
         crate::VERSION
     }
+}
+
+/// A success message shown after a form was handled (`?done=key` on the redirect).
+fn done_message(key: Option<&str>) -> Option<&'static str> {
+    Some(match key? {
+        "password" => "Password changed. Your other sessions were signed out.",
+        "token-revoked" => "Token revoked.",
+        "session-revoked" => "Session signed out.",
+        "sessions-revoked" => "All your other sessions were signed out.",
+        "user-created" => "User created.",
+        "user-updated" => "User updated.",
+        "team-created" => "Team created.",
+        "team-updated" => "Team updated.",
+        "team-deleted" => "Team deleted.",
+        _ => return None,
+    })
 }
 
 /// Renders a template, turning a rendering failure into an internal error.
@@ -75,7 +124,7 @@ struct ErrorPage<'a> {
 pub fn error_page(status: StatusCode, info: &ErrorInfo, request_id: &str) -> String {
     let reason = status.canonical_reason().unwrap_or("Error");
     ErrorPage {
-        layout: Layout::new(reason, ""),
+        layout: Layout::new(reason, "", None),
         status: status.as_u16(),
         reason,
         message: &info.message,

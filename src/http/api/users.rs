@@ -1,0 +1,147 @@
+//! Users and teams (instance administrators only for changes).
+//!
+//! `GET|POST /api/v1/users`, `PATCH /api/v1/users/{name}`,
+//! `PUT /api/v1/users/{name}/password`, `GET|POST /api/v1/teams`,
+//! `DELETE /api/v1/teams/{name}`, `PUT|DELETE /api/v1/teams/{name}/members/{user}`.
+
+use crate::app::App;
+use crate::audit::Record;
+use crate::auth::{Team, UserView, accounts, validate_name};
+use crate::http::ServerResult;
+use crate::http::auth::Signed;
+use crate::http::error::ServerError;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+pub async fn list(State(app): State<App>) -> ServerResult<Json<Vec<UserView>>> {
+    Ok(Json(app.store.list_users().await?))
+}
+
+#[derive(Deserialize)]
+pub struct NewUser {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+pub async fn create(State(app): State<App>, signed: Signed, Json(req): Json<NewUser>) -> ServerResult<(StatusCode, Json<UserView>)> {
+    let user = accounts::create_user(&app.store, &req.name, &req.password, req.admin, &signed.audit).await?;
+    Ok((StatusCode::CREATED, Json(super::auth::view(user, Vec::new()))))
+}
+
+#[derive(Deserialize)]
+pub struct UserChange {
+    #[serde(default)]
+    pub admin: Option<bool>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+pub async fn update(
+    State(app): State<App>,
+    signed: Signed,
+    Path(name): Path<String>,
+    Json(req): Json<UserChange>,
+) -> ServerResult<Json<UserView>> {
+    let user = app
+        .store
+        .update_user(&name, req.admin, req.disabled, Record::new(&signed.audit, "user.update", format!("user:{name}")))
+        .await?;
+    Ok(Json(super::auth::view(user, Vec::new())))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordReset {
+    pub password: String,
+}
+
+pub async fn reset_password(
+    State(app): State<App>,
+    signed: Signed,
+    Path(name): Path<String>,
+    Json(req): Json<PasswordReset>,
+) -> ServerResult<StatusCode> {
+    accounts::set_password(&app.store, &name, &req.password, &signed.audit).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct TeamView {
+    pub id: u64,
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+pub async fn team_views(app: &App) -> ServerResult<Vec<TeamView>> {
+    let users = app.store.list_users().await?;
+    let teams = app.store.list_teams().await?;
+    Ok(teams
+        .into_iter()
+        .map(|t: Team| TeamView {
+            members: users
+                .iter()
+                .filter(|u| t.members.contains(&u.id))
+                .map(|u| u.name.clone())
+                .collect(),
+            id: t.id,
+            name: t.name,
+        })
+        .collect())
+}
+
+pub async fn list_teams(State(app): State<App>) -> ServerResult<Json<Vec<TeamView>>> {
+    Ok(Json(team_views(&app).await?))
+}
+
+#[derive(Deserialize)]
+pub struct NewTeam {
+    pub name: String,
+}
+
+pub async fn create_team(State(app): State<App>, signed: Signed, Json(req): Json<NewTeam>) -> ServerResult<(StatusCode, Json<TeamView>)> {
+    validate_name("team", &req.name).map_err(ServerError::BadRequest)?;
+    let team = app
+        .store
+        .create_team(req.name.clone(), Record::new(&signed.audit, "team.create", format!("team:{}", req.name)))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TeamView {
+            id: team.id,
+            name: team.name,
+            members: Vec::new(),
+        }),
+    ))
+}
+
+pub async fn delete_team(State(app): State<App>, signed: Signed, Path(name): Path<String>) -> ServerResult<StatusCode> {
+    app.store
+        .delete_team(&name, Record::new(&signed.audit, "team.delete", format!("team:{name}")))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn add_member(
+    State(app): State<App>,
+    signed: Signed,
+    Path((team, user)): Path<(String, String)>,
+) -> ServerResult<StatusCode> {
+    app.store
+        .set_team_member(&team, &user, true, Record::new(&signed.audit, "team.add_member", format!("team:{team}")).detail(format!("user:{user}")))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn remove_member(
+    State(app): State<App>,
+    signed: Signed,
+    Path((team, user)): Path<(String, String)>,
+) -> ServerResult<StatusCode> {
+    app.store
+        .set_team_member(&team, &user, false, Record::new(&signed.audit, "team.remove_member", format!("team:{team}")).detail(format!("user:{user}")))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,73 @@
+//! The route table: every route the server answers, with its method, its path and what
+//! it requires of the caller ([`Need`]). The router is built from it, `betcycle routes`
+//! prints it, and the test suite checks every changing route against its own copy, so a
+//! route cannot be added without deciding who may call it.
+
+use super::{api, assets, ui};
+use crate::app::App;
+use crate::auth::Need;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodFilter, MethodRouter, on};
+
+pub struct Route {
+    pub method: Method,
+    pub path: String,
+    pub need: Need,
+    pub(super) handler: MethodRouter<App>,
+}
+
+/// A route answering `method` at `path` with `handler`.
+pub fn route<H, T>(method: Method, path: impl Into<String>, need: Need, handler: H) -> Route
+where
+    H: Handler<T, App>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("standard method");
+    Route {
+        method,
+        path: path.into(),
+        need,
+        handler: on(filter, handler),
+    }
+}
+
+pub fn table() -> Vec<Route> {
+    use Method as M;
+    use Need::{Admin, Public, User};
+    let mut routes = vec![
+        route(M::GET, "/healthz", Public, api::health::healthz),
+        route(M::GET, "/readyz", Public, api::health::readyz),
+        route(M::GET, "/metrics", Public, api::metrics::metrics),
+        route(M::GET, "/static/{*path}", Public, assets::serve),
+        // Set-up and sessions.
+        route(M::POST, "/api/v1/setup", Public, api::auth::setup),
+        route(M::POST, "/api/v1/sessions", Public, api::auth::sign_in),
+        route(M::GET, "/api/v1/sessions", User, api::auth::list_sessions),
+        route(M::DELETE, "/api/v1/sessions/current", User, api::auth::sign_out),
+        route(M::POST, "/api/v1/sessions/revoke-others", User, api::auth::revoke_other_sessions),
+        route(M::DELETE, "/api/v1/sessions/{id}", User, api::auth::revoke_session),
+        // The caller's own account and tokens.
+        route(M::GET, "/api/v1/me", User, api::auth::me),
+        route(M::PUT, "/api/v1/me/password", User, api::auth::change_password),
+        route(M::GET, "/api/v1/tokens", User, api::auth::list_tokens),
+        route(M::POST, "/api/v1/tokens", User, api::auth::create_token),
+        route(M::DELETE, "/api/v1/tokens/{id}", User, api::auth::revoke_token),
+        // Administration.
+        route(M::GET, "/api/v1/users", Admin, api::users::list),
+        route(M::POST, "/api/v1/users", Admin, api::users::create),
+        route(M::PATCH, "/api/v1/users/{name}", Admin, api::users::update),
+        route(M::PUT, "/api/v1/users/{name}/password", Admin, api::users::reset_password),
+        route(M::GET, "/api/v1/teams", User, api::users::list_teams),
+        route(M::POST, "/api/v1/teams", Admin, api::users::create_team),
+        route(M::DELETE, "/api/v1/teams/{name}", Admin, api::users::delete_team),
+        route(M::PUT, "/api/v1/teams/{name}/members/{user}", Admin, api::users::add_member),
+        route(M::DELETE, "/api/v1/teams/{name}/members/{user}", Admin, api::users::remove_member),
+        route(M::GET, "/api/v1/audit", Admin, api::audit::list),
+        // Instance.
+        route(M::GET, "/api/v1/instance", User, api::instance::show),
+        route(M::GET, "/api/v1/events", User, api::events::stream),
+    ];
+    routes.extend(ui::routes());
+    routes
+}

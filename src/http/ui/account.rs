@@ -1,0 +1,160 @@
+//! My account: password, sessions and API tokens.
+
+use super::sign_in::{form_error, with_status};
+use super::{Layout, done_message, render};
+use crate::app::App;
+use crate::audit::Record;
+use crate::auth::{ApiToken, Credential, Scope, Session, accounts};
+use crate::http::ServerResult;
+use crate::http::api::auth::parse_expiry;
+use crate::http::auth::Signed;
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    layout: Layout,
+    name: String,
+    admin: bool,
+    sessions: Vec<(Session, bool)>,
+    tokens: Vec<ApiToken>,
+    done: Option<&'static str>,
+    error: Option<String>,
+    new_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+async fn account_page(
+    app: &App,
+    signed: &Signed,
+    done: Option<&'static str>,
+    error: Option<String>,
+    new_token: Option<String>,
+) -> ServerResult<Html<String>> {
+    let user = &signed.principal.user;
+    let current = match &signed.principal.credential {
+        Credential::Session(s) => Some(s.id.clone()),
+        Credential::Token(_) => None,
+    };
+    let sessions = app.store.list_sessions(user.id).await?;
+    render(&AccountPage {
+        layout: Layout::new("Your account", "security", Some(&signed.principal)),
+        name: user.name.clone(),
+        admin: user.admin,
+        sessions: sessions
+            .into_iter()
+            .map(|s| {
+                let is_current = current.as_deref() == Some(s.id.as_str());
+                (s, is_current)
+            })
+            .collect(),
+        tokens: app.store.list_tokens(Some(user.id)).await?,
+        done,
+        error,
+        new_token,
+    })
+}
+
+pub async fn page(State(app): State<App>, signed: Signed, Query(q): Query<DoneQuery>) -> ServerResult<Html<String>> {
+    account_page(&app, &signed, done_message(q.done.as_deref()), None, None).await
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    current_password: String,
+    new_password: String,
+}
+
+pub async fn change_password(State(app): State<App>, signed: Signed, Form(form): Form<PasswordForm>) -> ServerResult<Response> {
+    let result = accounts::change_password(
+        &app.store,
+        &signed.principal.user,
+        &form.current_password,
+        &form.new_password,
+        &signed.audit,
+    )
+    .await;
+    match result {
+        // Changing the password ends every session, this one included.
+        Ok(()) => Ok(Redirect::to("/login").into_response()),
+        Err(e) => {
+            let error = form_error(e)?;
+            with_status(account_page(&app, &signed, None, Some(error.message.clone()), None).await, &error)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TokenForm {
+    name: String,
+    scope: Scope,
+    #[serde(default)]
+    expires_in: String,
+}
+
+/// Creates a token and shows its secret once, on this response only.
+pub async fn create_token(State(app): State<App>, signed: Signed, Form(form): Form<TokenForm>) -> ServerResult<Response> {
+    let result = match parse_expiry(Some(&form.expires_in)) {
+        Ok(expires) => {
+            accounts::create_token(&app.store, &signed.principal.user, &form.name, form.scope, expires, &signed.audit)
+                .await
+        }
+        Err(e) => Err(crate::error::Error::Invalid(match e {
+            crate::http::ServerError::BadRequest(m) => m,
+            _ => "invalid expiry".into(),
+        })),
+    };
+    match result {
+        Ok((secret, _)) => Ok(account_page(&app, &signed, None, None, Some(secret)).await?.into_response()),
+        Err(e) => {
+            let error = form_error(e)?;
+            with_status(account_page(&app, &signed, None, Some(error.message.clone()), None).await, &error)
+        }
+    }
+}
+
+pub async fn revoke_token(State(app): State<App>, signed: Signed, Path(id): Path<u64>) -> ServerResult<Redirect> {
+    app.store
+        .revoke_token(
+            id,
+            Some(signed.principal.user.id),
+            Record::new(&signed.audit, "token.revoke", format!("token:{id}")),
+        )
+        .await?;
+    Ok(Redirect::to("/account?done=token-revoked"))
+}
+
+pub async fn revoke_session(State(app): State<App>, signed: Signed, Path(id): Path<String>) -> ServerResult<Redirect> {
+    let target = id.clone();
+    app.store
+        .delete_sessions(
+            signed.principal.user.id,
+            move |sid| sid == target,
+            Record::new(&signed.audit, "session.delete", format!("session:{id}")),
+        )
+        .await?;
+    Ok(Redirect::to("/account?done=session-revoked"))
+}
+
+pub async fn revoke_other_sessions(State(app): State<App>, signed: Signed) -> ServerResult<Redirect> {
+    let keep = match &signed.principal.credential {
+        Credential::Session(s) => Some(s.id.clone()),
+        Credential::Token(_) => None,
+    };
+    app.store
+        .delete_sessions(
+            signed.principal.user.id,
+            move |id| keep.as_deref() != Some(id),
+            Record::new(&signed.audit, "session.delete_others", format!("user:{}", signed.principal.user.name)),
+        )
+        .await?;
+    Ok(Redirect::to("/account?done=sessions-revoked"))
+}
