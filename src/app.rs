@@ -117,13 +117,6 @@ pub async fn serve(mut config: Config) -> Result<()> {
     };
     tokio::spawn(stop_on_signal(app.shutdown.clone()));
 
-    tracing::info!(
-        url = %format!("http://{addr}"),
-        public_url = %app.config.public_url,
-        data_dir = %app.config.data_dir.display(),
-        version = crate::VERSION,
-        "listening"
-    );
     crate::http::serve(app.clone(), listener).await?;
 
     store.record_stop(seq).await?;

@@ -37,6 +37,8 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let (file, guard) = if config.max_files == 0 {
         (None, None)
     } else {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| format!("cannot create log directory {}: {e}", config.dir.display()))?;
         let appender = tracing_appender::rolling::Builder::new()
             .rotation(tracing_appender::rolling::Rotation::DAILY)
             .filename_prefix("betcycle")

@@ -143,8 +143,7 @@ pub struct ApiToken {
     pub scope: Scope,
     /// The first characters of the secret, so people can tell their tokens apart.
     pub prefix: String,
-    /// SHA-256 of the secret, hex. Not shown by the API.
-    #[serde(skip_serializing)]
+    /// SHA-256 of the secret, hex. Not shown by the API (see `TokenView`).
     pub secret_hash: String,
     pub created_at: Timestamp,
     #[serde(default)]
@@ -159,6 +158,34 @@ impl ApiToken {
     pub fn is_active(&self, now: Timestamp) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
     }
+
+    pub fn view(&self) -> TokenView {
+        TokenView {
+            id: self.id,
+            user_id: self.user_id,
+            name: self.name.clone(),
+            scope: self.scope,
+            prefix: self.prefix.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            last_used_at: self.last_used_at,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+/// An API token as the API and console show it: everything but the secret's digest.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenView {
+    pub id: u64,
+    pub user_id: u64,
+    pub name: String,
+    pub scope: Scope,
+    pub prefix: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// A signed-in browser. Keyed in the store by the SHA-256 of the cookie value.
@@ -171,12 +198,39 @@ pub struct Session {
     pub expires_at: Timestamp,
     pub last_seen_at: Timestamp,
     /// Token forms and htmx requests must echo on every change (CSRF protection).
-    #[serde(skip_serializing)]
+    /// Not shown by the API except to the session's own sign-in (see `SessionView`).
     pub csrf_token: String,
     #[serde(default)]
     pub source: String,
     #[serde(default)]
     pub user_agent: String,
+}
+
+impl Session {
+    pub fn view(&self, current: bool) -> SessionView {
+        SessionView {
+            id: self.id.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            last_seen_at: self.last_seen_at,
+            source: self.source.clone(),
+            user_agent: self.user_agent.clone(),
+            current,
+        }
+    }
+}
+
+/// A session as the API and console show it: no CSRF token.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub source: String,
+    pub user_agent: String,
+    /// Whether this is the session making the request.
+    pub current: bool,
 }
 
 /// How a request proved who it is.

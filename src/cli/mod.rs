@@ -1,9 +1,13 @@
 //! The command line: one file per verb. `main` parses, runs the verb and turns its
 //! outcome into an exit code: 0 success, 1 failure, 2 bad usage or configuration.
 
+mod audit;
 mod config;
 mod healthcheck;
+mod offline;
 mod serve;
+mod token;
+mod user;
 
 use crate::config::{Inputs, OPTIONS};
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
@@ -31,6 +35,17 @@ enum Verb {
     /// Print an example configuration file or the effective configuration.
     #[command(subcommand)]
     Config(config::ConfigVerb),
+    /// Manage users on the data directory (server stopped).
+    #[command(subcommand)]
+    User(user::UserVerb),
+    /// Manage API tokens on the data directory (server stopped).
+    #[command(subcommand)]
+    Token(token::TokenVerb),
+    /// Check the audit log (server stopped).
+    #[command(subcommand)]
+    Audit(audit::AuditVerb),
+    /// List every HTTP route with what it requires of the caller.
+    Routes,
     /// Print the version.
     Version,
 }
@@ -57,6 +72,7 @@ impl Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::http::tls::install_crypto_provider();
     let env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
@@ -64,6 +80,20 @@ pub fn main() -> ExitCode {
         Verb::Serve(serve) => serve.run(env),
         Verb::Healthcheck(check) => check.run(env),
         Verb::Config(verb) => verb.run(env),
+        Verb::User(verb) => verb.run(env),
+        Verb::Token(verb) => verb.run(env),
+        Verb::Audit(verb) => verb.run(env),
+        Verb::Routes => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let mut lines = vec![format!("{:<7} {:<48} NEEDS", "METHOD", "PATH")];
+            for route in crate::http::routes::table() {
+                lines.push(format!("{:<7} {:<48} {}", route.method.as_str(), route.path, route.need));
+            }
+            // A closed pipe (`betcycle routes | head`) is not an error.
+            let _ = lines.iter().try_for_each(|l| writeln!(out, "{l}"));
+            Ok(ExitCode::SUCCESS)
+        }
         Verb::Version => {
             println!("betcycle {}", crate::VERSION);
             Ok(ExitCode::SUCCESS)

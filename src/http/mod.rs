@@ -8,6 +8,7 @@ pub mod auth;
 mod error;
 mod middleware;
 pub mod routes;
+pub mod tls;
 mod ui;
 
 use crate::app::App;
@@ -38,19 +39,53 @@ pub fn router(app: App) -> Router {
 }
 
 /// Serves until `app.shutdown` is cancelled, then lets in-flight requests finish for up
-/// to `shutdown_timeout` (SSE streams end on the same signal).
+/// to `shutdown_timeout` (SSE streams end on the same signal). HTTPS when TLS is
+/// configured.
 pub async fn serve(app: App, listener: tokio::net::TcpListener) -> Result<()> {
     let token = app.shutdown.clone();
     let grace = app.config.shutdown_timeout;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("cannot read the listening address"))?;
+    let tls = match app.config.tls.clone() {
+        Some(files) => Some((tls::load(&files).await?, files)),
+        None => None,
+    };
+    tracing::info!(
+        url = %format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+        public_url = %app.config.public_url,
+        data_dir = %app.config.data_dir.display(),
+        version = crate::VERSION,
+        "listening"
+    );
     let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .into_future();
-    tokio::select! {
-        result = server => result.map_err(Error::io("HTTP server failed")),
-        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(timeout = ?grace, "shutdown timeout reached; closing remaining connections");
-            Ok(())
-        }
-    }
+
+    let Some((rustls, files)) = tls else {
+        let server = axum::serve(listener, service)
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .into_future();
+        return tokio::select! {
+            result = server => result.map_err(Error::io("HTTP server failed")),
+            () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(timeout = ?grace, "shutdown timeout reached; closing remaining connections");
+                Ok(())
+            }
+        };
+    };
+    tokio::spawn(tls::reload_on_change(rustls.clone(), files, token.clone()));
+    let handle = axum_server::Handle::new();
+    let on_stop = handle.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        on_stop.graceful_shutdown(Some(grace));
+    });
+    let listener = listener
+        .into_std()
+        .map_err(Error::io("cannot hand the listener to the TLS server"))?;
+    axum_server::from_tcp_rustls(listener, rustls)
+        .map_err(Error::io("cannot start the TLS server"))?
+        .handle(handle)
+        .serve(service)
+        .await
+        .map_err(Error::io("HTTPS server failed"))
 }

@@ -1,7 +1,7 @@
 //! Real Chromium, driven through chromedriver, looking at the console as a person would.
 //! Runs when BETCYCLE_BROWSER_TESTS=1 (CI sets it); otherwise each test says it skipped.
 
-use crate::harness::{Server, tempdir};
+use crate::harness::{ADMIN, ADMIN_PASSWORD, Server, tempdir};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,6 +84,15 @@ impl Browser {
     }
 }
 
+/// Fills and submits the sign-in form.
+async fn sign_in(browser: &Browser, base: &str, name: &str, password: &str) {
+    let c = &browser.client;
+    c.goto(&format!("{base}/login")).await.unwrap();
+    c.find(Locator::Css("input[name=name]")).await.unwrap().send_keys(name).await.unwrap();
+    c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys(password).await.unwrap();
+    c.find(Locator::Css("form[action='/login'] button[type=submit]")).await.unwrap().click().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_person_sees_the_dashboard_and_navigates_the_console() {
     let Some(browser) =
@@ -92,9 +101,13 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
         return;
     };
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     let c = &browser.client;
+    // Signed out, the console sends a person to the sign-in page first.
     c.goto(&server.url).await.unwrap();
+    assert_eq!(browser.text("main h1").await, "Sign in");
+    sign_in(&browser, &server.url, ADMIN, ADMIN_PASSWORD).await;
+    c.wait().for_element(Locator::Css("[data-stat=version]")).await.unwrap();
 
     assert_eq!(c.title().await.unwrap(), "Dashboard · BetCycle");
     assert_eq!(browser.text("main h1").await, "Dashboard");
@@ -149,5 +162,72 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
 
     let png = c.screenshot().await.unwrap();
     assert!(png.len() > 1000);
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn first_run_setup_then_sign_in_create_a_token_and_sign_out() {
+    let Some(browser) = Browser::start("first_run_setup_then_sign_in_create_a_token_and_sign_out").await else {
+        return;
+    };
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &[]);
+    let setup_url = server
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["fields"]["setup_url"].as_str().map(str::to_string))
+        .expect("the set-up URL is in the log");
+    let c = &browser.client;
+
+    // The set-up link carries the token; the person picks a name and a password.
+    c.goto(&setup_url).await.unwrap();
+    assert_eq!(browser.text("main h1").await, "Set up BetCycle");
+    c.find(Locator::Css("input[name=name]")).await.unwrap().send_keys("ada").await.unwrap();
+    c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("analytical engine 1843").await.unwrap();
+    c.find(Locator::Css("form[action='/setup'] button")).await.unwrap().click().await.unwrap();
+    c.wait().for_element(Locator::Css("[data-stat=version]")).await.unwrap();
+    assert_eq!(browser.text("header .whoami").await, "ada");
+
+    // Sign out, then in again with the new password.
+    c.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
+    c.wait().for_element(Locator::Css("form[action='/login']")).await.unwrap();
+    sign_in(&browser, &server.url, "ada", "wrong password!").await;
+    assert_eq!(browser.text("p.notice.error").await, "wrong user name or password");
+    sign_in(&browser, &server.url, "ada", "analytical engine 1843").await;
+    c.wait().for_element(Locator::Css("[data-stat=version]")).await.unwrap();
+
+    // Create an API token on the account page; it is shown once and works.
+    c.goto(&format!("{}/account", server.url)).await.unwrap();
+    c.find(Locator::Css("form[action='/account/tokens'] input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys("laptop")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/account/tokens'] button")).await.unwrap().click().await.unwrap();
+    let token = browser.text("[data-token]").await;
+    assert!(token.starts_with("bct_"), "{token}");
+    assert!(browser.text("table.tokens").await.contains("laptop"));
+    let me: serde_json::Value = crate::harness::client()
+        .get(format!("{}/api/v1/me", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["name"], "ada");
+    assert_eq!(me["scope"], "write");
+
+    // Reloading the account page does not show the secret again.
+    c.goto(&format!("{}/account", server.url)).await.unwrap();
+    assert!(c.find(Locator::Css("[data-token]")).await.is_err());
+
+    c.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
+    c.wait().for_element(Locator::Css("form[action='/login']")).await.unwrap();
+    c.goto(&format!("{}/account", server.url)).await.unwrap();
+    assert_eq!(browser.text("main h1").await, "Sign in", "signed out means signed out");
     browser.close().await;
 }

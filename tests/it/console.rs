@@ -17,7 +17,7 @@ const AREAS: [&str; 9] = [
 #[tokio::test]
 async fn dashboard_shows_version_uptime_store_and_health() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     let response = server.get("/").await;
     assert_eq!(response.status(), 200);
     assert!(content_type(&response).starts_with("text/html"));
@@ -45,13 +45,13 @@ async fn dashboard_shows_version_uptime_store_and_health() {
 #[tokio::test]
 async fn areas_not_built_yet_say_so() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     for area in AREAS {
         let response = server.get(&format!("/{}", area.to_lowercase())).await;
         assert_eq!(response.status(), 200, "{area}");
         let page = response.text().await.unwrap();
         assert!(page.contains(&format!("<h1>{area}</h1>")), "{area}");
-        assert!(page.contains("is not built yet"), "{area}");
+        assert!(page.contains("not built yet"), "{area}");
         assert!(
             page.contains(
                 "aria-current=\"page\">{area}"
@@ -66,7 +66,7 @@ async fn areas_not_built_yet_say_so() {
 #[tokio::test]
 async fn assets_carry_etags_and_hashed_urls_are_immutable() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     let page = server.get("/").await.text().await.unwrap();
     let href = page
         .split("href=\"")
@@ -86,7 +86,7 @@ async fn assets_carry_etags_and_hashed_urls_are_immutable() {
     assert_eq!(plain.headers()["cache-control"], "no-cache");
     let etag = plain.headers()["etag"].to_str().unwrap().to_string();
     assert_eq!(etag, format!("\"{href}\""));
-    let revalidated = reqwest::Client::new()
+    let revalidated = crate::harness::client()
         .get(format!("{}/static/app.css", server.url))
         .header("if-none-match", &etag)
         .send()

@@ -24,18 +24,74 @@ pub fn betcycle_at(bin: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
     cmd
 }
 
+/// The administrator `Server::start_admin` creates.
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin password 123";
+
 /// A running `betcycle serve`.
 pub struct Server {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// An admin-scoped API token of `ADMIN`, sent by `get` when set.
+    pub token: Option<String>,
     logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Creates a user with the real CLI on a stopped server's data directory.
+pub fn add_user(root: &Path, name: &str, password: &str, admin: bool) {
+    let mut cmd = betcycle(root);
+    cmd.args(["user", "add", name, "--password-stdin", "--data-dir"])
+        .arg(root.join("data"));
+    if admin {
+        cmd.arg("--admin");
+    }
+    let (code, _, stderr) = run_with_stdin(&mut cmd, &format!("{password}\n"));
+    assert_eq!(code, 0, "user add {name}: {stderr}");
+}
+
+/// Creates an API token with the real CLI on a stopped server's data directory.
+pub fn create_token(root: &Path, user: &str, scope: &str) -> String {
+    let (code, stdout, stderr) = run(betcycle(root)
+        .args(["token", "create", "--user", user, "--scope", scope, "--data-dir"])
+        .arg(root.join("data")));
+    assert_eq!(code, 0, "token create: {stderr}");
+    stdout.trim().to_string()
+}
+
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 impl Server {
     /// Starts a server with its data in `root/data`, listening on a free port.
     pub fn start(root: &Path, extra: &[&str]) -> Server {
         Self::start_with(betcycle(root), root, extra)
+    }
+
+    /// Like `start`, with an administrator `ADMIN` (created before the first start if
+    /// missing) whose admin-scoped token `get` sends.
+    pub fn start_admin(root: &Path, extra: &[&str]) -> Server {
+        if !root.join("data/betcycle.redb").exists() {
+            add_user(root, ADMIN, ADMIN_PASSWORD, true);
+        }
+        let token = create_token(root, ADMIN, "admin");
+        let mut server = Self::start(root, extra);
+        server.token = Some(token);
+        server
     }
 
     pub fn start_with(mut cmd: Command, root: &Path, extra: &[&str]) -> Server {
@@ -80,6 +136,7 @@ impl Server {
             child,
             url,
             data_dir,
+            token: None,
             logs,
         }
     }
@@ -130,8 +187,17 @@ impl Server {
         }
     }
 
+    /// A request to this server, with the admin token when there is one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = client().request(method, format!("{}{path}", self.url));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(format!("{}{path}", self.url)).await.unwrap()
+        self.request(reqwest::Method::GET, path).send().await.unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
@@ -164,6 +230,12 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
 
 pub fn content_type(response: &reqwest::Response) -> &str {
     response.headers()["content-type"].to_str().unwrap()
+}
+
+/// An HTTP client for tests (rustls with the ring provider, as the server uses).
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 pub fn tempdir() -> tempfile::TempDir {

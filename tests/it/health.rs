@@ -89,7 +89,7 @@ async fn healthcheck_finds_the_server_from_the_same_config() {
 async fn errors_have_one_shape_with_the_request_id() {
     let dir = tempdir();
     let server = Server::start(dir.path(), &[]);
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
 
     // Table of (method, path, accept, status, code).
     let cases = [

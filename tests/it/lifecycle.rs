@@ -1,18 +1,20 @@
 //! Start, restart, crash and shutdown: what was committed stays committed.
 
-use crate::harness::{BIN, Server, betcycle, betcycle_at, run, tempdir};
+use crate::harness::{
+    ADMIN, ADMIN_PASSWORD, BIN, Server, add_user, betcycle, betcycle_at, create_token, run, tempdir,
+};
 use std::time::Duration;
 
 #[tokio::test]
 async fn graceful_restart_keeps_the_instance_and_records_the_stop() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     let first = server.get_json("/api/v1/instance").await;
     assert_eq!(first["starts_total"], 1);
     let status = server.stop();
     assert!(status.success(), "exit {status:?}");
 
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     let second = server.get_json("/api/v1/instance").await;
     assert_eq!(second["instance"]["id"], first["instance"]["id"]);
     assert_eq!(second["starts_total"], 2);
@@ -27,14 +29,14 @@ async fn graceful_restart_keeps_the_instance_and_records_the_stop() {
 #[tokio::test]
 async fn kill_9_during_writes_loses_no_committed_record() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     let id = server.get_json("/api/v1/instance").await["instance"]["id"].clone();
 
     // Keep the store busy with durable writes (every /readyz commits a probe record)
     // while the process is killed.
     let url = format!("{}/readyz", server.url);
     let writer = tokio::spawn(async move {
-        let client = reqwest::Client::new();
+        let client = crate::harness::client();
         let mut ok = 0u32;
         while client
             .get(&url)
@@ -51,7 +53,7 @@ async fn kill_9_during_writes_loses_no_committed_record() {
     let writes = writer.await.unwrap();
     assert!(writes > 0, "no writes happened before the kill");
 
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     let info = server.get_json("/api/v1/instance").await;
     assert_eq!(info["instance"]["id"], id);
     assert_eq!(info["starts_total"], 2);
@@ -65,10 +67,8 @@ async fn kill_9_during_writes_loses_no_committed_record() {
 #[tokio::test]
 async fn sigterm_closes_event_streams_and_exits_cleanly() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
-    let mut stream = reqwest::get(format!("{}/api/v1/events", server.url))
-        .await
-        .unwrap();
+    let server = Server::start_admin(dir.path(), &[]);
+    let mut stream = server.get("/api/v1/events").await;
     assert_eq!(stream.status(), 200);
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     assert_eq!(stream.headers()["x-accel-buffering"], "no");
@@ -94,7 +94,7 @@ async fn sigterm_closes_event_streams_and_exits_cleanly() {
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = tempdir();
-    let _server = Server::start(dir.path(), &[]);
+    let _server = Server::start_admin(dir.path(), &[]);
     let (code, _, stderr) = run(betcycle(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data")));
@@ -110,7 +110,10 @@ async fn the_binary_copied_alone_serves_the_console_and_assets() {
     let dir = tempdir();
     let bin = dir.path().join("betcycle");
     std::fs::copy(BIN, &bin).unwrap();
-    let server = Server::start_with(betcycle_at(&bin, dir.path()), dir.path(), &[]);
+    add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    let token = create_token(dir.path(), ADMIN, "read");
+    let mut server = Server::start_with(betcycle_at(&bin, dir.path()), dir.path(), &[]);
+    server.token = Some(token);
     let page = server.get("/").await.text().await.unwrap();
     assert!(page.contains("<h1>Dashboard</h1>"));
     for asset in ["app.css", "htmx.min.js", "favicon.svg"] {
@@ -123,7 +126,7 @@ async fn the_binary_copied_alone_serves_the_console_and_assets() {
 #[tokio::test]
 async fn logs_roll_into_json_files_under_the_data_dir() {
     let dir = tempdir();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_admin(dir.path(), &[]);
     server.get("/healthz").await;
     let data_dir = server.data_dir.clone();
     assert!(server.stop().success());

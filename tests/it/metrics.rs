@@ -74,7 +74,7 @@ async fn metrics_count_requests_and_report_process_and_store() {
     assert!((samples["betcycle_store_size_bytes"] - store_size).abs() < 1e6);
 
     // OpenMetrics on request, as Prometheus asks for it.
-    let om = reqwest::Client::new()
+    let om = crate::harness::client()
         .get(format!("{}/metrics", server.url))
         .header("accept", "application/openmetrics-text;version=1.0.0")
         .send()

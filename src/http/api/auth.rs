@@ -7,7 +7,7 @@
 
 use crate::app::App;
 use crate::audit::Record;
-use crate::auth::{ApiToken, Credential, Scope, Session, User, UserView, accounts};
+use crate::auth::{Credential, Scope, SessionView, TokenView, User, UserView, accounts};
 use crate::http::ServerResult;
 use crate::http::auth::{Anyone, SESSION_COOKIE, Signed};
 use crate::http::error::ServerError;
@@ -57,7 +57,7 @@ pub struct SignInRequest {
 #[derive(Serialize)]
 pub struct SignInResponse {
     pub user: UserView,
-    pub session: Session,
+    pub session: SessionView,
     /// Send it as `X-CSRF-Token` with every change made with this session's cookie.
     pub csrf_token: String,
 }
@@ -91,7 +91,7 @@ pub async fn sign_in(
     let body = SignInResponse {
         csrf_token: signed.session.csrf_token.clone(),
         user: view(signed.user, Vec::new()),
-        session: signed.session,
+        session: signed.session.view(true),
     };
     Ok((StatusCode::CREATED, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
 }
@@ -125,23 +125,13 @@ pub async fn sign_out(State(app): State<App>, signed: Signed) -> ServerResult<Re
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, session_cookie(&app, "", 0))]).into_response())
 }
 
-#[derive(Serialize)]
-pub struct SessionView {
-    #[serde(flatten)]
-    pub session: Session,
-    pub current: bool,
-}
-
 pub async fn list_sessions(State(app): State<App>, signed: Signed) -> ServerResult<Json<Vec<SessionView>>> {
     let current = current_session(&signed).map(str::to_string);
     let sessions = app.store.list_sessions(signed.principal.user.id).await?;
     Ok(Json(
         sessions
-            .into_iter()
-            .map(|s| SessionView {
-                current: current.as_deref() == Some(s.id.as_str()),
-                session: s,
-            })
+            .iter()
+            .map(|s| s.view(current.as_deref() == Some(s.id.as_str())))
             .collect(),
     ))
 }
@@ -234,7 +224,7 @@ pub struct CreatedToken {
     /// The secret: shown once, never again.
     pub token: String,
     #[serde(flatten)]
-    pub record: ApiToken,
+    pub record: TokenView,
 }
 
 pub fn parse_expiry(value: Option<&str>) -> Result<Option<std::time::Duration>, ServerError> {
@@ -257,18 +247,25 @@ pub async fn create_token(State(app): State<App>, signed: Signed, Json(req): Jso
         &signed.audit,
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(CreatedToken { token, record })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            record: record.view(),
+        }),
+    ))
 }
 
-pub async fn list_tokens(State(app): State<App>, signed: Signed) -> ServerResult<Json<Vec<ApiToken>>> {
-    Ok(Json(app.store.list_tokens(Some(signed.principal.user.id)).await?))
+pub async fn list_tokens(State(app): State<App>, signed: Signed) -> ServerResult<Json<Vec<TokenView>>> {
+    let tokens = app.store.list_tokens(Some(signed.principal.user.id)).await?;
+    Ok(Json(tokens.iter().map(|t| t.view()).collect()))
 }
 
-pub async fn revoke_token(State(app): State<App>, signed: Signed, Path(id): Path<u64>) -> ServerResult<Json<ApiToken>> {
+pub async fn revoke_token(State(app): State<App>, signed: Signed, Path(id): Path<u64>) -> ServerResult<Json<TokenView>> {
     let owner = (!signed.principal.user.admin).then_some(signed.principal.user.id);
     let token = app
         .store
         .revoke_token(id, owner, Record::new(&signed.audit, "token.revoke", format!("token:{id}")))
         .await?;
-    Ok(Json(token))
+    Ok(Json(token.view()))
 }
