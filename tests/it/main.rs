@@ -1,6 +1,7 @@
 //! The one integration-test binary. Every test drives the real `betcycle` binary: a
 //! server started on 127.0.0.1:0 in a temp data directory, or a CLI verb.
 
+mod access;
 mod browser;
 mod cli;
 mod console;
