@@ -4,14 +4,14 @@
 //! store (migrations), the start record, and only then the listener — so a server that
 //! accepts connections always has a working store.
 
+use crate::auth::secret;
+use crate::auth::throttle::LoginThrottle;
 use crate::config::{Config, Source};
 use crate::error::{Error, Result};
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 use jiff::Timestamp;
-use crate::auth::secret;
-use crate::auth::throttle::LoginThrottle;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,11 @@ pub async fn serve(mut config: Config) -> Result<()> {
         .iter()
         .any(|(k, _, s)| *k == "public_url" && *s == Source::Derived)
     {
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         config.public_url = format!("{scheme}://{addr}");
     }
 

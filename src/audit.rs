@@ -44,7 +44,8 @@ pub struct Context {
 
 impl Context {
     pub fn cli() -> Self {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        // SAFETY: getuid cannot fail and has no preconditions.
+        let user = std::env::var("USER").unwrap_or_else(|_| format!("uid-{}", unsafe { libc::getuid() }));
         Self {
             actor: format!("cli:{user}"),
             source: "cli".into(),
@@ -162,7 +163,9 @@ pub fn verify<'a>(
         if entry.seq != seq || entry.prev_hash != prev_hash {
             return Err(Broken {
                 seq,
-                problem: "does not follow the entry before it (altered, or an earlier entry was removed)".into(),
+                problem:
+                    "does not follow the entry before it (altered, or an earlier entry was removed)"
+                        .into(),
             });
         }
         if crate::auth::secret::digest_bytes(body) != stored_hash {

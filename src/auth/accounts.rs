@@ -25,12 +25,23 @@ async fn verify(password: String, hash: String) -> bool {
         .unwrap_or(false)
 }
 
-pub async fn create_user(store: &Store, name: &str, password: &str, admin: bool, ctx: &Context) -> Result<User> {
+pub async fn create_user(
+    store: &Store,
+    name: &str,
+    password: &str,
+    admin: bool,
+    ctx: &Context,
+) -> Result<User> {
     validate_name("user", name).map_err(Error::Invalid)?;
     validate_password(password).map_err(Error::Invalid)?;
     let hash = hash(password.to_string()).await?;
     store
-        .create_user(name.to_string(), hash, admin, Record::new(ctx, "user.create", format!("user:{name}")))
+        .create_user(
+            name.to_string(),
+            hash,
+            admin,
+            Record::new(ctx, "user.create", format!("user:{name}")),
+        )
         .await
 }
 
@@ -59,7 +70,11 @@ pub async fn setup(
     validate_password(password).map_err(Error::Invalid)?;
     let hash = hash(password.to_string()).await?;
     let user = store
-        .create_first_admin(name.to_string(), hash, Record::new(ctx, "setup", format!("user:{name}")))
+        .create_first_admin(
+            name.to_string(),
+            hash,
+            Record::new(ctx, "setup", format!("user:{name}")),
+        )
         .await?;
     *token_digest.lock().expect("setup lock") = None;
     Ok(user)
@@ -97,16 +112,20 @@ pub async fn sign_in(
         });
     }
     let user = store.user_by_name(name).await?;
-    let hash = user
-        .as_ref()
-        .map_or_else(|| secret::dummy_hash().to_string(), |u| u.password_hash.clone());
+    let hash = user.as_ref().map_or_else(
+        || secret::dummy_hash().to_string(),
+        |u| u.password_hash.clone(),
+    );
     let valid = verify(password.to_string(), hash).await;
     let user = match user {
         Some(user) if valid && !user.disabled => user,
         _ => {
             throttle.record_failure(&keys, Instant::now());
             store
-                .audit(Record::new(ctx, "session.create", format!("user:{name}")).outcome(Outcome::Failure))
+                .audit(
+                    Record::new(ctx, "session.create", format!("user:{name}"))
+                        .outcome(Outcome::Failure),
+                )
                 .await?;
             return Err(Error::Unauthorized(WRONG_CREDENTIALS.into()));
         }
@@ -116,7 +135,8 @@ pub async fn sign_in(
     let cookie = secret::random_hex(32);
     let digest = secret::digest(&cookie);
     let now = Timestamp::now();
-    let lifetime = jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(24));
+    let lifetime =
+        jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(24));
     let session = Session {
         id: digest[..16].to_string(),
         user_id: user.id,
@@ -138,14 +158,27 @@ pub async fn sign_in(
             Record::new(&ctx, "session.create", format!("user:{}", user.name)),
         )
         .await?;
-    Ok(SignIn { cookie, session, user })
+    Ok(SignIn {
+        cookie,
+        session,
+        user,
+    })
 }
 
 /// Changes the caller's own password after checking the current one.
-pub async fn change_password(store: &Store, user: &User, current: &str, new: &str, ctx: &Context) -> Result<()> {
+pub async fn change_password(
+    store: &Store,
+    user: &User,
+    current: &str,
+    new: &str,
+    ctx: &Context,
+) -> Result<()> {
     if !verify(current.to_string(), user.password_hash.clone()).await {
         store
-            .audit(Record::new(ctx, "user.password", format!("user:{}", user.name)).outcome(Outcome::Failure))
+            .audit(
+                Record::new(ctx, "user.password", format!("user:{}", user.name))
+                    .outcome(Outcome::Failure),
+            )
             .await?;
         return Err(Error::Forbidden("the current password is wrong".into()));
     }
@@ -157,7 +190,11 @@ pub async fn set_password(store: &Store, name: &str, password: &str, ctx: &Conte
     validate_password(password).map_err(Error::Invalid)?;
     let hash = hash(password.to_string()).await?;
     store
-        .set_password(name, hash, Record::new(ctx, "user.password", format!("user:{name}")))
+        .set_password(
+            name,
+            hash,
+            Record::new(ctx, "user.password", format!("user:{name}")),
+        )
         .await
 }
 
@@ -172,10 +209,14 @@ pub async fn create_token(
 ) -> Result<(String, ApiToken)> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 {
-        return Err(Error::Invalid("a token needs a name of 1 to 100 characters".into()));
+        return Err(Error::Invalid(
+            "a token needs a name of 1 to 100 characters".into(),
+        ));
     }
     if scope == Scope::Admin && !user.admin {
-        return Err(Error::Forbidden("only administrators may create admin-scoped tokens".into()));
+        return Err(Error::Forbidden(
+            "only administrators may create admin-scoped tokens".into(),
+        ));
     }
     let secret = secret::new_token();
     let now = Timestamp::now();
@@ -201,7 +242,10 @@ pub async fn create_token(
         revoked_at: None,
     };
     let token = store
-        .create_token(token, Record::new(ctx, "token.create", format!("user:{}", user.name)))
+        .create_token(
+            token,
+            Record::new(ctx, "token.create", format!("user:{}", user.name)),
+        )
         .await?;
     Ok((secret, token))
 }

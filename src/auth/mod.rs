@@ -66,7 +66,9 @@ impl std::str::FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "developer" => Ok(Role::Developer),
             "maintainer" => Ok(Role::Maintainer),
-            _ => Err(format!("unknown role \"{s}\": expected viewer, developer or maintainer")),
+            _ => Err(format!(
+                "unknown role \"{s}\": expected viewer, developer or maintainer"
+            )),
         }
     }
 }
@@ -94,7 +96,9 @@ pub fn project_role(user: &User, teams: &[Team], bindings: &[RoleBinding]) -> Op
         .iter()
         .filter(|b| match b.subject {
             Subject::User(id) => id == user.id,
-            Subject::Team(id) => teams.iter().any(|t| t.id == id && t.members.contains(&user.id)),
+            Subject::Team(id) => teams
+                .iter()
+                .any(|t| t.id == id && t.members.contains(&user.id)),
         })
         .map(|b| b.role)
         .max()
@@ -119,7 +123,9 @@ impl std::str::FromStr for Scope {
             "read" => Ok(Scope::Read),
             "write" => Ok(Scope::Write),
             "admin" => Ok(Scope::Admin),
-            _ => Err(format!("unknown scope \"{s}\": expected read, write or admin")),
+            _ => Err(format!(
+                "unknown scope \"{s}\": expected read, write or admin"
+            )),
         }
     }
 }
@@ -285,13 +291,15 @@ impl Principal {
             Credential::Token(t) => t.scope,
         };
         if mutates && scope < Scope::Write {
-            return Err(Denied::Forbidden("this token has the read scope; changes need write".into()));
+            return Err(Denied::Forbidden(
+                "this token has the read scope; changes need write".into(),
+            ));
         }
         match need {
             Need::Public | Need::User => Ok(()),
-            Need::Admin if !self.user.admin => {
-                Err(Denied::Forbidden("only instance administrators may do this".into()))
-            }
+            Need::Admin if !self.user.admin => Err(Denied::Forbidden(
+                "only instance administrators may do this".into(),
+            )),
             Need::Admin if scope < Scope::Admin => {
                 Err(Denied::Forbidden("this token lacks the admin scope".into()))
             }
@@ -312,10 +320,13 @@ impl Principal {
 pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
     if ok {
         Ok(())
     } else {
@@ -330,7 +341,9 @@ pub const MIN_PASSWORD_LEN: usize = 10;
 
 pub fn validate_password(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(format!("the password must have at least {MIN_PASSWORD_LEN} characters"));
+        return Err(format!(
+            "the password must have at least {MIN_PASSWORD_LEN} characters"
+        ));
     }
     if password.len() > 1024 {
         return Err("the password must have at most 1024 bytes".into());
@@ -382,13 +395,16 @@ mod tests {
             subject,
             role,
         };
-        assert_eq!(project_role(&alice, &[team.clone()], &[]), None);
+        assert_eq!(project_role(&alice, std::slice::from_ref(&team), &[]), None);
         let bindings = [
             bind(Subject::User(1), Role::Viewer),
             bind(Subject::Team(7), Role::Maintainer),
             bind(Subject::User(3), Role::Maintainer),
         ];
-        assert_eq!(project_role(&alice, &[team.clone()], &bindings), Some(Role::Maintainer));
+        assert_eq!(
+            project_role(&alice, std::slice::from_ref(&team), &bindings),
+            Some(Role::Maintainer)
+        );
         assert_eq!(project_role(&alice, &[], &bindings), Some(Role::Viewer));
         assert_eq!(project_role(&user(2, false), &[team], &bindings[..1]), None);
     }
@@ -401,11 +417,20 @@ mod tests {
         };
         let read = p(true, token(Scope::Read));
         assert_eq!(read.check(Need::User, false), Ok(()));
-        assert!(matches!(read.check(Need::User, true), Err(Denied::Forbidden(_))));
+        assert!(matches!(
+            read.check(Need::User, true),
+            Err(Denied::Forbidden(_))
+        ));
         let write = p(true, token(Scope::Write));
         assert_eq!(write.check(Need::User, true), Ok(()));
-        assert!(matches!(write.check(Need::Admin, true), Err(Denied::Forbidden(_))));
-        assert_eq!(p(true, token(Scope::Admin)).check(Need::Admin, true), Ok(()));
+        assert!(matches!(
+            write.check(Need::Admin, true),
+            Err(Denied::Forbidden(_))
+        ));
+        assert_eq!(
+            p(true, token(Scope::Admin)).check(Need::Admin, true),
+            Ok(())
+        );
         assert!(matches!(
             p(false, token(Scope::Admin)).check(Need::Admin, false),
             Err(Denied::Forbidden(_))

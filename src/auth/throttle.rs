@@ -31,7 +31,10 @@ impl LoginThrottle {
         let mut wait = Duration::ZERO;
         for key in keys {
             if let Some(times) = failures.get_mut(key) {
-                while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                while times
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
                     times.pop_front();
                 }
                 if times.len() >= self.max {
@@ -47,7 +50,11 @@ impl LoginThrottle {
         let mut failures = self.failures.lock().expect("throttle lock");
         if failures.len() >= MAX_KEYS {
             let window = self.window;
-            failures.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < window));
+            failures.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < window)
+            });
         }
         for key in keys {
             failures.entry(key.clone()).or_default().push_back(now);
@@ -73,11 +80,17 @@ mod tests {
             assert!(throttle.check(&keys, t0 + Duration::from_secs(i)).is_ok());
             throttle.record_failure(&keys, t0 + Duration::from_secs(i));
         }
-        let wait = throttle.check(&keys, t0 + Duration::from_secs(10)).unwrap_err();
+        let wait = throttle
+            .check(&keys, t0 + Duration::from_secs(10))
+            .unwrap_err();
         assert_eq!(wait, Duration::from_secs(50));
         // Another name from the same address is throttled too.
         let other = vec!["user:bob".to_string(), "addr:10.0.0.1".to_string()];
-        assert!(throttle.check(&other, t0 + Duration::from_secs(10)).is_err());
+        assert!(
+            throttle
+                .check(&other, t0 + Duration::from_secs(10))
+                .is_err()
+        );
         assert!(throttle.check(&keys, t0 + Duration::from_secs(61)).is_ok());
     }
 }

@@ -88,7 +88,12 @@ pub fn main() -> ExitCode {
             let mut out = std::io::stdout().lock();
             let mut lines = vec![format!("{:<7} {:<48} NEEDS", "METHOD", "PATH")];
             for route in crate::http::routes::table() {
-                lines.push(format!("{:<7} {:<48} {}", route.method.as_str(), route.path, route.need));
+                lines.push(format!(
+                    "{:<7} {:<48} {}",
+                    route.method.as_str(),
+                    route.path,
+                    route.need
+                ));
             }
             // A closed pipe (`betcycle routes | head`) is not an error.
             let _ = lines.iter().try_for_each(|l| writeln!(out, "{l}"));

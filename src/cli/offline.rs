@@ -12,16 +12,25 @@ use std::future::Future;
 /// Loads the config, opens the store in the data directory and runs `f` on a small
 /// runtime. With `create`, a missing data directory and store are created (so the first
 /// administrator can be added before the first start).
-pub fn with_store<T, F, Fut>(config: &ConfigArgs, env: BTreeMap<String, String>, create: bool, f: F) -> Result<T, Failure>
+pub fn with_store<T, F, Fut>(
+    config: &ConfigArgs,
+    env: BTreeMap<String, String>,
+    create: bool,
+    f: F,
+) -> Result<T, Failure>
 where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
-    let (config, _) = Config::load(&config.inputs(env)).map_err(|e| Failure::Usage(e.to_string()))?;
+    let (config, _) =
+        Config::load(&config.inputs(env)).map_err(|e| Failure::Usage(e.to_string()))?;
     let path = config.data_dir.join(crate::store::FILE_NAME);
     if create {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Failure::Runtime(format!("cannot create data directory {}: {e}", config.data_dir.display()))
+            Failure::Runtime(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
         })?;
     } else if !path.exists() {
         return Err(Failure::Runtime(format!(
@@ -31,7 +40,9 @@ where
     }
     let store = Store::open(&path, config.store_cache_size, EventBus::new()).map_err(|e| {
         Failure::Runtime(match e {
-            crate::error::Error::StoreLocked { .. } => format!("{e}; stop the server first, or use the API"),
+            crate::error::Error::StoreLocked { .. } => {
+                format!("{e}; stop the server first, or use the API")
+            }
             other => other.to_string(),
         })
     })?;
@@ -45,9 +56,9 @@ where
 /// Reads a password from standard input (one line, the newline removed).
 pub fn password_from_stdin() -> Result<String, Failure> {
     let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| Failure::Runtime(format!("cannot read the password from standard input: {e}")))?;
+    std::io::stdin().read_line(&mut line).map_err(|e| {
+        Failure::Runtime(format!("cannot read the password from standard input: {e}"))
+    })?;
     let password = line.trim_end_matches(['\n', '\r']).to_string();
     if password.is_empty() {
         return Err(Failure::Usage("no password on standard input".into()));

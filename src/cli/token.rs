@@ -44,9 +44,10 @@ impl TokenVerb {
                 .await
                 .map_err(runtime_err)?
                 .ok_or_else(|| Failure::Runtime(format!("user \"{user}\" not found")))?;
-            let (secret, _) = accounts::create_token(&store, &user, &name, scope, expires, &Context::cli())
-                .await
-                .map_err(runtime_err)?;
+            let (secret, _) =
+                accounts::create_token(&store, &user, &name, scope, expires, &Context::cli())
+                    .await
+                    .map_err(runtime_err)?;
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
         })

@@ -40,12 +40,18 @@ pub enum UserVerb {
 impl UserVerb {
     pub fn run(self, env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
         match self {
-            UserVerb::Add { name, admin, config, .. } => {
+            UserVerb::Add {
+                name,
+                admin,
+                config,
+                ..
+            } => {
                 let password = password_from_stdin()?;
                 with_store(&config, env, true, |store| async move {
-                    let user = accounts::create_user(&store, &name, &password, admin, &Context::cli())
-                        .await
-                        .map_err(runtime_err)?;
+                    let user =
+                        accounts::create_user(&store, &name, &password, admin, &Context::cli())
+                            .await
+                            .map_err(runtime_err)?;
                     let role = if user.admin { "administrator" } else { "user" };
                     println!("created {role} {}", user.name);
                     Ok(ExitCode::SUCCESS)
@@ -53,7 +59,10 @@ impl UserVerb {
             }
             UserVerb::List { config } => with_store(&config, env, false, |store| async move {
                 let users = store.list_users().await.map_err(runtime_err)?;
-                println!("{:<4} {:<24} {:<14} {:<9} TEAMS", "ID", "NAME", "ROLE", "STATUS");
+                println!(
+                    "{:<4} {:<24} {:<14} {:<9} TEAMS",
+                    "ID", "NAME", "ROLE", "STATUS"
+                );
                 for u in users {
                     println!(
                         "{:<4} {:<24} {:<14} {:<9} {}",

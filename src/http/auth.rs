@@ -43,7 +43,9 @@ async fn resolve(app: &App, headers: &HeaderMap) -> Result<Option<Principal>, Se
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| ServerError::Unauthorized("expected Authorization: Bearer <token>".into()))?;
+            .ok_or_else(|| {
+                ServerError::Unauthorized("expected Authorization: Bearer <token>".into())
+            })?;
         return match app.store.token(&secret::digest(token)).await? {
             Some((token, user)) => Ok(Some(Principal {
                 user,
@@ -96,13 +98,23 @@ pub async fn require(State((app, need)): State<(App, Need)>, req: Request, next:
     };
     if let Err(denied) = principal.check(need, mutates) {
         let reason = match denied {
-            Denied::Unauthenticated => return ServerError::Unauthorized("sign in".into()).into_response(),
+            Denied::Unauthenticated => {
+                return ServerError::Unauthorized("sign in".into()).into_response();
+            }
             Denied::Forbidden(reason) => reason,
         };
-        let meta = req.extensions().get::<RequestMeta>().cloned().unwrap_or_default();
-        let record = Record::new(&context(&meta, Some(&principal)), "request.denied", req.uri().path())
-            .outcome(Outcome::Denied)
-            .detail(format!("{} {}: {reason}", req.method(), req.uri().path()));
+        let meta = req
+            .extensions()
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default();
+        let record = Record::new(
+            &context(&meta, Some(&principal)),
+            "request.denied",
+            req.uri().path(),
+        )
+        .outcome(Outcome::Denied)
+        .detail(format!("{} {}: {reason}", req.method(), req.uri().path()));
         if let Err(e) = app.store.audit(record).await {
             tracing::error!(error = %e, "cannot record a denied request");
         }
@@ -120,9 +132,15 @@ pub async fn require(State((app, need)): State<(App, Need)>, req: Request, next:
 /// A cookie-authenticated change must carry the session's CSRF token, in the
 /// `X-CSRF-Token` header (htmx, scripts) or the `_csrf` form field (plain forms).
 async fn check_csrf(req: Request, expected: &str) -> Result<Request, ServerError> {
-    let missing = || ServerError::Forbidden("missing or wrong CSRF token; reload the page and try again".into());
+    let missing = || {
+        ServerError::Forbidden("missing or wrong CSRF token; reload the page and try again".into())
+    };
     if let Some(sent) = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
-        return if secret::constant_time_eq(sent, expected) { Ok(req) } else { Err(missing()) };
+        return if secret::constant_time_eq(sent, expected) {
+            Ok(req)
+        } else {
+            Err(missing())
+        };
     }
     let is_form = req
         .headers()
@@ -182,7 +200,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Signed {
             .get::<Caller>()
             .and_then(|c| c.0.clone())
             .ok_or_else(|| ServerError::Unauthorized("sign in or send an API token".into()))?;
-        let meta = parts.extensions.get::<RequestMeta>().cloned().unwrap_or_default();
+        let meta = parts
+            .extensions
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default();
         Ok(Signed {
             audit: context(&meta, Some(&principal)),
             principal,
@@ -202,7 +224,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Anyone {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ServerError> {
         let principal = parts.extensions.get::<Caller>().and_then(|c| c.0.clone());
-        let meta = parts.extensions.get::<RequestMeta>().cloned().unwrap_or_default();
+        let meta = parts
+            .extensions
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default();
         Ok(Anyone {
             audit: context(&meta, principal.as_ref()),
             principal,

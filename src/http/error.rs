@@ -18,7 +18,10 @@ pub enum ServerError {
     Unauthorized(String),
     Forbidden(String),
     Conflict(String),
-    TooManyRequests { message: String, retry_after_secs: u64 },
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     Internal(Error),
 }
 
@@ -83,7 +86,9 @@ impl IntoResponse for ServerError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        response.extensions_mut().insert(ErrorInfo { code, message });
+        response
+            .extensions_mut()
+            .insert(ErrorInfo { code, message });
         response
     }
 }

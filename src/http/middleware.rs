@@ -6,10 +6,10 @@
 use super::error::{self, ErrorInfo};
 use crate::app::App;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use std::net::SocketAddr;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use std::net::SocketAddr;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -119,7 +119,9 @@ fn is_sane_id(id: &str) -> bool {
 
 fn security_headers(headers: &mut axum::http::HeaderMap, tls: bool) {
     let mut set = |name: HeaderName, value: &'static str| {
-        headers.entry(name).or_insert(HeaderValue::from_static(value));
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
     };
     set(header::CONTENT_SECURITY_POLICY, CSP);
     set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");

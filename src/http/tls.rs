@@ -50,7 +50,9 @@ pub async fn reload_on_change(config: RustlsConfig, tls: TlsConfig, stop: Cancel
                 seen = now;
             }
             // Files may be mid-write; try again at the next check.
-            Err(e) => tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; keeping the current one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; keeping the current one")
+            }
         }
     }
 }

@@ -9,19 +9,15 @@ use crate::audit::Record;
 use crate::auth::{ApiToken, RoleBinding, Session, Subject, Team, User, UserView};
 use crate::error::{Error, Result};
 use jiff::Timestamp;
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 /// How stale `last_seen_at`/`last_used_at` may get before a request writes it again, so
 /// ordinary reads do not each cost a durable write.
 const TOUCH_INTERVAL_SECS: i64 = 60;
 
-fn next_id<K: redb::Key + 'static>(
-    tx: &WriteTx,
-    table: TableDefinition<u64, K>,
-) -> Result<u64>
-where
-    for<'a> K: redb::Value,
-{
+fn next_id(tx: &WriteTx, table: TableDefinition<u64, &[u8]>) -> Result<u64> {
     let t = tx.open_table(table)?;
     Ok(t.last()?.map_or(1, |(k, _)| k.value() + 1))
 }
@@ -138,7 +134,9 @@ impl Store {
     ) -> Result<User> {
         self.write(move |tx| {
             if tx.open_table(USERS)?.len()? > 0 {
-                return Err(Error::Conflict("set-up is done: a user already exists".into()));
+                return Err(Error::Conflict(
+                    "set-up is done: a user already exists".into(),
+                ));
             }
             let user = User {
                 id: 1,
@@ -161,7 +159,10 @@ impl Store {
         let name = name.to_string();
         self.read(move |db| {
             let tx = db.begin_read()?;
-            let id = tx.open_table(USER_NAMES)?.get(name.as_str())?.map(|v| v.value());
+            let id = tx
+                .open_table(USER_NAMES)?
+                .get(name.as_str())?
+                .map(|v| v.value());
             match id {
                 Some(id) => get_user(&tx, id),
                 None => Ok(None),
@@ -196,7 +197,12 @@ impl Store {
     }
 
     /// Replaces a user's password hash and signs out all their sessions.
-    pub async fn set_password(&self, name: &str, password_hash: String, audit: Record) -> Result<()> {
+    pub async fn set_password(
+        &self,
+        name: &str,
+        password_hash: String,
+        audit: Record,
+    ) -> Result<()> {
         let name = name.to_string();
         self.write(move |tx| {
             let mut user = user_named_in(tx, &name)?;
@@ -255,7 +261,12 @@ impl Store {
 
     // --- sessions ---
 
-    pub async fn create_session(&self, key_digest: String, session: Session, audit: Record) -> Result<()> {
+    pub async fn create_session(
+        &self,
+        key_digest: String,
+        session: Session,
+        audit: Record,
+    ) -> Result<()> {
         self.write(move |tx| {
             tx.open_table(SESSIONS)?
                 .insert(key_digest.as_str(), codec::encode(&session).as_slice())?;
@@ -274,10 +285,11 @@ impl Store {
                 let key = key.clone();
                 move |db| {
                     let tx = db.begin_read()?;
-                    let session: Option<Session> = match tx.open_table(SESSIONS)?.get(key.as_str())? {
-                        Some(v) => Some(codec::decode(SESSIONS, v.value())?),
-                        None => None,
-                    };
+                    let session: Option<Session> =
+                        match tx.open_table(SESSIONS)?.get(key.as_str())? {
+                            Some(v) => Some(codec::decode(SESSIONS, v.value())?),
+                            None => None,
+                        };
                     let Some(session) = session else {
                         return Ok(None);
                     };
@@ -326,7 +338,7 @@ impl Store {
                     out.push(s);
                 }
             }
-            out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+            out.sort_by_key(|s| std::cmp::Reverse(s.created_at));
             Ok(out)
         })
         .await
@@ -356,7 +368,10 @@ impl Store {
                 .insert(token.id, codec::encode(&token).as_slice())?;
             tx.open_table(API_TOKEN_DIGESTS)?
                 .insert(token.secret_hash.as_str(), token.id)?;
-            tx.audit(audit.detail(format!("token {} ({}) scope {}", token.id, token.name, token.scope)))?;
+            tx.audit(audit.detail(format!(
+                "token {} ({}) scope {}",
+                token.id, token.name, token.scope
+            )))?;
             Ok(token)
         })
         .await
@@ -369,7 +384,10 @@ impl Store {
         let found = self
             .read(move |db| {
                 let tx = db.begin_read()?;
-                let id = tx.open_table(API_TOKEN_DIGESTS)?.get(digest.as_str())?.map(|v| v.value());
+                let id = tx
+                    .open_table(API_TOKEN_DIGESTS)?
+                    .get(digest.as_str())?
+                    .map(|v| v.value());
                 let Some(id) = id else { return Ok(None) };
                 let token: ApiToken = match tx.open_table(API_TOKENS)?.get(id)? {
                     Some(v) => codec::decode(API_TOKENS, v.value())?,
@@ -418,7 +436,12 @@ impl Store {
     }
 
     /// Revokes token `id`. `owner` limits it to that user's tokens (admins pass `None`).
-    pub async fn revoke_token(&self, id: u64, owner: Option<u64>, audit: Record) -> Result<ApiToken> {
+    pub async fn revoke_token(
+        &self,
+        id: u64,
+        owner: Option<u64>,
+        audit: Record,
+    ) -> Result<ApiToken> {
         self.write(move |tx| {
             let mut tokens = tx.open_table(API_TOKENS)?;
             let token: Option<ApiToken> = match tokens.get(id)? {
@@ -427,7 +450,9 @@ impl Store {
             };
             let mut token = token
                 .filter(|t| owner.is_none_or(|o| o == t.user_id))
-                .ok_or_else(|| Error::NotFound { what: format!("token {id}") })?;
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("token {id}"),
+                })?;
             if token.revoked_at.is_none() {
                 token.revoked_at = Some(Timestamp::now());
                 tokens.insert(id, codec::encode(&token).as_slice())?;
@@ -458,7 +483,8 @@ impl Store {
             };
             tx.open_table(TEAMS)?
                 .insert(team.id, codec::encode(&team).as_slice())?;
-            tx.open_table(TEAM_NAMES)?.insert(team.name.as_str(), team.id)?;
+            tx.open_table(TEAM_NAMES)?
+                .insert(team.name.as_str(), team.id)?;
             tx.audit(audit)?;
             Ok(team)
         })
@@ -509,7 +535,8 @@ impl Store {
             if member {
                 t.members.push(u.id);
             }
-            tx.open_table(TEAMS)?.insert(t.id, codec::encode(&t).as_slice())?;
+            tx.open_table(TEAMS)?
+                .insert(t.id, codec::encode(&t).as_slice())?;
             tx.audit(audit)?;
             Ok(t)
         })
@@ -535,7 +562,10 @@ impl Store {
                         subject,
                         role,
                     };
-                    bindings.insert((project.as_str(), key.as_str()), codec::encode(&binding).as_slice())?;
+                    bindings.insert(
+                        (project.as_str(), key.as_str()),
+                        codec::encode(&binding).as_slice(),
+                    )?;
                 }
                 None => {
                     bindings.remove((project.as_str(), key.as_str()))?;
@@ -549,7 +579,11 @@ impl Store {
     }
 
     /// The role `user` holds on `project`, directly or through a team.
-    pub async fn project_role(&self, project: &str, user: &User) -> Result<Option<crate::auth::Role>> {
+    pub async fn project_role(
+        &self,
+        project: &str,
+        user: &User,
+    ) -> Result<Option<crate::auth::Role>> {
         let (project, user) = (project.to_string(), user.clone());
         self.read(move |db| {
             let tx = db.begin_read()?;

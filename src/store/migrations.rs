@@ -17,19 +17,19 @@ pub struct Migration {
 /// Every migration ever shipped. Append only; never edit or reorder a shipped one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
-    version: 1,
-    description: "create meta and starts tables; give the instance its id",
-    apply: |tx| {
-        let mut meta = tx.open_table(META)?;
-        tx.open_table(STARTS)?;
-        let instance = Instance {
-            id: uuid::Uuid::new_v4().simple().to_string(),
-            created_at: jiff::Timestamp::now(),
-            created_by_version: crate::VERSION.to_string(),
-        };
-        meta.insert("instance", codec::encode(&instance).as_slice())?;
-        Ok(())
-    },
+        version: 1,
+        description: "create meta and starts tables; give the instance its id",
+        apply: |tx| {
+            let mut meta = tx.open_table(META)?;
+            tx.open_table(STARTS)?;
+            let instance = Instance {
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                created_at: jiff::Timestamp::now(),
+                created_by_version: crate::VERSION.to_string(),
+            };
+            meta.insert("instance", codec::encode(&instance).as_slice())?;
+            Ok(())
+        },
     },
     Migration {
         version: 2,

@@ -303,23 +303,58 @@ mod tests {
         let store = open(dir.path(), &EventBus::new()).unwrap();
         let ctx = Context::default();
         let rec = || Record::new(&ctx, "test", "x");
-        let alice = store.create_user("alice".into(), "h".into(), false, rec()).await.unwrap();
-        store.create_user("bob".into(), "h".into(), false, rec()).await.unwrap();
+        let alice = store
+            .create_user("alice".into(), "h".into(), false, rec())
+            .await
+            .unwrap();
+        store
+            .create_user("bob".into(), "h".into(), false, rec())
+            .await
+            .unwrap();
         store.create_team("ops".into(), rec()).await.unwrap();
-        store.set_team_member("ops", "alice", true, rec()).await.unwrap();
+        store
+            .set_team_member("ops", "alice", true, rec())
+            .await
+            .unwrap();
         let ops = store.list_teams().await.unwrap()[0].id;
 
         assert_eq!(store.project_role("api", &alice).await.unwrap(), None);
-        store.set_role_binding("api", Subject::User(alice.id), Some(Role::Viewer), rec()).await.unwrap();
-        store.set_role_binding("api", Subject::Team(ops), Some(Role::Maintainer), rec()).await.unwrap();
-        store.set_role_binding("apiary", Subject::User(alice.id), Some(Role::Developer), rec()).await.unwrap();
-        assert_eq!(store.project_role("api", &alice).await.unwrap(), Some(Role::Maintainer));
-        assert_eq!(store.project_role("apiary", &alice).await.unwrap(), Some(Role::Developer));
+        store
+            .set_role_binding("api", Subject::User(alice.id), Some(Role::Viewer), rec())
+            .await
+            .unwrap();
+        store
+            .set_role_binding("api", Subject::Team(ops), Some(Role::Maintainer), rec())
+            .await
+            .unwrap();
+        store
+            .set_role_binding(
+                "apiary",
+                Subject::User(alice.id),
+                Some(Role::Developer),
+                rec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.project_role("api", &alice).await.unwrap(),
+            Some(Role::Maintainer)
+        );
+        assert_eq!(
+            store.project_role("apiary", &alice).await.unwrap(),
+            Some(Role::Developer)
+        );
 
         // Deleting the team drops its bindings; the direct one stays.
         store.delete_team("ops", rec()).await.unwrap();
-        assert_eq!(store.project_role("api", &alice).await.unwrap(), Some(Role::Viewer));
-        store.set_role_binding("api", Subject::User(alice.id), None, rec()).await.unwrap();
+        assert_eq!(
+            store.project_role("api", &alice).await.unwrap(),
+            Some(Role::Viewer)
+        );
+        store
+            .set_role_binding("api", Subject::User(alice.id), None, rec())
+            .await
+            .unwrap();
         assert_eq!(store.project_role("api", &alice).await.unwrap(), None);
         // Two users, a team, a member, three bindings, the team deletion, the unbinding.
         assert_eq!(store.verify_audit().await.unwrap(), Ok(9));

@@ -77,6 +77,15 @@ impl Browser {
             .unwrap()
     }
 
+    /// Saves a screenshot under $BETCYCLE_SCREENSHOTS, when set, for people to look at.
+    async fn snapshot(&self, name: &str) {
+        if let Ok(dir) = std::env::var("BETCYCLE_SCREENSHOTS") {
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+        }
+    }
+
     async fn close(mut self) {
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill();
@@ -88,9 +97,24 @@ impl Browser {
 async fn sign_in(browser: &Browser, base: &str, name: &str, password: &str) {
     let c = &browser.client;
     c.goto(&format!("{base}/login")).await.unwrap();
-    c.find(Locator::Css("input[name=name]")).await.unwrap().send_keys(name).await.unwrap();
-    c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys(password).await.unwrap();
-    c.find(Locator::Css("form[action='/login'] button[type=submit]")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys(name)
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/login'] button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -107,7 +131,10 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
     c.goto(&server.url).await.unwrap();
     assert_eq!(browser.text("main h1").await, "Sign in");
     sign_in(&browser, &server.url, ADMIN, ADMIN_PASSWORD).await;
-    c.wait().for_element(Locator::Css("[data-stat=version]")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("[data-stat=version]"))
+        .await
+        .unwrap();
 
     assert_eq!(c.title().await.unwrap(), "Dashboard · BetCycle");
     assert_eq!(browser.text("main h1").await, "Dashboard");
@@ -160,14 +187,20 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
     let current = browser.text("nav a[aria-current=page]").await;
     assert_eq!(current, "Policies");
 
-    let png = c.screenshot().await.unwrap();
-    assert!(png.len() > 1000);
+    browser.snapshot("policies").await;
+    c.goto(&format!("{}/security", server.url)).await.unwrap();
+    browser.snapshot("security").await;
+    c.goto(&format!("{}/security/audit", server.url)).await.unwrap();
+    assert!(browser.text("table.audit").await.contains("session.create"));
+    browser.snapshot("audit").await;
     browser.close().await;
 }
 
 #[tokio::test]
 async fn first_run_setup_then_sign_in_create_a_token_and_sign_out() {
-    let Some(browser) = Browser::start("first_run_setup_then_sign_in_create_a_token_and_sign_out").await else {
+    let Some(browser) =
+        Browser::start("first_run_setup_then_sign_in_create_a_token_and_sign_out").await
+    else {
         return;
     };
     let dir = tempdir();
@@ -183,30 +216,71 @@ async fn first_run_setup_then_sign_in_create_a_token_and_sign_out() {
     // The set-up link carries the token; the person picks a name and a password.
     c.goto(&setup_url).await.unwrap();
     assert_eq!(browser.text("main h1").await, "Set up BetCycle");
-    c.find(Locator::Css("input[name=name]")).await.unwrap().send_keys("ada").await.unwrap();
-    c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("analytical engine 1843").await.unwrap();
-    c.find(Locator::Css("form[action='/setup'] button")).await.unwrap().click().await.unwrap();
-    c.wait().for_element(Locator::Css("[data-stat=version]")).await.unwrap();
+    browser.snapshot("setup").await;
+    c.find(Locator::Css("input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys("ada")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys("analytical engine 1843")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/setup'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("[data-stat=version]"))
+        .await
+        .unwrap();
     assert_eq!(browser.text("header .whoami").await, "ada");
 
     // Sign out, then in again with the new password.
-    c.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
-    c.wait().for_element(Locator::Css("form[action='/login']")).await.unwrap();
+    c.find(Locator::Css("form[action='/logout'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .unwrap();
     sign_in(&browser, &server.url, "ada", "wrong password!").await;
-    assert_eq!(browser.text("p.notice.error").await, "wrong user name or password");
+    assert_eq!(
+        browser.text("p.notice.error").await,
+        "wrong user name or password"
+    );
     sign_in(&browser, &server.url, "ada", "analytical engine 1843").await;
-    c.wait().for_element(Locator::Css("[data-stat=version]")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("[data-stat=version]"))
+        .await
+        .unwrap();
 
     // Create an API token on the account page; it is shown once and works.
     c.goto(&format!("{}/account", server.url)).await.unwrap();
-    c.find(Locator::Css("form[action='/account/tokens'] input[name=name]"))
+    c.find(Locator::Css(
+        "form[action='/account/tokens'] input[name=name]",
+    ))
+    .await
+    .unwrap()
+    .send_keys("laptop")
+    .await
+    .unwrap();
+    c.find(Locator::Css("form[action='/account/tokens'] button"))
         .await
         .unwrap()
-        .send_keys("laptop")
+        .click()
         .await
         .unwrap();
-    c.find(Locator::Css("form[action='/account/tokens'] button")).await.unwrap().click().await.unwrap();
     let token = browser.text("[data-token]").await;
+    browser.snapshot("account-new-token").await;
     assert!(token.starts_with("bct_"), "{token}");
     assert!(browser.text("table.tokens").await.contains("laptop"));
     let me: serde_json::Value = crate::harness::client()
@@ -225,9 +299,21 @@ async fn first_run_setup_then_sign_in_create_a_token_and_sign_out() {
     c.goto(&format!("{}/account", server.url)).await.unwrap();
     assert!(c.find(Locator::Css("[data-token]")).await.is_err());
 
-    c.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
-    c.wait().for_element(Locator::Css("form[action='/login']")).await.unwrap();
+    c.find(Locator::Css("form[action='/logout'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .unwrap();
     c.goto(&format!("{}/account", server.url)).await.unwrap();
-    assert_eq!(browser.text("main h1").await, "Sign in", "signed out means signed out");
+    assert_eq!(
+        browser.text("main h1").await,
+        "Sign in",
+        "signed out means signed out"
+    );
     browser.close().await;
 }

@@ -53,7 +53,15 @@ pub fn add_user(root: &Path, name: &str, password: &str, admin: bool) {
 /// Creates an API token with the real CLI on a stopped server's data directory.
 pub fn create_token(root: &Path, user: &str, scope: &str) -> String {
     let (code, stdout, stderr) = run(betcycle(root)
-        .args(["token", "create", "--user", user, "--scope", scope, "--data-dir"])
+        .args([
+            "token",
+            "create",
+            "--user",
+            user,
+            "--scope",
+            scope,
+            "--data-dir",
+        ])
         .arg(root.join("data")));
     assert_eq!(code, 0, "token create: {stderr}");
     stdout.trim().to_string()
@@ -67,7 +75,12 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -197,7 +210,10 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.request(reqwest::Method::GET, path).send().await.unwrap()
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {

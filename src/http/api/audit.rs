@@ -8,6 +8,9 @@ use crate::http::ServerResult;
 use axum::Json;
 use axum::extract::{Query, State};
 
-pub async fn list(State(app): State<App>, Query(filter): Query<Filter>) -> ServerResult<Json<Vec<Entry>>> {
+pub async fn list(
+    State(app): State<App>,
+    Query(filter): Query<Filter>,
+) -> ServerResult<Json<Vec<Entry>>> {
     Ok(Json(app.store.audit_entries(filter).await?))
 }

@@ -24,7 +24,11 @@ pub struct SetupRequest {
     pub password: String,
 }
 
-pub async fn setup(State(app): State<App>, anyone: Anyone, Json(req): Json<SetupRequest>) -> ServerResult<(StatusCode, Json<UserView>)> {
+pub async fn setup(
+    State(app): State<App>,
+    anyone: Anyone,
+    Json(req): Json<SetupRequest>,
+) -> ServerResult<(StatusCode, Json<UserView>)> {
     let user = accounts::setup(
         &app.store,
         &app.setup_token_digest,
@@ -93,7 +97,12 @@ pub async fn sign_in(
         user: view(signed.user, Vec::new()),
         session: signed.session.view(true),
     };
-    Ok((StatusCode::CREATED, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::SET_COOKIE, cookie)],
+        Json(body),
+    )
+        .into_response())
 }
 
 pub fn user_agent(headers: &HeaderMap) -> &str {
@@ -119,13 +128,24 @@ pub async fn sign_out(State(app): State<App>, signed: Signed) -> ServerResult<Re
         .delete_sessions(
             signed.principal.user.id,
             move |id| id == current,
-            Record::new(&signed.audit, "session.delete", format!("user:{}", signed.principal.user.name)),
+            Record::new(
+                &signed.audit,
+                "session.delete",
+                format!("user:{}", signed.principal.user.name),
+            ),
         )
         .await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, session_cookie(&app, "", 0))]).into_response())
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, session_cookie(&app, "", 0))],
+    )
+        .into_response())
 }
 
-pub async fn list_sessions(State(app): State<App>, signed: Signed) -> ServerResult<Json<Vec<SessionView>>> {
+pub async fn list_sessions(
+    State(app): State<App>,
+    signed: Signed,
+) -> ServerResult<Json<Vec<SessionView>>> {
     let current = current_session(&signed).map(str::to_string);
     let sessions = app.store.list_sessions(signed.principal.user.id).await?;
     Ok(Json(
@@ -136,7 +156,11 @@ pub async fn list_sessions(State(app): State<App>, signed: Signed) -> ServerResu
     ))
 }
 
-pub async fn revoke_session(State(app): State<App>, signed: Signed, Path(id): Path<String>) -> ServerResult<StatusCode> {
+pub async fn revoke_session(
+    State(app): State<App>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> ServerResult<StatusCode> {
     let target = id.clone();
     let n = app
         .store
@@ -158,14 +182,21 @@ pub struct Revoked {
 }
 
 /// Signs out every session of the caller except the one making the request.
-pub async fn revoke_other_sessions(State(app): State<App>, signed: Signed) -> ServerResult<Json<Revoked>> {
+pub async fn revoke_other_sessions(
+    State(app): State<App>,
+    signed: Signed,
+) -> ServerResult<Json<Revoked>> {
     let keep = current_session(&signed).map(str::to_string);
     let revoked = app
         .store
         .delete_sessions(
             signed.principal.user.id,
             move |id| keep.as_deref() != Some(id),
-            Record::new(&signed.audit, "session.delete_others", format!("user:{}", signed.principal.user.name)),
+            Record::new(
+                &signed.audit,
+                "session.delete_others",
+                format!("user:{}", signed.principal.user.name),
+            ),
         )
         .await?;
     Ok(Json(Revoked { revoked }))
@@ -198,7 +229,11 @@ pub struct PasswordChange {
     pub new_password: String,
 }
 
-pub async fn change_password(State(app): State<App>, signed: Signed, Json(req): Json<PasswordChange>) -> ServerResult<StatusCode> {
+pub async fn change_password(
+    State(app): State<App>,
+    signed: Signed,
+    Json(req): Json<PasswordChange>,
+) -> ServerResult<StatusCode> {
     accounts::change_password(
         &app.store,
         &signed.principal.user,
@@ -236,7 +271,11 @@ pub fn parse_expiry(value: Option<&str>) -> Result<Option<std::time::Duration>, 
     }
 }
 
-pub async fn create_token(State(app): State<App>, signed: Signed, Json(req): Json<TokenRequest>) -> ServerResult<(StatusCode, Json<CreatedToken>)> {
+pub async fn create_token(
+    State(app): State<App>,
+    signed: Signed,
+    Json(req): Json<TokenRequest>,
+) -> ServerResult<(StatusCode, Json<CreatedToken>)> {
     let expires = parse_expiry(req.expires_in.as_deref())?;
     let (token, record) = accounts::create_token(
         &app.store,
@@ -256,16 +295,30 @@ pub async fn create_token(State(app): State<App>, signed: Signed, Json(req): Jso
     ))
 }
 
-pub async fn list_tokens(State(app): State<App>, signed: Signed) -> ServerResult<Json<Vec<TokenView>>> {
-    let tokens = app.store.list_tokens(Some(signed.principal.user.id)).await?;
+pub async fn list_tokens(
+    State(app): State<App>,
+    signed: Signed,
+) -> ServerResult<Json<Vec<TokenView>>> {
+    let tokens = app
+        .store
+        .list_tokens(Some(signed.principal.user.id))
+        .await?;
     Ok(Json(tokens.iter().map(|t| t.view()).collect()))
 }
 
-pub async fn revoke_token(State(app): State<App>, signed: Signed, Path(id): Path<u64>) -> ServerResult<Json<TokenView>> {
+pub async fn revoke_token(
+    State(app): State<App>,
+    signed: Signed,
+    Path(id): Path<u64>,
+) -> ServerResult<Json<TokenView>> {
     let owner = (!signed.principal.user.admin).then_some(signed.principal.user.id);
     let token = app
         .store
-        .revoke_token(id, owner, Record::new(&signed.audit, "token.revoke", format!("token:{id}")))
+        .revoke_token(
+            id,
+            owner,
+            Record::new(&signed.audit, "token.revoke", format!("token:{id}")),
+        )
         .await?;
     Ok(Json(token.view()))
 }

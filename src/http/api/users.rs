@@ -27,9 +27,23 @@ pub struct NewUser {
     pub admin: bool,
 }
 
-pub async fn create(State(app): State<App>, signed: Signed, Json(req): Json<NewUser>) -> ServerResult<(StatusCode, Json<UserView>)> {
-    let user = accounts::create_user(&app.store, &req.name, &req.password, req.admin, &signed.audit).await?;
-    Ok((StatusCode::CREATED, Json(super::auth::view(user, Vec::new()))))
+pub async fn create(
+    State(app): State<App>,
+    signed: Signed,
+    Json(req): Json<NewUser>,
+) -> ServerResult<(StatusCode, Json<UserView>)> {
+    let user = accounts::create_user(
+        &app.store,
+        &req.name,
+        &req.password,
+        req.admin,
+        &signed.audit,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(super::auth::view(user, Vec::new())),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -48,7 +62,12 @@ pub async fn update(
 ) -> ServerResult<Json<UserView>> {
     let user = app
         .store
-        .update_user(&name, req.admin, req.disabled, Record::new(&signed.audit, "user.update", format!("user:{name}")))
+        .update_user(
+            &name,
+            req.admin,
+            req.disabled,
+            Record::new(&signed.audit, "user.update", format!("user:{name}")),
+        )
         .await?;
     Ok(Json(super::auth::view(user, Vec::new())))
 }
@@ -101,11 +120,18 @@ pub struct NewTeam {
     pub name: String,
 }
 
-pub async fn create_team(State(app): State<App>, signed: Signed, Json(req): Json<NewTeam>) -> ServerResult<(StatusCode, Json<TeamView>)> {
+pub async fn create_team(
+    State(app): State<App>,
+    signed: Signed,
+    Json(req): Json<NewTeam>,
+) -> ServerResult<(StatusCode, Json<TeamView>)> {
     validate_name("team", &req.name).map_err(ServerError::BadRequest)?;
     let team = app
         .store
-        .create_team(req.name.clone(), Record::new(&signed.audit, "team.create", format!("team:{}", req.name)))
+        .create_team(
+            req.name.clone(),
+            Record::new(&signed.audit, "team.create", format!("team:{}", req.name)),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -117,9 +143,16 @@ pub async fn create_team(State(app): State<App>, signed: Signed, Json(req): Json
     ))
 }
 
-pub async fn delete_team(State(app): State<App>, signed: Signed, Path(name): Path<String>) -> ServerResult<StatusCode> {
+pub async fn delete_team(
+    State(app): State<App>,
+    signed: Signed,
+    Path(name): Path<String>,
+) -> ServerResult<StatusCode> {
     app.store
-        .delete_team(&name, Record::new(&signed.audit, "team.delete", format!("team:{name}")))
+        .delete_team(
+            &name,
+            Record::new(&signed.audit, "team.delete", format!("team:{name}")),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -130,7 +163,13 @@ pub async fn add_member(
     Path((team, user)): Path<(String, String)>,
 ) -> ServerResult<StatusCode> {
     app.store
-        .set_team_member(&team, &user, true, Record::new(&signed.audit, "team.add_member", format!("team:{team}")).detail(format!("user:{user}")))
+        .set_team_member(
+            &team,
+            &user,
+            true,
+            Record::new(&signed.audit, "team.add_member", format!("team:{team}"))
+                .detail(format!("user:{user}")),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -141,7 +180,13 @@ pub async fn remove_member(
     Path((team, user)): Path<(String, String)>,
 ) -> ServerResult<StatusCode> {
     app.store
-        .set_team_member(&team, &user, false, Record::new(&signed.audit, "team.remove_member", format!("team:{team}")).detail(format!("user:{user}")))
+        .set_team_member(
+            &team,
+            &user,
+            false,
+            Record::new(&signed.audit, "team.remove_member", format!("team:{team}"))
+                .detail(format!("user:{user}")),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -63,7 +63,11 @@ async fn account_page(
     })
 }
 
-pub async fn page(State(app): State<App>, signed: Signed, Query(q): Query<DoneQuery>) -> ServerResult<Html<String>> {
+pub async fn page(
+    State(app): State<App>,
+    signed: Signed,
+    Query(q): Query<DoneQuery>,
+) -> ServerResult<Html<String>> {
     account_page(&app, &signed, done_message(q.done.as_deref()), None, None).await
 }
 
@@ -73,7 +77,11 @@ pub struct PasswordForm {
     new_password: String,
 }
 
-pub async fn change_password(State(app): State<App>, signed: Signed, Form(form): Form<PasswordForm>) -> ServerResult<Response> {
+pub async fn change_password(
+    State(app): State<App>,
+    signed: Signed,
+    Form(form): Form<PasswordForm>,
+) -> ServerResult<Response> {
     let result = accounts::change_password(
         &app.store,
         &signed.principal.user,
@@ -87,7 +95,10 @@ pub async fn change_password(State(app): State<App>, signed: Signed, Form(form):
         Ok(()) => Ok(Redirect::to("/login").into_response()),
         Err(e) => {
             let error = form_error(e)?;
-            with_status(account_page(&app, &signed, None, Some(error.message.clone()), None).await, &error)
+            with_status(
+                account_page(&app, &signed, None, Some(error.message.clone()), None).await,
+                &error,
+            )
         }
     }
 }
@@ -101,11 +112,22 @@ pub struct TokenForm {
 }
 
 /// Creates a token and shows its secret once, on this response only.
-pub async fn create_token(State(app): State<App>, signed: Signed, Form(form): Form<TokenForm>) -> ServerResult<Response> {
+pub async fn create_token(
+    State(app): State<App>,
+    signed: Signed,
+    Form(form): Form<TokenForm>,
+) -> ServerResult<Response> {
     let result = match parse_expiry(Some(&form.expires_in)) {
         Ok(expires) => {
-            accounts::create_token(&app.store, &signed.principal.user, &form.name, form.scope, expires, &signed.audit)
-                .await
+            accounts::create_token(
+                &app.store,
+                &signed.principal.user,
+                &form.name,
+                form.scope,
+                expires,
+                &signed.audit,
+            )
+            .await
         }
         Err(e) => Err(crate::error::Error::Invalid(match e {
             crate::http::ServerError::BadRequest(m) => m,
@@ -113,15 +135,24 @@ pub async fn create_token(State(app): State<App>, signed: Signed, Form(form): Fo
         })),
     };
     match result {
-        Ok((secret, _)) => Ok(account_page(&app, &signed, None, None, Some(secret)).await?.into_response()),
+        Ok((secret, _)) => Ok(account_page(&app, &signed, None, None, Some(secret))
+            .await?
+            .into_response()),
         Err(e) => {
             let error = form_error(e)?;
-            with_status(account_page(&app, &signed, None, Some(error.message.clone()), None).await, &error)
+            with_status(
+                account_page(&app, &signed, None, Some(error.message.clone()), None).await,
+                &error,
+            )
         }
     }
 }
 
-pub async fn revoke_token(State(app): State<App>, signed: Signed, Path(id): Path<u64>) -> ServerResult<Redirect> {
+pub async fn revoke_token(
+    State(app): State<App>,
+    signed: Signed,
+    Path(id): Path<u64>,
+) -> ServerResult<Redirect> {
     app.store
         .revoke_token(
             id,
@@ -132,7 +163,11 @@ pub async fn revoke_token(State(app): State<App>, signed: Signed, Path(id): Path
     Ok(Redirect::to("/account?done=token-revoked"))
 }
 
-pub async fn revoke_session(State(app): State<App>, signed: Signed, Path(id): Path<String>) -> ServerResult<Redirect> {
+pub async fn revoke_session(
+    State(app): State<App>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> ServerResult<Redirect> {
     let target = id.clone();
     app.store
         .delete_sessions(
@@ -144,7 +179,10 @@ pub async fn revoke_session(State(app): State<App>, signed: Signed, Path(id): Pa
     Ok(Redirect::to("/account?done=session-revoked"))
 }
 
-pub async fn revoke_other_sessions(State(app): State<App>, signed: Signed) -> ServerResult<Redirect> {
+pub async fn revoke_other_sessions(
+    State(app): State<App>,
+    signed: Signed,
+) -> ServerResult<Redirect> {
     let keep = match &signed.principal.credential {
         Credential::Session(s) => Some(s.id.clone()),
         Credential::Token(_) => None,
@@ -153,7 +191,11 @@ pub async fn revoke_other_sessions(State(app): State<App>, signed: Signed) -> Se
         .delete_sessions(
             signed.principal.user.id,
             move |id| keep.as_deref() != Some(id),
-            Record::new(&signed.audit, "session.delete_others", format!("user:{}", signed.principal.user.name)),
+            Record::new(
+                &signed.audit,
+                "session.delete_others",
+                format!("user:{}", signed.principal.user.name),
+            ),
         )
         .await?;
     Ok(Redirect::to("/account?done=sessions-revoked"))

@@ -29,7 +29,12 @@ struct UsersPage {
     error: Option<String>,
 }
 
-async fn users_page_with(app: &App, signed: &Signed, done: Option<&'static str>, error: Option<String>) -> ServerResult<Html<String>> {
+async fn users_page_with(
+    app: &App,
+    signed: &Signed,
+    done: Option<&'static str>,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
     render(&UsersPage {
         layout: Layout::new("Users", "security", Some(&signed.principal)),
         users: app.store.list_users().await?,
@@ -38,7 +43,11 @@ async fn users_page_with(app: &App, signed: &Signed, done: Option<&'static str>,
     })
 }
 
-pub async fn users_page(State(app): State<App>, signed: Signed, Query(q): Query<DoneQuery>) -> ServerResult<Html<String>> {
+pub async fn users_page(
+    State(app): State<App>,
+    signed: Signed,
+    Query(q): Query<DoneQuery>,
+) -> ServerResult<Html<String>> {
     users_page_with(&app, &signed, done_message(q.done.as_deref()), None).await
 }
 
@@ -50,12 +59,27 @@ pub struct NewUserForm {
     admin: Option<String>,
 }
 
-pub async fn create_user(State(app): State<App>, signed: Signed, Form(form): Form<NewUserForm>) -> ServerResult<Response> {
-    match accounts::create_user(&app.store, &form.name, &form.password, form.admin.is_some(), &signed.audit).await {
+pub async fn create_user(
+    State(app): State<App>,
+    signed: Signed,
+    Form(form): Form<NewUserForm>,
+) -> ServerResult<Response> {
+    match accounts::create_user(
+        &app.store,
+        &form.name,
+        &form.password,
+        form.admin.is_some(),
+        &signed.audit,
+    )
+    .await
+    {
         Ok(_) => Ok(Redirect::to("/security/users?done=user-created").into_response()),
         Err(e) => {
             let error = form_error(e)?;
-            with_status(users_page_with(&app, &signed, None, Some(error.message.clone())).await, &error)
+            with_status(
+                users_page_with(&app, &signed, None, Some(error.message.clone())).await,
+                &error,
+            )
         }
     }
 }
@@ -76,18 +100,39 @@ pub async fn update_user(
 ) -> ServerResult<Response> {
     let record = Record::new(&signed.audit, "user.update", format!("user:{name}"));
     let result = match form.action.as_str() {
-        "make_admin" => app.store.update_user(&name, Some(true), None, record).await.map(drop),
-        "remove_admin" => app.store.update_user(&name, Some(false), None, record).await.map(drop),
-        "disable" => app.store.update_user(&name, None, Some(true), record).await.map(drop),
-        "enable" => app.store.update_user(&name, None, Some(false), record).await.map(drop),
-        "reset_password" => accounts::set_password(&app.store, &name, &form.password, &signed.audit).await,
+        "make_admin" => app
+            .store
+            .update_user(&name, Some(true), None, record)
+            .await
+            .map(drop),
+        "remove_admin" => app
+            .store
+            .update_user(&name, Some(false), None, record)
+            .await
+            .map(drop),
+        "disable" => app
+            .store
+            .update_user(&name, None, Some(true), record)
+            .await
+            .map(drop),
+        "enable" => app
+            .store
+            .update_user(&name, None, Some(false), record)
+            .await
+            .map(drop),
+        "reset_password" => {
+            accounts::set_password(&app.store, &name, &form.password, &signed.audit).await
+        }
         other => Err(Error::Invalid(format!("unknown action \"{other}\""))),
     };
     match result {
         Ok(()) => Ok(Redirect::to("/security/users?done=user-updated").into_response()),
         Err(e) => {
             let error = form_error(e)?;
-            with_status(users_page_with(&app, &signed, None, Some(error.message.clone())).await, &error)
+            with_status(
+                users_page_with(&app, &signed, None, Some(error.message.clone())).await,
+                &error,
+            )
         }
     }
 }
@@ -102,7 +147,12 @@ struct TeamsPage {
     error: Option<String>,
 }
 
-async fn teams_page_with(app: &App, signed: &Signed, done: Option<&'static str>, error: Option<String>) -> ServerResult<Html<String>> {
+async fn teams_page_with(
+    app: &App,
+    signed: &Signed,
+    done: Option<&'static str>,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
     render(&TeamsPage {
         layout: Layout::new("Teams", "security", Some(&signed.principal)),
         teams: team_views(app).await?,
@@ -112,16 +162,28 @@ async fn teams_page_with(app: &App, signed: &Signed, done: Option<&'static str>,
     })
 }
 
-pub async fn teams_page(State(app): State<App>, signed: Signed, Query(q): Query<DoneQuery>) -> ServerResult<Html<String>> {
+pub async fn teams_page(
+    State(app): State<App>,
+    signed: Signed,
+    Query(q): Query<DoneQuery>,
+) -> ServerResult<Html<String>> {
     teams_page_with(&app, &signed, done_message(q.done.as_deref()), None).await
 }
 
-async fn team_result(app: &App, signed: &Signed, result: crate::error::Result<()>, done: &str) -> ServerResult<Response> {
+async fn team_result(
+    app: &App,
+    signed: &Signed,
+    result: crate::error::Result<()>,
+    done: &str,
+) -> ServerResult<Response> {
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/security/teams?done={done}")).into_response()),
         Err(e) => {
             let error = form_error(e)?;
-            with_status(teams_page_with(app, signed, None, Some(error.message.clone())).await, &error)
+            with_status(
+                teams_page_with(app, signed, None, Some(error.message.clone())).await,
+                &error,
+            )
         }
     }
 }
@@ -131,11 +193,18 @@ pub struct NameForm {
     name: String,
 }
 
-pub async fn create_team(State(app): State<App>, signed: Signed, Form(form): Form<NameForm>) -> ServerResult<Response> {
+pub async fn create_team(
+    State(app): State<App>,
+    signed: Signed,
+    Form(form): Form<NameForm>,
+) -> ServerResult<Response> {
     let result = match validate_name("team", &form.name) {
         Ok(()) => app
             .store
-            .create_team(form.name.clone(), Record::new(&signed.audit, "team.create", format!("team:{}", form.name)))
+            .create_team(
+                form.name.clone(),
+                Record::new(&signed.audit, "team.create", format!("team:{}", form.name)),
+            )
             .await
             .map(drop),
         Err(m) => Err(Error::Invalid(m)),
@@ -154,8 +223,13 @@ pub async fn add_member(
     Path(team): Path<String>,
     Form(form): Form<MemberForm>,
 ) -> ServerResult<Response> {
-    let record = Record::new(&signed.audit, "team.add_member", format!("team:{team}")).detail(format!("user:{}", form.user));
-    let result = app.store.set_team_member(&team, &form.user, true, record).await.map(drop);
+    let record = Record::new(&signed.audit, "team.add_member", format!("team:{team}"))
+        .detail(format!("user:{}", form.user));
+    let result = app
+        .store
+        .set_team_member(&team, &form.user, true, record)
+        .await
+        .map(drop);
     team_result(&app, &signed, result, "team-updated").await
 }
 
@@ -164,15 +238,27 @@ pub async fn remove_member(
     signed: Signed,
     Path((team, user)): Path<(String, String)>,
 ) -> ServerResult<Response> {
-    let record = Record::new(&signed.audit, "team.remove_member", format!("team:{team}")).detail(format!("user:{user}"));
-    let result = app.store.set_team_member(&team, &user, false, record).await.map(drop);
+    let record = Record::new(&signed.audit, "team.remove_member", format!("team:{team}"))
+        .detail(format!("user:{user}"));
+    let result = app
+        .store
+        .set_team_member(&team, &user, false, record)
+        .await
+        .map(drop);
     team_result(&app, &signed, result, "team-updated").await
 }
 
-pub async fn delete_team(State(app): State<App>, signed: Signed, Path(team): Path<String>) -> ServerResult<Response> {
+pub async fn delete_team(
+    State(app): State<App>,
+    signed: Signed,
+    Path(team): Path<String>,
+) -> ServerResult<Response> {
     let result = app
         .store
-        .delete_team(&team, Record::new(&signed.audit, "team.delete", format!("team:{team}")))
+        .delete_team(
+            &team,
+            Record::new(&signed.audit, "team.delete", format!("team:{team}")),
+        )
         .await;
     team_result(&app, &signed, result, "team-deleted").await
 }
@@ -188,10 +274,16 @@ struct AuditPage {
     older: Option<u64>,
 }
 
-pub async fn audit_page(State(app): State<App>, signed: Signed, Query(filter): Query<Filter>) -> ServerResult<Html<String>> {
+pub async fn audit_page(
+    State(app): State<App>,
+    signed: Signed,
+    Query(filter): Query<Filter>,
+) -> ServerResult<Html<String>> {
     let limit = filter.limit.unwrap_or(100);
     let entries = app.store.audit_entries(filter.clone()).await?;
-    let older = (entries.len() == limit).then(|| entries.last().map(|e| e.seq)).flatten();
+    let older = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
     render(&AuditPage {
         layout: Layout::new("Audit log", "security", Some(&signed.principal)),
         entries,

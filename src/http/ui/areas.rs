@@ -65,10 +65,26 @@ pub const AREAS: &[Area] = &[
         title: "Security",
         summary: "Users, teams, tokens, secrets, the audit log and findings from security reports.",
         built: &[
-            ("Your account", "/account", "password, sessions and API tokens"),
-            ("Users", "/security/users", "accounts and administrators (administrators only)"),
-            ("Teams", "/security/teams", "groups of users for project roles (administrators only)"),
-            ("Audit log", "/security/audit", "every change and sign-in, hash-chained (administrators only)"),
+            (
+                "Your account",
+                "/account",
+                "password, sessions and API tokens",
+            ),
+            (
+                "Users",
+                "/security/users",
+                "accounts and administrators (administrators only)",
+            ),
+            (
+                "Teams",
+                "/security/teams",
+                "groups of users for project roles (administrators only)",
+            ),
+            (
+                "Audit log",
+                "/security/audit",
+                "every change and sign-in, hash-chained (administrators only)",
+            ),
         ],
         pending: "Secrets and findings from security reports are not built yet.",
     },

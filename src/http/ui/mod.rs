@@ -31,17 +31,47 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/account", User, account::page),
         route(M::POST, "/account/password", User, account::change_password),
         route(M::POST, "/account/tokens", User, account::create_token),
-        route(M::POST, "/account/tokens/{id}/revoke", User, account::revoke_token),
-        route(M::POST, "/account/sessions/{id}/revoke", User, account::revoke_session),
-        route(M::POST, "/account/sessions/revoke-others", User, account::revoke_other_sessions),
+        route(
+            M::POST,
+            "/account/tokens/{id}/revoke",
+            User,
+            account::revoke_token,
+        ),
+        route(
+            M::POST,
+            "/account/sessions/{id}/revoke",
+            User,
+            account::revoke_session,
+        ),
+        route(
+            M::POST,
+            "/account/sessions/revoke-others",
+            User,
+            account::revoke_other_sessions,
+        ),
         route(M::GET, "/security/users", Admin, admin::users_page),
         route(M::POST, "/security/users", Admin, admin::create_user),
         route(M::POST, "/security/users/{name}", Admin, admin::update_user),
         route(M::GET, "/security/teams", Admin, admin::teams_page),
         route(M::POST, "/security/teams", Admin, admin::create_team),
-        route(M::POST, "/security/teams/{name}/members", Admin, admin::add_member),
-        route(M::POST, "/security/teams/{name}/members/{user}/remove", Admin, admin::remove_member),
-        route(M::POST, "/security/teams/{name}/delete", Admin, admin::delete_team),
+        route(
+            M::POST,
+            "/security/teams/{name}/members",
+            Admin,
+            admin::add_member,
+        ),
+        route(
+            M::POST,
+            "/security/teams/{name}/members/{user}/remove",
+            Admin,
+            admin::remove_member,
+        ),
+        route(
+            M::POST,
+            "/security/teams/{name}/delete",
+            Admin,
+            admin::delete_team,
+        ),
         route(M::GET, "/security/audit", Admin, admin::audit_page),
     ];
     for area in AREAS {
@@ -61,7 +91,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(title: impl Into<String>, active: &'static str, principal: Option<&Principal>) -> Self {
+    pub fn new(
+        title: impl Into<String>,
+        active: &'static str,
+        principal: Option<&Principal>,
+    ) -> Self {
         Self {
             title: title.into(),
             active,
@@ -153,6 +187,24 @@ pub fn human_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The Content-Security-Policy allows no inline styles or scripts: templates must not
+    /// rely on them (the browser would silently ignore them).
+    #[test]
+    fn templates_need_no_inline_styles_or_scripts() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/templates");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let at = format!("{}:{}", path.display(), n + 1);
+                assert!(!line.contains(" style="), "inline style at {at}");
+                assert!(!line.contains("<style"), "style element at {at}");
+                assert!(!line.contains("<script>"), "inline script at {at}");
+                assert!(!line.contains(" onclick=") && !line.contains(" onsubmit="), "inline handler at {at}");
+            }
+        }
+    }
+
     #[test]
     fn human_duration_reads_naturally() {
         assert_eq!(super::human_duration(7), "7s");

@@ -45,10 +45,15 @@ pub fn form_error(e: Error) -> Result<FormError, ServerError> {
 }
 
 /// Renders a page for a failed form with the error's status.
-pub fn with_status(page: ServerResult<axum::response::Html<String>>, error: &FormError) -> ServerResult<Response> {
+pub fn with_status(
+    page: ServerResult<axum::response::Html<String>>,
+    error: &FormError,
+) -> ServerResult<Response> {
     let mut response = (error.status, page?).into_response();
     if let Some(secs) = error.retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     Ok(response)
 }
@@ -76,7 +81,12 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-fn login_page_with(app: &App, next: String, name: String, error: Option<String>) -> ServerResult<axum::response::Html<String>> {
+fn login_page_with(
+    app: &App,
+    next: String,
+    name: String,
+    error: Option<String>,
+) -> ServerResult<axum::response::Html<String>> {
     render(&LoginPage {
         layout: Layout::new("Sign in", "", None),
         next,
@@ -86,7 +96,11 @@ fn login_page_with(app: &App, next: String, name: String, error: Option<String>)
     })
 }
 
-pub async fn login_page(State(app): State<App>, anyone: Anyone, Query(q): Query<NextQuery>) -> ServerResult<Response> {
+pub async fn login_page(
+    State(app): State<App>,
+    anyone: Anyone,
+    Query(q): Query<NextQuery>,
+) -> ServerResult<Response> {
     let next = safe_next(q.next.as_deref());
     if anyone.principal.is_some() {
         return Ok(Redirect::to(&next).into_response());
@@ -102,7 +116,12 @@ pub struct LoginForm {
     next: String,
 }
 
-pub async fn login(State(app): State<App>, anyone: Anyone, headers: HeaderMap, Form(form): Form<LoginForm>) -> ServerResult<Response> {
+pub async fn login(
+    State(app): State<App>,
+    anyone: Anyone,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> ServerResult<Response> {
     let next = safe_next(Some(&form.next));
     let result = accounts::sign_in(
         &app.store,
@@ -116,12 +135,16 @@ pub async fn login(State(app): State<App>, anyone: Anyone, headers: HeaderMap, F
     .await;
     match result {
         Ok(signed) => {
-            let cookie = session_cookie(&app, &signed.cookie, app.config.session_lifetime.as_secs());
+            let cookie =
+                session_cookie(&app, &signed.cookie, app.config.session_lifetime.as_secs());
             Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response())
         }
         Err(e) => {
             let error = form_error(e)?;
-            with_status(login_page_with(&app, next, form.name, Some(error.message.clone())), &error)
+            with_status(
+                login_page_with(&app, next, form.name, Some(error.message.clone())),
+                &error,
+            )
         }
     }
 }
@@ -133,11 +156,19 @@ pub async fn logout(State(app): State<App>, signed: Signed) -> ServerResult<Resp
             .delete_sessions(
                 signed.principal.user.id,
                 move |sid| sid == id,
-                crate::audit::Record::new(&signed.audit, "session.delete", format!("user:{}", signed.principal.user.name)),
+                crate::audit::Record::new(
+                    &signed.audit,
+                    "session.delete",
+                    format!("user:{}", signed.principal.user.name),
+                ),
             )
             .await?;
     }
-    Ok(([(header::SET_COOKIE, session_cookie(&app, "", 0))], Redirect::to("/login")).into_response())
+    Ok((
+        [(header::SET_COOKIE, session_cookie(&app, "", 0))],
+        Redirect::to("/login"),
+    )
+        .into_response())
 }
 
 #[derive(Template)]
@@ -159,7 +190,10 @@ fn setup_done(app: &App) -> bool {
     app.setup_token_digest.lock().expect("setup lock").is_none()
 }
 
-pub async fn setup_page(State(app): State<App>, Query(q): Query<SetupQuery>) -> ServerResult<Response> {
+pub async fn setup_page(
+    State(app): State<App>,
+    Query(q): Query<SetupQuery>,
+) -> ServerResult<Response> {
     if setup_done(&app) {
         return Ok(Redirect::to("/login").into_response());
     }
@@ -180,7 +214,12 @@ pub struct SetupForm {
 }
 
 /// Creates the first administrator and signs them in.
-pub async fn setup(State(app): State<App>, anyone: Anyone, headers: HeaderMap, Form(form): Form<SetupForm>) -> ServerResult<Response> {
+pub async fn setup(
+    State(app): State<App>,
+    anyone: Anyone,
+    headers: HeaderMap,
+    Form(form): Form<SetupForm>,
+) -> ServerResult<Response> {
     let created = accounts::setup(
         &app.store,
         &app.setup_token_digest,
