@@ -45,7 +45,8 @@ pub struct Context {
 impl Context {
     pub fn cli() -> Self {
         // SAFETY: getuid cannot fail and has no preconditions.
-        let user = std::env::var("USER").unwrap_or_else(|_| format!("uid-{}", unsafe { libc::getuid() }));
+        let user =
+            std::env::var("USER").unwrap_or_else(|_| format!("uid-{}", unsafe { libc::getuid() }));
         Self {
             actor: format!("cli:{user}"),
             source: "cli".into(),

@@ -8,7 +8,7 @@ use super::error::ServerError;
 use super::middleware::RequestMeta;
 use crate::app::App;
 use crate::audit::{self, Outcome, Record};
-use crate::auth::{Credential, Denied, Need, Principal, secret};
+use crate::auth::{Credential, Need, Principal, secret};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -96,13 +96,7 @@ pub async fn require(State((app, need)): State<(App, Need)>, req: Request, next:
         }
         return ServerError::Unauthorized("sign in or send an API token".into()).into_response();
     };
-    if let Err(denied) = principal.check(need, mutates) {
-        let reason = match denied {
-            Denied::Unauthenticated => {
-                return ServerError::Unauthorized("sign in".into()).into_response();
-            }
-            Denied::Forbidden(reason) => reason,
-        };
+    if let Err(reason) = principal.check(need, mutates) {
         let meta = req
             .extensions()
             .get::<RequestMeta>()
@@ -216,7 +210,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Signed {
 pub struct Anyone {
     pub principal: Option<Principal>,
     pub audit: audit::Context,
-    pub meta: RequestMeta,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Anyone {
@@ -232,7 +225,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Anyone {
         Ok(Anyone {
             audit: context(&meta, principal.as_ref()),
             principal,
-            meta,
         })
     }
 }

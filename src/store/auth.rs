@@ -500,15 +500,14 @@ impl Store {
             tx.open_table(TEAM_NAMES)?.remove(name.as_str())?;
             let subject = subject_key(&Subject::Team(team.id));
             let mut bindings = tx.open_table(ROLE_BINDINGS)?;
-            let keys: Vec<(String, String)> = bindings
-                .iter()?
-                .filter_map(|item| item.ok())
-                .map(|(k, _)| {
-                    let (p, s) = k.value();
-                    (p.to_string(), s.to_string())
-                })
-                .filter(|(_, s)| *s == subject)
-                .collect();
+            let mut keys = Vec::new();
+            for item in bindings.iter()? {
+                let (k, _) = item?;
+                let (p, s) = k.value();
+                if s == subject {
+                    keys.push((p.to_string(), s.to_string()));
+                }
+            }
             for (project, subject) in keys {
                 bindings.remove((project.as_str(), subject.as_str()))?;
             }

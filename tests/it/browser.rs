@@ -190,7 +190,9 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
     browser.snapshot("policies").await;
     c.goto(&format!("{}/security", server.url)).await.unwrap();
     browser.snapshot("security").await;
-    c.goto(&format!("{}/security/audit", server.url)).await.unwrap();
+    c.goto(&format!("{}/security/audit", server.url))
+        .await
+        .unwrap();
     assert!(browser.text("table.audit").await.contains("session.create"));
     browser.snapshot("audit").await;
     browser.close().await;

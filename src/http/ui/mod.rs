@@ -200,7 +200,10 @@ mod tests {
                 assert!(!line.contains(" style="), "inline style at {at}");
                 assert!(!line.contains("<style"), "style element at {at}");
                 assert!(!line.contains("<script>"), "inline script at {at}");
-                assert!(!line.contains(" onclick=") && !line.contains(" onsubmit="), "inline handler at {at}");
+                assert!(
+                    !line.contains(" onclick=") && !line.contains(" onsubmit="),
+                    "inline handler at {at}"
+                );
             }
         }
     }
