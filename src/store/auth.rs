@@ -47,6 +47,25 @@ fn user_named_in(tx: &WriteTx, name: &str) -> Result<User> {
     codec::decode(USERS, bytes.value())
 }
 
+/// Inserts a new user and its name index entry; the name must be free.
+fn insert_user(tx: &WriteTx, name: String, password_hash: String, admin: bool) -> Result<User> {
+    if tx.open_table(USER_NAMES)?.get(name.as_str())?.is_some() {
+        return Err(Error::Conflict(format!("user \"{name}\" already exists")));
+    }
+    let user = User {
+        id: next_id(tx, USERS)?,
+        name,
+        admin,
+        password_hash,
+        created_at: Timestamp::now(),
+        disabled: false,
+    };
+    put_user(tx, &user)?;
+    tx.open_table(USER_NAMES)?
+        .insert(user.name.as_str(), user.id)?;
+    Ok(user)
+}
+
 fn put_user(tx: &WriteTx, user: &User) -> Result<()> {
     tx.open_table(USERS)?
         .insert(user.id, codec::encode(user).as_slice())?;
@@ -104,20 +123,7 @@ impl Store {
         audit: Record,
     ) -> Result<User> {
         self.write(move |tx| {
-            if tx.open_table(USER_NAMES)?.get(name.as_str())?.is_some() {
-                return Err(Error::Conflict(format!("user \"{name}\" already exists")));
-            }
-            let user = User {
-                id: next_id(tx, USERS)?,
-                name,
-                admin,
-                password_hash,
-                created_at: Timestamp::now(),
-                disabled: false,
-            };
-            put_user(tx, &user)?;
-            tx.open_table(USER_NAMES)?
-                .insert(user.name.as_str(), user.id)?;
+            let user = insert_user(tx, name, password_hash, admin)?;
             tx.audit(audit.detail(if admin { "admin" } else { "" }))?;
             Ok(user)
         })
@@ -138,17 +144,7 @@ impl Store {
                     "set-up is done: a user already exists".into(),
                 ));
             }
-            let user = User {
-                id: 1,
-                name,
-                admin: true,
-                password_hash,
-                created_at: Timestamp::now(),
-                disabled: false,
-            };
-            put_user(tx, &user)?;
-            tx.open_table(USER_NAMES)?
-                .insert(user.name.as_str(), user.id)?;
+            let user = insert_user(tx, name, password_hash, true)?;
             tx.audit(audit.detail("first administrator"))?;
             Ok(user)
         })

@@ -672,6 +672,18 @@ async fn https_with_a_certificate_made_here_and_reloaded_when_it_changes() {
         response.headers()["strict-transport-security"],
         "max-age=31536000"
     );
+    // The container health check finds the TLS server from the same configuration.
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let (code, stdout, stderr) = run(betcycle(dir.path())
+        .args(["healthcheck", "--listen", &listen])
+        .args([
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("ready: https://"), "{stdout}");
     // A client that does not trust this certificate is refused.
     let (other_pem, _) = make();
     assert!(
