@@ -15,6 +15,10 @@ url=http://127.0.0.1:$port
 
 wait_ready() { until curl -sf -o /dev/null "$url/readyz"; do sleep 0.001; done; }
 
+# An administrator and a token, so the traffic below renders real pages.
+echo "bench password 123" | "$bin" user add bench --admin --password-stdin --data-dir "$dir/data" >/dev/null
+token=$("$bin" token create --user bench --scope read --data-dir "$dir/data")
+
 # Start-to-ready over n starts (the first one creates the store and is not counted).
 "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --log-format json 2>/dev/null &
 wait_ready; kill -TERM $!; wait $! || true
@@ -36,10 +40,10 @@ echo "start-to-ready over $n starts: median $(( sorted[n/2] / 1000 )).$(( sorted
 pid=$!
 wait_ready
 for _ in $(seq 50); do
-  for path in / /readyz /metrics /api/v1/instance /static/app.css /static/htmx.min.js /projects; do
-    curl -s -o /dev/null "$url$path"
+  for path in / /readyz /metrics /api/v1/instance /static/app.css /static/htmx.min.js /account /security/audit; do
+    curl -sf -o /dev/null -H "Authorization: Bearer $token" "$url$path"
   done
 done
 sleep 2
-echo "idle RSS after 350 requests: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status)"
+echo "idle RSS after 400 authenticated requests: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status)"
 kill -TERM $pid; wait $pid || true
