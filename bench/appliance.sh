@@ -17,7 +17,7 @@ wait_ready() { until curl -sf -o /dev/null "$url/readyz"; do sleep 0.001; done; 
 
 # An administrator and a token, so the traffic below renders real pages.
 echo "bench password 123" | "$bin" user add bench --admin --password-stdin --data-dir "$dir/data" >/dev/null
-token=$("$bin" token create --user bench --scope read --data-dir "$dir/data")
+token=$("$bin" token create --user bench --scope admin --data-dir "$dir/data")
 
 # Start-to-ready over n starts (the first one creates the store and is not counted).
 "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --log-format json 2>/dev/null &
