@@ -13,6 +13,7 @@ pub mod http;
 pub mod instance;
 pub mod logging;
 pub mod metrics;
+pub mod pipeline;
 pub mod store;
 
 /// This build's version, as `betcycle version`, `/metrics` and the console show it.

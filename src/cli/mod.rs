@@ -8,6 +8,7 @@ mod offline;
 mod serve;
 mod token;
 mod user;
+mod validate;
 
 use crate::config::{Inputs, OPTIONS};
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
@@ -46,6 +47,8 @@ enum Verb {
     Audit(audit::AuditVerb),
     /// List every HTTP route with what it requires of the caller.
     Routes,
+    /// Check a pipeline file (.betcycle.yml) and report every problem with its location.
+    Validate(validate::Validate),
     /// Print the version.
     Version,
 }
@@ -83,6 +86,7 @@ pub fn main() -> ExitCode {
         Verb::User(verb) => verb.run(env),
         Verb::Token(verb) => verb.run(env),
         Verb::Audit(verb) => verb.run(env),
+        Verb::Validate(verb) => verb.run(),
         Verb::Routes => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

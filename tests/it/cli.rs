@@ -159,3 +159,31 @@ fn printed_example_is_accepted_by_the_binary() {
         );
     }
 }
+
+#[test]
+fn validate_names_the_line_and_the_field_of_each_problem() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join(".betcycle.yml"),
+        "steps:\n  - name: test\n    run: cargo test\n  - name: build\n    run: cargo build\n    depends_on: [tset]\n    timeout: soon\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(betcycle(dir.path()).arg("validate"));
+    assert_eq!(code, 1);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        ".betcycle.yml:6:18: steps[1].depends_on[0]: unknown step \"tset\" (did you mean \"test\"?)\n\
+         .betcycle.yml:7:14: steps[1].timeout: invalid timeout \"soon\": expected a duration such as 30s, 5m, 1h 30m or 7d\n\
+         error: .betcycle.yml has 2 problems\n"
+    );
+
+    std::fs::write(
+        dir.path().join("ok.yml"),
+        "steps:\n  - { name: a, run: 'true' }\n  - { name: b, run: 'true', depends_on: [a] }\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = run(betcycle(dir.path()).args(["validate", "ok.yml"]));
+    assert_eq!(code, 0);
+    assert_eq!(stdout, "ok.yml: ok, 2 steps: a, b\n");
+}

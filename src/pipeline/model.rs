@@ -1,0 +1,123 @@
+//! The `.betcycle.yml` file as written: serde structs that reject unknown keys. Names
+//! and dependencies keep their source location for errors found after parsing.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+
+/// One value or a list of them (`branch: main` or `branch: [main, release/*]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub steps: Vec<StepDef>,
+    #[serde(default)]
+    pub services: Vec<ServiceDef>,
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyDef>,
+    /// Deploy targets per environment; checked by the delivery engine, kept as written.
+    #[serde(default)]
+    pub deploy: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    pub name: Spanned<String>,
+    pub run: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub when: Option<WhenDef>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub retry: u32,
+    #[serde(default)]
+    pub allow_failure: bool,
+    #[serde(default)]
+    pub workdir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub artifacts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub reports: ReportsDef,
+    #[serde(default)]
+    pub secrets: Vec<SecretDef>,
+    #[serde(default)]
+    pub matrix: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenDef {
+    #[serde(default)]
+    pub branch: OneOrMany,
+    #[serde(default)]
+    pub event: OneOrMany,
+    #[serde(default)]
+    pub paths: OneOrMany,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsDef {
+    pub junit: Option<String>,
+    pub coverage: Option<String>,
+    pub sarif: Option<String>,
+    pub cyclonedx: Option<String>,
+    pub terraform_plan: Option<String>,
+}
+
+/// `DATABASE_URL`, or `{ name: PROD_DB_URL, as: DATABASE_URL }` to rename.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SecretDef {
+    Name(String),
+    Renamed {
+        name: String,
+        #[serde(rename = "as")]
+        env: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDef {
+    pub name: Spanned<String>,
+    pub run: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A command retried until it succeeds before steps start (e.g. `pg_isready`).
+    #[serde(default)]
+    pub ready: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyDef {
+    pub group: String,
+    #[serde(default)]
+    pub cancel_in_progress: bool,
+}

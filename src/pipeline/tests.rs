@@ -1,0 +1,192 @@
+use super::*;
+
+fn ok(text: &str) -> Pipeline {
+    parse(".betcycle.yml", text).unwrap_or_else(|p| {
+        panic!(
+            "{}",
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
+fn problems(text: &str) -> Vec<String> {
+    parse(".betcycle.yml", text)
+        .expect_err("the file should be rejected")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn the_sketch_from_the_product_document_parses() {
+    let p = ok(r#"
+env: { RUST_BACKTRACE: "1" }
+steps:
+  - name: lint
+    run: cargo fmt --check
+  - name: test
+    run: cargo nextest run --profile ci
+    depends_on: [lint]
+    reports: { junit: target/nextest/ci/junit.xml, coverage: lcov.info }
+    timeout: 20m
+    secrets: [DATABASE_URL]
+  - name: build
+    run: cargo build --release
+    depends_on: [test]
+    when: { branch: main }
+    artifacts: [target/release/app]
+deploy:
+  staging:    { target: { kind: exec, run: ./deploy.sh } }
+"#);
+    assert_eq!(p.env["RUST_BACKTRACE"], "1");
+    let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["lint", "test", "build"]);
+    assert_eq!(p.steps[1].needs, [0]);
+    assert_eq!(p.steps[2].needs, [1]);
+    assert_eq!(p.steps[1].timeout, Some(Duration::from_secs(1200)));
+    assert_eq!(
+        p.steps[1].secrets,
+        [("DATABASE_URL".to_string(), "DATABASE_URL".to_string())]
+    );
+    assert_eq!(
+        p.steps[1].reports.junit.as_deref(),
+        Some("target/nextest/ci/junit.xml")
+    );
+    assert_eq!(p.steps[2].when.branch, ["main"]);
+    assert!(p.deploy.is_some());
+}
+
+#[test]
+fn unknown_keys_name_line_column_path_and_a_suggestion() {
+    let text = "steps:\n  - name: a\n    run: x\n  - name: b\n    runn: y\n";
+    assert_eq!(
+        problems(text),
+        [
+            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix (did you mean \"run\"?)"
+        ]
+    );
+    let text = "steps:\n  - name: a\n    run: x\n    retry: lots\n";
+    let p = problems(text);
+    assert!(
+        p[0].starts_with(".betcycle.yml:4:12: steps[0].retry: "),
+        "{p:?}"
+    );
+    assert!(problems("steps: [\n")[0].starts_with(".betcycle.yml:1:8: "));
+}
+
+#[test]
+fn graph_problems_are_all_reported_with_locations() {
+    let text = "\
+steps:
+  - name: build
+    run: make
+    depends_on: [tset]
+  - name: build
+    run: make again
+  - name: deploy
+    run: ./deploy
+    depends_on: [deploy]
+";
+    assert_eq!(
+        problems(text),
+        [
+            ".betcycle.yml:4:18: steps[0].depends_on[0]: unknown step \"tset\"",
+            ".betcycle.yml:5:11: steps[1].name: duplicate step name \"build\"",
+            ".betcycle.yml:9:18: steps[2].depends_on[0]: step \"deploy\" depends on itself",
+        ]
+    );
+    let cycle = "\
+steps:
+  - { name: a, run: x, depends_on: [c] }
+  - { name: b, run: x, depends_on: [a] }
+  - { name: c, run: x, depends_on: [b] }
+";
+    let p = problems(cycle);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains("dependency cycle: "), "{p:?}");
+    for name in ["a", "b", "c"] {
+        assert!(p[0].contains(name));
+    }
+}
+
+#[test]
+fn values_are_checked() {
+    let text = "\
+steps:
+  - name: a
+    run: x
+    timeout: soon
+    workdir: ../elsewhere
+    artifacts: [/etc/passwd]
+    when: { event: pusj }
+";
+    let p = problems(text);
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(p[0].contains("unknown event \"pusj\" (did you mean \"push\"?)"));
+    assert!(p[1].contains("steps[0].timeout: invalid timeout \"soon\""));
+    assert!(p[2].contains("steps[0].workdir: workdir must be a relative path"));
+    assert!(p[3].contains("steps[0].artifacts[0]: artifact patterns are relative"));
+}
+
+#[test]
+fn matrix_steps_expand_and_dependents_wait_for_all_of_them() {
+    let p = ok("\
+steps:
+  - name: test
+    run: cargo test
+    matrix: { rust: [stable, beta], os: [linux] }
+  - name: ship
+    run: ./ship
+    depends_on: [test]
+");
+    let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "test (os=linux, rust=stable)",
+            "test (os=linux, rust=beta)",
+            "ship"
+        ]
+    );
+    assert_eq!(p.steps[1].env["MATRIX_RUST"], "beta");
+    assert_eq!(p.steps[2].needs, [0, 1]);
+}
+
+#[test]
+fn when_filters_branch_event_and_paths() {
+    let p = ok("\
+steps:
+  - name: a
+    run: x
+    when: { branch: [main, release/*], event: [push, tag], paths: [src/**] }
+");
+    let when = &p.steps[0].when;
+    let trigger = |branch: &str, event: &str, paths: Option<Vec<&str>>| Trigger {
+        branch: Some(branch.into()),
+        event: event.into(),
+        changed_paths: paths.map(|v| v.into_iter().map(String::from).collect()),
+    };
+    assert!(when.check(&trigger("main", "push", None)).is_ok());
+    assert!(
+        when.check(&trigger("release/1.2", "tag", Some(vec!["src/lib.rs"])))
+            .is_ok()
+    );
+    assert!(
+        when.check(&trigger("feature", "push", None))
+            .unwrap_err()
+            .contains("matches none of")
+    );
+    assert!(
+        when.check(&trigger("main", "cron", None))
+            .unwrap_err()
+            .contains("event cron")
+    );
+    assert!(
+        when.check(&trigger("main", "push", Some(vec!["docs/a.md"])))
+            .unwrap_err()
+            .contains("no changed file")
+    );
+}
