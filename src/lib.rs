@@ -8,12 +8,14 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod executor;
 pub mod health;
 pub mod http;
 pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod reports;
 pub mod store;
 
 /// This build's version, as `betcycle version`, `/metrics` and the console show it.

@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod healthcheck;
 mod offline;
+mod run;
 mod serve;
 mod token;
 mod user;
@@ -49,6 +50,8 @@ enum Verb {
     Routes,
     /// Check a pipeline file (.betcycle.yml) and report every problem with its location.
     Validate(validate::Validate),
+    /// Run a repository's pipeline locally; the exit code is the result.
+    Run(run::Run),
     /// Print the version.
     Version,
 }
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
         Verb::Token(verb) => verb.run(env),
         Verb::Audit(verb) => verb.run(env),
         Verb::Validate(verb) => verb.run(),
+        Verb::Run(verb) => verb.run(env),
         Verb::Routes => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

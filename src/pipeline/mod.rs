@@ -208,7 +208,12 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, Vec<Problem>> {
                 file: file.to_string(),
                 line,
                 column,
-                path: if path == "." { String::new() } else { path },
+                // serde_path_to_error writes `?` for a position it cannot name.
+                path: path
+                    .split('.')
+                    .filter(|part| *part != "?" && !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("."),
                 message,
             }]);
         }

@@ -75,6 +75,10 @@ fn unknown_keys_name_line_column_path_and_a_suggestion() {
         "{p:?}"
     );
     assert!(problems("steps: [\n")[0].starts_with(".betcycle.yml:1:8: "));
+    assert_eq!(
+        problems("steps:\n  - name: a\n    run: echo 'x: y'; false\n"),
+        [".betcycle.yml:3:17: steps[0]: mapping values are not allowed in this context"]
+    );
 }
 
 #[test]

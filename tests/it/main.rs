@@ -9,3 +9,4 @@ mod harness;
 mod health;
 mod lifecycle;
 mod metrics;
+mod run;

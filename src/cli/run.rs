@@ -1,0 +1,242 @@
+//! `betcycle run`: run a repository's pipeline locally, with the same executor and report
+//! parsing as the server, printing output live; the exit code is the result (0 passed,
+//! 1 failed). The working copy itself is the workspace.
+
+use super::Failure;
+use crate::executor::process::{PASSTHROUGH_ENV, Stream};
+use crate::executor::{self, Observer, RunSpec, StepResult, StepStatus};
+use crate::pipeline::Trigger;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub struct Run {
+    /// The repository to run in (its working copy is the workspace).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// The pipeline file, relative to --dir.
+    #[arg(long, default_value = ".betcycle.yml")]
+    file: PathBuf,
+    /// Run only this step (a matrix step's name runs all its combinations).
+    #[arg(long)]
+    step: Option<String>,
+    /// The branch `when` filters see [default: the checked-out branch].
+    #[arg(long)]
+    branch: Option<String>,
+    /// The event `when` filters see.
+    #[arg(long, default_value = "push")]
+    event: String,
+    /// How many steps may run at once [default: the number of cores].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Also write the results (statuses, timings, tests, coverage, artifacts) as JSON.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+/// Prints step output as `[step] line` and a line per step start and end.
+struct Terminal;
+
+impl Observer for Terminal {
+    fn step_started(&self, step: &str) {
+        println!("▶ {step}");
+    }
+
+    fn line(&self, step: &str, _stream: Stream, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "[{step}] {text}");
+    }
+
+    fn step_finished(&self, r: &StepResult) {
+        let took = match (r.started_at, r.finished_at) {
+            (Some(a), Some(b)) => format!(
+                " in {:.1} s",
+                (b.as_millisecond() - a.as_millisecond()) as f64 / 1000.0
+            ),
+            _ => String::new(),
+        };
+        let mark = match r.status {
+            StepStatus::Succeeded => "✓",
+            StepStatus::Skipped => "-",
+            StepStatus::FailedAllowed => "!",
+            _ => "✗",
+        };
+        let reason = if r.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.reason)
+        };
+        println!("{mark} {} {}{took}{reason}", r.name, status_word(&r.status));
+        for w in &r.warnings {
+            println!("  warning: {w}");
+        }
+    }
+}
+
+fn status_word(status: &StepStatus) -> &'static str {
+    match status {
+        StepStatus::Succeeded => "succeeded",
+        StepStatus::Failed => "failed",
+        StepStatus::FailedAllowed => "failed (allowed)",
+        StepStatus::TimedOut => "timed out",
+        StepStatus::Cancelled => "cancelled",
+        StepStatus::Skipped => "skipped",
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+impl Run {
+    pub fn run(self, env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
+        let dir = std::path::absolute(&self.dir)
+            .map_err(|e| Failure::Usage(format!("invalid --dir {}: {e}", self.dir.display())))?;
+        let file = dir.join(&self.file);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", file.display())))?;
+        let pipeline = crate::pipeline::parse(&self.file.display().to_string(), &text).map_err(
+            |problems| {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                Failure::Runtime(format!(
+                    "the pipeline file has problems:\n{}",
+                    lines.join("\n")
+                ))
+            },
+        )?;
+        if let Some(only) = &self.step
+            && !pipeline
+                .steps
+                .iter()
+                .any(|s| s.name == *only || s.name.starts_with(&format!("{only} (")))
+        {
+            let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
+            return Err(Failure::Usage(format!(
+                "no step \"{only}\"; steps are {}",
+                names.join(", ")
+            )));
+        }
+
+        let self_report = self.report.clone();
+        let branch = self
+            .branch
+            .clone()
+            .or_else(|| git(&dir, &["rev-parse", "--abbrev-ref", "HEAD"]));
+        let commit = git(&dir, &["rev-parse", "HEAD"]).unwrap_or_default();
+        let project = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let context = BTreeMap::from([
+            ("BETCYCLE_RUN_ID".to_string(), "local".to_string()),
+            ("BETCYCLE_PROJECT".to_string(), project),
+            ("BETCYCLE_COMMIT".to_string(), commit),
+            (
+                "BETCYCLE_BRANCH".to_string(),
+                branch.clone().unwrap_or_default(),
+            ),
+            ("BETCYCLE_EVENT".to_string(), self.event.clone()),
+            ("BETCYCLE_WORKSPACE".to_string(), dir.display().to_string()),
+        ]);
+        let passthrough = env
+            .into_iter()
+            .filter(|(k, _)| PASSTHROUGH_ENV.contains(&k.as_str()))
+            .collect();
+        let spec = RunSpec {
+            pipeline,
+            workspace: dir,
+            trigger: Trigger {
+                branch,
+                event: self.event,
+                changed_paths: None,
+            },
+            context,
+            passthrough,
+            parallelism: self
+                .jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            only: self.step,
+        };
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
+        let results = runtime.block_on(async {
+            let cancel = CancellationToken::new();
+            let on_interrupt = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_interrupt.cancel();
+                }
+            });
+            executor::run(spec, Arc::new(Terminal), cancel).await
+        });
+        summary(&results);
+        if let Some(path) = &self_report {
+            let json = serde_json::to_vec_pretty(&results).expect("results serialise");
+            std::fs::write(path, json)
+                .map_err(|e| Failure::Runtime(format!("cannot write {}: {e}", path.display())))?;
+        }
+        if results.iter().any(|r| r.status.fails_run()) {
+            Err(Failure::Runtime("the run failed".into()))
+        } else {
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn summary(results: &[StepResult]) {
+    println!();
+    println!("{:<40} {:<17} {:>9}", "STEP", "STATUS", "TIME");
+    for r in results {
+        let took = match (r.started_at, r.finished_at) {
+            (Some(a), Some(b)) => format!(
+                "{:.1} s",
+                (b.as_millisecond() - a.as_millisecond()) as f64 / 1000.0
+            ),
+            _ => "-".into(),
+        };
+        println!("{:<40} {:<17} {:>9}", r.name, status_word(&r.status), took);
+    }
+    for r in results {
+        if let Some(t) = &r.tests {
+            println!(
+                "tests ({}): {} passed, {} failed, {} skipped of {}",
+                r.name, t.passed, t.failed, t.skipped, t.total
+            );
+            for case in t
+                .cases
+                .iter()
+                .filter(|c| c.outcome == crate::reports::junit::TestOutcome::Failed)
+            {
+                println!("  failed: {} {}", case.name, case.message);
+            }
+        }
+        if let Some(c) = &r.coverage {
+            println!(
+                "coverage ({}): {:.1}% of lines ({}/{})",
+                r.name, c.percent, c.lines_covered, c.lines_total
+            );
+        }
+        for a in &r.artifacts {
+            println!(
+                "artifact ({}): {} {} bytes sha256:{}",
+                r.name, a.path, a.size, a.sha256
+            );
+        }
+    }
+}

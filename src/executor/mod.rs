@@ -1,0 +1,386 @@
+//! The local executor: runs a [`Pipeline`]'s steps as processes in a workspace,
+//! independent steps in parallel, and collects what they produced (status, timing, test
+//! results, coverage, artifacts). `betcycle run` uses it directly; the server uses the
+//! same code for its runs.
+
+pub mod process;
+
+use crate::pipeline::{Pipeline, Trigger};
+use crate::reports::coverage::{self, Coverage};
+use crate::reports::junit::{self, TestSummary};
+use globset::{Glob, GlobSetBuilder};
+use jiff::Timestamp;
+use process::{Exit, Stream};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    /// Failed, but `allow_failure` is set.
+    FailedAllowed,
+    TimedOut,
+    Cancelled,
+    /// Not run: a `when` filter did not match, or a dependency failed.
+    Skipped,
+}
+
+impl StepStatus {
+    /// Whether steps that depend on this one may run.
+    pub fn lets_dependents_run(&self) -> bool {
+        matches!(
+            self,
+            StepStatus::Succeeded | StepStatus::FailedAllowed | StepStatus::Skipped
+        )
+    }
+
+    /// Whether this outcome fails the run.
+    pub fn fails_run(&self) -> bool {
+        matches!(
+            self,
+            StepStatus::Failed | StepStatus::TimedOut | StepStatus::Cancelled
+        )
+    }
+}
+
+/// A file a step kept, identified by its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    /// Relative to the workspace.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepResult {
+    pub name: String,
+    pub status: StepStatus,
+    /// Why it was skipped, timed out or failed to start.
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub attempts: u32,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub tests: Option<TestSummary>,
+    pub coverage: Option<Coverage>,
+    pub artifacts: Vec<Artifact>,
+    /// Problems with reports or artifacts; they never fail the step.
+    pub warnings: Vec<String>,
+}
+
+/// Receives what happens during a run, as it happens.
+pub trait Observer: Send + Sync {
+    fn step_started(&self, step: &str);
+    fn line(&self, step: &str, stream: Stream, text: &str);
+    fn step_finished(&self, result: &StepResult);
+}
+
+/// What to run and where.
+pub struct RunSpec {
+    pub pipeline: Pipeline,
+    pub workspace: PathBuf,
+    pub trigger: Trigger,
+    /// `BETCYCLE_*` context variables every step gets.
+    pub context: BTreeMap<String, String>,
+    /// Variables passed through from the calling environment (see `PASSTHROUGH_ENV`).
+    pub passthrough: BTreeMap<String, String>,
+    /// How many steps may run at once.
+    pub parallelism: usize,
+    /// Run only the steps with these names (a matrix step's written name selects all its
+    /// expansions); dependencies outside the selection are not run.
+    pub only: Option<String>,
+}
+
+/// Runs every step; returns the results in pipeline order.
+pub async fn run(
+    spec: RunSpec,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> Vec<StepResult> {
+    let spec = Arc::new(spec);
+    let n = spec.pipeline.steps.len();
+    let selected: Vec<bool> = spec
+        .pipeline
+        .steps
+        .iter()
+        .map(|s| match &spec.only {
+            None => true,
+            Some(only) => s.name == *only || s.name.starts_with(&format!("{only} (")),
+        })
+        .collect();
+    let mut results: Vec<Option<StepResult>> = vec![None; n];
+    let mut running = JoinSet::new();
+    let mut started = vec![false; n];
+
+    loop {
+        // Start every step whose dependencies are done, up to the parallelism.
+        for i in 0..n {
+            if started[i] || running.len() >= spec.parallelism.max(1) {
+                continue;
+            }
+            let step = &spec.pipeline.steps[i];
+            let needs: Vec<usize> = step
+                .needs
+                .iter()
+                .copied()
+                .filter(|d| selected[*d])
+                .collect();
+            if needs.iter().any(|d| results[*d].is_none()) {
+                continue;
+            }
+            started[i] = true;
+            let skip = if !selected[i] {
+                Some("not selected".to_string())
+            } else if let Some(d) = needs.iter().find(|d| {
+                !results[**d]
+                    .as_ref()
+                    .expect("done")
+                    .status
+                    .lets_dependents_run()
+            }) {
+                Some(format!(
+                    "dependency \"{}\" did not succeed",
+                    spec.pipeline.steps[*d].name
+                ))
+            } else if cancel.is_cancelled() {
+                Some("the run was cancelled".to_string())
+            } else {
+                step.when.check(&spec.trigger).err()
+            };
+            if let Some(reason) = skip {
+                let result = skipped(&step.name, reason);
+                if selected[i] {
+                    observer.step_finished(&result);
+                }
+                results[i] = Some(result);
+                continue;
+            }
+            let (spec, observer, cancel) = (spec.clone(), observer.clone(), cancel.clone());
+            running.spawn(async move { (i, run_step(&spec, i, observer, &cancel).await) });
+        }
+        match running.join_next().await {
+            Some(Ok((i, result))) => {
+                observer.step_finished(&result);
+                results[i] = Some(result);
+            }
+            Some(Err(e)) => panic!("a step task failed: {e}"),
+            None => break,
+        }
+    }
+    results
+        .into_iter()
+        .zip(selected)
+        .filter(|(_, selected)| *selected)
+        .map(|(r, _)| r.expect("every step finished"))
+        .collect()
+}
+
+fn skipped(name: &str, reason: String) -> StepResult {
+    StepResult {
+        name: name.to_string(),
+        status: StepStatus::Skipped,
+        reason,
+        exit_code: None,
+        attempts: 0,
+        started_at: None,
+        finished_at: None,
+        tests: None,
+        coverage: None,
+        artifacts: Vec::new(),
+        warnings: Vec::new(),
+    }
+}
+
+async fn run_step(
+    spec: &RunSpec,
+    index: usize,
+    observer: Arc<dyn Observer>,
+    cancel: &CancellationToken,
+) -> StepResult {
+    let step = &spec.pipeline.steps[index];
+    let dir = match &step.workdir {
+        Some(w) => spec.workspace.join(w),
+        None => spec.workspace.clone(),
+    };
+    let mut env = spec.passthrough.clone();
+    env.extend(spec.pipeline.env.clone());
+    env.extend(step.env.clone());
+    env.extend(spec.context.clone());
+    env.insert("BETCYCLE_STEP".into(), step.name.clone());
+    env.insert("CI".into(), "true".into());
+
+    observer.step_started(&step.name);
+    let started_at = Timestamp::now();
+    let mut attempts = 0;
+    let (status, exit_code, reason) = loop {
+        attempts += 1;
+        let on_line = {
+            let (observer, name) = (observer.clone(), step.name.clone());
+            move |stream, text: &str| observer.line(&name, stream, text)
+        };
+        let exit = process::run(&step.run, &dir, &env, step.timeout, cancel, on_line).await;
+        let outcome = match exit {
+            Exit::Code(0) => (StepStatus::Succeeded, Some(0), String::new()),
+            Exit::Code(code) if step.allow_failure => (
+                StepStatus::FailedAllowed,
+                Some(code),
+                format!("exit code {code} (allowed to fail)"),
+            ),
+            Exit::Code(code) => (StepStatus::Failed, Some(code), format!("exit code {code}")),
+            Exit::TimedOut => {
+                let limit = step.timeout.unwrap_or_default().as_secs();
+                (
+                    StepStatus::TimedOut,
+                    None,
+                    format!("timed out after {limit} s"),
+                )
+            }
+            Exit::Cancelled => (StepStatus::Cancelled, None, "cancelled".into()),
+            Exit::SpawnFailed(e) => (StepStatus::Failed, None, e),
+        };
+        let retryable = matches!(
+            outcome.0,
+            StepStatus::Failed | StepStatus::FailedAllowed | StepStatus::TimedOut
+        );
+        if !retryable || attempts > step.retry || cancel.is_cancelled() {
+            break outcome;
+        }
+        observer.line(
+            &step.name,
+            Stream::Stderr,
+            &format!(
+                "betcycle: {}; retrying (attempt {})",
+                outcome.2,
+                attempts + 1
+            ),
+        );
+    };
+
+    let mut warnings = Vec::new();
+    let tests = step
+        .reports
+        .junit
+        .as_ref()
+        .and_then(|p| read_report(&spec.workspace, p, "JUnit", junit::parse, &mut warnings));
+    let coverage = step.reports.coverage.as_ref().and_then(|p| {
+        read_report(
+            &spec.workspace,
+            p,
+            "coverage",
+            coverage::parse,
+            &mut warnings,
+        )
+    });
+    let artifacts = collect_artifacts(&spec.workspace, &step.artifacts, &mut warnings);
+    StepResult {
+        name: step.name.clone(),
+        status,
+        reason,
+        exit_code,
+        attempts,
+        started_at: Some(started_at),
+        finished_at: Some(Timestamp::now()),
+        tests,
+        coverage,
+        artifacts,
+        warnings,
+    }
+}
+
+/// Reads and parses a report file; a missing or bad file becomes a warning.
+fn read_report<T>(
+    workspace: &Path,
+    path: &str,
+    kind: &str,
+    parse: fn(&str) -> Result<T, String>,
+    warnings: &mut Vec<String>,
+) -> Option<T> {
+    let text = match std::fs::read_to_string(workspace.join(path)) {
+        Ok(text) => text,
+        Err(e) => {
+            warnings.push(format!("{kind} report {path}: cannot read it: {e}"));
+            return None;
+        }
+    };
+    match parse(&text) {
+        Ok(report) => Some(report),
+        Err(e) => {
+            warnings.push(format!("{kind} report {path}: {e}"));
+            None
+        }
+    }
+}
+
+/// Files in the workspace matching any of `patterns`, with size and SHA-256.
+fn collect_artifacts(
+    workspace: &Path,
+    patterns: &[String],
+    warnings: &mut Vec<String>,
+) -> Vec<Artifact> {
+    if patterns.is_empty() {
+        return Vec::new();
+    }
+    let mut builder = GlobSetBuilder::new();
+    for p in patterns {
+        builder.add(Glob::new(p).expect("validated when the pipeline was parsed"));
+    }
+    let set = builder.build().expect("validated patterns");
+    let mut found = Vec::new();
+    for entry in walkdir::WalkDir::new(workspace)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != ".git")
+    {
+        let Ok(entry) = entry else { continue };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Ok(relative) = entry.path().strip_prefix(workspace) else {
+            continue;
+        };
+        let relative = relative.to_string_lossy().to_string();
+        if !set.is_match(&relative) {
+            continue;
+        }
+        match digest_file(entry.path()) {
+            Ok((size, sha256)) => found.push(Artifact {
+                path: relative,
+                size,
+                sha256,
+            }),
+            Err(e) => warnings.push(format!("artifact {relative}: cannot read it: {e}")),
+        }
+    }
+    if found.is_empty() {
+        warnings.push(format!(
+            "no files match the artifact patterns {}",
+            patterns.join(", ")
+        ));
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+fn digest_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, crate::auth::secret::hex(&hasher.finalize())))
+}

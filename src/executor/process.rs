@@ -1,0 +1,126 @@
+//! One step attempt as an operating-system process: `sh -c <run>` in its own process
+//! group with a clean environment, output captured line by line, and the whole group
+//! killed on timeout, on cancel, and when the step's shell exits (so nothing it started
+//! in the background outlives it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// Variables passed through from BetCycle's own environment; everything else a step
+/// sees is declared in the pipeline or set by BetCycle (`BETCYCLE_*`).
+pub const PASSTHROUGH_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
+];
+
+/// How long to wait for output still in the pipes after the group was killed.
+const DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The shell exited with this code (a signal counts as 128 + signal).
+    Code(i32),
+    TimedOut,
+    Cancelled,
+    /// The process could not be started.
+    SpawnFailed(String),
+}
+
+/// Runs `script` and calls `on_line` for every line of output as it arrives.
+pub async fn run(
+    script: &str,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    on_line: impl Fn(Stream, &str) + Send + Sync + Clone + 'static,
+) -> Exit {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return Exit::SpawnFailed(format!("cannot start sh in {}: {e}", dir.display())),
+    };
+    let pgid = child.id().map(|id| id as i32);
+    let readers = [
+        tokio::spawn(pump(
+            child.stdout.take().expect("piped"),
+            Stream::Stdout,
+            on_line.clone(),
+        )),
+        tokio::spawn(pump(
+            child.stderr.take().expect("piped"),
+            Stream::Stderr,
+            on_line,
+        )),
+    ];
+
+    let sleep = async {
+        match timeout {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let exit = tokio::select! {
+        status = child.wait() => match status {
+            Ok(status) => Exit::Code(status.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                128 + status.signal().unwrap_or(0)
+            })),
+            Err(e) => Exit::SpawnFailed(format!("cannot wait for the step: {e}")),
+        },
+        () = sleep => Exit::TimedOut,
+        () = cancel.cancelled() => Exit::Cancelled,
+    };
+    if let Some(pgid) = pgid {
+        kill_group(pgid);
+    }
+    let _ = child.wait().await;
+    for reader in readers {
+        let _ = tokio::time::timeout(DRAIN, reader).await;
+    }
+    exit
+}
+
+/// SIGKILL to every process in the group (the shell, its children, their children).
+pub fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+async fn pump(stream: impl AsyncRead + Unpin, which: Stream, on_line: impl Fn(Stream, &str)) {
+    let mut lines = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                on_line(which, text.trim_end_matches(['\n', '\r']));
+            }
+        }
+    }
+}
