@@ -15,6 +15,7 @@ pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod project;
 pub mod reports;
 pub mod store;
 

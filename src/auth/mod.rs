@@ -59,6 +59,16 @@ pub enum Role {
     Maintainer,
 }
 
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Developer => "developer",
+            Role::Maintainer => "maintainer",
+        })
+    }
+}
+
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -262,6 +272,9 @@ pub enum Need {
     User,
     /// An instance administrator (tokens need the admin scope).
     Admin,
+    /// At least this role on the project named by the route's `{slug}` (administrators
+    /// hold every role).
+    Project(Role),
 }
 
 impl fmt::Display for Need {
@@ -270,6 +283,9 @@ impl fmt::Display for Need {
             Need::Public => "public",
             Need::User => "user",
             Need::Admin => "admin",
+            Need::Project(Role::Viewer) => "project:viewer",
+            Need::Project(Role::Developer) => "project:developer",
+            Need::Project(Role::Maintainer) => "project:maintainer",
         })
     }
 }
@@ -286,7 +302,8 @@ impl Principal {
             return Err("this token has the read scope; changes need write".into());
         }
         match need {
-            Need::Public | Need::User => Ok(()),
+            // The project role itself is looked up by the route guard.
+            Need::Public | Need::User | Need::Project(_) => Ok(()),
             Need::Admin if !self.user.admin => {
                 Err("only instance administrators may do this".into())
             }

@@ -10,7 +10,7 @@ use crate::app::App;
 use crate::audit::{self, Outcome, Record};
 use crate::auth::{Credential, Need, Principal, secret};
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
@@ -97,22 +97,32 @@ pub async fn require(State((app, need)): State<(App, Need)>, req: Request, next:
         return ServerError::Unauthorized("sign in or send an API token".into()).into_response();
     };
     if let Err(reason) = principal.check(need, mutates) {
-        let meta = req
-            .extensions()
-            .get::<RequestMeta>()
-            .cloned()
+        return deny(&app, Denied::of(&req), &principal, reason).await;
+    }
+    let mut req = req;
+    if let Need::Project(role) = need
+        && !principal.user.admin
+    {
+        let (mut parts, body) = req.into_parts();
+        let slug = RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == "slug")
+                    .map(|(_, v)| v.to_string())
+            })
             .unwrap_or_default();
-        let record = Record::new(
-            &context(&meta, Some(&principal)),
-            "request.denied",
-            req.uri().path(),
-        )
-        .outcome(Outcome::Denied)
-        .detail(format!("{} {}: {reason}", req.method(), req.uri().path()));
-        if let Err(e) = app.store.audit(record).await {
-            tracing::error!(error = %e, "cannot record a denied request");
+        req = Request::from_parts(parts, body);
+        match app.store.project_role(&slug, &principal.user).await {
+            Ok(Some(held)) if held >= role => {}
+            Ok(_) => {
+                let reason = format!("this needs the {role} role on project \"{slug}\"");
+                return deny(&app, Denied::of(&req), &principal, reason).await;
+            }
+            Err(e) => return ServerError::from(e).into_response(),
         }
-        return ServerError::Forbidden(reason).into_response();
     }
     if mutates && let Credential::Session(session) = &principal.credential {
         return match check_csrf(req, &session.csrf_token).await {
@@ -121,6 +131,42 @@ pub async fn require(State((app, need)): State<(App, Need)>, req: Request, next:
         };
     }
     next.run(req).await
+}
+
+/// What a denial records about the request.
+struct Denied {
+    meta: RequestMeta,
+    method: Method,
+    path: String,
+}
+
+impl Denied {
+    fn of(req: &Request) -> Self {
+        Self {
+            meta: req
+                .extensions()
+                .get::<RequestMeta>()
+                .cloned()
+                .unwrap_or_default(),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+        }
+    }
+}
+
+/// 403 with the reason; the denial is audited.
+async fn deny(app: &App, denied: Denied, principal: &Principal, reason: String) -> Response {
+    let record = Record::new(
+        &context(&denied.meta, Some(principal)),
+        "request.denied",
+        denied.path.clone(),
+    )
+    .outcome(Outcome::Denied)
+    .detail(format!("{} {}: {reason}", denied.method, denied.path));
+    if let Err(e) = app.store.audit(record).await {
+        tracing::error!(error = %e, "cannot record a denied request");
+    }
+    ServerError::Forbidden(reason).into_response()
 }
 
 /// A cookie-authenticated change must carry the session's CSRF token, in the

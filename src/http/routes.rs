@@ -33,8 +33,9 @@ where
 }
 
 pub fn table() -> Vec<Route> {
+    use crate::auth::Role::{Maintainer, Viewer};
     use Method as M;
-    use Need::{Admin, Public, User};
+    use Need::{Admin, Project, Public, User};
     let mut routes = vec![
         route(M::GET, "/healthz", Public, api::health::healthz),
         route(M::GET, "/readyz", Public, api::health::readyz),
@@ -109,6 +110,45 @@ pub fn table() -> Vec<Route> {
             api::users::remove_member,
         ),
         route(M::GET, "/api/v1/audit", Admin, api::audit::list),
+        // Projects.
+        route(M::GET, "/api/v1/projects", User, api::projects::list),
+        route(M::POST, "/api/v1/projects", Admin, api::projects::create),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}",
+            Project(Viewer),
+            api::projects::show,
+        ),
+        route(
+            M::PATCH,
+            "/api/v1/projects/{slug}",
+            Project(Maintainer),
+            api::projects::update,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}",
+            Admin,
+            api::projects::delete,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/members",
+            Project(Viewer),
+            api::projects::members,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/members/{subject}",
+            Project(Maintainer),
+            api::projects::set_member,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/members/{subject}",
+            Project(Maintainer),
+            api::projects::remove_member,
+        ),
         // Instance.
         route(M::GET, "/api/v1/instance", User, api::instance::show),
         route(M::GET, "/api/v1/events", User, api::events::stream),

@@ -47,6 +47,15 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 3,
+        description: "create projects tables",
+        apply: |tx| {
+            tx.open_table(PROJECTS)?;
+            tx.open_table(PROJECT_SLUGS)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

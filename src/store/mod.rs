@@ -11,6 +11,7 @@ mod auth;
 mod codec;
 mod instance;
 mod migrations;
+mod project;
 pub mod tables;
 
 use crate::error::{Error, Result};

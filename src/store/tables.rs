@@ -44,3 +44,9 @@ pub const ROLE_BINDINGS: TableDefinition<(&str, &str), &[u8]> =
 /// body is the JSON [`crate::audit::Entry`]. Not the usual JSON record: the hash covers the
 /// body's exact bytes. The chain's head (`{seq, hash}`) is `audit_head` in `META`.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
+
+/// Key: project id, from 1. Value: JSON [`crate::project::Project`].
+pub const PROJECTS: TableDefinition<u64, &[u8]> = TableDefinition::new("projects-1");
+
+/// Key: project slug. Value: project id. Index of `PROJECTS`.
+pub const PROJECT_SLUGS: TableDefinition<&str, u64> = TableDefinition::new("project-slugs-1");

@@ -44,6 +44,27 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "admin",
     ),
     ("POST", "/security/teams/{name}/delete", "admin"),
+    ("POST", "/api/v1/projects", "admin"),
+    ("PATCH", "/api/v1/projects/{slug}", "project:maintainer"),
+    ("DELETE", "/api/v1/projects/{slug}", "admin"),
+    (
+        "PUT",
+        "/api/v1/projects/{slug}/members/{subject}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{slug}/members/{subject}",
+        "project:maintainer",
+    ),
+    ("POST", "/projects", "admin"),
+    ("POST", "/projects/{slug}/settings", "project:maintainer"),
+    ("POST", "/projects/{slug}/members", "project:maintainer"),
+    (
+        "POST",
+        "/projects/{slug}/members/{subject}/remove",
+        "project:maintainer",
+    ),
 ];
 
 const DEV_PASSWORD: &str = "developer password 1";
@@ -100,16 +121,46 @@ async fn every_changing_route_is_declared_and_enforced() {
     );
 
     let (server, dev_write, dev_read) = server_with_dev(dir.path());
+    // A project on which dev is only a viewer.
+    let created = server
+        .request(Method::POST, "/api/v1/projects")
+        .json(&json!({"slug": "demo", "repository": "https://git.example.com/demo.git"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let granted = server
+        .request(Method::PUT, "/api/v1/projects/demo/members/user:dev")
+        .json(&json!({"role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 204);
     for (method, pattern, need) in CHANGING_ROUTES {
         let path = pattern
             .replace("{id}", "1")
             .replace("{name}", "nobody")
-            .replace("{user}", "nobody");
+            .replace("{user}", "nobody")
+            .replace("{slug}", "demo")
+            .replace("{subject}", "user:dev");
         let anonymous = send(&server, method, &path, None).await;
         match *need {
             "public" => assert_ne!(anonymous, 401, "{method} {pattern} is public"),
             "user" => {
                 assert_eq!(anonymous, 401, "{method} {pattern} anonymous");
+                assert_eq!(
+                    send(&server, method, &path, Some(&dev_read)).await,
+                    403,
+                    "{method} {pattern} with a read token"
+                );
+            }
+            "project:maintainer" => {
+                assert_eq!(anonymous, 401, "{method} {pattern} anonymous");
+                assert_eq!(
+                    send(&server, method, &path, Some(&dev_write)).await,
+                    403,
+                    "{method} {pattern} as a viewer"
+                );
                 assert_eq!(
                     send(&server, method, &path, Some(&dev_read)).await,
                     403,

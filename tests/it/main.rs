@@ -9,4 +9,5 @@ mod harness;
 mod health;
 mod lifecycle;
 mod metrics;
+mod projects;
 mod run;

@@ -7,4 +7,5 @@ pub mod events;
 pub mod health;
 pub mod instance;
 pub mod metrics;
+pub mod projects;
 pub mod users;

@@ -5,6 +5,7 @@ mod account;
 mod admin;
 mod areas;
 mod dashboard;
+mod projects;
 mod sign_in;
 
 use super::assets;
@@ -18,8 +19,9 @@ use axum::response::Html;
 pub use areas::{AREAS, Area};
 
 pub fn routes() -> Vec<Route> {
+    use crate::auth::Role::{Maintainer, Viewer};
     use Method as M;
-    use Need::{Admin, Public, User};
+    use Need::{Admin, Project, Public, User};
     let mut routes = vec![
         route(M::GET, "/", User, dashboard::page),
         route(M::GET, "/dashboard/status", User, dashboard::status),
@@ -73,8 +75,30 @@ pub fn routes() -> Vec<Route> {
             admin::delete_team,
         ),
         route(M::GET, "/security/audit", Admin, admin::audit_page),
+        route(M::GET, "/projects", User, projects::list),
+        route(M::POST, "/projects", Admin, projects::create),
+        route(M::GET, "/projects/{slug}", Project(Viewer), projects::show),
+        route(
+            M::POST,
+            "/projects/{slug}/settings",
+            Project(Maintainer),
+            projects::settings,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/members",
+            Project(Maintainer),
+            projects::add_member,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/members/{subject}/remove",
+            Project(Maintainer),
+            projects::remove_member,
+        ),
     ];
-    for area in AREAS {
+    // Areas with screens of their own register them above.
+    for area in AREAS.iter().filter(|a| a.slug != "projects") {
         let page = move |signed: super::auth::Signed| areas::page(area, signed);
         routes.push(route(M::GET, format!("/{}", area.slug), User, page));
     }
@@ -132,6 +156,9 @@ fn done_message(key: Option<&str>) -> Option<&'static str> {
         "team-created" => "Team created.",
         "team-updated" => "Team updated.",
         "team-deleted" => "Team deleted.",
+        "project-created" => "Project created.",
+        "project-updated" => "Project settings saved.",
+        "members-updated" => "Members updated.",
         _ => return None,
     })
 }

@@ -1,0 +1,210 @@
+//! Projects and their members (role bindings).
+//!
+//! `GET|POST /api/v1/projects`, `GET|PATCH|DELETE /api/v1/projects/{slug}`,
+//! `GET /api/v1/projects/{slug}/members`,
+//! `PUT|DELETE /api/v1/projects/{slug}/members/{subject}` (`user:NAME` or `team:NAME`).
+
+use crate::app::App;
+use crate::audit::Record;
+use crate::auth::{Principal, Role, RoleBinding, Subject};
+use crate::http::ServerResult;
+use crate::http::auth::Signed;
+use crate::http::error::ServerError;
+use crate::project::{Project, ProjectChange};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize)]
+pub struct ProjectView {
+    #[serde(flatten)]
+    pub project: Project,
+    /// The caller's role (administrators: maintainer).
+    pub role: Role,
+}
+
+/// Projects the caller may see, with their role on each.
+pub async fn visible(app: &App, principal: &Principal) -> ServerResult<Vec<ProjectView>> {
+    let projects = app.store.list_projects().await?;
+    if principal.user.admin {
+        return Ok(projects
+            .into_iter()
+            .map(|project| ProjectView {
+                project,
+                role: Role::Maintainer,
+            })
+            .collect());
+    }
+    let roles = app.store.project_roles_of(&principal.user).await?;
+    Ok(projects
+        .into_iter()
+        .filter_map(|project| {
+            let role = *roles.get(&project.slug)?;
+            Some(ProjectView { project, role })
+        })
+        .collect())
+}
+
+pub async fn list(State(app): State<App>, signed: Signed) -> ServerResult<Json<Vec<ProjectView>>> {
+    Ok(Json(visible(&app, &signed.principal).await?))
+}
+
+pub async fn create(
+    State(app): State<App>,
+    signed: Signed,
+    Json(change): Json<ProjectChange>,
+) -> ServerResult<(StatusCode, Json<Project>)> {
+    let target = format!("project:{}", change.slug.clone().unwrap_or_default());
+    let project = app
+        .store
+        .create_project(change, Record::new(&signed.audit, "project.create", target))
+        .await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+pub async fn find(app: &App, slug: &str) -> ServerResult<Project> {
+    app.store
+        .project(slug)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("project \"{slug}\" not found")))
+}
+
+pub async fn show(State(app): State<App>, Path(slug): Path<String>) -> ServerResult<Json<Project>> {
+    Ok(Json(find(&app, &slug).await?))
+}
+
+pub async fn update(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Json(change): Json<ProjectChange>,
+) -> ServerResult<Json<Project>> {
+    let project = app
+        .store
+        .update_project(
+            &slug,
+            change,
+            Record::new(&signed.audit, "project.update", format!("project:{slug}")),
+        )
+        .await?;
+    Ok(Json(project))
+}
+
+pub async fn delete(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+) -> ServerResult<StatusCode> {
+    app.store
+        .delete_project(
+            &slug,
+            Record::new(&signed.audit, "project.delete", format!("project:{slug}")),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct Member {
+    /// `user:NAME` or `team:NAME`.
+    pub subject: String,
+    pub role: Role,
+}
+
+pub async fn member_views(app: &App, slug: &str) -> ServerResult<Vec<Member>> {
+    let bindings: Vec<RoleBinding> = app.store.project_members(slug).await?;
+    let users = app.store.list_users().await?;
+    let teams = app.store.list_teams().await?;
+    Ok(bindings
+        .into_iter()
+        .map(|b| Member {
+            subject: match b.subject {
+                Subject::User(id) => format!(
+                    "user:{}",
+                    users.iter().find(|u| u.id == id).map_or("?", |u| &u.name)
+                ),
+                Subject::Team(id) => format!(
+                    "team:{}",
+                    teams.iter().find(|t| t.id == id).map_or("?", |t| &t.name)
+                ),
+            },
+            role: b.role,
+        })
+        .collect())
+}
+
+pub async fn members(
+    State(app): State<App>,
+    Path(slug): Path<String>,
+) -> ServerResult<Json<Vec<Member>>> {
+    find(&app, &slug).await?;
+    Ok(Json(member_views(&app, &slug).await?))
+}
+
+/// Resolves `user:NAME` or `team:NAME`.
+pub async fn subject(app: &App, text: &str) -> ServerResult<Subject> {
+    match text.split_once(':') {
+        Some(("user", name)) => app
+            .store
+            .user_by_name(name)
+            .await?
+            .map(|u| Subject::User(u.id))
+            .ok_or_else(|| ServerError::NotFound(format!("user \"{name}\" not found"))),
+        Some(("team", name)) => app
+            .store
+            .list_teams()
+            .await?
+            .into_iter()
+            .find(|t| t.name == name)
+            .map(|t| Subject::Team(t.id))
+            .ok_or_else(|| ServerError::NotFound(format!("team \"{name}\" not found"))),
+        _ => Err(ServerError::BadRequest(format!(
+            "invalid member \"{text}\": use user:NAME or team:NAME"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct MemberRole {
+    pub role: Role,
+}
+
+pub async fn set_member(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, who)): Path<(String, String)>,
+    Json(req): Json<MemberRole>,
+) -> ServerResult<StatusCode> {
+    find(&app, &slug).await?;
+    let subject = subject(&app, &who).await?;
+    let record = Record::new(
+        &signed.audit,
+        "project.set_member",
+        format!("project:{slug}"),
+    )
+    .detail(format!("{who} = {}", req.role));
+    app.store
+        .set_role_binding(&slug, subject, Some(req.role), record)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn remove_member(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, who)): Path<(String, String)>,
+) -> ServerResult<StatusCode> {
+    find(&app, &slug).await?;
+    let subject = subject(&app, &who).await?;
+    let record = Record::new(
+        &signed.audit,
+        "project.remove_member",
+        format!("project:{slug}"),
+    )
+    .detail(who);
+    app.store
+        .set_role_binding(&slug, subject, None, record)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

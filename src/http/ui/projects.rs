@@ -1,0 +1,209 @@
+//! Projects: the list (administrators create projects here) and a project's page with
+//! its settings and members.
+
+use super::sign_in::{form_error, with_status};
+use super::{Layout, done_message, render};
+use crate::app::App;
+use crate::audit::Record;
+use crate::auth::Role;
+use crate::error::Error;
+use crate::http::ServerResult;
+use crate::http::api::projects::{Member, ProjectView, find, member_views, subject, visible};
+use crate::http::auth::Signed;
+use crate::http::error::ServerError;
+use crate::project::{Project, ProjectChange};
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "projects.html")]
+struct ProjectsPage {
+    layout: Layout,
+    projects: Vec<ProjectView>,
+    admin: bool,
+    error: Option<String>,
+}
+
+async fn list_page(
+    app: &App,
+    signed: &Signed,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
+    render(&ProjectsPage {
+        layout: Layout::new("Projects", "projects", Some(&signed.principal)),
+        projects: visible(app, &signed.principal).await?,
+        admin: signed.principal.user.admin,
+        error,
+    })
+}
+
+pub async fn list(State(app): State<App>, signed: Signed) -> ServerResult<Html<String>> {
+    list_page(&app, &signed, None).await
+}
+
+pub async fn create(
+    State(app): State<App>,
+    signed: Signed,
+    Form(change): Form<ProjectChange>,
+) -> ServerResult<Response> {
+    let slug = change.slug.clone().unwrap_or_default();
+    let record = Record::new(&signed.audit, "project.create", format!("project:{slug}"));
+    match app
+        .store
+        .create_project(change.without_empty(), record)
+        .await
+    {
+        Ok(p) => {
+            Ok(Redirect::to(&format!("/projects/{}?done=project-created", p.slug)).into_response())
+        }
+        Err(e) => {
+            let error = form_error(e)?;
+            with_status(
+                list_page(&app, &signed, Some(error.message.clone())).await,
+                &error,
+            )
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "project.html")]
+struct ProjectPage {
+    layout: Layout,
+    project: Project,
+    members: Vec<Member>,
+    maintainer: bool,
+    done: Option<&'static str>,
+    error: Option<String>,
+}
+
+async fn project_page(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    done: Option<&'static str>,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
+    let project = find(app, slug).await?;
+    let maintainer = signed.principal.user.admin
+        || app.store.project_role(slug, &signed.principal.user).await? >= Some(Role::Maintainer);
+    render(&ProjectPage {
+        layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
+        members: member_views(app, slug).await?,
+        project,
+        maintainer,
+        done,
+        error,
+    })
+}
+
+pub async fn show(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Query(q): Query<DoneQuery>,
+) -> ServerResult<Html<String>> {
+    project_page(&app, &signed, &slug, done_message(q.done.as_deref()), None).await
+}
+
+async fn after(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    result: Result<(), Error>,
+    done: &str,
+) -> ServerResult<Response> {
+    match result {
+        Ok(()) => Ok(Redirect::to(&format!("/projects/{slug}?done={done}")).into_response()),
+        Err(e) => {
+            let error = form_error(e)?;
+            with_status(
+                project_page(app, signed, slug, None, Some(error.message.clone())).await,
+                &error,
+            )
+        }
+    }
+}
+
+pub async fn settings(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Form(change): Form<ProjectChange>,
+) -> ServerResult<Response> {
+    let record = Record::new(&signed.audit, "project.update", format!("project:{slug}"));
+    let result = app
+        .store
+        .update_project(&slug, change.without_empty(), record)
+        .await
+        .map(drop);
+    after(&app, &signed, &slug, result, "project-updated").await
+}
+
+#[derive(Deserialize)]
+pub struct MemberForm {
+    subject: String,
+    role: Role,
+}
+
+fn domain(e: ServerError) -> Error {
+    match e {
+        ServerError::NotFound(m) => Error::NotFound { what: m },
+        ServerError::BadRequest(m) => Error::Invalid(m),
+        ServerError::Internal(e) => e,
+        other => Error::Invalid(format!("{other:?}")),
+    }
+}
+
+pub async fn add_member(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Form(form): Form<MemberForm>,
+) -> ServerResult<Response> {
+    let result = match subject(&app, form.subject.trim()).await {
+        Ok(who) => {
+            let record = Record::new(
+                &signed.audit,
+                "project.set_member",
+                format!("project:{slug}"),
+            )
+            .detail(format!("{} = {}", form.subject.trim(), form.role));
+            app.store
+                .set_role_binding(&slug, who, Some(form.role), record)
+                .await
+        }
+        Err(e) => Err(domain(e)),
+    };
+    after(&app, &signed, &slug, result, "members-updated").await
+}
+
+pub async fn remove_member(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, who)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let result = match subject(&app, &who).await {
+        Ok(subject) => {
+            let record = Record::new(
+                &signed.audit,
+                "project.remove_member",
+                format!("project:{slug}"),
+            )
+            .detail(who);
+            app.store
+                .set_role_binding(&slug, subject, None, record)
+                .await
+        }
+        Err(e) => Err(domain(e)),
+    };
+    after(&app, &signed, &slug, result, "members-updated").await
+}
