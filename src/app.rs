@@ -32,6 +32,7 @@ pub struct App {
     /// Cancelled on SIGTERM/SIGINT; long-lived work (SSE streams, workers) stops on it.
     pub shutdown: CancellationToken,
     pub login_throttle: Arc<LoginThrottle>,
+    pub runner: Arc<crate::runner::Runner>,
     /// SHA-256 of the one-time set-up token while no user exists; `None` afterwards.
     pub setup_token_digest: Arc<Mutex<Option<String>>>,
 }
@@ -85,6 +86,16 @@ pub async fn serve(mut config: Config) -> Result<()> {
     let seq = store
         .record_start(crate::VERSION, std::process::id())
         .await?;
+    let (requeued, failed) = store
+        .recover_interrupted_runs(crate::runner::MAX_RESTARTS)
+        .await?;
+    if requeued + failed > 0 {
+        tracing::warn!(
+            requeued,
+            failed,
+            "runs interrupted by the last shutdown were re-queued or failed"
+        );
+    }
     let info = store.instance_info().await?;
     if info.previous_shutdown_unclean() {
         tracing::warn!(
@@ -105,6 +116,11 @@ pub async fn serve(mut config: Config) -> Result<()> {
         None
     };
 
+    let runner = crate::runner::Runner::new(
+        store.clone(),
+        config.data_dir.clone(),
+        config.run_concurrency,
+    );
     let app = App {
         metrics: Arc::new(Metrics::new(store.clone())),
         config: Arc::new(config),
@@ -118,10 +134,14 @@ pub async fn serve(mut config: Config) -> Result<()> {
             std::time::Duration::from_secs(LOGIN_WINDOW_SECS),
         )),
         setup_token_digest: Arc::new(Mutex::new(setup_token_digest)),
+        runner,
     };
+    let worker = tokio::spawn(app.runner.clone().work(app.shutdown.clone()));
     tokio::spawn(stop_on_signal(app.shutdown.clone()));
 
     crate::http::serve(app.clone(), listener).await?;
+    // Running steps are killed; their runs are re-queued at the next start.
+    let _ = worker.await;
 
     store.record_stop(seq).await?;
     tracing::info!("stopped");

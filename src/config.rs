@@ -85,6 +85,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "How long a console sign-in lasts before the user must sign in again.",
     },
     OptionSpec {
+        key: "run_concurrency",
+        flag: "run-concurrency",
+        env: "BETCYCLE_RUN_CONCURRENCY",
+        default: None,
+        derived: "the number of CPU cores",
+        integer: true,
+        value_name: "N",
+        help: "How many pipeline runs (and steps within a run) execute at once.",
+    },
+    OptionSpec {
         key: "log.level",
         flag: "log-level",
         env: "BETCYCLE_LOG_LEVEL",
@@ -252,6 +262,7 @@ pub struct Config {
     pub public_url: String,
     pub shutdown_timeout: Duration,
     pub session_lifetime: Duration,
+    pub run_concurrency: usize,
     /// Certificate and key files when HTTPS is on.
     pub tls: Option<TlsConfig>,
     pub log: LogConfig,
@@ -329,6 +340,18 @@ impl Config {
 
         let session_lifetime = parse_duration(&get("session_lifetime").expect("has default").0)
             .map_err(|reason| invalid("session_lifetime", &reason))?;
+        let run_concurrency = match get("run_concurrency") {
+            Some((value, _)) => match value.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(invalid(
+                        "run_concurrency",
+                        "expected a whole number of at least 1",
+                    ));
+                }
+            },
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        };
         let tls = match (get("tls.cert"), get("tls.key")) {
             (Some((cert, _)), Some((key, _))) => Some(TlsConfig {
                 cert: std::path::absolute(cert).map_err(|e| invalid("tls.cert", &e.to_string()))?,
@@ -367,6 +390,7 @@ impl Config {
 
         let derived = |key: &str| match key {
             "public_url" => public_url.clone(),
+            "run_concurrency" => run_concurrency.to_string(),
             "log.dir" => log_dir.display().to_string(),
             _ => String::new(),
         };
@@ -384,6 +408,7 @@ impl Config {
             public_url,
             shutdown_timeout,
             session_lifetime,
+            run_concurrency,
             tls,
             log: LogConfig {
                 level,
@@ -558,6 +583,11 @@ pub fn example() -> String {
         match opt.default {
             Some(d) if opt.integer => out.push_str(&format!("{name} = {d}\n")),
             Some(d) => out.push_str(&format!("{name} = \"{d}\"\n")),
+            None if opt.integer => out.push_str(&format!(
+                "# Unset: {}.\n# {name} = {}\n",
+                opt.derived,
+                example_for(opt.key)
+            )),
             None => out.push_str(&format!(
                 "# Unset: {}.\n# {name} = \"{}\"\n",
                 opt.derived,
@@ -573,6 +603,7 @@ fn example_for(key: &str) -> &'static str {
         "public_url" => "https://betcycle.example.com",
         "log.dir" => "/var/log/betcycle",
         "tls.cert" => "/etc/betcycle/cert.pem",
+        "run_concurrency" => "4",
         "tls.key" => "/etc/betcycle/key.pem",
         _ => "",
     }

@@ -13,6 +13,12 @@ use tokio::sync::broadcast;
 pub enum Event {
     /// A `serve` process started and recorded itself.
     InstanceStarted { seq: u64, version: String },
+    /// A run was created or changed (status, a step started or finished).
+    RunUpdated {
+        id: u64,
+        project: String,
+        status: crate::run::RunStatus,
+    },
 }
 
 impl Event {
@@ -20,6 +26,7 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match self {
             Event::InstanceStarted { .. } => "instance_started",
+            Event::RunUpdated { .. } => "run_updated",
         }
     }
 }

@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod pipeline;
 pub mod project;
 pub mod reports;
+pub mod run;
+pub mod runner;
 pub mod store;
 
 /// This build's version, as `betcycle version`, `/metrics` and the console show it.

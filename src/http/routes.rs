@@ -33,7 +33,7 @@ where
 }
 
 pub fn table() -> Vec<Route> {
-    use crate::auth::Role::{Maintainer, Viewer};
+    use crate::auth::Role::{Developer, Maintainer, Viewer};
     use Method as M;
     use Need::{Admin, Project, Public, User};
     let mut routes = vec![
@@ -148,6 +148,37 @@ pub fn table() -> Vec<Route> {
             "/api/v1/projects/{slug}/members/{subject}",
             Project(Maintainer),
             api::projects::remove_member,
+        ),
+        // Runs.
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs",
+            Project(Viewer),
+            api::runs::list,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/runs",
+            Project(Developer),
+            api::runs::trigger,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs/{number}",
+            Project(Viewer),
+            api::runs::show,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/runs/{number}/cancel",
+            Project(Developer),
+            api::runs::cancel,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log",
+            Project(Viewer),
+            api::runs::log,
         ),
         // Instance.
         route(M::GET, "/api/v1/instance", User, api::instance::show),

@@ -56,6 +56,17 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 4,
+        description: "create runs, the per-project run index, the run queue and the running set",
+        apply: |tx| {
+            tx.open_table(RUNS)?;
+            tx.open_table(PROJECT_RUNS)?;
+            tx.open_table(RUN_QUEUE)?;
+            tx.open_table(RUNS_RUNNING)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

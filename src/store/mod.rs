@@ -12,6 +12,7 @@ mod codec;
 mod instance;
 mod migrations;
 mod project;
+mod run;
 pub mod tables;
 
 use crate::error::{Error, Result};
@@ -359,6 +360,54 @@ mod tests {
         assert_eq!(store.project_role("api", &alice).await.unwrap(), None);
         // Two users, a team, a member, three bindings, the team deletion, the unbinding.
         assert_eq!(store.verify_audit().await.unwrap(), Ok(9));
+    }
+
+    #[tokio::test]
+    async fn runs_left_running_are_requeued_once_then_failed() {
+        use crate::run::{Run, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EventBus::new();
+        let run = Run {
+            id: 0,
+            project: "p".into(),
+            number: 0,
+            event: "api".into(),
+            git_ref: "main".into(),
+            branch: Some("main".into()),
+            commit: "0".repeat(40),
+            actor: "test".into(),
+            status: RunStatus::Queued,
+            created_at: jiff::Timestamp::now(),
+            started_at: None,
+            finished_at: None,
+            message: String::new(),
+            restarts: 0,
+            steps: Vec::new(),
+        };
+        let ctx = crate::audit::Context::default();
+        {
+            let store = open(dir.path(), &bus).unwrap();
+            let created = store
+                .create_run(run, crate::audit::Record::new(&ctx, "run.create", "p"))
+                .await
+                .unwrap();
+            assert_eq!((created.id, created.number), (1, 1));
+            let claimed = store.claim_next_run().await.unwrap().unwrap();
+            assert_eq!(claimed.status, RunStatus::Running);
+            assert!(store.claim_next_run().await.unwrap().is_none());
+        }
+        let store = open(dir.path(), &bus).unwrap();
+        assert_eq!(store.recover_interrupted_runs(1).await.unwrap(), (1, 0));
+        assert_eq!(
+            store.run(1).await.unwrap().unwrap().status,
+            RunStatus::Queued
+        );
+        store.claim_next_run().await.unwrap().unwrap();
+        assert_eq!(store.recover_interrupted_runs(1).await.unwrap(), (0, 1));
+        assert_eq!(
+            store.run(1).await.unwrap().unwrap().status,
+            RunStatus::Failed
+        );
     }
 
     #[tokio::test]

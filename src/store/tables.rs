@@ -50,3 +50,16 @@ pub const PROJECTS: TableDefinition<u64, &[u8]> = TableDefinition::new("projects
 
 /// Key: project slug. Value: project id. Index of `PROJECTS`.
 pub const PROJECT_SLUGS: TableDefinition<&str, u64> = TableDefinition::new("project-slugs-1");
+
+/// Key: run id, from 1 (in creation order). Value: JSON [`crate::run::Run`].
+pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs-1");
+
+/// Key: (project slug, run number). Value: run id. Index of `RUNS` per project.
+pub const PROJECT_RUNS: TableDefinition<(&str, u64), u64> = TableDefinition::new("project-runs-1");
+
+/// Key: run id of a queued run. Value: nothing. The queue, oldest first.
+pub const RUN_QUEUE: TableDefinition<u64, ()> = TableDefinition::new("run-queue-1");
+
+/// Key: run id of a running run. Value: nothing. Lets a restart find interrupted runs
+/// without scanning every run.
+pub const RUNS_RUNNING: TableDefinition<u64, ()> = TableDefinition::new("runs-running-1");

@@ -57,6 +57,12 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/api/v1/projects/{slug}/members/{subject}",
         "project:maintainer",
     ),
+    ("POST", "/api/v1/projects/{slug}/runs", "project:developer"),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/runs/{number}/cancel",
+        "project:developer",
+    ),
     ("POST", "/projects", "admin"),
     ("POST", "/projects/{slug}/settings", "project:maintainer"),
     ("POST", "/projects/{slug}/members", "project:maintainer"),
@@ -142,7 +148,8 @@ async fn every_changing_route_is_declared_and_enforced() {
             .replace("{name}", "nobody")
             .replace("{user}", "nobody")
             .replace("{slug}", "demo")
-            .replace("{subject}", "user:dev");
+            .replace("{subject}", "user:dev")
+            .replace("{number}", "1");
         let anonymous = send(&server, method, &path, None).await;
         match *need {
             "public" => assert_ne!(anonymous, 401, "{method} {pattern} is public"),
@@ -154,7 +161,7 @@ async fn every_changing_route_is_declared_and_enforced() {
                     "{method} {pattern} with a read token"
                 );
             }
-            "project:maintainer" => {
+            "project:maintainer" | "project:developer" => {
                 assert_eq!(anonymous, 401, "{method} {pattern} anonymous");
                 assert_eq!(
                     send(&server, method, &path, Some(&dev_write)).await,

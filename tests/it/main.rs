@@ -11,3 +11,4 @@ mod lifecycle;
 mod metrics;
 mod projects;
 mod run;
+mod runs;

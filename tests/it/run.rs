@@ -6,7 +6,7 @@ use serde_json::Value;
 use sha2::Digest;
 use std::path::Path;
 
-fn git_repo(dir: &Path, pipeline: &str) {
+pub fn git_repo(dir: &Path, pipeline: &str) {
     std::fs::write(dir.join(".betcycle.yml"), pipeline).unwrap();
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git")
@@ -29,7 +29,7 @@ fn git_repo(dir: &Path, pipeline: &str) {
     git(&["commit", "-q", "-m", "pipeline"]);
 }
 
-fn millis(v: &Value) -> i64 {
+pub fn millis(v: &Value) -> i64 {
     v.as_str()
         .unwrap()
         .parse::<jiff::Timestamp>()
@@ -37,7 +37,7 @@ fn millis(v: &Value) -> i64 {
         .as_millisecond()
 }
 
-const DAG: &str = r#"
+pub const DAG: &str = r#"
 env: { GREETING: hello }
 steps:
   - name: prepare
@@ -154,7 +154,7 @@ fn a_timeout_kills_the_whole_process_tree() {
 }
 
 /// Whether a process no longer runs (absent, or a zombie waiting to be reaped).
-fn gone(pid: &str) -> bool {
+pub fn gone(pid: &str) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

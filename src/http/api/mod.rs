@@ -8,4 +8,5 @@ pub mod health;
 pub mod instance;
 pub mod metrics;
 pub mod projects;
+pub mod runs;
 pub mod users;

@@ -1,0 +1,107 @@
+//! Runs of a project.
+//!
+//! `GET|POST /api/v1/projects/{slug}/runs`, `GET /api/v1/projects/{slug}/runs/{number}`,
+//! `POST /api/v1/projects/{slug}/runs/{number}/cancel`,
+//! `GET /api/v1/projects/{slug}/runs/{number}/steps/{step}/log`.
+
+use super::projects::find;
+use crate::app::App;
+use crate::http::ServerResult;
+use crate::http::auth::Signed;
+use crate::http::error::ServerError;
+use crate::run::Run;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct TriggerRequest {
+    /// A branch, tag, `refs/…` name or commit; the project's default branch if absent.
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+}
+
+pub async fn trigger(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Json(req): Json<TriggerRequest>,
+) -> ServerResult<(StatusCode, Json<Run>)> {
+    let project = find(&app, &slug).await?;
+    let run = app
+        .runner
+        .trigger(&project, req.git_ref.as_deref(), "api", &signed.audit)
+        .await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+pub async fn list(
+    State(app): State<App>,
+    Path(slug): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ServerResult<Json<Vec<Run>>> {
+    find(&app, &slug).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    Ok(Json(app.store.project_runs(&slug, limit).await?))
+}
+
+pub async fn by_number(app: &App, slug: &str, number: u64) -> ServerResult<Run> {
+    app.store
+        .run_by_number(slug, number)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("run {slug}#{number} not found")))
+}
+
+pub async fn show(
+    State(app): State<App>,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Json<Run>> {
+    Ok(Json(by_number(&app, &slug, number).await?))
+}
+
+pub async fn cancel(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Json<Run>> {
+    let run = by_number(&app, &slug, number).await?;
+    let record = crate::audit::Record::new(&signed.audit, "run.cancel", format!("project:{slug}"))
+        .detail(format!("run #{number}"));
+    app.store.audit(record).await?;
+    Ok(Json(app.runner.cancel(run.id).await?))
+}
+
+/// A step's output as stored: one line per output line, `<ms since step start> <o|e> <text>`.
+pub async fn log(
+    State(app): State<App>,
+    Path((slug, number, step)): Path<(String, u64, String)>,
+) -> ServerResult<impl IntoResponse> {
+    let run = by_number(&app, &slug, number).await?;
+    let index = run
+        .steps
+        .iter()
+        .position(|s| s.name == step)
+        .or_else(|| step.parse::<usize>().ok().filter(|i| *i < run.steps.len()))
+        .ok_or_else(|| {
+            ServerError::NotFound(format!("run {slug}#{number} has no step \"{step}\""))
+        })?;
+    let path = app.runner.log_path(run.id, index);
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(
+                crate::error::Error::io(format!("cannot read {}", path.display()))(e).into(),
+            );
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}

@@ -1,0 +1,124 @@
+//! Runs: one execution of a project's pipeline for one commit, from the queue to its
+//! result. The record holds each step's status, timing, tests, coverage and artifacts;
+//! step output lives in log files under `<data-dir>/runs/<id>/`.
+
+use crate::executor::{Artifact, StepResult, StepStatus};
+use crate::reports::coverage::Coverage;
+use crate::reports::junit::TestSummary;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The run could not start: checkout failed or the pipeline file has problems.
+    Error,
+}
+
+impl RunStatus {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    pub id: u64,
+    pub project: String,
+    /// 1, 2, … within the project.
+    pub number: u64,
+    /// `push`, `pull_request`, `tag`, `manual`, `cron` or `api`.
+    pub event: String,
+    /// The ref that was asked for (`main`, `refs/tags/v1`, or a commit).
+    pub git_ref: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The exact commit, resolved when the run was created.
+    pub commit: String,
+    /// Who or what started it (`user:alice`).
+    pub actor: String,
+    pub status: RunStatus,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+    /// Why the run is in `error`, or a note such as a restart.
+    #[serde(default)]
+    pub message: String,
+    /// How many times a server restart interrupted and re-queued it.
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
+}
+
+/// A step of a run as stored; `status` is `None` until it has finished.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    #[serde(default)]
+    pub running: bool,
+    #[serde(default)]
+    pub status: Option<StepStatus>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default)]
+    pub tests: Option<TestSummary>,
+    #[serde(default)]
+    pub coverage: Option<Coverage>,
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+impl StepRecord {
+    /// A step that has not run yet.
+    pub fn pending() -> Self {
+        Self {
+            name: String::new(),
+            needs: Vec::new(),
+            running: false,
+            status: None,
+            reason: String::new(),
+            exit_code: None,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            tests: None,
+            coverage: None,
+            artifacts: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn finish(&mut self, result: &StepResult) {
+        self.running = false;
+        self.status = Some(result.status.clone());
+        self.reason = result.reason.clone();
+        self.exit_code = result.exit_code;
+        self.attempts = result.attempts;
+        self.started_at = result.started_at.or(self.started_at);
+        self.finished_at = result.finished_at;
+        self.tests = result.tests.clone();
+        self.coverage = result.coverage.clone();
+        self.artifacts = result.artifacts.clone();
+        self.warnings = result.warnings.clone();
+    }
+}

@@ -1,0 +1,465 @@
+//! The run worker: takes queued runs (up to a concurrency limit), checks the exact commit
+//! out into a workspace under the data directory, runs the pipeline with the executor,
+//! and records every step's progress in the store and its output in a log file.
+//!
+//! On shutdown, running steps are killed but their runs are left `running`: the next
+//! start finds them in the running set and re-queues them (once) or fails them.
+
+use crate::audit::{Context, Record};
+use crate::error::{Error, Result};
+use crate::executor::process::{PASSTHROUGH_ENV, Stream};
+use crate::executor::{self, Observer, RunSpec, StepResult};
+use crate::pipeline::Trigger;
+use crate::project::Project;
+use crate::run::{Run, RunStatus, StepRecord};
+use crate::store::Store;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// How often the worker looks at the queue when nothing wakes it.
+const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many times a run interrupted by a restart is re-queued before it fails.
+pub const MAX_RESTARTS: u32 = 1;
+
+pub struct Runner {
+    store: Store,
+    data_dir: PathBuf,
+    limit: usize,
+    wake: Notify,
+    /// Cancel tokens of the runs executing now, by run id.
+    active: Mutex<HashMap<u64, CancellationToken>>,
+}
+
+impl Runner {
+    pub fn new(store: Store, data_dir: PathBuf, limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            data_dir,
+            limit: limit.max(1),
+            wake: Notify::new(),
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where run `id`'s step logs live.
+    pub fn log_dir(&self, id: u64) -> PathBuf {
+        self.data_dir.join("runs").join(id.to_string())
+    }
+
+    /// The log file of step `index` of run `id`.
+    pub fn log_path(&self, id: u64, index: usize) -> PathBuf {
+        self.log_dir(id).join(format!("{index}.log"))
+    }
+
+    /// Resolves `git_ref` in the project's repository and queues a run for that commit.
+    pub async fn trigger(
+        &self,
+        project: &Project,
+        git_ref: Option<&str>,
+        event: &str,
+        ctx: &Context,
+    ) -> Result<Run> {
+        let git_ref = git_ref
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .unwrap_or(&project.default_branch)
+            .to_string();
+        let commit = resolve(&project.repository, &git_ref).await?;
+        let branch = match git_ref.strip_prefix("refs/heads/") {
+            Some(b) => Some(b.to_string()),
+            None if git_ref.starts_with("refs/") || is_commit(&git_ref) => None,
+            None => Some(git_ref.clone()),
+        };
+        let run = Run {
+            id: 0,
+            project: project.slug.clone(),
+            number: 0,
+            event: event.to_string(),
+            git_ref,
+            branch,
+            commit,
+            actor: ctx.actor.clone(),
+            status: RunStatus::Queued,
+            created_at: jiff::Timestamp::now(),
+            started_at: None,
+            finished_at: None,
+            message: String::new(),
+            restarts: 0,
+            steps: Vec::new(),
+        };
+        let run = self
+            .store
+            .create_run(
+                run,
+                Record::new(ctx, "run.create", format!("project:{}", project.slug)),
+            )
+            .await?;
+        self.wake.notify_one();
+        Ok(run)
+    }
+
+    /// Cancels a queued or running run. Returns the run as it is now.
+    pub async fn cancel(&self, id: u64) -> Result<Run> {
+        let token = self.active.lock().expect("runner lock").get(&id).cloned();
+        match token {
+            // The executing task records the outcome once its steps are killed.
+            Some(token) => {
+                token.cancel();
+                self.store.run(id).await?.ok_or_else(|| Error::NotFound {
+                    what: format!("run {id}"),
+                })
+            }
+            None => {
+                self.store
+                    .update_run(id, |run| {
+                        if !run.status.is_finished() {
+                            run.status = RunStatus::Cancelled;
+                            run.message = "cancelled before it started".into();
+                        }
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Runs queued runs until `shutdown`.
+    pub async fn work(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < self.limit {
+                match self.store.claim_next_run().await {
+                    Ok(Some(run)) => {
+                        let (runner, shutdown) = (self.clone(), shutdown.clone());
+                        tasks.spawn(async move { runner.execute(run, shutdown).await });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot take a run from the queue");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                Some(_) = tasks.join_next() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+        // Steps see the shutdown through their cancel tokens; wait for them to be killed.
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn execute(self: Arc<Self>, run: Run, shutdown: CancellationToken) {
+        let id = run.id;
+        let cancel = shutdown.child_token();
+        self.active
+            .lock()
+            .expect("runner lock")
+            .insert(id, cancel.clone());
+        let outcome = self.execute_inner(run, &cancel).await;
+        self.active.lock().expect("runner lock").remove(&id);
+        if shutdown.is_cancelled() {
+            // Left `running` on purpose: the next start re-queues it.
+            return;
+        }
+        let result = match outcome {
+            Ok(status) => self.store.update_run(id, move |r| r.status = status).await,
+            Err(e) => {
+                let message = e.to_string();
+                self.store
+                    .update_run(id, move |r| {
+                        r.status = RunStatus::Error;
+                        r.message = message;
+                    })
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(run = id, error = %e, "cannot record the end of a run");
+        }
+    }
+
+    async fn execute_inner(&self, run: Run, cancel: &CancellationToken) -> Result<RunStatus> {
+        let project = self.store.project(&run.project).await?.ok_or_else(|| {
+            Error::Invalid(format!("project \"{}\" no longer exists", run.project))
+        })?;
+        let workspace = self.data_dir.join("workspaces").join(run.id.to_string());
+        checkout(&project.repository, &run.commit, &workspace).await?;
+        let file = workspace.join(&project.pipeline_path);
+        let text = tokio::fs::read_to_string(&file).await.map_err(|e| {
+            Error::Invalid(format!(
+                "cannot read {} at {}: {e}",
+                project.pipeline_path,
+                short(&run.commit)
+            ))
+        })?;
+        let pipeline =
+            crate::pipeline::parse(&project.pipeline_path, &text).map_err(|problems| {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                Error::Invalid(format!(
+                    "the pipeline file has problems:\n{}",
+                    lines.join("\n")
+                ))
+            })?;
+
+        let steps: Vec<StepRecord> = pipeline
+            .steps
+            .iter()
+            .map(|s| StepRecord {
+                name: s.name.clone(),
+                needs: s
+                    .needs
+                    .iter()
+                    .map(|i| pipeline.steps[*i].name.clone())
+                    .collect(),
+                ..StepRecord::pending()
+            })
+            .collect();
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        self.store
+            .update_run(run.id, move |r| r.steps = steps)
+            .await?;
+        std::fs::create_dir_all(self.log_dir(run.id)).map_err(Error::io(format!(
+            "cannot create {}",
+            self.log_dir(run.id).display()
+        )))?;
+
+        let context = BTreeMap::from([
+            ("BETCYCLE_RUN_ID".to_string(), run.id.to_string()),
+            ("BETCYCLE_RUN_NUMBER".to_string(), run.number.to_string()),
+            ("BETCYCLE_PROJECT".to_string(), run.project.clone()),
+            ("BETCYCLE_COMMIT".to_string(), run.commit.clone()),
+            (
+                "BETCYCLE_BRANCH".to_string(),
+                run.branch.clone().unwrap_or_default(),
+            ),
+            ("BETCYCLE_EVENT".to_string(), run.event.clone()),
+            (
+                "BETCYCLE_WORKSPACE".to_string(),
+                workspace.display().to_string(),
+            ),
+        ]);
+        let spec = RunSpec {
+            pipeline,
+            workspace: workspace.clone(),
+            trigger: Trigger {
+                branch: run.branch.clone(),
+                event: run.event.clone(),
+                changed_paths: None,
+            },
+            context,
+            passthrough: std::env::vars()
+                .filter(|(k, _)| PASSTHROUGH_ENV.contains(&k.as_str()))
+                .collect(),
+            parallelism: self.limit,
+            only: None,
+        };
+
+        // Store updates happen in order on one task; the observer only sends.
+        let (updates, mut receive) = mpsc::unbounded_channel::<Update>();
+        let observer = Arc::new(RunObserver::new(self, run.id, &names, updates));
+        let store = self.store.clone();
+        let id = run.id;
+        let recorder = tokio::spawn(async move {
+            while let Some(update) = receive.recv().await {
+                let result = match update {
+                    Update::Started(i) => {
+                        store
+                            .update_run(id, move |r| {
+                                r.steps[i].running = true;
+                                r.steps[i].started_at = Some(jiff::Timestamp::now());
+                            })
+                            .await
+                    }
+                    Update::Finished(i, result) => {
+                        store
+                            .update_run(id, move |r| r.steps[i].finish(&result))
+                            .await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::error!(run = id, error = %e, "cannot record step progress");
+                }
+            }
+        });
+        let results = executor::run(spec, observer.clone(), cancel.clone()).await;
+        drop(observer);
+        let _ = recorder.await;
+
+        let status = if cancel.is_cancelled() {
+            RunStatus::Cancelled
+        } else if results.iter().any(|r| r.status.fails_run()) {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        };
+        // Failed workspaces stay for inspection; successful ones are not needed.
+        if status == RunStatus::Succeeded {
+            let _ = tokio::fs::remove_dir_all(&workspace).await;
+        }
+        Ok(status)
+    }
+}
+
+enum Update {
+    Started(usize),
+    Finished(usize, Box<StepResult>),
+}
+
+/// An open step log and when the step started.
+type StepLog = (std::io::BufWriter<std::fs::File>, Instant);
+
+/// Writes each step's output to its log file (`<ms since step start> <o|e> <text>` per
+/// line) and forwards progress to the recorder.
+struct RunObserver {
+    index: HashMap<String, usize>,
+    logs: Vec<Mutex<Option<StepLog>>>,
+    paths: Vec<PathBuf>,
+    updates: mpsc::UnboundedSender<Update>,
+}
+
+impl RunObserver {
+    fn new(
+        runner: &Runner,
+        id: u64,
+        names: &[String],
+        updates: mpsc::UnboundedSender<Update>,
+    ) -> Self {
+        Self {
+            index: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect(),
+            logs: names.iter().map(|_| Mutex::new(None)).collect(),
+            paths: (0..names.len()).map(|i| runner.log_path(id, i)).collect(),
+            updates,
+        }
+    }
+}
+
+impl Observer for RunObserver {
+    fn step_started(&self, step: &str) {
+        let Some(&i) = self.index.get(step) else {
+            return;
+        };
+        match std::fs::File::create(&self.paths[i]) {
+            Ok(file) => {
+                *self.logs[i].lock().expect("log lock") =
+                    Some((std::io::BufWriter::new(file), Instant::now()))
+            }
+            Err(e) => {
+                tracing::error!(path = %self.paths[i].display(), error = %e, "cannot create a step log")
+            }
+        }
+        let _ = self.updates.send(Update::Started(i));
+    }
+
+    fn line(&self, step: &str, stream: Stream, text: &str) {
+        let Some(&i) = self.index.get(step) else {
+            return;
+        };
+        if let Some((file, started)) = self.logs[i].lock().expect("log lock").as_mut() {
+            let tag = match stream {
+                Stream::Stdout => 'o',
+                Stream::Stderr => 'e',
+            };
+            let _ = writeln!(file, "{} {tag} {text}", started.elapsed().as_millis());
+        }
+    }
+
+    fn step_finished(&self, result: &StepResult) {
+        let Some(&i) = self.index.get(&result.name) else {
+            return;
+        };
+        if let Some((mut file, _)) = self.logs[i].lock().expect("log lock").take() {
+            let _ = file.flush();
+        }
+        let _ = self
+            .updates
+            .send(Update::Finished(i, Box::new(result.clone())));
+    }
+}
+
+fn is_commit(r: &str) -> bool {
+    r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+async fn git(args: &[&str], dir: Option<&Path>) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("git");
+    if let Some(dir) = dir {
+        cmd.arg("-C").arg(dir);
+    }
+    let out = cmd
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(Error::io("cannot run git (is it installed?)"))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "git {} failed: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The commit `git_ref` names in `repository` (a branch, a tag, `refs/…`, or a commit).
+pub async fn resolve(repository: &str, git_ref: &str) -> Result<String> {
+    if is_commit(git_ref) {
+        return Ok(git_ref.to_lowercase());
+    }
+    let listed = git(&["ls-remote", "--", repository, git_ref], None).await?;
+    listed
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(_, name)| *name == git_ref || name.ends_with(&format!("/{git_ref}")))
+        .map(|(sha, _)| sha.to_string())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no branch, tag or ref \"{git_ref}\" in {repository}"
+            ))
+        })
+}
+
+/// Clones `repository` into `workspace` (fresh) and checks out `commit`.
+async fn checkout(repository: &str, commit: &str, workspace: &Path) -> Result<()> {
+    if workspace.exists() {
+        tokio::fs::remove_dir_all(workspace)
+            .await
+            .map_err(Error::io(format!("cannot clear {}", workspace.display())))?;
+    }
+    let target = workspace.display().to_string();
+    git(
+        &[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--",
+            repository,
+            &target,
+        ],
+        None,
+    )
+    .await?;
+    git(
+        &["checkout", "--quiet", "--detach", commit],
+        Some(workspace),
+    )
+    .await?;
+    Ok(())
+}

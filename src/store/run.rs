@@ -1,0 +1,205 @@
+//! Stored runs, the queue and the running set. Every status change publishes a
+//! `RunUpdated` event after it commits.
+
+use super::tables::{PROJECT_RUNS, RUN_QUEUE, RUNS, RUNS_RUNNING};
+use super::{Store, WriteTx, codec};
+use crate::audit::Record;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::run::{Run, RunStatus};
+use redb::{ReadableDatabase, ReadableTable};
+
+fn load(tx: &WriteTx, id: u64) -> Result<Run> {
+    match tx.open_table(RUNS)?.get(id)? {
+        Some(v) => codec::decode(RUNS, v.value()),
+        None => Err(Error::NotFound {
+            what: format!("run {id}"),
+        }),
+    }
+}
+
+fn save(tx: &WriteTx, run: &Run) -> Result<()> {
+    tx.open_table(RUNS)?
+        .insert(run.id, codec::encode(run).as_slice())?;
+    tx.publish(Event::RunUpdated {
+        id: run.id,
+        project: run.project.clone(),
+        status: run.status,
+    });
+    Ok(())
+}
+
+impl Store {
+    /// Stores a new run (its `id` and `number` are assigned here) and queues it.
+    pub async fn create_run(&self, mut run: Run, audit: Record) -> Result<Run> {
+        self.write(move |tx| {
+            run.id = tx
+                .open_table(RUNS)?
+                .last()?
+                .map_or(1, |(k, _)| k.value() + 1);
+            let project = run.project.clone();
+            run.number = {
+                let index = tx.open_table(PROJECT_RUNS)?;
+                let last = index
+                    .range((project.as_str(), 0)..=(project.as_str(), u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| k.value().1);
+                last.map_or(1, |n| n + 1)
+            };
+            run.status = RunStatus::Queued;
+            save(tx, &run)?;
+            tx.open_table(PROJECT_RUNS)?
+                .insert((project.as_str(), run.number), run.id)?;
+            tx.open_table(RUN_QUEUE)?.insert(run.id, ())?;
+            tx.audit(audit.detail(format!(
+                "run {} #{} {} at {}",
+                run.id, run.number, run.git_ref, run.commit
+            )))?;
+            Ok(run)
+        })
+        .await
+    }
+
+    /// Takes the oldest queued run and marks it running, in one transaction.
+    pub async fn claim_next_run(&self) -> Result<Option<Run>> {
+        self.write(|tx| {
+            let next = tx.open_table(RUN_QUEUE)?.first()?.map(|(k, _)| k.value());
+            let Some(id) = next else { return Ok(None) };
+            tx.open_table(RUN_QUEUE)?.remove(id)?;
+            tx.open_table(RUNS_RUNNING)?.insert(id, ())?;
+            let mut run = load(tx, id)?;
+            run.status = RunStatus::Running;
+            run.started_at = Some(jiff::Timestamp::now());
+            save(tx, &run)?;
+            Ok(Some(run))
+        })
+        .await
+    }
+
+    /// Changes a run; a finished status also takes it out of the queue and running set.
+    pub async fn update_run(
+        &self,
+        id: u64,
+        change: impl FnOnce(&mut Run) + Send + 'static,
+    ) -> Result<Run> {
+        self.write(move |tx| {
+            let mut run = load(tx, id)?;
+            change(&mut run);
+            if run.status.is_finished() {
+                tx.open_table(RUN_QUEUE)?.remove(id)?;
+                tx.open_table(RUNS_RUNNING)?.remove(id)?;
+                if run.finished_at.is_none() {
+                    run.finished_at = Some(jiff::Timestamp::now());
+                }
+            }
+            save(tx, &run)?;
+            Ok(run)
+        })
+        .await
+    }
+
+    pub async fn run(&self, id: u64) -> Result<Option<Run>> {
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            match tx.open_table(RUNS)?.get(id)? {
+                Some(v) => Ok(Some(codec::decode(RUNS, v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Run `number` of a project.
+    pub async fn run_by_number(&self, project: &str, number: u64) -> Result<Option<Run>> {
+        let project = project.to_string();
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let Some(id) = tx
+                .open_table(PROJECT_RUNS)?
+                .get((project.as_str(), number))?
+                .map(|v| v.value())
+            else {
+                return Ok(None);
+            };
+            match tx.open_table(RUNS)?.get(id)? {
+                Some(v) => Ok(Some(codec::decode(RUNS, v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// A project's runs, newest first.
+    pub async fn project_runs(&self, project: &str, limit: usize) -> Result<Vec<Run>> {
+        let project = project.to_string();
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let index = tx.open_table(PROJECT_RUNS)?;
+            let runs = tx.open_table(RUNS)?;
+            let mut out = Vec::new();
+            for item in index
+                .range((project.as_str(), 0)..=(project.as_str(), u64::MAX))?
+                .rev()
+            {
+                let (_, id) = item?;
+                if let Some(v) = runs.get(id.value())? {
+                    out.push(codec::decode(RUNS, v.value())?);
+                }
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// After a restart: every run left `running` is re-queued if it was interrupted fewer
+    /// than `max_restarts` times, otherwise marked failed. Returns (re-queued, failed).
+    pub async fn recover_interrupted_runs(&self, max_restarts: u32) -> Result<(usize, usize)> {
+        self.write(move |tx| {
+            let ids: Vec<u64> = {
+                let running = tx.open_table(RUNS_RUNNING)?;
+                let mut ids = Vec::new();
+                for item in running.iter()? {
+                    ids.push(item?.0.value());
+                }
+                ids
+            };
+            let (mut requeued, mut failed) = (0, 0);
+            for id in ids {
+                tx.open_table(RUNS_RUNNING)?.remove(id)?;
+                let mut run = load(tx, id)?;
+                for step in run.steps.iter_mut() {
+                    step.running = false;
+                }
+                if run.restarts < max_restarts {
+                    run.restarts += 1;
+                    run.status = RunStatus::Queued;
+                    run.message = format!(
+                        "interrupted by a server restart; re-queued (restart {})",
+                        run.restarts
+                    );
+                    for step in run.steps.iter_mut() {
+                        *step = crate::run::StepRecord {
+                            name: step.name.clone(),
+                            needs: step.needs.clone(),
+                            ..crate::run::StepRecord::pending()
+                        };
+                    }
+                    tx.open_table(RUN_QUEUE)?.insert(id, ())?;
+                    requeued += 1;
+                } else {
+                    run.status = RunStatus::Failed;
+                    run.finished_at = Some(jiff::Timestamp::now());
+                    run.message = "interrupted by a server restart".into();
+                    failed += 1;
+                }
+                save(tx, &run)?;
+            }
+            Ok((requeued, failed))
+        })
+        .await
+    }
+}

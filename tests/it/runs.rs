@@ -1,0 +1,231 @@
+//! Runs on the server: triggered through the API on a real git repository, executed by
+//! the worker, recorded step by step, cancelled, and recovered after restarts.
+
+use crate::harness::{Server, tempdir};
+use crate::run::{DAG, git_repo, gone, millis};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+async fn project(server: &Server, slug: &str, repo: &Path) {
+    let created = server
+        .request(Method::POST, "/api/v1/projects")
+        .json(&json!({"slug": slug, "repository": repo.to_str().unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+}
+
+async fn trigger(server: &Server, slug: &str) -> Value {
+    let response = server
+        .request(Method::POST, &format!("/api/v1/projects/{slug}/runs"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+/// Polls run `number` until `done` says so (or 30 s pass).
+async fn wait_for(
+    server: &Server,
+    slug: &str,
+    number: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run: Value = server
+            .get_json(&format!("/api/v1/projects/{slug}/runs/{number}"))
+            .await;
+        if done(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run did not get there: {run:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn finished(run: &Value) -> bool {
+    !matches!(run["status"].as_str(), Some("queued" | "running"))
+}
+
+#[tokio::test]
+async fn a_triggered_run_executes_the_dag_and_records_steps_tests_coverage_and_artifacts() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(&repo, DAG);
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+
+    let run = trigger(&server, "demo").await;
+    assert_eq!(run["number"], 1);
+    assert_eq!(run["branch"], "main");
+    assert_eq!(run["commit"].as_str().unwrap().len(), 40);
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+
+    let step = |name: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(step("lint")["status"], "failed_allowed");
+    assert_eq!(step("package")["status"], "succeeded");
+    assert_eq!(step("package")["needs"], json!(["unit", "lint"]));
+    let (unit, lint) = (step("unit"), step("lint"));
+    assert!(millis(&unit["started_at"]) < millis(&lint["finished_at"]));
+    assert!(millis(&lint["started_at"]) < millis(&unit["finished_at"]));
+    assert_eq!(unit["tests"]["failed"], 1);
+    assert_eq!(unit["coverage"]["percent"], 70.0);
+    assert_eq!(step("package")["artifacts"][0]["path"], "out/app.bin");
+
+    let log = server
+        .get("/api/v1/projects/demo/runs/1/steps/lint/log")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.lines().any(|l| l.ends_with(" e style problem")),
+        "{log}"
+    );
+    let log = server
+        .get("/api/v1/projects/demo/runs/1/steps/prepare/log")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let commit = run["commit"].as_str().unwrap();
+    assert!(
+        log.contains(&format!("hello from main at {commit}")),
+        "{log}"
+    );
+
+    // A successful run's workspace is removed; the run is audited.
+    assert!(!server.data_dir.join("workspaces/1").exists());
+    let audit: Vec<Value> = server
+        .get_json("/api/v1/audit?action=run.")
+        .await
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(audit[0]["action"], "run.create");
+
+    // A pipeline file with problems ends the run in `error`, saying why.
+    std::fs::write(
+        repo.join(".betcycle.yml"),
+        "steps:\n  - name: a\n    runn: x\n",
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap()
+    };
+    git(&["commit", "-qam", "break it"]);
+    trigger(&server, "demo").await;
+    let broken = wait_for(&server, "demo", 2, finished).await;
+    assert_eq!(broken["status"], "error");
+    assert!(
+        broken["message"]
+            .as_str()
+            .unwrap()
+            .contains(".betcycle.yml:3:5: steps[0].runn: unknown field"),
+        "{broken}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_kills_the_step_and_its_grandchild() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(
+        &repo,
+        "steps:\n  - name: hang\n    run: sh -c 'sleep 600 & echo $! > grandchild.pid; wait'\n",
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+    trigger(&server, "demo").await;
+    let pid_file = server.data_dir.join("workspaces/1/grandchild.pid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists()
+        || std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let cancelled = server
+        .request(Method::POST, "/api/v1/projects/demo/runs/1/cancel")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(run["steps"][0]["status"], "cancelled");
+    assert!(gone(&pid), "grandchild {pid} survived the cancel");
+}
+
+#[tokio::test]
+async fn a_restart_mid_run_requeues_it_and_leaves_nothing_running() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(
+        &repo,
+        "steps:\n  - name: slow\n    run: sleep 2; echo finished\n",
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, |r| r["steps"][0]["running"] == true).await;
+    assert!(server.stop().success());
+
+    // After a graceful restart the run is re-queued once and then completes.
+    let server = Server::start_admin(dir.path(), &[]);
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["restarts"], 1);
+    assert!(run["message"].as_str().unwrap().contains("re-queued"));
+
+    // A second run, killed with kill -9: it is not left running either.
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 2, |r| r["steps"][0]["running"] == true).await;
+    server.kill();
+    let server = Server::start_admin(dir.path(), &[]);
+    // Recovered at start-up (re-queued, possibly already running again), not stuck.
+    let run: Value = server.get_json("/api/v1/projects/demo/runs/2").await;
+    assert_eq!(run["restarts"], 1, "{run:#}");
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by a server restart")
+    );
+    let run = wait_for(&server, "demo", 2, finished).await;
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["restarts"], 1);
+}
