@@ -24,6 +24,41 @@ impl RunStatus {
     pub fn is_finished(self) -> bool {
         !matches!(self, RunStatus::Queued | RunStatus::Running)
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Error => "error",
+        }
+    }
+}
+
+/// "1.2 s", "3 m 04 s": how long between two moments, or until now while running.
+pub fn duration_text(start: Option<Timestamp>, end: Option<Timestamp>) -> String {
+    let Some(start) = start else {
+        return String::new();
+    };
+    let end = end.unwrap_or_else(Timestamp::now);
+    let ms = (end.as_millisecond() - start.as_millisecond()).max(0);
+    if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{} m {:02} s", ms / 60_000, ms / 1000 % 60)
+    }
+}
+
+impl Run {
+    pub fn duration(&self) -> String {
+        duration_text(self.started_at, self.finished_at)
+    }
+
+    pub fn short_commit(&self) -> &str {
+        &self.commit[..self.commit.len().min(12)]
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +124,34 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    pub fn duration(&self) -> String {
+        duration_text(self.started_at, self.finished_at)
+    }
+
+    /// `running`, `pending`, or the finished status.
+    pub fn state(&self) -> &'static str {
+        match (&self.status, self.running) {
+            (Some(s), _) => match s {
+                StepStatus::Succeeded => "succeeded",
+                StepStatus::Failed => "failed",
+                StepStatus::FailedAllowed => "failed (allowed)",
+                StepStatus::TimedOut => "timed out",
+                StepStatus::Cancelled => "cancelled",
+                StepStatus::Skipped => "skipped",
+            },
+            (None, true) => "running",
+            (None, false) => "pending",
+        }
+    }
+
+    /// Whether the state is a good one (for the badge colour).
+    pub fn ok(&self) -> bool {
+        matches!(
+            self.status,
+            Some(StepStatus::Succeeded | StepStatus::Skipped)
+        ) || self.running
+    }
+
     /// A step that has not run yet.
     pub fn pending() -> Self {
         Self {

@@ -8,6 +8,7 @@ mod offline;
 mod run;
 mod serve;
 mod token;
+mod trigger;
 mod user;
 mod validate;
 
@@ -52,6 +53,8 @@ enum Verb {
     Validate(validate::Validate),
     /// Run a repository's pipeline locally; the exit code is the result.
     Run(run::Run),
+    /// Start a run on a server (token from BETCYCLE_TOKEN).
+    Trigger(trigger::Trigger),
     /// Print the version.
     Version,
 }
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         Verb::Audit(verb) => verb.run(env),
         Verb::Validate(verb) => verb.run(),
         Verb::Run(verb) => verb.run(env),
+        Verb::Trigger(verb) => verb.run(env),
         Verb::Routes => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

@@ -64,6 +64,12 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "project:developer",
     ),
     ("POST", "/projects", "admin"),
+    ("POST", "/projects/{slug}/runs", "project:developer"),
+    (
+        "POST",
+        "/projects/{slug}/runs/{number}/cancel",
+        "project:developer",
+    ),
     ("POST", "/projects/{slug}/settings", "project:maintainer"),
     ("POST", "/projects/{slug}/members", "project:maintainer"),
     (

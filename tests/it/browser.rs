@@ -319,3 +319,67 @@ async fn first_run_setup_then_sign_in_create_a_token_and_sign_out() {
     );
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_person_runs_the_pipeline_from_the_console_and_watches_it_finish() {
+    let Some(browser) =
+        Browser::start("a_person_runs_the_pipeline_from_the_console_and_watches_it_finish").await
+    else {
+        return;
+    };
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    crate::run::git_repo(
+        &repo,
+        "steps:\n  - name: build\n    run: sleep 2; echo built it\n",
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    let created = server
+        .request(reqwest::Method::POST, "/api/v1/projects")
+        .json(&serde_json::json!({"slug": "demo", "repository": repo.to_str().unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    sign_in(&browser, &server.url, ADMIN, ADMIN_PASSWORD).await;
+    let c = &browser.client;
+    c.wait()
+        .for_element(Locator::Css("[data-stat=version]"))
+        .await
+        .unwrap();
+    c.goto(&format!("{}/projects/demo", server.url))
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/projects/demo/runs'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_url(&url::Url::parse(&format!("{}/projects/demo/runs/1", server.url)).unwrap())
+        .await
+        .unwrap();
+    // The panel refreshes itself while the run is active.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = browser.text("[data-run-status]").await;
+        if status == "succeeded" {
+            break;
+        }
+        assert!(
+            ["queued", "running"].contains(&status.as_str()),
+            "status {status}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the run page never showed the result"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(browser.text("pre.log").await.contains("built it"));
+    browser.snapshot("run").await;
+    browser.close().await;
+}

@@ -1,7 +1,7 @@
 //! Runs on the server: triggered through the API on a real git repository, executed by
 //! the worker, recorded step by step, cancelled, and recovered after restarts.
 
-use crate::harness::{Server, tempdir};
+use crate::harness::{Server, betcycle, run as run_cmd, tempdir};
 use crate::run::{DAG, git_repo, gone, millis};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -228,4 +228,77 @@ async fn a_restart_mid_run_requeues_it_and_leaves_nothing_running() {
     let run = wait_for(&server, "demo", 2, finished).await;
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["restarts"], 1);
+}
+
+#[tokio::test]
+async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(&repo, DAG);
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+    let token = server.token.clone().unwrap();
+
+    let (code, stdout, stderr) = run_cmd(
+        betcycle(dir.path())
+            .args([
+                "trigger",
+                "--server",
+                &server.url,
+                "--project",
+                "demo",
+                "--wait",
+            ])
+            .env("BETCYCLE_TOKEN", &token),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("queued demo#1 at "), "{stdout}");
+    assert!(lines[0].ends_with("/projects/demo/runs/1)"), "{stdout}");
+    assert_eq!(lines.last().unwrap(), &"demo#1 succeeded");
+
+    let (code, _, stderr) = run_cmd(
+        betcycle(dir.path())
+            .args([
+                "trigger",
+                "--server",
+                &server.url,
+                "--project",
+                "demo",
+                "--ref",
+                "nope",
+            ])
+            .env("BETCYCLE_TOKEN", &token),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("400") && stderr.contains("no branch, tag or ref \"nope\""),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_cmd(betcycle(dir.path()).args(["trigger", "--project", "demo"]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("BETCYCLE_TOKEN"));
+
+    // The run page shows steps, results, artifacts and logs.
+    let page = server
+        .get("/projects/demo/runs/1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "data-run-status>succeeded<",
+        "data-step=\"package\"",
+        "failed (allowed)",
+        "1/3 passed",
+        "70.0%",
+        "failed: calc::divides — division by zero",
+        "<code>out/app.bin</code> 12 bytes",
+        "<span class=\"stderr\">style problem</span>",
+    ] {
+        assert!(page.contains(expected), "run page lacks {expected}");
+    }
+    let project_page = server.get("/projects/demo").await.text().await.unwrap();
+    assert!(project_page.contains("href=\"/projects/demo/runs/1\">#1</a>"));
 }

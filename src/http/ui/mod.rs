@@ -6,6 +6,7 @@ mod admin;
 mod areas;
 mod dashboard;
 mod projects;
+mod runs;
 mod sign_in;
 
 use super::assets;
@@ -19,7 +20,7 @@ use axum::response::Html;
 pub use areas::{AREAS, Area};
 
 pub fn routes() -> Vec<Route> {
-    use crate::auth::Role::{Maintainer, Viewer};
+    use crate::auth::Role::{Developer, Maintainer, Viewer};
     use Method as M;
     use Need::{Admin, Project, Public, User};
     let mut routes = vec![
@@ -95,6 +96,30 @@ pub fn routes() -> Vec<Route> {
             "/projects/{slug}/members/{subject}/remove",
             Project(Maintainer),
             projects::remove_member,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/runs",
+            Project(Developer),
+            runs::trigger,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/runs/{number}",
+            Project(Viewer),
+            runs::page,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/runs/{number}/panel",
+            Project(Viewer),
+            runs::panel_only,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/runs/{number}/cancel",
+            Project(Developer),
+            runs::cancel,
         ),
     ];
     // Areas with screens of their own register them above.

@@ -12,6 +12,7 @@ use crate::http::api::projects::{Member, ProjectView, find, member_views, subjec
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
 use crate::project::{Project, ProjectChange};
+use crate::run::Run;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -80,7 +81,9 @@ struct ProjectPage {
     layout: Layout,
     project: Project,
     members: Vec<Member>,
+    runs: Vec<Run>,
     maintainer: bool,
+    developer: bool,
     done: Option<&'static str>,
     error: Option<String>,
 }
@@ -93,13 +96,18 @@ async fn project_page(
     error: Option<String>,
 ) -> ServerResult<Html<String>> {
     let project = find(app, slug).await?;
-    let maintainer = signed.principal.user.admin
-        || app.store.project_role(slug, &signed.principal.user).await? >= Some(Role::Maintainer);
+    let role = if signed.principal.user.admin {
+        Some(Role::Maintainer)
+    } else {
+        app.store.project_role(slug, &signed.principal.user).await?
+    };
     render(&ProjectPage {
         layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
         members: member_views(app, slug).await?,
+        runs: app.store.project_runs(slug, 20).await?,
+        maintainer: role >= Some(Role::Maintainer),
+        developer: role >= Some(Role::Developer),
         project,
-        maintainer,
         done,
         error,
     })

@@ -1,0 +1,142 @@
+//! A run's page: its steps with status, timing, tests, coverage, artifacts and logs. While
+//! the run is active the panel refreshes itself every two seconds (htmx).
+
+use super::{Layout, render};
+use crate::app::App;
+use crate::http::ServerResult;
+use crate::http::api::runs::by_number;
+use crate::http::auth::Signed;
+use crate::run::Run;
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{Html, Redirect};
+use serde::Deserialize;
+
+/// One line of a step's log as shown.
+pub struct LogLine {
+    pub stderr: bool,
+    pub text: String,
+}
+
+pub struct StepView {
+    pub index: usize,
+    pub log: Vec<LogLine>,
+}
+
+#[derive(Template)]
+#[template(path = "_run.html")]
+struct RunPanel {
+    run: Run,
+    logs: Vec<StepView>,
+    developer: bool,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPage {
+    layout: Layout,
+    panel: RunPanel,
+}
+
+/// Most log lines a page shows per step; the API serves the whole log.
+const PAGE_LOG_LINES: usize = 2000;
+
+async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerResult<RunPanel> {
+    let run = by_number(app, slug, number).await?;
+    let mut logs = Vec::new();
+    for index in 0..run.steps.len() {
+        let text = tokio::fs::read_to_string(app.runner.log_path(run.id, index))
+            .await
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let skip = lines.len().saturating_sub(PAGE_LOG_LINES);
+        let log = lines[skip..]
+            .iter()
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                let (_, tag, text) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+                LogLine {
+                    stderr: tag == Some("e"),
+                    text: text.to_string(),
+                }
+            })
+            .collect();
+        logs.push(StepView { index, log });
+    }
+    let developer = signed.principal.user.admin
+        || app.store.project_role(slug, &signed.principal.user).await?
+            >= Some(crate::auth::Role::Developer);
+    Ok(RunPanel {
+        run,
+        logs,
+        developer,
+        csrf: super::Layout::new("", "", Some(&signed.principal)).csrf,
+    })
+}
+
+pub async fn page(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Html<String>> {
+    let panel = panel(&app, &signed, &slug, number).await?;
+    render(&RunPage {
+        layout: Layout::new(
+            format!("{slug} #{number}"),
+            "projects",
+            Some(&signed.principal),
+        ),
+        panel,
+    })
+}
+
+pub async fn panel_only(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Html<String>> {
+    render(&panel(&app, &signed, &slug, number).await?)
+}
+
+#[derive(Deserialize)]
+pub struct TriggerForm {
+    #[serde(default, rename = "ref")]
+    git_ref: String,
+}
+
+pub async fn trigger(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Form(form): Form<TriggerForm>,
+) -> ServerResult<Redirect> {
+    let project = crate::http::api::projects::find(&app, &slug).await?;
+    let run = app
+        .runner
+        .trigger(
+            &project,
+            Some(form.git_ref.as_str()),
+            "manual",
+            &signed.audit,
+        )
+        .await?;
+    Ok(Redirect::to(&format!(
+        "/projects/{slug}/runs/{}",
+        run.number
+    )))
+}
+
+pub async fn cancel(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Redirect> {
+    let run = by_number(&app, &slug, number).await?;
+    let record = crate::audit::Record::new(&signed.audit, "run.cancel", format!("project:{slug}"))
+        .detail(format!("run #{number}"));
+    app.store.audit(record).await?;
+    app.runner.cancel(run.id).await?;
+    Ok(Redirect::to(&format!("/projects/{slug}/runs/{number}")))
+}
