@@ -120,6 +120,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         store.clone(),
         config.data_dir.clone(),
         config.run_concurrency,
+        config.log.step_max_size,
     );
     let app = App {
         metrics: Arc::new(Metrics::new(store.clone())),

@@ -135,6 +135,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "How many daily log files to keep; older ones are deleted (0 keeps none on disk).",
     },
     OptionSpec {
+        key: "log.step_max_size",
+        flag: "log-step-max-size",
+        env: "BETCYCLE_LOG_STEP_MAX_SIZE",
+        default: Some("16 MiB"),
+        derived: "",
+        integer: false,
+        value_name: "SIZE",
+        help: "Most output kept per pipeline step; the rest is dropped with a notice in its log.",
+    },
+    OptionSpec {
         key: "tls.cert",
         flag: "tls-cert",
         env: "BETCYCLE_TLS_CERT",
@@ -246,6 +256,7 @@ pub struct LogConfig {
     pub format: LogFormat,
     pub dir: PathBuf,
     pub max_files: usize,
+    pub step_max_size: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -383,6 +394,8 @@ impl Config {
             .0
             .parse::<usize>()
             .map_err(|_| invalid("log.max_files", "expected a whole number such as 14"))?;
+        let step_max_size = parse_size(&get("log.step_max_size").expect("has default").0)
+            .map_err(|reason| invalid("log.step_max_size", &reason))?;
         let store_cache_size = parse_size(&get("store.cache_size").expect("has default").0)
             .map_err(|reason| invalid("store.cache_size", &reason))?;
         let health_min_free_disk = parse_size(&get("health.min_free_disk").expect("has default").0)
@@ -415,6 +428,7 @@ impl Config {
                 format,
                 dir: log_dir,
                 max_files,
+                step_max_size,
             },
             store_cache_size,
             health_min_free_disk,

@@ -34,17 +34,24 @@ pub struct Runner {
     wake: Notify,
     /// Cancel tokens of the runs executing now, by run id.
     active: Mutex<HashMap<u64, CancellationToken>>,
+    max_step_log: u64,
 }
 
 impl Runner {
-    pub fn new(store: Store, data_dir: PathBuf, limit: usize) -> Arc<Self> {
+    pub fn new(store: Store, data_dir: PathBuf, limit: usize, max_step_log: u64) -> Arc<Self> {
         Arc::new(Self {
             store,
             data_dir,
             limit: limit.max(1),
             wake: Notify::new(),
             active: Mutex::new(HashMap::new()),
+            max_step_log,
         })
+    }
+
+    /// Where an artifact with this SHA-256 is kept.
+    pub fn artifact_path(&self, sha256: &str) -> PathBuf {
+        artifact_path_in(&self.data_dir, sha256)
     }
 
     /// Where run `id`'s step logs live.
@@ -267,6 +274,7 @@ impl Runner {
         let observer = Arc::new(RunObserver::new(self, run.id, &names, updates));
         let store = self.store.clone();
         let id = run.id;
+        let (data_dir, kept_from) = (self.data_dir.clone(), workspace.clone());
         let recorder = tokio::spawn(async move {
             while let Some(update) = receive.recv().await {
                 let result = match update {
@@ -278,7 +286,15 @@ impl Runner {
                             })
                             .await
                     }
-                    Update::Finished(i, result) => {
+                    Update::Finished(i, mut result) => {
+                        let (data_dir, workspace, copy) =
+                            (data_dir.clone(), kept_from.clone(), result.clone());
+                        let warnings = tokio::task::spawn_blocking(move || {
+                            keep_artifacts(&data_dir, &workspace, &copy)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        result.warnings.extend(warnings);
                         store
                             .update_run(id, move |r| r.steps[i].finish(&result))
                             .await
@@ -313,8 +329,8 @@ enum Update {
     Finished(usize, Box<StepResult>),
 }
 
-/// An open step log and when the step started.
-type StepLog = (std::io::BufWriter<std::fs::File>, Instant);
+/// An open step log, when the step started, and how many bytes it holds.
+type StepLog = (std::io::BufWriter<std::fs::File>, Instant, u64);
 
 /// Writes each step's output to its log file (`<ms since step start> <o|e> <text>` per
 /// line) and forwards progress to the recorder.
@@ -322,6 +338,7 @@ struct RunObserver {
     index: HashMap<String, usize>,
     logs: Vec<Mutex<Option<StepLog>>>,
     paths: Vec<PathBuf>,
+    max_log: u64,
     updates: mpsc::UnboundedSender<Update>,
 }
 
@@ -340,6 +357,7 @@ impl RunObserver {
                 .collect(),
             logs: names.iter().map(|_| Mutex::new(None)).collect(),
             paths: (0..names.len()).map(|i| runner.log_path(id, i)).collect(),
+            max_log: runner.max_step_log,
             updates,
         }
     }
@@ -353,7 +371,7 @@ impl Observer for RunObserver {
         match std::fs::File::create(&self.paths[i]) {
             Ok(file) => {
                 *self.logs[i].lock().expect("log lock") =
-                    Some((std::io::BufWriter::new(file), Instant::now()))
+                    Some((std::io::BufWriter::new(file), Instant::now(), 0))
             }
             Err(e) => {
                 tracing::error!(path = %self.paths[i].display(), error = %e, "cannot create a step log")
@@ -366,12 +384,25 @@ impl Observer for RunObserver {
         let Some(&i) = self.index.get(step) else {
             return;
         };
-        if let Some((file, started)) = self.logs[i].lock().expect("log lock").as_mut() {
+        if let Some((file, started, written)) = self.logs[i].lock().expect("log lock").as_mut() {
             let tag = match stream {
                 Stream::Stdout => 'o',
                 Stream::Stderr => 'e',
             };
-            let _ = writeln!(file, "{} {tag} {text}", started.elapsed().as_millis());
+            let ms = started.elapsed().as_millis();
+            if *written >= self.max_log {
+                return;
+            }
+            *written += text.len() as u64 + 1;
+            if *written >= self.max_log {
+                let _ = writeln!(
+                    file,
+                    "{ms} e betcycle: output truncated: this step wrote more than {} bytes",
+                    self.max_log
+                );
+            } else {
+                let _ = writeln!(file, "{ms} {tag} {text}");
+            }
         }
     }
 
@@ -379,7 +410,7 @@ impl Observer for RunObserver {
         let Some(&i) = self.index.get(&result.name) else {
             return;
         };
-        if let Some((mut file, _)) = self.logs[i].lock().expect("log lock").take() {
+        if let Some((mut file, _, _)) = self.logs[i].lock().expect("log lock").take() {
             let _ = file.flush();
         }
         let _ = self
@@ -462,4 +493,37 @@ async fn checkout(repository: &str, commit: &str, workspace: &Path) -> Result<()
     )
     .await?;
     Ok(())
+}
+
+/// Where an artifact with this SHA-256 is kept under `data_dir`.
+fn artifact_path_in(data_dir: &Path, sha256: &str) -> PathBuf {
+    data_dir
+        .join("artifacts")
+        .join("sha256")
+        .join(&sha256[..2.min(sha256.len())])
+        .join(sha256)
+}
+
+/// Copies a step's artifacts from the workspace into the content-addressed store (a file
+/// already there, by digest, is not copied again). Returns warnings for those it could not.
+fn keep_artifacts(data_dir: &Path, workspace: &Path, result: &StepResult) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for artifact in &result.artifacts {
+        let target = artifact_path_in(data_dir, &artifact.sha256);
+        if target.exists() {
+            continue;
+        }
+        let copy = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                let partial = target.with_extension("partial");
+                std::fs::copy(workspace.join(&artifact.path), &partial)?;
+                std::fs::rename(&partial, &target)
+            });
+        if let Err(e) = copy {
+            warnings.push(format!("artifact {}: cannot keep it: {e}", artifact.path));
+        }
+    }
+    warnings
 }

@@ -180,6 +180,12 @@ pub fn table() -> Vec<Route> {
             Project(Viewer),
             api::runs::log,
         ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}",
+            Project(Viewer),
+            api::runs::artifact,
+        ),
         // Instance.
         route(M::GET, "/api/v1/instance", User, api::instance::show),
         route(M::GET, "/api/v1/events", User, api::events::stream),

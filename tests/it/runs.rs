@@ -87,6 +87,33 @@ async fn a_triggered_run_executes_the_dag_and_records_steps_tests_coverage_and_a
     assert_eq!(unit["tests"]["failed"], 1);
     assert_eq!(unit["coverage"]["percent"], 70.0);
     assert_eq!(step("package")["artifacts"][0]["path"], "out/app.bin");
+    // Kept content-addressed and downloadable by digest.
+    let sha = step("package")["artifacts"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let download = server
+        .get(&format!("/api/v1/projects/demo/runs/1/artifacts/{sha}"))
+        .await;
+    assert_eq!(download.status(), 200);
+    assert_eq!(
+        download.headers()["content-disposition"],
+        "attachment; filename=\"app.bin\""
+    );
+    assert_eq!(download.bytes().await.unwrap().as_ref(), b"release bits");
+    assert!(
+        server
+            .data_dir
+            .join(format!("artifacts/sha256/{}/{sha}", &sha[..2]))
+            .exists()
+    );
+    let missing = server
+        .get(&format!(
+            "/api/v1/projects/demo/runs/1/artifacts/{}",
+            "0".repeat(64)
+        ))
+        .await;
+    assert_eq!(missing.status(), 404);
 
     let log = server
         .get("/api/v1/projects/demo/runs/1/steps/lint/log")
@@ -294,11 +321,43 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
         "1/3 passed",
         "70.0%",
         "failed: calc::divides — division by zero",
-        "<code>out/app.bin</code> 12 bytes",
+        "<code>out/app.bin</code></a> 12 bytes",
         "<span class=\"stderr\">style problem</span>",
     ] {
         assert!(page.contains(expected), "run page lacks {expected}");
     }
     let project_page = server.get("/projects/demo").await.text().await.unwrap();
     assert!(project_page.contains("href=\"/projects/demo/runs/1\">#1</a>"));
+}
+
+#[tokio::test]
+async fn step_output_beyond_the_cap_is_dropped_with_a_notice() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(
+        &repo,
+        "steps:\n  - name: chatty\n    run: for i in $(seq 1 100); do echo line $i; done\n",
+    );
+    let server = Server::start_admin(dir.path(), &["--log-step-max-size", "200"]);
+    project(&server, "demo", &repo).await;
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "succeeded");
+    let log = server
+        .get("/api/v1/projects/demo/runs/1/steps/chatty/log")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() < 40, "{} lines kept", lines.len());
+    assert!(lines[0].ends_with(" o line 1"));
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("output truncated: this step wrote more than 200 bytes"),
+        "{log}"
+    );
 }

@@ -105,3 +105,43 @@ pub async fn log(
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
 }
+
+/// Downloads an artifact a step of this run kept, by its SHA-256.
+pub async fn artifact(
+    State(app): State<App>,
+    Path((slug, number, sha256)): Path<(String, u64, String)>,
+) -> ServerResult<axum::response::Response> {
+    let run = by_number(&app, &slug, number).await?;
+    let artifact = run
+        .steps
+        .iter()
+        .flat_map(|s| s.artifacts.iter())
+        .find(|a| a.sha256 == sha256)
+        .ok_or_else(|| {
+            ServerError::NotFound(format!("run {slug}#{number} has no artifact {sha256}"))
+        })?;
+    let path = app.runner.artifact_path(&artifact.sha256);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "a recorded artifact is missing");
+        ServerError::NotFound(format!("artifact {} is no longer kept", artifact.path))
+    })?;
+    let name = artifact
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or("artifact")
+        .replace(['"', '\\'], "_");
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, artifact.size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
