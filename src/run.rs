@@ -89,6 +89,12 @@ pub struct Run {
     /// How many times a server restart interrupted and re-queued it.
     #[serde(default)]
     pub restarts: u32,
+    /// The run this one repeats (same commit), if it is a re-run.
+    #[serde(default)]
+    pub rerun_of: Option<u64>,
+    /// A re-run of failed steps only: steps that succeeded in `rerun_of` are not run again.
+    #[serde(default)]
+    pub failed_only: bool,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
 }
@@ -121,6 +127,9 @@ pub struct StepRecord {
     pub artifacts: Vec<Artifact>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Set when the step's result was taken from the run it re-runs instead of running.
+    #[serde(default)]
+    pub reused_from: Option<u64>,
 }
 
 impl StepRecord {
@@ -152,6 +161,23 @@ impl StepRecord {
         ) || self.running
     }
 
+    /// The finished step as an executor result (to reuse it in a re-run).
+    pub fn as_result(&self) -> Option<StepResult> {
+        Some(StepResult {
+            name: self.name.clone(),
+            status: self.status.clone()?,
+            reason: self.reason.clone(),
+            exit_code: self.exit_code,
+            attempts: self.attempts,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            tests: self.tests.clone(),
+            coverage: self.coverage.clone(),
+            artifacts: self.artifacts.clone(),
+            warnings: self.warnings.clone(),
+        })
+    }
+
     /// A step that has not run yet.
     pub fn pending() -> Self {
         Self {
@@ -168,6 +194,7 @@ impl StepRecord {
             coverage: None,
             artifacts: Vec::new(),
             warnings: Vec::new(),
+            reused_from: None,
         }
     }
 

@@ -98,14 +98,48 @@ impl Runner {
             finished_at: None,
             message: String::new(),
             restarts: 0,
+            rerun_of: None,
+            failed_only: false,
             steps: Vec::new(),
         };
+        self.enqueue(run, ctx).await
+    }
+
+    /// Queues a new run of the same commit as `previous`; with `failed_only`, steps that
+    /// succeeded there keep their result and are not run again.
+    pub async fn rerun(&self, previous: &Run, failed_only: bool, ctx: &Context) -> Result<Run> {
+        if !previous.status.is_finished() {
+            return Err(Error::Conflict(format!(
+                "run #{} is still {}; re-run it when it has finished",
+                previous.number,
+                previous.status.as_str()
+            )));
+        }
+        let run = Run {
+            actor: ctx.actor.clone(),
+            status: RunStatus::Queued,
+            created_at: jiff::Timestamp::now(),
+            started_at: None,
+            finished_at: None,
+            message: if failed_only {
+                format!("re-runs the failed steps of #{}", previous.number)
+            } else {
+                format!("re-runs #{}", previous.number)
+            },
+            restarts: 0,
+            rerun_of: Some(previous.id),
+            failed_only,
+            steps: Vec::new(),
+            ..previous.clone()
+        };
+        self.enqueue(run, ctx).await
+    }
+
+    async fn enqueue(&self, run: Run, ctx: &Context) -> Result<Run> {
+        let target = format!("project:{}", run.project);
         let run = self
             .store
-            .create_run(
-                run,
-                Record::new(ctx, "run.create", format!("project:{}", project.slug)),
-            )
+            .create_run(run, Record::new(ctx, "run.create", target))
             .await?;
         self.wake.notify_one();
         Ok(run)
@@ -161,6 +195,37 @@ impl Runner {
         }
         // Steps see the shutdown through their cancel tokens; wait for them to be killed.
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// For a failed-steps re-run: the results of the steps that succeeded in the run it
+    /// repeats (their logs are copied over too).
+    async fn reusable(&self, run: &Run, names: &[String]) -> Result<BTreeMap<String, StepResult>> {
+        let (Some(previous_id), true) = (run.rerun_of, run.failed_only) else {
+            return Ok(BTreeMap::new());
+        };
+        let Some(previous) = self.store.run(previous_id).await? else {
+            return Ok(BTreeMap::new());
+        };
+        let mut reuse = BTreeMap::new();
+        for (old_index, step) in previous.steps.iter().enumerate() {
+            let done = matches!(
+                step.status,
+                Some(executor::StepStatus::Succeeded | executor::StepStatus::FailedAllowed)
+            );
+            let (true, Some(result), Some(new_index)) = (
+                done,
+                step.as_result(),
+                names.iter().position(|n| *n == step.name),
+            ) else {
+                continue;
+            };
+            let _ = std::fs::copy(
+                self.log_path(previous_id, old_index),
+                self.log_path(run.id, new_index),
+            );
+            reuse.insert(step.name.clone(), result);
+        }
+        Ok(reuse)
     }
 
     async fn execute(self: Arc<Self>, run: Run, shutdown: CancellationToken) {
@@ -238,6 +303,8 @@ impl Runner {
             self.log_dir(run.id).display()
         )))?;
 
+        let reuse = self.reusable(&run, &names).await?;
+
         let context = BTreeMap::from([
             ("BETCYCLE_RUN_ID".to_string(), run.id.to_string()),
             ("BETCYCLE_RUN_NUMBER".to_string(), run.number.to_string()),
@@ -267,6 +334,7 @@ impl Runner {
                 .collect(),
             parallelism: self.limit,
             only: None,
+            reuse: reuse.clone(),
         };
 
         // Store updates happen in order on one task; the observer only sends.
@@ -275,6 +343,8 @@ impl Runner {
         let store = self.store.clone();
         let id = run.id;
         let (data_dir, kept_from) = (self.data_dir.clone(), workspace.clone());
+        let reused: std::collections::HashSet<String> = reuse.keys().cloned().collect();
+        let rerun_of = run.rerun_of;
         let recorder = tokio::spawn(async move {
             while let Some(update) = receive.recv().await {
                 let result = match update {
@@ -295,8 +365,13 @@ impl Runner {
                         .await
                         .unwrap_or_default();
                         result.warnings.extend(warnings);
+                        let reused_from =
+                            reused.contains(&result.name).then_some(rerun_of).flatten();
                         store
-                            .update_run(id, move |r| r.steps[i].finish(&result))
+                            .update_run(id, move |r| {
+                                r.steps[i].finish(&result);
+                                r.steps[i].reused_from = reused_from;
+                            })
                             .await
                     }
                 };

@@ -169,6 +169,7 @@ impl Run {
                 .jobs
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             only: self.step,
+            reuse: BTreeMap::new(),
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -97,6 +97,8 @@ pub struct RunSpec {
     /// Run only the steps with these names (a matrix step's written name selects all its
     /// expansions); dependencies outside the selection are not run.
     pub only: Option<String>,
+    /// Results to use instead of running these steps (re-running failed steps only).
+    pub reuse: BTreeMap<String, StepResult>,
 }
 
 /// Runs every step; returns the results in pipeline order.
@@ -155,6 +157,13 @@ pub async fn run(
             } else {
                 step.when.check(&spec.trigger).err()
             };
+            if skip.is_none()
+                && let Some(previous) = spec.reuse.get(&step.name)
+            {
+                observer.step_finished(previous);
+                results[i] = Some(previous.clone());
+                continue;
+            }
             if let Some(reason) = skip {
                 let result = skipped(&step.name, reason);
                 if selected[i] {

@@ -181,6 +181,12 @@ pub fn table() -> Vec<Route> {
             api::runs::log,
         ),
         route(
+            M::POST,
+            "/api/v1/projects/{slug}/runs/{number}/rerun",
+            Project(Developer),
+            api::runs::rerun,
+        ),
+        route(
             M::GET,
             "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}",
             Project(Viewer),

@@ -382,6 +382,8 @@ mod tests {
             finished_at: None,
             message: String::new(),
             restarts: 0,
+            rerun_of: None,
+            failed_only: false,
             steps: Vec::new(),
         };
         let ctx = crate::audit::Context::default();

@@ -63,6 +63,16 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/api/v1/projects/{slug}/runs/{number}/cancel",
         "project:developer",
     ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/runs/{number}/rerun",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/projects/{slug}/runs/{number}/rerun",
+        "project:developer",
+    ),
     ("POST", "/projects", "admin"),
     ("POST", "/projects/{slug}/runs", "project:developer"),
     (

@@ -365,7 +365,15 @@ async fn a_person_runs_the_pipeline_from_the_console_and_watches_it_finish() {
     // The panel refreshes itself while the run is active.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = browser.text("[data-run-status]").await;
+        // Read in one call: the panel may be swapped between a find and a read.
+        let status = c
+            .execute(
+                "return document.querySelector('[data-run-status]')?.textContent ?? ''",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let status = status.as_str().unwrap_or_default().to_string();
         if status == "succeeded" {
             break;
         }

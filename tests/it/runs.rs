@@ -361,3 +361,62 @@ async fn step_output_beyond_the_cap_is_dropped_with_a_notice() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn re_running_failed_steps_keeps_the_steps_that_succeeded() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    // `flaky` fails until a marker file outside the workspace exists.
+    let marker = dir.path().join("fixed");
+    let pipeline = format!(
+        "steps:\n  - name: build\n    run: echo built\n  - name: flaky\n    run: test -e {}\n    depends_on: [build]\n",
+        marker.display()
+    );
+    git_repo(&repo, &pipeline);
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+    trigger(&server, "demo").await;
+    let first = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(first["status"], "failed");
+
+    std::fs::write(&marker, "").unwrap();
+    let rerun = |failed_only: bool| {
+        server
+            .request(Method::POST, "/api/v1/projects/demo/runs/1/rerun")
+            .json(&json!({"failed_only": failed_only}))
+            .send()
+    };
+    let second = rerun(true).await.unwrap();
+    assert_eq!(second.status(), 201);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second["commit"], first["commit"]);
+    assert_eq!(second["rerun_of"], first["id"]);
+    let second = wait_for(&server, "demo", 2, finished).await;
+    assert_eq!(second["status"], "succeeded", "{second:#}");
+    assert_eq!(
+        second["steps"][0]["reused_from"], first["id"],
+        "build was kept, not run again"
+    );
+    assert_eq!(
+        second["steps"][0]["started_at"],
+        first["steps"][0]["started_at"]
+    );
+    assert!(second["steps"][1]["reused_from"].is_null());
+    let log = server
+        .get("/api/v1/projects/demo/runs/2/steps/build/log")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains(" o built"),
+        "the kept step's log comes along: {log}"
+    );
+
+    // A full re-run runs everything again.
+    assert_eq!(rerun(false).await.unwrap().status(), 201);
+    let third = wait_for(&server, "demo", 3, finished).await;
+    assert_eq!(third["status"], "succeeded");
+    assert!(third["steps"][0]["reused_from"].is_null());
+}

@@ -145,3 +145,24 @@ pub async fn artifact(
     )
         .into_response())
 }
+
+#[derive(Deserialize)]
+pub struct RerunRequest {
+    /// Only the steps that did not succeed; the others keep their result.
+    #[serde(default)]
+    pub failed_only: bool,
+}
+
+pub async fn rerun(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+    Json(req): Json<RerunRequest>,
+) -> ServerResult<(StatusCode, Json<Run>)> {
+    let previous = by_number(&app, &slug, number).await?;
+    let run = app
+        .runner
+        .rerun(&previous, req.failed_only, &signed.audit)
+        .await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}

@@ -121,6 +121,12 @@ pub fn routes() -> Vec<Route> {
             Project(Developer),
             runs::cancel,
         ),
+        route(
+            M::POST,
+            "/projects/{slug}/runs/{number}/rerun",
+            Project(Developer),
+            runs::rerun,
+        ),
     ];
     // Areas with screens of their own register them above.
     for area in AREAS.iter().filter(|a| a.slug != "projects") {

@@ -140,3 +140,26 @@ pub async fn cancel(
     app.runner.cancel(run.id).await?;
     Ok(Redirect::to(&format!("/projects/{slug}/runs/{number}")))
 }
+
+#[derive(Deserialize)]
+pub struct RerunForm {
+    #[serde(default)]
+    failed_only: Option<String>,
+}
+
+pub async fn rerun(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+    Form(form): Form<RerunForm>,
+) -> ServerResult<Redirect> {
+    let previous = by_number(&app, &slug, number).await?;
+    let run = app
+        .runner
+        .rerun(&previous, form.failed_only.is_some(), &signed.audit)
+        .await?;
+    Ok(Redirect::to(&format!(
+        "/projects/{slug}/runs/{}",
+        run.number
+    )))
+}
