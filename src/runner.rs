@@ -145,8 +145,12 @@ impl Runner {
         Ok(run)
     }
 
-    /// Cancels a queued or running run. Returns the run as it is now.
-    pub async fn cancel(&self, id: u64) -> Result<Run> {
+    /// Cancels a queued or running run (audited). Returns the run as it is now.
+    pub async fn cancel(&self, run: &Run, ctx: &Context) -> Result<Run> {
+        let record = Record::new(ctx, "run.cancel", format!("project:{}", run.project))
+            .detail(format!("run #{}", run.number));
+        self.store.audit(record).await?;
+        let id = run.id;
         let token = self.active.lock().expect("runner lock").get(&id).cloned();
         match token {
             // The executing task records the outcome once its steps are killed.

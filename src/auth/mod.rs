@@ -312,6 +312,14 @@ impl Principal {
         }
     }
 
+    /// The public id of the session making the request, when it is a session.
+    pub fn session_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Session(s) => Some(&s.id),
+            Credential::Token(_) => None,
+        }
+    }
+
     /// The name audit entries record for this caller.
     pub fn actor(&self) -> String {
         match &self.credential {

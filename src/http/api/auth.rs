@@ -112,16 +112,10 @@ pub fn user_agent(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-/// The id of the session the caller is using, if it is a session.
-fn current_session(signed: &Signed) -> Option<&str> {
-    match &signed.principal.credential {
-        Credential::Session(s) => Some(&s.id),
-        Credential::Token(_) => None,
-    }
-}
-
 pub async fn sign_out(State(app): State<App>, signed: Signed) -> ServerResult<Response> {
-    let current = current_session(&signed)
+    let current = signed
+        .principal
+        .session_id()
         .ok_or_else(|| ServerError::BadRequest("this request is not made with a session".into()))?
         .to_string();
     app.store
@@ -146,7 +140,7 @@ pub async fn list_sessions(
     State(app): State<App>,
     signed: Signed,
 ) -> ServerResult<Json<Vec<SessionView>>> {
-    let current = current_session(&signed).map(str::to_string);
+    let current = signed.principal.session_id().map(str::to_string);
     let sessions = app.store.list_sessions(signed.principal.user.id).await?;
     Ok(Json(
         sessions
@@ -186,7 +180,7 @@ pub async fn revoke_other_sessions(
     State(app): State<App>,
     signed: Signed,
 ) -> ServerResult<Json<Revoked>> {
-    let keep = current_session(&signed).map(str::to_string);
+    let keep = signed.principal.session_id().map(str::to_string);
     let revoked = app
         .store
         .delete_sessions(

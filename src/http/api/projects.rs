@@ -143,14 +143,15 @@ pub async fn members(
 }
 
 /// Resolves `user:NAME` or `team:NAME`.
-pub async fn subject(app: &App, text: &str) -> ServerResult<Subject> {
+async fn subject(app: &App, text: &str) -> crate::error::Result<Subject> {
+    let not_found = |what: String| crate::error::Error::NotFound { what };
     match text.split_once(':') {
         Some(("user", name)) => app
             .store
             .user_by_name(name)
             .await?
             .map(|u| Subject::User(u.id))
-            .ok_or_else(|| ServerError::NotFound(format!("user \"{name}\" not found"))),
+            .ok_or_else(|| not_found(format!("user \"{name}\""))),
         Some(("team", name)) => app
             .store
             .list_teams()
@@ -158,11 +159,36 @@ pub async fn subject(app: &App, text: &str) -> ServerResult<Subject> {
             .into_iter()
             .find(|t| t.name == name)
             .map(|t| Subject::Team(t.id))
-            .ok_or_else(|| ServerError::NotFound(format!("team \"{name}\" not found"))),
-        _ => Err(ServerError::BadRequest(format!(
+            .ok_or_else(|| not_found(format!("team \"{name}\""))),
+        _ => Err(crate::error::Error::Invalid(format!(
             "invalid member \"{text}\": use user:NAME or team:NAME"
         ))),
     }
+}
+
+/// Grants (`Some(role)`) or removes the project role of `who` (`user:NAME` or
+/// `team:NAME`); audited. Shared by the API and the console.
+pub async fn bind_member(
+    app: &App,
+    slug: &str,
+    who: &str,
+    role: Option<Role>,
+    ctx: &crate::audit::Context,
+) -> crate::error::Result<()> {
+    if app.store.project(slug).await?.is_none() {
+        return Err(crate::error::Error::NotFound {
+            what: format!("project \"{slug}\""),
+        });
+    }
+    let subject = subject(app, who).await?;
+    let (action, detail) = match role {
+        Some(role) => ("project.set_member", format!("{who} = {role}")),
+        None => ("project.remove_member", who.to_string()),
+    };
+    let record = Record::new(ctx, action, format!("project:{slug}")).detail(detail);
+    app.store
+        .set_role_binding(slug, subject, role, record)
+        .await
 }
 
 #[derive(Deserialize)]
@@ -176,17 +202,7 @@ pub async fn set_member(
     Path((slug, who)): Path<(String, String)>,
     Json(req): Json<MemberRole>,
 ) -> ServerResult<StatusCode> {
-    find(&app, &slug).await?;
-    let subject = subject(&app, &who).await?;
-    let record = Record::new(
-        &signed.audit,
-        "project.set_member",
-        format!("project:{slug}"),
-    )
-    .detail(format!("{who} = {}", req.role));
-    app.store
-        .set_role_binding(&slug, subject, Some(req.role), record)
-        .await?;
+    bind_member(&app, &slug, &who, Some(req.role), &signed.audit).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,16 +211,6 @@ pub async fn remove_member(
     signed: Signed,
     Path((slug, who)): Path<(String, String)>,
 ) -> ServerResult<StatusCode> {
-    find(&app, &slug).await?;
-    let subject = subject(&app, &who).await?;
-    let record = Record::new(
-        &signed.audit,
-        "project.remove_member",
-        format!("project:{slug}"),
-    )
-    .detail(who);
-    app.store
-        .set_role_binding(&slug, subject, None, record)
-        .await?;
+    bind_member(&app, &slug, &who, None, &signed.audit).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -73,10 +73,7 @@ pub async fn cancel(
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Json<Run>> {
     let run = by_number(&app, &slug, number).await?;
-    let record = crate::audit::Record::new(&signed.audit, "run.cancel", format!("project:{slug}"))
-        .detail(format!("run #{number}"));
-    app.store.audit(record).await?;
-    Ok(Json(app.runner.cancel(run.id).await?))
+    Ok(Json(app.runner.cancel(&run, &signed.audit).await?))
 }
 
 /// A step's output as stored: one line per output line, `<ms since step start> <o|e> <text>`.

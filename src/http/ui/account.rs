@@ -4,7 +4,7 @@ use super::sign_in::{form_error, with_status};
 use super::{Layout, done_message, render};
 use crate::app::App;
 use crate::audit::Record;
-use crate::auth::{ApiToken, Credential, Scope, Session, accounts};
+use crate::auth::{ApiToken, Scope, Session, accounts};
 use crate::http::ServerResult;
 use crate::http::api::auth::parse_expiry;
 use crate::http::auth::Signed;
@@ -40,10 +40,7 @@ async fn account_page(
     new_token: Option<String>,
 ) -> ServerResult<Html<String>> {
     let user = &signed.principal.user;
-    let current = match &signed.principal.credential {
-        Credential::Session(s) => Some(s.id.clone()),
-        Credential::Token(_) => None,
-    };
+    let current = signed.principal.session_id().map(str::to_string);
     let sessions = app.store.list_sessions(user.id).await?;
     render(&AccountPage {
         layout: Layout::new("Your account", "security", Some(&signed.principal)),
@@ -183,10 +180,7 @@ pub async fn revoke_other_sessions(
     State(app): State<App>,
     signed: Signed,
 ) -> ServerResult<Redirect> {
-    let keep = match &signed.principal.credential {
-        Credential::Session(s) => Some(s.id.clone()),
-        Credential::Token(_) => None,
-    };
+    let keep = signed.principal.session_id().map(str::to_string);
     app.store
         .delete_sessions(
             signed.principal.user.id,

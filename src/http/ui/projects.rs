@@ -8,9 +8,8 @@ use crate::audit::Record;
 use crate::auth::Role;
 use crate::error::Error;
 use crate::http::ServerResult;
-use crate::http::api::projects::{Member, ProjectView, find, member_views, subject, visible};
+use crate::http::api::projects::{Member, ProjectView, bind_member, find, member_views, visible};
 use crate::http::auth::Signed;
-use crate::http::error::ServerError;
 use crate::project::{Project, ProjectChange};
 use crate::run::Run;
 use askama::Template;
@@ -162,35 +161,20 @@ pub struct MemberForm {
     role: Role,
 }
 
-fn domain(e: ServerError) -> Error {
-    match e {
-        ServerError::NotFound(m) => Error::NotFound { what: m },
-        ServerError::BadRequest(m) => Error::Invalid(m),
-        ServerError::Internal(e) => e,
-        other => Error::Invalid(format!("{other:?}")),
-    }
-}
-
 pub async fn add_member(
     State(app): State<App>,
     signed: Signed,
     Path(slug): Path<String>,
     Form(form): Form<MemberForm>,
 ) -> ServerResult<Response> {
-    let result = match subject(&app, form.subject.trim()).await {
-        Ok(who) => {
-            let record = Record::new(
-                &signed.audit,
-                "project.set_member",
-                format!("project:{slug}"),
-            )
-            .detail(format!("{} = {}", form.subject.trim(), form.role));
-            app.store
-                .set_role_binding(&slug, who, Some(form.role), record)
-                .await
-        }
-        Err(e) => Err(domain(e)),
-    };
+    let result = bind_member(
+        &app,
+        &slug,
+        form.subject.trim(),
+        Some(form.role),
+        &signed.audit,
+    )
+    .await;
     after(&app, &signed, &slug, result, "members-updated").await
 }
 
@@ -199,19 +183,6 @@ pub async fn remove_member(
     signed: Signed,
     Path((slug, who)): Path<(String, String)>,
 ) -> ServerResult<Response> {
-    let result = match subject(&app, &who).await {
-        Ok(subject) => {
-            let record = Record::new(
-                &signed.audit,
-                "project.remove_member",
-                format!("project:{slug}"),
-            )
-            .detail(who);
-            app.store
-                .set_role_binding(&slug, subject, None, record)
-                .await
-        }
-        Err(e) => Err(domain(e)),
-    };
+    let result = bind_member(&app, &slug, &who, None, &signed.audit).await;
     after(&app, &signed, &slug, result, "members-updated").await
 }

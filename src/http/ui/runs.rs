@@ -134,10 +134,7 @@ pub async fn cancel(
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Redirect> {
     let run = by_number(&app, &slug, number).await?;
-    let record = crate::audit::Record::new(&signed.audit, "run.cancel", format!("project:{slug}"))
-        .detail(format!("run #{number}"));
-    app.store.audit(record).await?;
-    app.runner.cancel(run.id).await?;
+    app.runner.cancel(&run, &signed.audit).await?;
     Ok(Redirect::to(&format!("/projects/{slug}/runs/{number}")))
 }
 

@@ -2,7 +2,7 @@
 
 use super::{Layout, render};
 use crate::app::App;
-use crate::auth::{Credential, accounts};
+use crate::auth::accounts;
 use crate::error::Error;
 use crate::http::ServerResult;
 use crate::http::api::auth::{session_cookie, user_agent};
@@ -150,8 +150,7 @@ pub async fn login(
 }
 
 pub async fn logout(State(app): State<App>, signed: Signed) -> ServerResult<Response> {
-    if let Credential::Session(session) = &signed.principal.credential {
-        let id = session.id.clone();
+    if let Some(id) = signed.principal.session_id().map(str::to_string) {
         app.store
             .delete_sessions(
                 signed.principal.user.id,
