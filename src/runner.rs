@@ -21,6 +21,23 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+/// What a run's live channel carries to log viewers.
+#[derive(Clone, Debug)]
+pub enum LiveEvent {
+    /// Line `number` (from 1, as in the log file) of step `step`.
+    Line {
+        step: usize,
+        number: u64,
+        stderr: bool,
+        text: String,
+    },
+    /// Step `step` finished: its log is complete.
+    StepDone { step: usize },
+}
+
+/// How many live events a slow viewer may fall behind before it reloads from the file.
+const LIVE_BUFFER: usize = 4096;
+
 /// How often the worker looks at the queue when nothing wakes it.
 const POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -34,6 +51,8 @@ pub struct Runner {
     wake: Notify,
     /// Cancel tokens of the runs executing now, by run id.
     active: Mutex<HashMap<u64, CancellationToken>>,
+    /// Live output of the runs executing now, by run id.
+    live: Mutex<HashMap<u64, tokio::sync::broadcast::Sender<LiveEvent>>>,
     max_step_log: u64,
 }
 
@@ -45,8 +64,18 @@ impl Runner {
             limit: limit.max(1),
             wake: Notify::new(),
             active: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             max_step_log,
         })
+    }
+
+    /// Live output of run `id`, while it executes.
+    pub fn subscribe(&self, id: u64) -> Option<tokio::sync::broadcast::Receiver<LiveEvent>> {
+        self.live
+            .lock()
+            .expect("runner lock")
+            .get(&id)
+            .map(|s| s.subscribe())
     }
 
     /// Where an artifact with this SHA-256 is kept.
@@ -343,7 +372,12 @@ impl Runner {
 
         // Store updates happen in order on one task; the observer only sends.
         let (updates, mut receive) = mpsc::unbounded_channel::<Update>();
-        let observer = Arc::new(RunObserver::new(self, run.id, &names, updates));
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        self.live
+            .lock()
+            .expect("runner lock")
+            .insert(run.id, live.clone());
+        let observer = Arc::new(RunObserver::new(self, run.id, &names, updates, live));
         let store = self.store.clone();
         let id = run.id;
         let (data_dir, kept_from) = (self.data_dir.clone(), workspace.clone());
@@ -386,6 +420,7 @@ impl Runner {
         });
         let results = executor::run(spec, observer.clone(), cancel.clone()).await;
         drop(observer);
+        self.live.lock().expect("runner lock").remove(&run.id);
         let _ = recorder.await;
 
         let status = if cancel.is_cancelled() {
@@ -408,8 +443,8 @@ enum Update {
     Finished(usize, Box<StepResult>),
 }
 
-/// An open step log, when the step started, and how many bytes it holds.
-type StepLog = (std::io::BufWriter<std::fs::File>, Instant, u64);
+/// An open step log: the file, when the step started, bytes and lines written.
+type StepLog = (std::io::BufWriter<std::fs::File>, Instant, u64, u64);
 
 /// Writes each step's output to its log file (`<ms since step start> <o|e> <text>` per
 /// line) and forwards progress to the recorder.
@@ -419,6 +454,7 @@ struct RunObserver {
     paths: Vec<PathBuf>,
     max_log: u64,
     updates: mpsc::UnboundedSender<Update>,
+    live: tokio::sync::broadcast::Sender<LiveEvent>,
 }
 
 impl RunObserver {
@@ -427,6 +463,7 @@ impl RunObserver {
         id: u64,
         names: &[String],
         updates: mpsc::UnboundedSender<Update>,
+        live: tokio::sync::broadcast::Sender<LiveEvent>,
     ) -> Self {
         Self {
             index: names
@@ -438,6 +475,7 @@ impl RunObserver {
             paths: (0..names.len()).map(|i| runner.log_path(id, i)).collect(),
             max_log: runner.max_step_log,
             updates,
+            live,
         }
     }
 }
@@ -450,7 +488,7 @@ impl Observer for RunObserver {
         match std::fs::File::create(&self.paths[i]) {
             Ok(file) => {
                 *self.logs[i].lock().expect("log lock") =
-                    Some((std::io::BufWriter::new(file), Instant::now(), 0))
+                    Some((std::io::BufWriter::new(file), Instant::now(), 0, 0))
             }
             Err(e) => {
                 tracing::error!(path = %self.paths[i].display(), error = %e, "cannot create a step log")
@@ -463,39 +501,58 @@ impl Observer for RunObserver {
         let Some(&i) = self.index.get(step) else {
             return;
         };
-        if let Some((file, started, written)) = self.logs[i].lock().expect("log lock").as_mut() {
-            let tag = match stream {
-                Stream::Stdout => 'o',
-                Stream::Stderr => 'e',
-            };
-            let ms = started.elapsed().as_millis();
-            if *written >= self.max_log {
-                return;
-            }
-            *written += text.len() as u64 + 1;
-            if *written >= self.max_log {
-                let _ = writeln!(
-                    file,
-                    "{ms} e betcycle: output truncated: this step wrote more than {} bytes",
-                    self.max_log
-                );
-            } else {
-                let _ = writeln!(file, "{ms} {tag} {text}");
-            }
+        let mut guard = self.logs[i].lock().expect("log lock");
+        let Some((file, started, written, lines)) = guard.as_mut() else {
+            return;
+        };
+        if *written >= self.max_log {
+            return;
         }
+        let ms = started.elapsed().as_millis();
+        *written += text.len() as u64 + 1;
+        let (stderr, text) = if *written >= self.max_log {
+            let notice = format!(
+                "betcycle: output truncated: this step wrote more than {} bytes",
+                self.max_log
+            );
+            (true, notice)
+        } else {
+            (stream == Stream::Stderr, text.to_string())
+        };
+        let _ = writeln!(file, "{ms} {} {text}", if stderr { 'e' } else { 'o' });
+        // Flushed per line so the file never lags the live channel (see below). Batching
+        // writes is the lever if log throughput ever needs it.
+        let _ = file.flush();
+        *lines += 1;
+        // The line is in the file first, so a viewer that reads the file and then
+        // follows the live channel misses nothing.
+        let _ = self.live.send(LiveEvent::Line {
+            step: i,
+            number: *lines,
+            stderr,
+            text,
+        });
     }
 
     fn step_finished(&self, result: &StepResult) {
         let Some(&i) = self.index.get(&result.name) else {
             return;
         };
-        if let Some((mut file, _, _)) = self.logs[i].lock().expect("log lock").take() {
+        if let Some((mut file, _, _, _)) = self.logs[i].lock().expect("log lock").take() {
             let _ = file.flush();
         }
+        let _ = self.live.send(LiveEvent::StepDone { step: i });
         let _ = self
             .updates
             .send(Update::Finished(i, Box::new(result.clone())));
     }
+}
+
+/// Splits a stored log line (`<ms> <o|e> <text>`) into (is stderr, text).
+pub fn parse_log_line(line: &str) -> (bool, &str) {
+    let mut parts = line.splitn(3, ' ');
+    let (_, tag, text) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    (tag == Some("e"), text)
 }
 
 fn is_commit(r: &str) -> bool {

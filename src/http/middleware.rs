@@ -24,8 +24,10 @@ pub struct RequestMeta {
 }
 
 /// The Content-Security-Policy of every response: only our own scripts, styles and
-/// images; no framing.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+/// images; no framing. Style *attributes* are allowed (not `<style>` elements, not
+/// scripts) because step logs render ANSI colours as `style='color:…'` spans, produced
+/// by `ansi-to-html` from HTML-escaped text.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'self'; \
                    object-src 'none'";
 

@@ -188,6 +188,12 @@ pub fn table() -> Vec<Route> {
         ),
         route(
             M::GET,
+            "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream",
+            Project(Viewer),
+            api::runs::stream,
+        ),
+        route(
+            M::GET,
             "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}",
             Project(Viewer),
             api::runs::artifact,

@@ -389,5 +389,19 @@ async fn a_person_runs_the_pipeline_from_the_console_and_watches_it_finish() {
     }
     assert!(browser.text("pre.log").await.contains("built it"));
     browser.snapshot("run").await;
+
+    // The step page follows the log over Server-Sent Events until it is complete.
+    c.find(Locator::LinkText("live log"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while browser.text("[data-live-status]").await != "complete" {
+        assert!(Instant::now() < deadline, "the live log never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(browser.text("pre[data-stream]").await, "built it");
     browser.close().await;
 }

@@ -420,3 +420,82 @@ async fn re_running_failed_steps_keeps_the_steps_that_succeeded() {
     assert_eq!(third["status"], "succeeded");
     assert!(third["steps"][0]["reused_from"].is_null());
 }
+
+/// Reads Server-Sent Events until `end`: (id, data) of each `line` event.
+async fn read_log_stream(mut response: reqwest::Response) -> Vec<(u64, Value)> {
+    let mut buffer = String::new();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), response.chunk())
+            .await
+            .expect("the stream ended in time")
+            .unwrap();
+        let Some(chunk) = chunk else {
+            panic!("stream closed without an end event")
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(at) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..at + 2).collect();
+            let field = |name: &str| {
+                event.lines().find_map(|l| {
+                    l.strip_prefix(&format!("{name}:"))
+                        .map(|v| v.trim_start().to_string())
+                })
+            };
+            match field("event").as_deref() {
+                Some("line") => lines.push((
+                    field("id").unwrap().parse().unwrap(),
+                    serde_json::from_str(&field("data").unwrap()).unwrap(),
+                )),
+                Some("end") => return lines,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_step_log_streams_live_with_colours_and_resumes_after_a_reconnect() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(
+        &repo,
+        "steps:\n  - name: talk\n    run: \"printf '\\\\033[31mred alert\\\\033[0m\\\\n'; for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done\"\n",
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, |r| r["steps"][0]["running"] == true).await;
+
+    // Connected mid-step: everything so far, then the rest live, each line once.
+    let stream = server
+        .get("/api/v1/projects/demo/runs/1/steps/talk/log/stream")
+        .await;
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let lines = read_log_stream(stream).await;
+    let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (1..=6).collect::<Vec<u64>>());
+    let first = lines[0].1["html"].as_str().unwrap();
+    assert!(
+        first.contains("<span style='color:") && first.contains("red alert"),
+        "{first}"
+    );
+    assert_eq!(lines[5].1["html"], "line 5");
+
+    // A reconnect with Last-Event-ID gets only what it missed.
+    wait_for(&server, "demo", 1, finished).await;
+    let resumed = server
+        .request(
+            Method::GET,
+            "/api/v1/projects/demo/runs/1/steps/talk/log/stream",
+        )
+        .header("last-event-id", "4")
+        .send()
+        .await
+        .unwrap();
+    let lines = read_log_stream(resumed).await;
+    let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [5, 6]);
+}

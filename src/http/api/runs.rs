@@ -76,20 +76,147 @@ pub async fn cancel(
     Ok(Json(app.runner.cancel(&run, &signed.audit).await?))
 }
 
+/// The index of `step` (a name, or an index) in `run`.
+pub fn step_index(run: &Run, step: &str) -> ServerResult<usize> {
+    run.steps
+        .iter()
+        .position(|s| s.name == step)
+        .or_else(|| step.parse::<usize>().ok().filter(|i| *i < run.steps.len()))
+        .ok_or_else(|| {
+            ServerError::NotFound(format!(
+                "run {}#{} has no step \"{step}\"",
+                run.project, run.number
+            ))
+        })
+}
+
+/// A log line as HTML: escaped, with ANSI colours as styled spans.
+pub fn log_html(text: &str) -> String {
+    ansi_to_html::convert(text).unwrap_or_else(|_| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;")
+    })
+}
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    /// Resume after this line (like `Last-Event-ID`).
+    #[serde(default)]
+    pub from: Option<u64>,
+}
+
+fn line_event(number: u64, stderr: bool, text: &str) -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .event("line")
+        .id(number.to_string())
+        .data(
+            serde_json::json!({"n": number, "stderr": stderr, "html": log_html(text)}).to_string(),
+        )
+}
+
+/// Browsers drop events whose data is empty, so `end` and `reload` carry a word.
+fn end_event() -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .event("end")
+        .data("end")
+}
+
+/// A step's log as Server-Sent Events: every line written so far, then new lines as
+/// the step writes them, then `end`. Each `line` event's id is its line number, so a
+/// reconnecting client resumes after the last line it got (`Last-Event-ID`, or `?from=`).
+/// A client that falls too far behind gets `reload`.
+pub async fn stream(
+    State(app): State<App>,
+    Path((slug, number, step)): Path<(String, u64, String)>,
+    Query(q): Query<StreamQuery>,
+    headers: axum::http::HeaderMap,
+) -> ServerResult<impl IntoResponse> {
+    use crate::runner::LiveEvent;
+    use futures_util::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+
+    let run = by_number(&app, &slug, number).await?;
+    let index = step_index(&run, &step)?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(q.from)
+        .unwrap_or(0);
+    // Subscribe before reading the file: every line is in the file before it is sent.
+    let live = app
+        .runner
+        .subscribe(run.id)
+        .filter(|_| run.steps[index].status.is_none());
+    let text = tokio::fs::read_to_string(app.runner.log_path(run.id, index))
+        .await
+        .unwrap_or_default();
+    let mut events = Vec::new();
+    let mut last = after;
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        if n > after {
+            let (stderr, text) = crate::runner::parse_log_line(line);
+            events.push(line_event(n, stderr, text));
+            last = n;
+        }
+    }
+    let written = futures_util::stream::iter(events);
+    let tail = futures_util::stream::unfold(
+        (live, last, false),
+        move |(mut live, last, done)| async move {
+            if done {
+                return None;
+            }
+            let Some(rx) = live.as_mut() else {
+                return Some((end_event(), (live, last, true)));
+            };
+            loop {
+                match rx.recv().await {
+                    Ok(LiveEvent::Line {
+                        step,
+                        number,
+                        stderr,
+                        text,
+                    }) if step == index && number > last => {
+                        return Some((line_event(number, stderr, &text), (live, number, false)));
+                    }
+                    Ok(LiveEvent::StepDone { step }) if step == index => {
+                        return Some((end_event(), (live, last, true)));
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => {
+                        let reload = axum::response::sse::Event::default()
+                            .event("reload")
+                            .data("reload");
+                        return Some((reload, (live, last, true)));
+                    }
+                    Err(RecvError::Closed) => return Some((end_event(), (live, last, true))),
+                }
+            }
+        },
+    );
+    let shutdown = app.shutdown.clone();
+    let events = written
+        .chain(tail)
+        .map(Ok::<_, std::convert::Infallible>)
+        .take_until(async move { shutdown.cancelled().await });
+    Ok((
+        [("x-accel-buffering", "no")],
+        axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()),
+    ))
+}
+
 /// A step's output as stored: one line per output line, `<ms since step start> <o|e> <text>`.
 pub async fn log(
     State(app): State<App>,
     Path((slug, number, step)): Path<(String, u64, String)>,
 ) -> ServerResult<impl IntoResponse> {
     let run = by_number(&app, &slug, number).await?;
-    let index = run
-        .steps
-        .iter()
-        .position(|s| s.name == step)
-        .or_else(|| step.parse::<usize>().ok().filter(|i| *i < run.steps.len()))
-        .ok_or_else(|| {
-            ServerError::NotFound(format!("run {slug}#{number} has no step \"{step}\""))
-        })?;
+    let index = step_index(&run, &step)?;
     let path = app.runner.log_path(run.id, index);
     let text = match tokio::fs::read_to_string(&path).await {
         Ok(text) => text,

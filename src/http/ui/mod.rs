@@ -127,6 +127,12 @@ pub fn routes() -> Vec<Route> {
             Project(Developer),
             runs::rerun,
         ),
+        route(
+            M::GET,
+            "/projects/{slug}/runs/{number}/steps/{step}",
+            Project(Viewer),
+            runs::step,
+        ),
     ];
     // Areas with screens of their own register them above.
     for area in AREAS.iter().filter(|a| a.slug != "projects") {

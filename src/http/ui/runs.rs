@@ -13,10 +13,10 @@ use axum::extract::{Path, State};
 use axum::response::{Html, Redirect};
 use serde::Deserialize;
 
-/// One line of a step's log as shown.
+/// One line of a step's log as shown: HTML with ANSI colours.
 pub struct LogLine {
     pub stderr: bool,
-    pub text: String,
+    pub html: String,
 }
 
 pub struct StepView {
@@ -55,11 +55,10 @@ async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerRes
         let log = lines[skip..]
             .iter()
             .map(|l| {
-                let mut parts = l.splitn(3, ' ');
-                let (_, tag, text) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+                let (stderr, text) = crate::runner::parse_log_line(l);
                 LogLine {
-                    stderr: tag == Some("e"),
-                    text: text.to_string(),
+                    stderr,
+                    html: crate::http::api::runs::log_html(text),
                 }
             })
             .collect();
@@ -159,4 +158,31 @@ pub async fn rerun(
         "/projects/{slug}/runs/{}",
         run.number
     )))
+}
+
+#[derive(Template)]
+#[template(path = "step.html")]
+struct StepPage {
+    layout: Layout,
+    run: Run,
+    index: usize,
+}
+
+/// One step with its log followed live (Server-Sent Events, `live-log.js`).
+pub async fn step(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number, step)): Path<(String, u64, String)>,
+) -> ServerResult<Html<String>> {
+    let run = by_number(&app, &slug, number).await?;
+    let index = crate::http::api::runs::step_index(&run, &step)?;
+    render(&StepPage {
+        layout: Layout::new(
+            format!("{slug} #{number} {}", run.steps[index].name),
+            "projects",
+            Some(&signed.principal),
+        ),
+        run,
+        index,
+    })
 }

@@ -1,0 +1,27 @@
+// Follows a step's log over Server-Sent Events. EventSource reconnects by itself and
+// sends Last-Event-ID, so the server resumes after the last line shown.
+(function () {
+  "use strict";
+  const log = document.querySelector("[data-stream]");
+  if (!log) return;
+  const status = document.querySelector("[data-live-status]");
+  const source = new EventSource(log.dataset.stream);
+  source.addEventListener("line", function (event) {
+    const line = JSON.parse(event.data);
+    const span = document.createElement("span");
+    if (line.stderr) span.className = "stderr";
+    span.innerHTML = line.html; // escaped by the server
+    const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.appendChild(span);
+    log.appendChild(document.createTextNode("\n"));
+    if (follow) log.scrollTop = log.scrollHeight;
+  });
+  source.addEventListener("end", function () {
+    source.close();
+    if (status) status.textContent = "complete";
+  });
+  source.addEventListener("reload", function () {
+    source.close();
+    window.location.reload();
+  });
+})();
