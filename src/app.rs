@@ -121,6 +121,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         config.data_dir.clone(),
         config.run_concurrency,
         config.log.step_max_size,
+        config.workspace_retention,
     );
     let app = App {
         metrics: Arc::new(Metrics::new(store.clone())),

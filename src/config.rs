@@ -95,6 +95,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "How many pipeline runs (and steps within a run) execute at once.",
     },
     OptionSpec {
+        key: "workspace_retention",
+        flag: "workspace-retention",
+        env: "BETCYCLE_WORKSPACE_RETENTION",
+        default: Some("3d"),
+        derived: "",
+        integer: false,
+        value_name: "DURATION",
+        help: "How long the workspace of a failed run is kept for inspection before it is deleted.",
+    },
+    OptionSpec {
         key: "log.level",
         flag: "log-level",
         env: "BETCYCLE_LOG_LEVEL",
@@ -274,6 +284,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub session_lifetime: Duration,
     pub run_concurrency: usize,
+    pub workspace_retention: Duration,
     /// Certificate and key files when HTTPS is on.
     pub tls: Option<TlsConfig>,
     pub log: LogConfig,
@@ -363,6 +374,9 @@ impl Config {
             },
             None => std::thread::available_parallelism().map_or(2, |n| n.get()),
         };
+        let workspace_retention =
+            parse_duration(&get("workspace_retention").expect("has default").0)
+                .map_err(|reason| invalid("workspace_retention", &reason))?;
         let tls = match (get("tls.cert"), get("tls.key")) {
             (Some((cert, _)), Some((key, _))) => Some(TlsConfig {
                 cert: std::path::absolute(cert).map_err(|e| invalid("tls.cert", &e.to_string()))?,
@@ -422,6 +436,7 @@ impl Config {
             shutdown_timeout,
             session_lifetime,
             run_concurrency,
+            workspace_retention,
             tls,
             log: LogConfig {
                 level,

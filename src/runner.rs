@@ -54,10 +54,20 @@ pub struct Runner {
     /// Live output of the runs executing now, by run id.
     live: Mutex<HashMap<u64, tokio::sync::broadcast::Sender<LiveEvent>>>,
     max_step_log: u64,
+    workspace_retention: std::time::Duration,
 }
 
+/// How often kept workspaces are swept.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Runner {
-    pub fn new(store: Store, data_dir: PathBuf, limit: usize, max_step_log: u64) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        data_dir: PathBuf,
+        limit: usize,
+        max_step_log: u64,
+        workspace_retention: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             data_dir,
@@ -66,6 +76,7 @@ impl Runner {
             active: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             max_step_log,
+            workspace_retention,
         })
     }
 
@@ -202,10 +213,47 @@ impl Runner {
         }
     }
 
-    /// Runs queued runs until `shutdown`.
+    /// Deletes kept workspaces older than the retention (not those of runs executing).
+    fn sweep_workspaces(&self) {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("workspaces")) else {
+            return;
+        };
+        let active: Vec<String> = self
+            .active
+            .lock()
+            .expect("runner lock")
+            .keys()
+            .map(u64::to_string)
+            .collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() >= self.workspace_retention);
+            if old && !active.contains(&name) {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(workspace = %entry.path().display(), "removed a kept workspace past its retention")
+                    }
+                    Err(e) => {
+                        tracing::warn!(workspace = %entry.path().display(), error = %e, "cannot remove a kept workspace")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs queued runs until `shutdown`, and sweeps kept workspaces now and then.
     pub async fn work(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
+        let mut last_sweep: Option<Instant> = None;
         loop {
+            if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                last_sweep = Some(Instant::now());
+                let runner = self.clone();
+                let _ = tokio::task::spawn_blocking(move || runner.sweep_workspaces()).await;
+            }
             while tasks.len() < self.limit {
                 match self.store.claim_next_run().await {
                     Ok(Some(run)) => {

@@ -101,13 +101,117 @@ pub struct RunSpec {
     pub reuse: BTreeMap<String, StepResult>,
 }
 
-/// Runs every step; returns the results in pipeline order.
+/// How long services may take to become ready.
+const SERVICE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Starts the pipeline's services, runs every step, stops the services; returns the
+/// step results in pipeline order. If a service does not become ready, no step runs and
+/// each fails with the reason.
 pub async fn run(
     spec: RunSpec,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
 ) -> Vec<StepResult> {
     let spec = Arc::new(spec);
+    let stop_services = cancel.child_token();
+    let services = match start_services(&spec, &observer, &stop_services).await {
+        Ok(services) => services,
+        Err(reason) => {
+            stop_services.cancel();
+            return spec
+                .pipeline
+                .steps
+                .iter()
+                .filter(|s| {
+                    spec.only.as_ref().is_none_or(|only| {
+                        s.name == *only || s.name.starts_with(&format!("{only} ("))
+                    })
+                })
+                .map(|s| {
+                    let mut result = skipped(&s.name, reason.clone());
+                    result.status = StepStatus::Failed;
+                    observer.step_finished(&result);
+                    result
+                })
+                .collect();
+        }
+    };
+    let results = run_steps(spec, observer, cancel).await;
+    stop_services.cancel();
+    for service in services {
+        let _ = service.await;
+    }
+    results
+}
+
+/// Starts every service and waits for its `ready` command to succeed.
+async fn start_services(
+    spec: &RunSpec,
+    observer: &Arc<dyn Observer>,
+    stop: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<Exit>>, String> {
+    let mut tasks = Vec::new();
+    for service in &spec.pipeline.services {
+        let mut env = spec.passthrough.clone();
+        env.extend(spec.pipeline.env.clone());
+        env.extend(service.env.clone());
+        env.extend(spec.context.clone());
+        let label = format!("service {}", service.name);
+        let on_line = {
+            let (observer, label) = (observer.clone(), label.clone());
+            move |stream, text: &str| observer.line(&label, stream, text)
+        };
+        let (run, dir, stop_it, service_env) = (
+            service.run.clone(),
+            spec.workspace.clone(),
+            stop.clone(),
+            env.clone(),
+        );
+        let task = tokio::spawn(async move {
+            process::run(&run, &dir, &service_env, None, &stop_it, on_line).await
+        });
+        if let Some(ready) = &service.ready {
+            let deadline = tokio::time::Instant::now() + SERVICE_READY_TIMEOUT;
+            loop {
+                if task.is_finished() {
+                    return Err(format!(
+                        "service \"{}\" exited before it was ready",
+                        service.name
+                    ));
+                }
+                let probe = process::run(
+                    ready,
+                    &spec.workspace,
+                    &env,
+                    Some(std::time::Duration::from_secs(5)),
+                    stop,
+                    |_, _| {},
+                )
+                .await;
+                if probe == Exit::Code(0) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                    return Err(format!(
+                        "service \"{}\" did not become ready within {} s (`{ready}` kept failing)",
+                        service.name,
+                        SERVICE_READY_TIMEOUT.as_secs()
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+        tasks.push(task);
+    }
+    Ok(tasks)
+}
+
+/// Runs every step, independent ones in parallel.
+async fn run_steps(
+    spec: Arc<RunSpec>,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> Vec<StepResult> {
     let n = spec.pipeline.steps.len();
     let selected: Vec<bool> = spec
         .pipeline

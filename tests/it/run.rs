@@ -197,3 +197,34 @@ fn step_selection_and_when_filters() {
     assert_eq!(code, 2);
     assert_eq!(stderr, "error: no step \"c\"; steps are a, b\n");
 }
+
+#[test]
+fn services_run_for_the_duration_of_the_run() {
+    let dir = tempdir();
+    git_repo(
+        dir.path(),
+        "services:\n  - name: db\n    run: echo $$ > db.pid; echo up > db.ready; exec sleep 600\n    ready: test -e db.ready\nsteps:\n  - name: use-db\n    run: cat db.ready\n",
+    );
+    let (code, stdout, stderr) = run(betcycle(dir.path()).arg("run"));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("[use-db] up"), "{stdout}");
+    let pid = std::fs::read_to_string(dir.path().join("db.pid")).unwrap();
+    assert!(gone(pid.trim()), "the service outlived the run");
+
+    // A service that dies before it is ready fails every step, saying why.
+    git_repo_update(
+        dir.path(),
+        "services:\n  - name: db\n    run: exit 1\n    ready: test -e never\nsteps:\n  - name: use-db\n    run: echo never\n",
+    );
+    let (code, stdout, _) = run(betcycle(dir.path()).arg("run"));
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("✗ use-db failed: service \"db\" exited before it was ready"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("[use-db] never"));
+}
+
+fn git_repo_update(dir: &Path, pipeline: &str) {
+    std::fs::write(dir.join(".betcycle.yml"), pipeline).unwrap();
+}

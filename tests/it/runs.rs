@@ -499,3 +499,38 @@ async fn a_step_log_streams_live_with_colours_and_resumes_after_a_reconnect() {
     let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, [5, 6]);
 }
+
+#[tokio::test]
+async fn a_failed_runs_workspace_is_kept_until_its_retention_passes() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(
+        &repo,
+        "steps:\n  - name: broken\n    run: echo evidence > left-behind.txt; exit 1\n",
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+    trigger(&server, "demo").await;
+    assert_eq!(
+        wait_for(&server, "demo", 1, finished).await["status"],
+        "failed"
+    );
+    let workspace = server.data_dir.join("workspaces/1");
+    assert!(
+        workspace.join("left-behind.txt").exists(),
+        "kept for inspection"
+    );
+    assert!(server.stop().success());
+
+    // With the retention passed, the sweep at start-up removes it.
+    let _server = Server::start_admin(dir.path(), &["--workspace-retention", "0s"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while workspace.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the kept workspace was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
