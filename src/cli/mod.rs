@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod healthcheck;
 mod offline;
+mod project;
 mod run;
 mod serve;
 mod token;
@@ -55,6 +56,13 @@ enum Verb {
     Run(run::Run),
     /// Start a run on a server (token from BETCYCLE_TOKEN).
     Trigger(trigger::Trigger),
+    /// Projects on a server: list, create, show (token from BETCYCLE_TOKEN).
+    Project {
+        #[command(subcommand)]
+        verb: project::ProjectVerb,
+        #[command(flatten)]
+        server: project::ServerArgs,
+    },
     /// Print the version.
     Version,
 }
@@ -95,6 +103,7 @@ pub fn main() -> ExitCode {
         Verb::Validate(verb) => verb.run(),
         Verb::Run(verb) => verb.run(env),
         Verb::Trigger(verb) => verb.run(env),
+        Verb::Project { verb, server } => verb.run(server, env),
         Verb::Routes => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

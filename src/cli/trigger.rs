@@ -2,6 +2,8 @@
 //! `--wait`, follow it and exit with its result.
 
 use super::Failure;
+use super::project::{Api, block_on};
+use reqwest::Method;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,45 +26,23 @@ pub struct Trigger {
 
 impl Trigger {
     pub fn run(self, env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
-        let token = env.get("BETCYCLE_TOKEN").cloned().ok_or_else(|| {
-            Failure::Usage("set BETCYCLE_TOKEN to an API token with the write scope".into())
-        })?;
-        let server = self
-            .server
-            .or_else(|| env.get("BETCYCLE_SERVER").cloned())
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        let server = server.trim_end_matches('/').to_string();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
-        runtime.block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .map_err(|e| Failure::Runtime(e.to_string()))?;
-            let url = format!("{server}/api/v1/projects/{}/runs", self.project);
-            let response = client
-                .post(&url)
-                .bearer_auth(&token)
-                .json(&serde_json::json!({ "ref": self.git_ref }))
-                .send()
-                .await
-                .map_err(|e| Failure::Runtime(format!("cannot reach {server}: {e}")))?;
-            let status = response.status();
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            if !status.is_success() {
-                let message = body["message"].as_str().unwrap_or("no message");
-                return Err(Failure::Runtime(format!(
-                    "the server refused ({status}): {message}"
-                )));
-            }
-            let number = body["number"].as_u64().unwrap_or_default();
-            let commit = body["commit"].as_str().unwrap_or_default();
+        let api = Api::new(self.server.clone(), &env)?;
+        block_on(async {
+            let runs = format!("/api/v1/projects/{}/runs", self.project);
+            let run = api
+                .send(
+                    Method::POST,
+                    &runs,
+                    Some(serde_json::json!({ "ref": self.git_ref })),
+                )
+                .await?;
+            let number = run["number"].as_u64().unwrap_or_default();
+            let commit = run["commit"].as_str().unwrap_or_default();
             println!(
-                "queued {}#{number} at {} ({server}/projects/{}/runs/{number})",
+                "queued {}#{number} at {} ({}/projects/{}/runs/{number})",
                 self.project,
                 &commit[..commit.len().min(12)],
+                api.server(),
                 self.project
             );
             if !self.wait {
@@ -70,15 +50,9 @@ impl Trigger {
             }
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let run: serde_json::Value = client
-                    .get(format!("{url}/{number}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .map_err(|e| Failure::Runtime(format!("cannot reach {server}: {e}")))?
-                    .json()
-                    .await
-                    .map_err(|e| Failure::Runtime(format!("unexpected answer: {e}")))?;
+                let run = api
+                    .send(Method::GET, &format!("{runs}/{number}"), None)
+                    .await?;
                 let status = run["status"].as_str().unwrap_or_default();
                 if !matches!(status, "queued" | "running") {
                     println!("{}#{number} {status}", self.project);

@@ -213,3 +213,51 @@ async fn project_roles_decide_who_sees_and_changes_a_project() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_project_cli_lists_creates_and_shows_through_the_api() {
+    use crate::harness::{betcycle, run};
+    let dir = tempdir();
+    let server = Server::start_admin(dir.path(), &[]);
+    let token = server.token.clone().unwrap();
+    let cli = |args: &[&str]| {
+        run(betcycle(dir.path())
+            .arg("project")
+            .args(args)
+            .args(["--server", &server.url])
+            .env("BETCYCLE_TOKEN", &token))
+    };
+    let (code, stdout, stderr) = cli(&[
+        "create",
+        "web",
+        "--repository",
+        "https://git.example.com/web.git",
+        "--default-branch",
+        "trunk",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("created project web ("), "{stdout}");
+    let (code, stdout, _) = cli(&["list"]);
+    assert_eq!(code, 0);
+    let row = stdout.lines().nth(1).unwrap();
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields,
+        [
+            "web",
+            "maintainer",
+            "trunk",
+            "https://git.example.com/web.git"
+        ]
+    );
+    let (code, stdout, _) = cli(&["show", "web"]);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["pipeline_path"], ".betcycle.yml");
+    let (code, _, stderr) = cli(&["create", "web", "--repository", "/srv/web"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "error: the server refused (409 Conflict): project \"web\" already exists\n"
+    );
+}
