@@ -87,7 +87,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         .record_start(crate::VERSION, std::process::id())
         .await?;
     let (requeued, failed) = store
-        .recover_interrupted_runs(crate::runner::MAX_RESTARTS)
+        .recover_interrupted_runs(config.run_max_restarts)
         .await?;
     if requeued + failed > 0 {
         tracing::warn!(

@@ -95,6 +95,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "How many pipeline runs (and steps within a run) execute at once.",
     },
     OptionSpec {
+        key: "run_max_restarts",
+        flag: "run-max-restarts",
+        env: "BETCYCLE_RUN_MAX_RESTARTS",
+        default: Some("1"),
+        derived: "",
+        integer: true,
+        value_name: "N",
+        help: "How many times a run interrupted by a server restart is re-queued before it is failed.",
+    },
+    OptionSpec {
         key: "workspace_retention",
         flag: "workspace-retention",
         env: "BETCYCLE_WORKSPACE_RETENTION",
@@ -284,6 +294,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub session_lifetime: Duration,
     pub run_concurrency: usize,
+    pub run_max_restarts: u32,
     pub workspace_retention: Duration,
     /// Certificate and key files when HTTPS is on.
     pub tls: Option<TlsConfig>,
@@ -374,6 +385,11 @@ impl Config {
             },
             None => std::thread::available_parallelism().map_or(2, |n| n.get()),
         };
+        let run_max_restarts = get("run_max_restarts")
+            .expect("has default")
+            .0
+            .parse::<u32>()
+            .map_err(|_| invalid("run_max_restarts", "expected a whole number such as 1"))?;
         let workspace_retention =
             parse_duration(&get("workspace_retention").expect("has default").0)
                 .map_err(|reason| invalid("workspace_retention", &reason))?;
@@ -436,6 +452,7 @@ impl Config {
             shutdown_timeout,
             session_lifetime,
             run_concurrency,
+            run_max_restarts,
             workspace_retention,
             tls,
             log: LogConfig {

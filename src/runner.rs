@@ -41,9 +41,6 @@ const LIVE_BUFFER: usize = 4096;
 /// How often the worker looks at the queue when nothing wakes it.
 const POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How many times a run interrupted by a restart is re-queued before it fails.
-pub const MAX_RESTARTS: u32 = 1;
-
 pub struct Runner {
     store: Store,
     data_dir: PathBuf,

@@ -255,6 +255,15 @@ async fn a_restart_mid_run_requeues_it_and_leaves_nothing_running() {
     let run = wait_for(&server, "demo", 2, finished).await;
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["restarts"], 1);
+
+    // With no restarts allowed, an interrupted run is failed instead.
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 3, |r| r["steps"][0]["running"] == true).await;
+    server.kill();
+    let server = Server::start_admin(dir.path(), &["--run-max-restarts", "0"]);
+    let run: Value = server.get_json("/api/v1/projects/demo/runs/3").await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["message"], "interrupted by a server restart");
 }
 
 #[tokio::test]
