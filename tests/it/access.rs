@@ -231,13 +231,11 @@ async fn every_changing_route_is_declared_and_enforced() {
 }
 
 fn setup_token(server: &Server) -> String {
-    server
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|v| v["fields"]["setup_url"].as_str().map(str::to_string))
-        .and_then(|u| u.split("token=").nth(1).map(str::to_string))
-        .expect("set-up token in the log")
+    let url = server.setup_url();
+    url.split("token=")
+        .nth(1)
+        .expect("a token parameter")
+        .to_string()
 }
 
 async fn sign_in(server: &Server, name: &str, password: &str) -> reqwest::Response {

@@ -207,12 +207,7 @@ async fn first_run_setup_then_sign_in_create_a_token_and_sign_out() {
     };
     let dir = tempdir();
     let server = Server::start(dir.path(), &[]);
-    let setup_url = server
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["fields"]["setup_url"].as_str().map(str::to_string))
-        .expect("the set-up URL is in the log");
+    let setup_url = server.setup_url();
     let c = &browser.client;
 
     // The set-up link carries the token; the person picks a name and a password.

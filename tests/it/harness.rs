@@ -162,6 +162,15 @@ impl Server {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The one-time set-up URL a server without users prints to its log.
+    pub fn setup_url(&self) -> String {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["fields"]["setup_url"].as_str().map(str::to_string))
+            .expect("the set-up URL is in the log")
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: sending a signal to our own child process.
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);

@@ -8,6 +8,16 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// A git repository with `pipeline`, a server (with `extra` flags) and project `demo`.
+async fn demo(dir: &Path, pipeline: &str, extra: &[&str]) -> (Server, std::path::PathBuf) {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(&repo, pipeline);
+    let server = Server::start_admin(dir, extra);
+    project(&server, "demo", &repo).await;
+    (server, repo)
+}
+
 async fn project(server: &Server, slug: &str, repo: &Path) {
     let created = server
         .request(Method::POST, "/api/v1/projects")
@@ -56,11 +66,7 @@ fn finished(run: &Value) -> bool {
 #[tokio::test]
 async fn a_triggered_run_executes_the_dag_and_records_steps_tests_coverage_and_artifacts() {
     let dir = tempdir();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_repo(&repo, DAG);
-    let server = Server::start_admin(dir.path(), &[]);
-    project(&server, "demo", &repo).await;
+    let (server, repo) = demo(dir.path(), DAG, &[]).await;
 
     let run = trigger(&server, "demo").await;
     assert_eq!(run["number"], 1);
@@ -180,14 +186,12 @@ async fn a_triggered_run_executes_the_dag_and_records_steps_tests_coverage_and_a
 #[tokio::test]
 async fn cancel_kills_the_step_and_its_grandchild() {
     let dir = tempdir();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_repo(
-        &repo,
+    let (server, _) = demo(
+        dir.path(),
         "steps:\n  - name: hang\n    run: sh -c 'sleep 600 & echo $! > grandchild.pid; wait'\n",
-    );
-    let server = Server::start_admin(dir.path(), &[]);
-    project(&server, "demo", &repo).await;
+        &[],
+    )
+    .await;
     trigger(&server, "demo").await;
     let pid_file = server.data_dir.join("workspaces/1/grandchild.pid");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -219,14 +223,12 @@ async fn cancel_kills_the_step_and_its_grandchild() {
 #[tokio::test]
 async fn a_restart_mid_run_requeues_it_and_leaves_nothing_running() {
     let dir = tempdir();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_repo(
-        &repo,
+    let (server, _) = demo(
+        dir.path(),
         "steps:\n  - name: slow\n    run: sleep 2; echo finished\n",
-    );
-    let server = Server::start_admin(dir.path(), &[]);
-    project(&server, "demo", &repo).await;
+        &[],
+    )
+    .await;
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 1, |r| r["steps"][0]["running"] == true).await;
     assert!(server.stop().success());
@@ -269,11 +271,7 @@ async fn a_restart_mid_run_requeues_it_and_leaves_nothing_running() {
 #[tokio::test]
 async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
     let dir = tempdir();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_repo(&repo, DAG);
-    let server = Server::start_admin(dir.path(), &[]);
-    project(&server, "demo", &repo).await;
+    let (server, _) = demo(dir.path(), DAG, &[]).await;
     let token = server.token.clone().unwrap();
 
     let (code, stdout, stderr) = run_cmd(
@@ -342,14 +340,12 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
 #[tokio::test]
 async fn step_output_beyond_the_cap_is_dropped_with_a_notice() {
     let dir = tempdir();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_repo(
-        &repo,
+    let (server, _) = demo(
+        dir.path(),
         "steps:\n  - name: chatty\n    run: for i in $(seq 1 100); do echo line $i; done\n",
-    );
-    let server = Server::start_admin(dir.path(), &["--log-step-max-size", "200"]);
-    project(&server, "demo", &repo).await;
+        &["--log-step-max-size", "200"],
+    )
+    .await;
     trigger(&server, "demo").await;
     let run = wait_for(&server, "demo", 1, finished).await;
     assert_eq!(run["status"], "succeeded");
@@ -467,14 +463,7 @@ async fn read_log_stream(mut response: reqwest::Response) -> Vec<(u64, Value)> {
 #[tokio::test]
 async fn a_step_log_streams_live_with_colours_and_resumes_after_a_reconnect() {
     let dir = tempdir();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_repo(
-        &repo,
-        "steps:\n  - name: talk\n    run: \"printf '\\\\033[31mred alert\\\\033[0m\\\\n'; for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done\"\n",
-    );
-    let server = Server::start_admin(dir.path(), &[]);
-    project(&server, "demo", &repo).await;
+    let (server, _) = demo(dir.path(), "steps:\n  - name: talk\n    run: \"printf '\\\\033[31mred alert\\\\033[0m\\\\n'; for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done\"\n", &[]).await;
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 1, |r| r["steps"][0]["running"] == true).await;
 
@@ -512,14 +501,12 @@ async fn a_step_log_streams_live_with_colours_and_resumes_after_a_reconnect() {
 #[tokio::test]
 async fn a_failed_runs_workspace_is_kept_until_its_retention_passes() {
     let dir = tempdir();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_repo(
-        &repo,
+    let (server, _) = demo(
+        dir.path(),
         "steps:\n  - name: broken\n    run: echo evidence > left-behind.txt; exit 1\n",
-    );
-    let server = Server::start_admin(dir.path(), &[]);
-    project(&server, "demo", &repo).await;
+        &[],
+    )
+    .await;
     trigger(&server, "demo").await;
     assert_eq!(
         wait_for(&server, "demo", 1, finished).await["status"],

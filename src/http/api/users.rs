@@ -162,16 +162,7 @@ pub async fn add_member(
     signed: Signed,
     Path((team, user)): Path<(String, String)>,
 ) -> ServerResult<StatusCode> {
-    app.store
-        .set_team_member(
-            &team,
-            &user,
-            true,
-            Record::new(&signed.audit, "team.add_member", format!("team:{team}"))
-                .detail(format!("user:{user}")),
-        )
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    set_membership(&app, &signed, &team, &user, true).await
 }
 
 pub async fn remove_member(
@@ -179,14 +170,25 @@ pub async fn remove_member(
     signed: Signed,
     Path((team, user)): Path<(String, String)>,
 ) -> ServerResult<StatusCode> {
+    set_membership(&app, &signed, &team, &user, false).await
+}
+
+async fn set_membership(
+    app: &App,
+    signed: &Signed,
+    team: &str,
+    user: &str,
+    member: bool,
+) -> ServerResult<StatusCode> {
+    let action = if member {
+        "team.add_member"
+    } else {
+        "team.remove_member"
+    };
+    let record =
+        Record::new(&signed.audit, action, format!("team:{team}")).detail(format!("user:{user}"));
     app.store
-        .set_team_member(
-            &team,
-            &user,
-            false,
-            Record::new(&signed.audit, "team.remove_member", format!("team:{team}"))
-                .detail(format!("user:{user}")),
-        )
+        .set_team_member(team, user, member, record)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
