@@ -313,6 +313,14 @@ impl Runner {
             .lock()
             .expect("runner lock")
             .insert(id, cancel.clone());
+        // A cancel between the claim and the line above found no token and marked the run
+        // cancelled; it must not run after all.
+        if let Ok(Some(current)) = self.store.run(id).await
+            && current.status.is_finished()
+        {
+            self.active.lock().expect("runner lock").remove(&id);
+            return;
+        }
         let outcome = self.execute_inner(run, &cancel).await;
         self.active.lock().expect("runner lock").remove(&id);
         if shutdown.is_cancelled() {
