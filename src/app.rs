@@ -33,6 +33,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub login_throttle: Arc<LoginThrottle>,
     pub runner: Arc<crate::runner::Runner>,
+    /// Seals and opens project credentials (webhook secrets, forge tokens).
+    pub master_key: crate::seal::MasterKey,
+    /// Wakes the schedule worker when schedules change.
+    pub schedules_changed: Arc<tokio::sync::Notify>,
     /// SHA-256 of the one-time set-up token while no user exists; `None` afterwards.
     pub setup_token_digest: Arc<Mutex<Option<String>>>,
 }
@@ -123,7 +127,10 @@ pub async fn serve(mut config: Config) -> Result<()> {
         config.log.step_max_size,
         config.workspace_retention,
     );
+    let master_key = crate::seal::MasterKey::load_or_create(&config.data_dir)?;
     let app = App {
+        master_key: master_key.clone(),
+        schedules_changed: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::new(Metrics::new(store.clone())),
         config: Arc::new(config),
         store: store.clone(),
@@ -139,6 +146,23 @@ pub async fn serve(mut config: Config) -> Result<()> {
         runner,
     };
     let worker = tokio::spawn(app.runner.clone().work(app.shutdown.clone()));
+    let reporter = crate::forge::status::Reporter::new(
+        store.clone(),
+        master_key,
+        app.config.public_url.clone(),
+    );
+    tokio::spawn(reporter.work(app.events.clone(), app.shutdown.clone()));
+    tokio::spawn(crate::schedule::work(
+        store.clone(),
+        app.runner.clone(),
+        app.schedules_changed.clone(),
+        app.shutdown.clone(),
+    ));
+    tokio::spawn(crate::poll::work(
+        store.clone(),
+        app.runner.clone(),
+        app.shutdown.clone(),
+    ));
     tokio::spawn(stop_on_signal(app.shutdown.clone()));
 
     crate::http::serve(app.clone(), listener).await?;

@@ -43,6 +43,15 @@ pub struct Context {
 }
 
 impl Context {
+    /// BetCycle itself acting (a schedule, a poll, a superseded run).
+    pub fn system(actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            source: "system".into(),
+            request_id: String::new(),
+        }
+    }
+
     pub fn cli() -> Self {
         // SAFETY: getuid cannot fail and has no preconditions.
         let user =

@@ -6,19 +6,25 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod executor;
+pub mod forge;
+pub mod git;
 pub mod health;
 pub mod http;
 pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod poll;
 pub mod project;
 pub mod reports;
 pub mod run;
 pub mod runner;
+pub mod schedule;
+pub mod seal;
 pub mod store;
 
 /// This build's version, as `betcycle version`, `/metrics` and the console show it.

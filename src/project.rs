@@ -1,5 +1,6 @@
 //! Projects: a git repository with a pipeline file, and who may do what with it.
 
+use crate::forge::ForgeLink;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,36 @@ pub struct Project {
     #[serde(default)]
     pub owner_team: Option<String>,
     pub created_at: Timestamp,
+    /// Where the repository lives on its forge (for commit statuses and commit links).
+    #[serde(default)]
+    pub forge: Option<ForgeLink>,
+    /// How often the repository's branches and tags are checked for changes (`5m`); no
+    /// polling when absent (webhooks then trigger runs).
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+}
+
+/// Names of the sealed credentials a project may hold.
+pub const CREDENTIALS: [&str; 2] = [WEBHOOK_SECRET, crate::forge::status::FORGE_TOKEN];
+
+/// The credential webhook deliveries are verified with.
+pub const WEBHOOK_SECRET: &str = "webhook_secret";
+
+/// The context a project credential is sealed for: it opens nowhere else.
+pub fn credential_context(project_id: u64, name: &str) -> String {
+    format!("project:{project_id}/{name}")
+}
+
+/// The shortest polling interval.
+pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Project {
+    /// The polling interval, when polling is on.
+    pub fn poll_every(&self) -> Option<std::time::Duration> {
+        self.poll_interval
+            .as_deref()
+            .and_then(|p| crate::config::parse_duration(p).ok())
+    }
 }
 
 /// What a caller sends to create or change a project; absent fields keep their value
@@ -35,6 +66,18 @@ pub struct ProjectChange {
     pub pipeline_path: Option<String>,
     #[serde(default)]
     pub owner_team: Option<String>,
+    /// `github`, `gitea`, `forgejo` or `gitlab`; empty removes the forge link.
+    #[serde(default)]
+    pub forge_kind: Option<String>,
+    /// The repository's web page on the forge.
+    #[serde(default)]
+    pub forge_url: Option<String>,
+    /// The forge's API root, when it is not the usual one for `forge_url`.
+    #[serde(default)]
+    pub forge_api_url: Option<String>,
+    /// A duration (`30s`, `5m`); empty or `off` turns polling off.
+    #[serde(default)]
+    pub poll_interval: Option<String>,
 }
 
 impl ProjectChange {
@@ -48,6 +91,10 @@ impl ProjectChange {
             default_branch: keep(self.default_branch),
             pipeline_path: keep(self.pipeline_path),
             owner_team: self.owner_team,
+            forge_kind: self.forge_kind,
+            forge_url: self.forge_url,
+            forge_api_url: self.forge_api_url,
+            poll_interval: self.poll_interval,
         }
     }
 }
@@ -105,6 +152,47 @@ pub fn apply(project: &mut Project, change: ProjectChange) -> Result<(), String>
     }
     if let Some(team) = change.owner_team {
         project.owner_team = Some(team).filter(|t| !t.trim().is_empty());
+    }
+    if change.forge_kind.is_some() || change.forge_url.is_some() || change.forge_api_url.is_some() {
+        let kind = change
+            .forge_kind
+            .or_else(|| project.forge.as_ref().map(|f| f.kind.as_str().to_string()))
+            .unwrap_or_default();
+        if kind.trim().is_empty() {
+            project.forge = None;
+        } else {
+            let link = ForgeLink {
+                kind: crate::forge::Forge::parse(&kind)?,
+                url: change
+                    .forge_url
+                    .or_else(|| project.forge.as_ref().map(|f| f.url.clone()))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                api_url: change
+                    .forge_api_url
+                    .or_else(|| project.forge.as_ref().and_then(|f| f.api_url.clone()))
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty()),
+            };
+            link.validate()?;
+            project.forge = Some(link);
+        }
+    }
+    if let Some(interval) = change.poll_interval {
+        let interval = interval.trim();
+        if interval.is_empty() || interval == "off" {
+            project.poll_interval = None;
+        } else {
+            let every = crate::config::parse_duration(interval)
+                .map_err(|e| format!("poll_interval \"{interval}\": {e}"))?;
+            if every < MIN_POLL_INTERVAL {
+                return Err(format!(
+                    "poll_interval \"{interval}\" is shorter than the minimum of 1s"
+                ));
+            }
+            project.poll_interval = Some(interval.to_string());
+        }
     }
     Ok(())
 }

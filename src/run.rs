@@ -3,10 +3,12 @@
 //! step output lives in log files under `<data-dir>/runs/<id>/`.
 
 use crate::executor::{Artifact, StepResult, StepStatus};
+use crate::forge::webhook::PullRequest;
 use crate::reports::coverage::Coverage;
 use crate::reports::junit::TestSummary;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,6 +61,24 @@ impl Run {
     pub fn short_commit(&self) -> &str {
         &self.commit[..self.commit.len().min(12)]
     }
+
+    /// The values `${name}` placeholders (in `concurrency.group`) expand to.
+    pub fn variables(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("project", self.project.clone()),
+            ("branch", self.branch.clone().unwrap_or_default()),
+            ("ref", self.git_ref.clone()),
+            ("event", self.event.clone()),
+            ("commit", self.commit.clone()),
+            (
+                "pull_request",
+                self.pull_request
+                    .as_ref()
+                    .map(|p| p.number.to_string())
+                    .unwrap_or_default(),
+            ),
+        ])
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -97,6 +117,25 @@ pub struct Run {
     pub failed_only: bool,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+    /// Environment overrides given with the trigger (parameters, not secrets).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Files the change touched (from git or the webhook payload); `None` when unknown,
+    /// and then `when.paths` filters pass.
+    #[serde(default)]
+    pub changed_paths: Option<Vec<String>>,
+    /// The pull (merge) request the run checks, for `pull_request` runs.
+    #[serde(default)]
+    pub pull_request: Option<PullRequest>,
+    /// The pipeline's concurrency group for this run (`concurrency.group`, expanded).
+    #[serde(default)]
+    pub concurrency_group: Option<String>,
+    /// The webhook delivery that triggered it.
+    #[serde(default)]
+    pub delivery: Option<u64>,
+    /// The cron schedule that triggered it.
+    #[serde(default)]
+    pub schedule: Option<u64>,
 }
 
 /// A step of a run as stored; `status` is `None` until it has finished.

@@ -9,6 +9,8 @@ use crate::audit::{Context, Record};
 use crate::error::{Error, Result};
 use crate::executor::process::{PASSTHROUGH_ENV, Stream};
 use crate::executor::{self, Observer, RunSpec, StepResult};
+use crate::forge::webhook::PullRequest;
+use crate::git::{self, Mirrors, short};
 use crate::pipeline::Trigger;
 use crate::project::Project;
 use crate::run::{Run, RunStatus, StepRecord};
@@ -52,7 +54,37 @@ pub struct Runner {
     live: Mutex<HashMap<u64, tokio::sync::broadcast::Sender<LiveEvent>>>,
     max_step_log: u64,
     workspace_retention: std::time::Duration,
+    /// The projects' repository mirrors.
+    pub mirrors: Mirrors,
 }
+
+/// What to run and why: everything a trigger (webhook, poll, schedule, console, API)
+/// knows about the change it reacts to.
+#[derive(Clone, Debug, Default)]
+pub struct TriggerSpec {
+    /// `push`, `tag`, `pull_request`, `manual`, `api`, `cron`.
+    pub event: String,
+    /// A branch, tag, `refs/…` name or commit; the default branch when absent.
+    pub git_ref: Option<String>,
+    /// The exact commit when the trigger knows it (a webhook payload does).
+    pub commit: Option<String>,
+    /// The commit the ref pointed to before a push: changed paths are computed from it.
+    pub before: Option<String>,
+    /// Changed paths the trigger already knows (a push payload's commit lists); git's
+    /// answer is preferred when it can give one.
+    pub changed_paths: Option<Vec<String>>,
+    /// Environment overrides (trigger parameters); they win over the pipeline's `env`.
+    pub env: BTreeMap<String, String>,
+    pub pull_request: Option<PullRequest>,
+    /// The webhook delivery or schedule that caused the run.
+    pub delivery: Option<u64>,
+    pub schedule: Option<u64>,
+    /// A note shown on the run (e.g. "catch-up after downtime").
+    pub message: String,
+}
+
+/// Changed-path lists longer than this are not kept: path filters then pass.
+const MAX_CHANGED_PATHS: usize = 5000;
 
 /// How often kept workspaces are swept.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -67,13 +99,14 @@ impl Runner {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            data_dir,
             limit: limit.max(1),
             wake: Notify::new(),
             active: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             max_step_log,
             workspace_retention,
+            mirrors: Mirrors::new(&data_dir),
+            data_dir,
         })
     }
 
@@ -101,30 +134,58 @@ impl Runner {
         self.log_dir(id).join(format!("{index}.log"))
     }
 
-    /// Resolves `git_ref` in the project's repository and queues a run for that commit.
+    /// Fetches the project's repository, resolves what `spec` asks for to a commit, works
+    /// out the changed paths and the pipeline's concurrency group, and queues a run. A run
+    /// whose group cancels in-progress runs cancels the older ones of its group.
     pub async fn trigger(
         &self,
         project: &Project,
-        git_ref: Option<&str>,
-        event: &str,
+        spec: TriggerSpec,
         ctx: &Context,
     ) -> Result<Run> {
-        let git_ref = git_ref
+        // One trigger per project at a time: runs are numbered (and superseded) in the
+        // order their triggers arrived.
+        let lock = self.mirrors.lock(project.id);
+        let _guard = lock.lock().await;
+        let mirror = self.mirrors.fetch(project.id, &project.repository).await?;
+        let git_ref = spec
+            .git_ref
+            .as_deref()
             .map(str::trim)
             .filter(|r| !r.is_empty())
-            .unwrap_or(&project.default_branch)
-            .to_string();
-        let commit = resolve(&project.repository, &git_ref).await?;
-        let branch = match git_ref.strip_prefix("refs/heads/") {
-            Some(b) => Some(b.to_string()),
-            None if git_ref.starts_with("refs/") || is_commit(&git_ref) => None,
-            None => Some(git_ref.clone()),
+            .map(str::to_string)
+            .or_else(|| spec.commit.clone())
+            .unwrap_or_else(|| project.default_branch.clone());
+        let commit = git::resolve(&mirror, spec.commit.as_deref().unwrap_or(&git_ref)).await?;
+        let branch = match (&spec.pull_request, git_ref.strip_prefix("refs/heads/")) {
+            // As in Drone and Woodpecker: a pull request's branch is the one it targets.
+            (Some(pr), _) => Some(pr.base_branch.clone()),
+            (None, Some(b)) => Some(b.to_string()),
+            _ if git_ref.starts_with("refs/") || git::is_commit(&git_ref) => None,
+            _ => git::resolve(&mirror, &format!("refs/heads/{git_ref}"))
+                .await
+                .ok()
+                .map(|_| git_ref.clone()),
         };
-        let run = Run {
+        let from_git = match (&spec.pull_request, &spec.before) {
+            (Some(pr), _) => {
+                let base = format!("refs/heads/{}", pr.base_branch);
+                git::changed_paths(&mirror, &base, &commit, true).await.ok()
+            }
+            (None, Some(before)) => git::changed_paths(&mirror, before, &commit, false)
+                .await
+                .ok(),
+            (None, None) => None,
+        };
+        let changed_paths = from_git
+            .or(spec.changed_paths)
+            .filter(|p| p.len() <= MAX_CHANGED_PATHS);
+
+        let mut run = Run {
             id: 0,
             project: project.slug.clone(),
             number: 0,
-            event: event.to_string(),
+            event: spec.event,
             git_ref,
             branch,
             commit,
@@ -133,13 +194,59 @@ impl Runner {
             created_at: jiff::Timestamp::now(),
             started_at: None,
             finished_at: None,
-            message: String::new(),
+            message: spec.message,
             restarts: 0,
             rerun_of: None,
             failed_only: false,
             steps: Vec::new(),
+            env: spec.env,
+            changed_paths,
+            pull_request: spec.pull_request,
+            concurrency_group: None,
+            delivery: spec.delivery,
+            schedule: spec.schedule,
         };
-        self.enqueue(run, ctx).await
+        // The pipeline at that commit says which concurrency group the run is in. A file
+        // with problems is reported when the run starts, not here.
+        let mut cancel_in_progress = false;
+        if let Some(text) = git::read_file(&mirror, &run.commit, &project.pipeline_path).await?
+            && let Ok(pipeline) = crate::pipeline::parse(&project.pipeline_path, &text)
+            && let Some(concurrency) = pipeline.concurrency
+        {
+            run.concurrency_group = Some(concurrency.group_for(&run.variables()));
+            cancel_in_progress = concurrency.cancel_in_progress;
+        }
+        let run = self.enqueue(run, ctx).await?;
+        if cancel_in_progress {
+            self.supersede(&run).await?;
+        }
+        Ok(run)
+    }
+
+    /// Cancels the unfinished runs of `run`'s concurrency group that came before it.
+    async fn supersede(&self, run: &Run) -> Result<()> {
+        let older: Vec<Run> = self
+            .store
+            .unfinished_runs()
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.project == run.project
+                    && r.id < run.id
+                    && r.concurrency_group.is_some()
+                    && r.concurrency_group == run.concurrency_group
+            })
+            .collect();
+        let ctx = Context::system("system");
+        for old in older {
+            let reason = format!(
+                "superseded by #{} (concurrency group {})",
+                run.number,
+                run.concurrency_group.as_deref().unwrap_or_default()
+            );
+            self.cancel_because(&old, &ctx, reason).await?;
+        }
+        Ok(())
     }
 
     /// Queues a new run of the same commit as `previous`; with `failed_only`, steps that
@@ -184,25 +291,37 @@ impl Runner {
 
     /// Cancels a queued or running run (audited). Returns the run as it is now.
     pub async fn cancel(&self, run: &Run, ctx: &Context) -> Result<Run> {
+        self.cancel_because(run, ctx, format!("cancelled by {}", ctx.actor))
+            .await
+    }
+
+    /// Cancels a queued or running run, noting `reason` on it (audited).
+    pub async fn cancel_because(&self, run: &Run, ctx: &Context, reason: String) -> Result<Run> {
         let record = Record::new(ctx, "run.cancel", format!("project:{}", run.project))
-            .detail(format!("run #{}", run.number));
+            .detail(format!("run #{}: {reason}", run.number));
         self.store.audit(record).await?;
         let id = run.id;
         let token = self.active.lock().expect("runner lock").get(&id).cloned();
         match token {
             // The executing task records the outcome once its steps are killed.
             Some(token) => {
+                let run = self
+                    .store
+                    .update_run(id, move |run| {
+                        if !run.status.is_finished() {
+                            run.message = reason;
+                        }
+                    })
+                    .await?;
                 token.cancel();
-                self.store.run(id).await?.ok_or_else(|| Error::NotFound {
-                    what: format!("run {id}"),
-                })
+                Ok(run)
             }
             None => {
                 self.store
-                    .update_run(id, |run| {
+                    .update_run(id, move |run| {
                         if !run.status.is_finished() {
                             run.status = RunStatus::Cancelled;
-                            run.message = "cancelled before it started".into();
+                            run.message = format!("{reason} before it started");
                         }
                     })
                     .await
@@ -306,6 +425,22 @@ impl Runner {
         Ok(reuse)
     }
 
+    /// Checks `commit` out into `workspace` from the project's mirror, fetching first when
+    /// the mirror does not have it (a run queued before a restart, or an old re-run).
+    async fn checkout(&self, project: &Project, commit: &str, workspace: &Path) -> Result<()> {
+        let mirror = self.mirrors.path(project.id);
+        if git::checkout(&mirror, &project.repository, commit, workspace)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let lock = self.mirrors.lock(project.id);
+        let _guard = lock.lock().await;
+        let mirror = self.mirrors.fetch(project.id, &project.repository).await?;
+        git::checkout(&mirror, &project.repository, commit, workspace).await
+    }
+
     async fn execute(self: Arc<Self>, run: Run, shutdown: CancellationToken) {
         let id = run.id;
         let cancel = shutdown.child_token();
@@ -349,7 +484,7 @@ impl Runner {
             Error::Invalid(format!("project \"{}\" no longer exists", run.project))
         })?;
         let workspace = self.data_dir.join("workspaces").join(run.id.to_string());
-        checkout(&project.repository, &run.commit, &workspace).await?;
+        self.checkout(&project, &run.commit, &workspace).await?;
         let file = workspace.join(&project.pipeline_path);
         let text = tokio::fs::read_to_string(&file).await.map_err(|e| {
             Error::Invalid(format!(
@@ -358,7 +493,7 @@ impl Runner {
                 short(&run.commit)
             ))
         })?;
-        let pipeline =
+        let mut pipeline =
             crate::pipeline::parse(&project.pipeline_path, &text).map_err(|problems| {
                 let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 Error::Invalid(format!(
@@ -366,6 +501,12 @@ impl Runner {
                     lines.join("\n")
                 ))
             })?;
+
+        // Trigger parameters win over the file's environment.
+        pipeline.env.extend(run.env.clone());
+        for step in pipeline.steps.iter_mut() {
+            step.env.extend(run.env.clone());
+        }
 
         let steps: Vec<StepRecord> = pipeline
             .steps
@@ -391,7 +532,7 @@ impl Runner {
 
         let reuse = self.reusable(&run, &names).await?;
 
-        let context = BTreeMap::from([
+        let mut context = BTreeMap::from([
             ("BETCYCLE_RUN_ID".to_string(), run.id.to_string()),
             ("BETCYCLE_RUN_NUMBER".to_string(), run.number.to_string()),
             ("BETCYCLE_PROJECT".to_string(), run.project.clone()),
@@ -405,14 +546,29 @@ impl Runner {
                 "BETCYCLE_WORKSPACE".to_string(),
                 workspace.display().to_string(),
             ),
+            ("BETCYCLE_REF".to_string(), run.git_ref.clone()),
         ]);
+        if let Some(tag) = run.git_ref.strip_prefix("refs/tags/") {
+            context.insert("BETCYCLE_TAG".into(), tag.to_string());
+        }
+        if let Some(pr) = &run.pull_request {
+            context.extend([
+                ("BETCYCLE_PULL_REQUEST".to_string(), pr.number.to_string()),
+                (
+                    "BETCYCLE_PULL_REQUEST_FORK".to_string(),
+                    pr.fork.to_string(),
+                ),
+                ("BETCYCLE_SOURCE_BRANCH".to_string(), pr.head_branch.clone()),
+                ("BETCYCLE_TARGET_BRANCH".to_string(), pr.base_branch.clone()),
+            ]);
+        }
         let spec = RunSpec {
             pipeline,
             workspace: workspace.clone(),
             trigger: Trigger {
                 branch: run.branch.clone(),
                 event: run.event.clone(),
-                changed_paths: None,
+                changed_paths: run.changed_paths.clone(),
             },
             context,
             passthrough: std::env::vars()
@@ -606,82 +762,6 @@ pub fn parse_log_line(line: &str) -> (bool, &str) {
     let mut parts = line.splitn(3, ' ');
     let (_, tag, text) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
     (tag == Some("e"), text)
-}
-
-fn is_commit(r: &str) -> bool {
-    r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
-}
-
-async fn git(args: &[&str], dir: Option<&Path>) -> Result<String> {
-    let mut cmd = tokio::process::Command::new("git");
-    if let Some(dir) = dir {
-        cmd.arg("-C").arg(dir);
-    }
-    let out = cmd
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(Error::io("cannot run git (is it installed?)"))?;
-    if !out.status.success() {
-        return Err(Error::Invalid(format!(
-            "git {} failed: {}",
-            args.first().unwrap_or(&""),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// The commit `git_ref` names in `repository` (a branch, a tag, `refs/…`, or a commit).
-pub async fn resolve(repository: &str, git_ref: &str) -> Result<String> {
-    if is_commit(git_ref) {
-        return Ok(git_ref.to_lowercase());
-    }
-    let listed = git(&["ls-remote", "--", repository, git_ref], None).await?;
-    listed
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(_, name)| *name == git_ref || name.ends_with(&format!("/{git_ref}")))
-        .map(|(sha, _)| sha.to_string())
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "no branch, tag or ref \"{git_ref}\" in {repository}"
-            ))
-        })
-}
-
-/// Clones `repository` into `workspace` (fresh) and checks out `commit`.
-async fn checkout(repository: &str, commit: &str, workspace: &Path) -> Result<()> {
-    if workspace.exists() {
-        tokio::fs::remove_dir_all(workspace)
-            .await
-            .map_err(Error::io(format!("cannot clear {}", workspace.display())))?;
-    }
-    let target = workspace.display().to_string();
-    git(
-        &[
-            "clone",
-            "--quiet",
-            "--no-checkout",
-            "--",
-            repository,
-            &target,
-        ],
-        None,
-    )
-    .await?;
-    git(
-        &["checkout", "--quiet", "--detach", commit],
-        Some(workspace),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Where an artifact with this SHA-256 is kept under `data_dir`.

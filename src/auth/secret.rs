@@ -61,13 +61,7 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    ::hex::encode(bytes)
 }
 
 #[cfg(test)]

@@ -32,6 +32,14 @@ where
     }
 }
 
+/// Lets `route` take request bodies up to `bytes` (axum's default is 2 MB).
+fn body_limit(mut route: Route, bytes: usize) -> Route {
+    route.handler = route
+        .handler
+        .layer(axum::extract::DefaultBodyLimit::max(bytes));
+    route
+}
+
 pub fn table() -> Vec<Route> {
     use crate::auth::Role::{Developer, Maintainer, Viewer};
     use Method as M;
@@ -197,6 +205,65 @@ pub fn table() -> Vec<Route> {
             "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}",
             Project(Viewer),
             api::runs::artifact,
+        ),
+        // Webhooks, deliveries, credentials and schedules.
+        body_limit(
+            route(M::POST, "/api/v1/hooks/{slug}", Public, api::hooks::receive),
+            api::hooks::MAX_PAYLOAD,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/deliveries",
+            Project(Viewer),
+            api::hooks::list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/deliveries/{id}",
+            Project(Viewer),
+            api::hooks::show,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/deliveries/{id}/redeliver",
+            Project(Maintainer),
+            api::hooks::redeliver,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/credentials/{name}",
+            Project(Maintainer),
+            api::hooks::put_credential,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/credentials/{name}",
+            Project(Maintainer),
+            api::hooks::delete_credential,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/schedules",
+            Project(Viewer),
+            api::schedules::list,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/schedules",
+            Project(Maintainer),
+            api::schedules::create,
+        ),
+        route(
+            M::PATCH,
+            "/api/v1/projects/{slug}/schedules/{id}",
+            Project(Maintainer),
+            api::schedules::update,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/schedules/{id}",
+            Project(Maintainer),
+            api::schedules::delete,
         ),
         // Instance.
         route(M::GET, "/api/v1/instance", User, api::instance::show),

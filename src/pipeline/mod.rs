@@ -87,6 +87,51 @@ pub struct Concurrency {
     pub cancel_in_progress: bool,
 }
 
+/// The `${name}` placeholders a concurrency group may use.
+pub const GROUP_VARIABLES: [&str; 6] = [
+    "project",
+    "branch",
+    "ref",
+    "event",
+    "commit",
+    "pull_request",
+];
+
+impl Concurrency {
+    /// Checks a group template: not empty, only known `${name}` placeholders.
+    fn check_group(group: &str) -> Result<(), String> {
+        if group.trim().is_empty() {
+            return Err("the group must not be empty".into());
+        }
+        let mut rest = group;
+        while let Some(start) = rest.find("${") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                return Err("unclosed \"${\" in the group".into());
+            };
+            let name = &after[..end];
+            if !GROUP_VARIABLES.contains(&name) {
+                return Err(format!(
+                    "unknown variable \"${{{name}}}\"{} (known: {})",
+                    did_you_mean(name, GROUP_VARIABLES),
+                    GROUP_VARIABLES.map(|v| format!("${{{v}}}")).join(", ")
+                ));
+            }
+            rest = &after[end + 1..];
+        }
+        Ok(())
+    }
+
+    /// The group with its placeholders replaced by `values`.
+    pub fn group_for(&self, values: &BTreeMap<&'static str, String>) -> String {
+        let mut group = self.group.clone();
+        for (name, value) in values {
+            group = group.replace(&format!("${{{name}}}"), value);
+        }
+        group
+    }
+}
+
 /// A step's filters: it runs only when every non-empty list matches.
 #[derive(Clone, Debug, Default)]
 pub struct When {
@@ -351,6 +396,12 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
         });
     }
 
+    if let Some(concurrency) = &raw.concurrency
+        && let Err(message) = Concurrency::check_group(&concurrency.group.value)
+    {
+        c.at(concurrency.group.referenced, "concurrency.group", message);
+    }
+
     if !c.problems.is_empty() {
         c.problems.sort_by_key(|p| (p.line, p.column));
         return Err(c.problems);
@@ -360,7 +411,7 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
         steps: steps.into_iter().map(|(_, s)| s).collect(),
         services,
         concurrency: raw.concurrency.map(|c| Concurrency {
-            group: c.group,
+            group: c.group.value,
             cancel_in_progress: c.cancel_in_progress,
         }),
         deploy: raw.deploy,
@@ -576,3 +627,24 @@ fn find_cycle(needs: &[Vec<usize>]) -> Option<Vec<usize>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks environment variable names given as trigger parameters: letters, digits and
+/// `_`, not starting with a digit, and not `BETCYCLE_*` (BetCycle sets those).
+pub fn check_env_names(env: &BTreeMap<String, String>) -> Result<(), String> {
+    for name in env.keys() {
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "invalid environment variable name \"{name}\": use letters, digits and _"
+            ));
+        }
+        if name.starts_with("BETCYCLE_") {
+            return Err(format!(
+                "environment variable \"{name}\": BETCYCLE_* variables are set by BetCycle"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -117,7 +117,7 @@ pub struct ServiceDef {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyDef {
-    pub group: String,
+    pub group: Spanned<String>,
     #[serde(default)]
     pub cancel_in_progress: bool,
 }

@@ -67,6 +67,19 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 5,
+        description: "create project credentials, webhook deliveries, schedules and poll states",
+        apply: |tx| {
+            tx.open_table(PROJECT_CREDENTIALS)?;
+            tx.open_table(DELIVERIES)?;
+            tx.open_table(PROJECT_DELIVERIES)?;
+            tx.open_table(DELIVERY_IDS)?;
+            tx.open_table(SCHEDULES)?;
+            tx.open_table(POLL_STATES)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

@@ -14,6 +14,7 @@ mod migrations;
 mod project;
 mod run;
 pub mod tables;
+mod trigger;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
@@ -385,6 +386,12 @@ mod tests {
             rerun_of: None,
             failed_only: false,
             steps: Vec::new(),
+            env: Default::default(),
+            changed_paths: None,
+            pull_request: None,
+            concurrency_group: None,
+            delivery: None,
+            schedule: None,
         };
         let ctx = crate::audit::Context::default();
         {

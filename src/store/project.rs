@@ -1,7 +1,9 @@
 //! Stored projects. The slug is fixed at creation: role bindings and (later) runs refer
 //! to it.
 
-use super::tables::{PROJECT_SLUGS, PROJECTS, ROLE_BINDINGS};
+use super::tables::{
+    POLL_STATES, PROJECT_CREDENTIALS, PROJECT_SLUGS, PROJECTS, ROLE_BINDINGS, SCHEDULES,
+};
 use super::{Store, codec};
 use crate::audit::Record;
 use crate::auth::{Role, RoleBinding, Team, User};
@@ -38,6 +40,8 @@ impl Store {
                 pipeline_path: project::DEFAULT_PIPELINE.into(),
                 owner_team: None,
                 created_at: jiff::Timestamp::now(),
+                forge: None,
+                poll_interval: None,
             };
             project::apply(&mut project, change).map_err(Error::Invalid)?;
             tx.open_table(PROJECTS)?
@@ -132,6 +136,26 @@ impl Store {
                     what: format!("project \"{slug}\""),
                 })?;
             tx.open_table(PROJECTS)?.remove(id)?;
+            // Its credentials, schedules and poll state go with it.
+            let mut credentials = tx.open_table(PROJECT_CREDENTIALS)?;
+            for name in project::CREDENTIALS {
+                credentials.remove((id, name))?;
+            }
+            drop(credentials);
+            tx.open_table(POLL_STATES)?.remove(id)?;
+            let mut schedules = tx.open_table(SCHEDULES)?;
+            let mut doomed = Vec::new();
+            for item in schedules.iter()? {
+                let (k, v) = item?;
+                let schedule: crate::schedule::Schedule = codec::decode(SCHEDULES, v.value())?;
+                if schedule.project == slug {
+                    doomed.push(k.value());
+                }
+            }
+            for key in doomed {
+                schedules.remove(key)?;
+            }
+            drop(schedules);
             let mut bindings = tx.open_table(ROLE_BINDINGS)?;
             let mut keys = Vec::new();
             for item in bindings.range((slug.as_str(), "")..)? {

@@ -61,10 +61,29 @@ impl Store {
         .await
     }
 
-    /// Takes the oldest queued run and marks it running, in one transaction.
+    /// Takes the oldest queued run that may start and marks it running, in one
+    /// transaction. A run waits while another run of its concurrency group is running.
     pub async fn claim_next_run(&self) -> Result<Option<Run>> {
         self.write(|tx| {
-            let next = tx.open_table(RUN_QUEUE)?.first()?.map(|(k, _)| k.value());
+            let mut busy = std::collections::BTreeSet::new();
+            for item in tx.open_table(RUNS_RUNNING)?.iter()? {
+                let run = load(tx, item?.0.value())?;
+                if let Some(group) = run.concurrency_group {
+                    busy.insert((run.project, group));
+                }
+            }
+            let mut next = None;
+            for item in tx.open_table(RUN_QUEUE)?.iter()? {
+                let id = item?.0.value();
+                let run = load(tx, id)?;
+                let blocked = run
+                    .concurrency_group
+                    .is_some_and(|g| busy.contains(&(run.project, g)));
+                if !blocked {
+                    next = Some(id);
+                    break;
+                }
+            }
             let Some(id) = next else { return Ok(None) };
             tx.open_table(RUN_QUEUE)?.remove(id)?;
             tx.open_table(RUNS_RUNNING)?.insert(id, ())?;
@@ -95,6 +114,24 @@ impl Store {
             }
             save(tx, &run)?;
             Ok(run)
+        })
+        .await
+    }
+
+    /// Every queued or running run (few: the queue and the running set are small).
+    pub async fn unfinished_runs(&self) -> Result<Vec<Run>> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let runs = tx.open_table(RUNS)?;
+            let mut out = Vec::new();
+            for table in [RUN_QUEUE, RUNS_RUNNING] {
+                for item in tx.open_table(table)?.iter()? {
+                    if let Some(v) = runs.get(item?.0.value())? {
+                        out.push(codec::decode(RUNS, v.value())?);
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }

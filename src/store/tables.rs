@@ -63,3 +63,27 @@ pub const RUN_QUEUE: TableDefinition<u64, ()> = TableDefinition::new("run-queue-
 /// Key: run id of a running run. Value: nothing. Lets a restart find interrupted runs
 /// without scanning every run.
 pub const RUNS_RUNNING: TableDefinition<u64, ()> = TableDefinition::new("runs-running-1");
+
+/// Key: (project id, credential name: `webhook_secret`, `forge_token`).
+/// Value: JSON [`crate::seal::Sealed`] — never the plaintext.
+pub const PROJECT_CREDENTIALS: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("project-credentials-1");
+
+/// Key: delivery id, from 1 (in arrival order). Value: JSON [`crate::delivery::Delivery`].
+/// The payload itself is a file: `<data-dir>/deliveries/<sha256>.json`.
+pub const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries-1");
+
+/// Key: (project slug, delivery id). Value: nothing. A project's deliveries, in order.
+pub const PROJECT_DELIVERIES: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("project-deliveries-1");
+
+/// Key: (project slug, the forge's delivery id). Value: delivery id. Recognises a
+/// delivery the forge sends again.
+pub const DELIVERY_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivery-ids-1");
+
+/// Key: schedule id, from 1. Value: JSON [`crate::schedule::Schedule`].
+pub const SCHEDULES: TableDefinition<u64, &[u8]> = TableDefinition::new("schedules-1");
+
+/// Key: project id. Value: JSON [`crate::poll::PollState`] — the refs last seen and when to
+/// look again.
+pub const POLL_STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("poll-states-1");

@@ -70,8 +70,37 @@ pub async fn find(app: &App, slug: &str) -> ServerResult<Project> {
         .ok_or_else(|| ServerError::NotFound(format!("project \"{slug}\" not found")))
 }
 
-pub async fn show(State(app): State<App>, Path(slug): Path<String>) -> ServerResult<Json<Project>> {
-    Ok(Json(find(&app, &slug).await?))
+/// A project with what its triggers need: the webhook address, which credentials are
+/// set (never their values) and the polling state.
+#[derive(Serialize)]
+pub struct ProjectDetail {
+    #[serde(flatten)]
+    pub project: Project,
+    pub webhook_url: String,
+    pub credentials: Vec<String>,
+    pub poll: Option<crate::poll::PollState>,
+}
+
+pub async fn detail(app: &App, slug: &str) -> ServerResult<ProjectDetail> {
+    let project = find(app, slug).await?;
+    let mut poll = app.store.poll_state(project.id).await?;
+    if let Some(poll) = poll.as_mut() {
+        // The refs are for change detection; the runs list shows what ran.
+        poll.refs.clear();
+    }
+    Ok(ProjectDetail {
+        webhook_url: super::hooks::webhook_url(app, slug),
+        credentials: app.store.credential_names(project.id).await?,
+        poll: poll.filter(|_| project.poll_interval.is_some()),
+        project,
+    })
+}
+
+pub async fn show(
+    State(app): State<App>,
+    Path(slug): Path<String>,
+) -> ServerResult<Json<ProjectDetail>> {
+    Ok(Json(detail(&app, &slug).await?))
 }
 
 pub async fn update(

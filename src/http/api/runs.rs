@@ -21,6 +21,12 @@ pub struct TriggerRequest {
     /// A branch, tag, `refs/…` name or commit; the project's default branch if absent.
     #[serde(default, rename = "ref")]
     pub git_ref: Option<String>,
+    /// An exact commit to run (with `ref`, the branch it is on).
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Environment overrides; they win over the pipeline file's `env`.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 pub async fn trigger(
@@ -30,10 +36,23 @@ pub async fn trigger(
     Json(req): Json<TriggerRequest>,
 ) -> ServerResult<(StatusCode, Json<Run>)> {
     let project = find(&app, &slug).await?;
-    let run = app
-        .runner
-        .trigger(&project, req.git_ref.as_deref(), "api", &signed.audit)
-        .await?;
+    crate::pipeline::check_env_names(&req.env).map_err(ServerError::BadRequest)?;
+    if let Some(commit) = &req.commit
+        && !crate::git::is_commit(commit)
+    {
+        return Err(ServerError::BadRequest(format!(
+            "commit \"{commit}\" is not a full 40-digit commit id"
+        )));
+    }
+    let spec = crate::runner::TriggerSpec {
+        event: "api".into(),
+        git_ref: req.git_ref,
+        commit: req.commit,
+        env: req.env,
+        message: format!("started by {}", signed.principal.user.name),
+        ..Default::default()
+    };
+    let run = app.runner.trigger(&project, spec, &signed.audit).await?;
     Ok((StatusCode::CREATED, Json(run)))
 }
 

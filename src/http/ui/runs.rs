@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::api::runs::by_number;
 use crate::http::auth::Signed;
+use crate::http::error::ServerError;
 use crate::run::Run;
 use askama::Template;
 use axum::Form;
@@ -103,6 +104,26 @@ pub async fn panel_only(
 pub struct TriggerForm {
     #[serde(default, rename = "ref")]
     git_ref: String,
+    /// `NAME=value` lines: environment overrides for the run.
+    #[serde(default)]
+    env: String,
+}
+
+/// Reads `NAME=value` lines (blank lines ignored).
+pub fn env_lines(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut env = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("environment line {}: expected NAME=value", i + 1))?;
+        env.insert(name.trim().to_string(), value.to_string());
+    }
+    crate::pipeline::check_env_names(&env)?;
+    Ok(env)
 }
 
 pub async fn trigger(
@@ -112,15 +133,14 @@ pub async fn trigger(
     Form(form): Form<TriggerForm>,
 ) -> ServerResult<Redirect> {
     let project = crate::http::api::projects::find(&app, &slug).await?;
-    let run = app
-        .runner
-        .trigger(
-            &project,
-            Some(form.git_ref.as_str()),
-            "manual",
-            &signed.audit,
-        )
-        .await?;
+    let spec = crate::runner::TriggerSpec {
+        event: "manual".into(),
+        git_ref: Some(form.git_ref),
+        env: env_lines(&form.env).map_err(ServerError::BadRequest)?,
+        message: format!("started by {}", signed.principal.user.name),
+        ..Default::default()
+    };
+    let run = app.runner.trigger(&project, spec, &signed.audit).await?;
     Ok(Redirect::to(&format!(
         "/projects/{slug}/runs/{}",
         run.number
