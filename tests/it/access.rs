@@ -73,6 +73,37 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/projects/{slug}/runs/{number}/rerun",
         "project:developer",
     ),
+    ("POST", "/api/v1/hooks/{slug}", "public"),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/deliveries/{id}/redeliver",
+        "project:maintainer",
+    ),
+    (
+        "PUT",
+        "/api/v1/projects/{slug}/credentials/{name}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{slug}/credentials/{name}",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/schedules",
+        "project:maintainer",
+    ),
+    (
+        "PATCH",
+        "/api/v1/projects/{slug}/schedules/{id}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{slug}/schedules/{id}",
+        "project:maintainer",
+    ),
     ("POST", "/projects", "admin"),
     ("POST", "/projects/{slug}/runs", "project:developer"),
     (
@@ -81,6 +112,27 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "project:developer",
     ),
     ("POST", "/projects/{slug}/settings", "project:maintainer"),
+    (
+        "POST",
+        "/projects/{slug}/triggers/webhook-secret",
+        "project:maintainer",
+    ),
+    ("POST", "/projects/{slug}/triggers/forge", "project:maintainer"),
+    (
+        "POST",
+        "/projects/{slug}/triggers/schedules",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/projects/{slug}/triggers/schedules/{id}/delete",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/projects/{slug}/triggers/deliveries/{id}/redeliver",
+        "project:maintainer",
+    ),
     ("POST", "/projects/{slug}/members", "project:maintainer"),
     (
         "POST",
@@ -168,6 +220,11 @@ async fn every_changing_route_is_declared_and_enforced() {
             .replace("{number}", "1");
         let anonymous = send(&server, method, &path, None).await;
         match *need {
+            // A webhook's credential is its signature, checked by the handler.
+            "public" if pattern.starts_with("/api/v1/hooks/") => assert!(
+                matches!(anonymous.as_u16(), 400 | 401),
+                "{method} {pattern} unsigned: {anonymous}"
+            ),
             "public" => assert_ne!(anonymous, 401, "{method} {pattern} is public"),
             "user" => {
                 assert_eq!(anonymous, 401, "{method} {pattern} anonymous");

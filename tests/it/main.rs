@@ -12,3 +12,4 @@ mod metrics;
 mod projects;
 mod run;
 mod runs;
+mod triggers;

@@ -9,7 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A git repository with `pipeline`, a server (with `extra` flags) and project `demo`.
-async fn demo(dir: &Path, pipeline: &str, extra: &[&str]) -> (Server, std::path::PathBuf) {
+pub(crate) async fn demo(
+    dir: &Path,
+    pipeline: &str,
+    extra: &[&str],
+) -> (Server, std::path::PathBuf) {
     let repo = dir.join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     git_repo(&repo, pipeline);
@@ -28,7 +32,7 @@ async fn project(server: &Server, slug: &str, repo: &Path) {
     assert_eq!(created.status(), 201);
 }
 
-async fn trigger(server: &Server, slug: &str) -> Value {
+pub(crate) async fn trigger(server: &Server, slug: &str) -> Value {
     let response = server
         .request(Method::POST, &format!("/api/v1/projects/{slug}/runs"))
         .json(&json!({}))
@@ -40,7 +44,7 @@ async fn trigger(server: &Server, slug: &str) -> Value {
 }
 
 /// Polls run `number` until `done` says so (or 30 s pass).
-async fn wait_for(
+pub(crate) async fn wait_for(
     server: &Server,
     slug: &str,
     number: u64,

@@ -155,13 +155,16 @@ pub struct CredentialView {
     pub webhook_url: Option<String>,
 }
 
-fn credential_name(name: &str) -> ServerResult<&'static str> {
-    CREDENTIALS.into_iter().find(|c| *c == name).ok_or_else(|| {
-        ServerError::NotFound(format!(
-            "no credential \"{name}\" (projects have {})",
-            CREDENTIALS.join(" and ")
-        ))
-    })
+fn credential_name(name: &str) -> crate::error::Result<&'static str> {
+    CREDENTIALS
+        .into_iter()
+        .find(|c| *c == name)
+        .ok_or_else(|| crate::error::Error::NotFound {
+            what: format!(
+                "credential \"{name}\" (projects have {})",
+                CREDENTIALS.join(" and ")
+            ),
+        })
 }
 
 pub fn webhook_url(app: &App, slug: &str) -> String {
@@ -178,8 +181,8 @@ pub async fn set_credential(
     name: &str,
     value: Option<String>,
     audit: &crate::audit::Context,
-) -> ServerResult<CredentialView> {
-    let project = find(app, slug).await?;
+) -> crate::error::Result<CredentialView> {
+    let project = super::projects::project_of(app, slug).await?;
     let name = credential_name(name)?;
     let value = value
         .map(|v| v.trim().to_string())
@@ -188,11 +191,13 @@ pub async fn set_credential(
         (Some(v), _) => (v, false),
         (None, WEBHOOK_SECRET) => (crate::auth::secret::random_hex(32), true),
         (None, _) => {
-            return Err(ServerError::BadRequest(format!("{name} needs a value")));
+            return Err(crate::error::Error::Invalid(format!(
+                "{name} needs a value"
+            )));
         }
     };
     if value.len() > 4096 {
-        return Err(ServerError::BadRequest(format!(
+        return Err(crate::error::Error::Invalid(format!(
             "{name} is longer than 4096 bytes"
         )));
     }

@@ -63,6 +63,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
+/// The project `slug`, for helpers that return domain errors.
+pub async fn project_of(app: &App, slug: &str) -> crate::error::Result<Project> {
+    app.store
+        .project(slug)
+        .await?
+        .ok_or_else(|| crate::error::Error::NotFound {
+            what: format!("project \"{slug}\""),
+        })
+}
+
 pub async fn find(app: &App, slug: &str) -> ServerResult<Project> {
     app.store
         .project(slug)

@@ -3,12 +3,12 @@
 //! `GET|POST /api/v1/projects/{slug}/schedules`,
 //! `PATCH|DELETE /api/v1/projects/{slug}/schedules/{id}`.
 
-use super::projects::find;
+use super::projects::{find, project_of};
 use crate::app::App;
 use crate::audit::Record;
+use crate::error::{Error, Result};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::error::ServerError;
 use crate::schedule::{Schedule, ScheduleChange};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -59,9 +59,9 @@ pub async fn create_schedule(
     slug: &str,
     change: ScheduleChange,
     audit: &crate::audit::Context,
-) -> ServerResult<ScheduleView> {
-    find(app, slug).await?;
-    let schedule = Schedule::create(slug, change).map_err(ServerError::BadRequest)?;
+) -> Result<ScheduleView> {
+    project_of(app, slug).await?;
+    let schedule = Schedule::create(slug, change).map_err(Error::Invalid)?;
     let schedule = app
         .store
         .create_schedule(
@@ -83,14 +83,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-async fn of(app: &App, slug: &str, id: u64) -> ServerResult<Schedule> {
-    find(app, slug).await?;
+async fn of(app: &App, slug: &str, id: u64) -> Result<Schedule> {
+    project_of(app, slug).await?;
     app.store
         .schedule(id)
         .await?
         .filter(|s| s.project == slug)
-        .ok_or_else(|| {
-            ServerError::NotFound(format!("schedule {id} of project \"{slug}\" not found"))
+        .ok_or_else(|| Error::NotFound {
+            what: format!("schedule {id} of project \"{slug}\""),
         })
 }
 
@@ -115,7 +115,7 @@ pub async fn delete_schedule(
     slug: &str,
     id: u64,
     audit: &crate::audit::Context,
-) -> ServerResult<()> {
+) -> Result<()> {
     of(app, slug, id).await?;
     app.store
         .delete_schedule(

@@ -8,6 +8,7 @@ mod dashboard;
 mod projects;
 mod runs;
 mod sign_in;
+mod triggers;
 
 use super::assets;
 use super::error::{ErrorInfo, ServerError, ServerResult};
@@ -126,6 +127,42 @@ pub fn routes() -> Vec<Route> {
             "/projects/{slug}/runs/{number}/rerun",
             Project(Developer),
             runs::rerun,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/triggers",
+            Project(Viewer),
+            triggers::show,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/webhook-secret",
+            Project(Maintainer),
+            triggers::webhook_secret,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/forge",
+            Project(Maintainer),
+            triggers::forge,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/schedules",
+            Project(Maintainer),
+            triggers::add_schedule,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/schedules/{id}/delete",
+            Project(Maintainer),
+            triggers::remove_schedule,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/deliveries/{id}/redeliver",
+            Project(Maintainer),
+            triggers::redeliver,
         ),
         route(
             M::GET,

@@ -29,6 +29,8 @@ pub struct StepView {
 #[template(path = "_run.html")]
 struct RunPanel {
     run: Run,
+    /// The commit's page on the project's forge, when it has one.
+    commit_url: Option<String>,
     logs: Vec<StepView>,
     developer: bool,
     csrf: String,
@@ -68,8 +70,13 @@ async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerRes
     let developer = signed.principal.user.admin
         || app.store.project_role(slug, &signed.principal.user).await?
             >= Some(crate::auth::Role::Developer);
+    let commit_url = crate::http::api::projects::find(app, slug)
+        .await?
+        .forge
+        .map(|f| f.commit_url(&run.commit));
     Ok(RunPanel {
         run,
+        commit_url,
         logs,
         developer,
         csrf: super::Layout::new("", "", Some(&signed.principal)).csrf,

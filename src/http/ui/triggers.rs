@@ -1,0 +1,254 @@
+//! A project's triggers: the webhook (address, secret, recorded deliveries with
+//! re-delivery), the forge link and token for commit statuses, polling, and cron
+//! schedules.
+
+use super::sign_in::{form_error, with_status};
+use super::{Layout, render};
+use crate::app::App;
+use crate::audit::Record;
+use crate::auth::Role;
+use crate::delivery::{Delivery, Inbox};
+use crate::error::Error;
+use crate::forge::status::FORGE_TOKEN;
+use crate::http::ServerResult;
+use crate::http::api::projects::{ProjectDetail, detail};
+use crate::http::api::schedules::{ScheduleView, create_schedule, delete_schedule, of_project};
+use crate::http::auth::Signed;
+use crate::project::{ProjectChange, WEBHOOK_SECRET};
+use crate::schedule::ScheduleChange;
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+#[derive(Template)]
+#[template(path = "triggers.html")]
+struct TriggersPage {
+    layout: Layout,
+    project: ProjectDetail,
+    deliveries: Vec<Delivery>,
+    schedules: Vec<ScheduleView>,
+    maintainer: bool,
+    /// A webhook secret just generated: shown once.
+    new_secret: Option<String>,
+    done: Option<&'static str>,
+    error: Option<String>,
+}
+
+impl TriggersPage {
+    fn has(&self, credential: &str) -> bool {
+        self.project.credentials.iter().any(|c| c == credential)
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+fn done_message(key: Option<&str>) -> Option<&'static str> {
+    Some(match key? {
+        "forge" => "Forge and polling settings saved.",
+        "schedule-created" => "Schedule created.",
+        "schedule-deleted" => "Schedule deleted.",
+        "redelivered" => "Delivery repeated.",
+        _ => return None,
+    })
+}
+
+async fn page(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    new_secret: Option<String>,
+    done: Option<&'static str>,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
+    let project = detail(app, slug).await?;
+    let maintainer = signed.principal.user.admin
+        || app.store.project_role(slug, &signed.principal.user).await? >= Some(Role::Maintainer);
+    render(&TriggersPage {
+        layout: Layout::new(
+            format!("{}: triggers", project.project.name),
+            "projects",
+            Some(&signed.principal),
+        ),
+        deliveries: app.store.project_deliveries(slug, 50).await?,
+        schedules: of_project(app, slug).await?,
+        project,
+        maintainer,
+        new_secret,
+        done,
+        error,
+    })
+}
+
+pub async fn show(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Query(q): Query<DoneQuery>,
+) -> ServerResult<Html<String>> {
+    page(
+        &app,
+        &signed,
+        &slug,
+        None,
+        done_message(q.done.as_deref()),
+        None,
+    )
+    .await
+}
+
+/// Redirects to the page with `done`, or shows it again with the error.
+async fn after(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    result: Result<(), Error>,
+    done: &str,
+) -> ServerResult<Response> {
+    match result {
+        Ok(()) => {
+            Ok(Redirect::to(&format!("/projects/{slug}/triggers?done={done}")).into_response())
+        }
+        Err(e) => {
+            let error = form_error(e)?;
+            with_status(
+                page(app, signed, slug, None, None, Some(error.message.clone())).await,
+                &error,
+            )
+        }
+    }
+}
+
+/// Generates a new webhook secret and shows it once.
+pub async fn webhook_secret(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+) -> ServerResult<Html<String>> {
+    let view =
+        crate::http::api::hooks::set_credential(&app, &slug, WEBHOOK_SECRET, None, &signed.audit)
+            .await?;
+    page(
+        &app,
+        &signed,
+        &slug,
+        view.value,
+        Some("New webhook secret generated. Copy it now: it is not shown again."),
+        None,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct ForgeForm {
+    #[serde(default)]
+    forge_kind: String,
+    #[serde(default)]
+    forge_url: String,
+    #[serde(default)]
+    forge_api_url: String,
+    /// Left empty: the stored token is kept.
+    #[serde(default)]
+    forge_token: String,
+    #[serde(default)]
+    poll_interval: String,
+}
+
+pub async fn forge(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Form(form): Form<ForgeForm>,
+) -> ServerResult<Response> {
+    let change = ProjectChange {
+        forge_kind: Some(form.forge_kind),
+        forge_url: Some(form.forge_url),
+        forge_api_url: Some(form.forge_api_url),
+        poll_interval: Some(form.poll_interval),
+        ..ProjectChange::default()
+    };
+    let record = Record::new(&signed.audit, "project.update", format!("project:{slug}"));
+    let mut result = app
+        .store
+        .update_project(&slug, change, record)
+        .await
+        .map(drop);
+    if result.is_ok() && !form.forge_token.trim().is_empty() {
+        result = crate::http::api::hooks::set_credential(
+            &app,
+            &slug,
+            FORGE_TOKEN,
+            Some(form.forge_token),
+            &signed.audit,
+        )
+        .await
+        .map(drop);
+    }
+    after(&app, &signed, &slug, result, "forge").await
+}
+
+#[derive(Deserialize)]
+pub struct ScheduleForm {
+    name: String,
+    cron: String,
+    #[serde(default)]
+    timezone: String,
+    #[serde(default, rename = "ref")]
+    git_ref: String,
+    #[serde(default)]
+    env: String,
+}
+
+pub async fn add_schedule(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Form(form): Form<ScheduleForm>,
+) -> ServerResult<Response> {
+    let result = match super::runs::env_lines(&form.env) {
+        Err(e) => Err(Error::Invalid(e)),
+        Ok(env) => {
+            let change = ScheduleChange {
+                name: Some(form.name),
+                cron: Some(form.cron),
+                timezone: Some(form.timezone),
+                git_ref: Some(form.git_ref),
+                env: Some(env),
+                enabled: Some(true),
+            };
+            create_schedule(&app, &slug, change, &signed.audit)
+                .await
+                .map(drop)
+        }
+    };
+    after(&app, &signed, &slug, result, "schedule-created").await
+}
+
+pub async fn remove_schedule(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, id)): Path<(String, u64)>,
+) -> ServerResult<Response> {
+    let result = delete_schedule(&app, &slug, id, &signed.audit).await;
+    after(&app, &signed, &slug, result, "schedule-deleted").await
+}
+
+pub async fn redeliver(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, id)): Path<(String, u64)>,
+) -> ServerResult<Response> {
+    let project = crate::http::api::projects::find(&app, &slug).await?;
+    let inbox = Inbox {
+        store: &app.store,
+        runner: &app.runner,
+        key: &app.master_key,
+        data_dir: &app.config.data_dir,
+    };
+    let result = inbox.redeliver(&project, id, &signed.audit).await.map(drop);
+    after(&app, &signed, &slug, result, "redelivered").await
+}
