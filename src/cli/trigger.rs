@@ -19,9 +19,22 @@ pub struct Trigger {
     /// Branch, tag or commit [default: the project's default branch].
     #[arg(long = "ref", value_name = "REF")]
     git_ref: Option<String>,
+    /// An exact commit to run (40 hex digits); with --ref, the branch it belongs to.
+    #[arg(long)]
+    commit: Option<String>,
+    /// An environment override for the run, NAME=value (repeatable); it wins over the
+    /// pipeline file's env.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
     /// Wait for the run to finish; exit 0 if it succeeded, 1 otherwise.
     #[arg(long)]
     wait: bool,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("\"{text}\" is not NAME=value"))
 }
 
 impl Trigger {
@@ -33,7 +46,11 @@ impl Trigger {
                 .send(
                     Method::POST,
                     &runs,
-                    Some(serde_json::json!({ "ref": self.git_ref })),
+                    Some(serde_json::json!({
+                        "ref": self.git_ref,
+                        "commit": self.commit,
+                        "env": self.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+                    })),
                 )
                 .await?;
             let number = run["number"].as_u64().unwrap_or_default();

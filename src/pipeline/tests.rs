@@ -194,3 +194,22 @@ steps:
             .contains("no changed file")
     );
 }
+
+#[test]
+fn concurrency_groups_use_known_variables_only() {
+    let p = ok(
+        "concurrency: { group: \"deploy-${branch}\", cancel_in_progress: true }\nsteps:\n  - { name: a, run: 'true' }\n",
+    );
+    let c = p.concurrency.unwrap();
+    assert!(c.cancel_in_progress);
+    let values = BTreeMap::from([("branch", "main".to_string())]);
+    assert_eq!(c.group_for(&values), "deploy-main");
+    let bad =
+        problems("concurrency: { group: \"x-${brnch}\" }\nsteps:\n  - { name: a, run: 'true' }\n");
+    assert_eq!(bad.len(), 1);
+    assert!(
+        bad[0].starts_with(".betcycle.yml:1:") && bad[0].contains("concurrency.group"),
+        "{bad:?}"
+    );
+    assert!(bad[0].contains("did you mean \"branch\""), "{bad:?}");
+}

@@ -117,7 +117,11 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/projects/{slug}/triggers/webhook-secret",
         "project:maintainer",
     ),
-    ("POST", "/projects/{slug}/triggers/forge", "project:maintainer"),
+    (
+        "POST",
+        "/projects/{slug}/triggers/forge",
+        "project:maintainer",
+    ),
     (
         "POST",
         "/projects/{slug}/triggers/schedules",

@@ -286,11 +286,20 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
                 &server.url,
                 "--project",
                 "demo",
+                "--env",
+                "GREETING=bonjour",
                 "--wait",
             ])
             .env("BETCYCLE_TOKEN", &token),
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
+    let log = server
+        .get("/api/v1/projects/demo/runs/1/steps/prepare/log")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("bonjour from main"), "{log}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("queued demo#1 at "), "{stdout}");
     assert!(lines[0].ends_with("/projects/demo/runs/1)"), "{stdout}");

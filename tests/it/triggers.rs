@@ -413,6 +413,15 @@ async fn signed_pushes_from_each_forge_start_one_run_and_bad_signatures_none() {
     assert_eq!(redelivered["delivery"]["runs"], json!([5]));
     assert_eq!(runs(&server, "demo").await.len(), 5);
 
+    // The console lists the deliveries with their outcome and a re-deliver button.
+    let page = server.get("/projects/demo/triggers").await;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("/api/v1/hooks/demo"), "webhook address");
+    assert!(page.contains("<code>d-0</code>") && page.contains("triggered"));
+    assert!(page.contains("/triggers/deliveries/1/redeliver"));
+    assert!(page.contains("set (never shown again)") && !page.contains(&secret));
+
     // The secret is never shown again, nor stored in plaintext.
     let project = server.get_json("/api/v1/projects/demo").await;
     assert_eq!(project["credentials"], json!(["webhook_secret"]));

@@ -219,15 +219,21 @@ pub async fn set_credential(
     })
 }
 
+/// The body is optional (`{"value": "…"}`): an empty one generates a webhook secret.
 pub async fn put_credential(
     State(app): State<App>,
     signed: Signed,
     Path((slug, name)): Path<(String, String)>,
-    body: Option<Json<CredentialRequest>>,
+    body: Bytes,
 ) -> ServerResult<Json<CredentialView>> {
-    let value = body.and_then(|Json(b)| b.value);
+    let request: CredentialRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CredentialRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("request body: {e}")))?
+    };
     Ok(Json(
-        set_credential(&app, &slug, &name, value, &signed.audit).await?,
+        set_credential(&app, &slug, &name, request.value, &signed.audit).await?,
     ))
 }
 

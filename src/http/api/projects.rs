@@ -135,12 +135,14 @@ pub async fn delete(
     signed: Signed,
     Path(slug): Path<String>,
 ) -> ServerResult<StatusCode> {
+    let project = find(&app, &slug).await?;
     app.store
         .delete_project(
             &slug,
             Record::new(&signed.audit, "project.delete", format!("project:{slug}")),
         )
         .await?;
+    app.runner.mirrors.remove(project.id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Webhook received → first step running. A release server with a local repository; N
+# signed GitHub push deliveries (each for a new commit) are sent one after another. For
+# each, the time from the delivery's `received_at` to the first step's `started_at` (both
+# recorded by the server) is taken. In the same run, the peer: the same work done by
+# hand with git and sh — fetch the commit into a bare mirror, clone it locally, check it
+# out and spawn `sh -c true` — timed from Python.
+#   usage: bench/webhook-latency.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-30}
+[ -x target/release/betcycle ] || cargo build --release
+bin=$PWD/target/release/betcycle
+dir=$(mktemp -d)
+trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+export GIT_AUTHOR_NAME=b GIT_AUTHOR_EMAIL=b@example.com GIT_COMMITTER_NAME=b GIT_COMMITTER_EMAIL=b@example.com
+mkdir "$dir/repo"
+git -C "$dir/repo" init -q -b main
+printf 'steps:\n  - name: first\n    run: "true"\n' > "$dir/repo/.betcycle.yml"
+echo start > "$dir/repo/f.txt"
+git -C "$dir/repo" add -A && git -C "$dir/repo" commit -qm init
+echo "bench password 1" | "$bin" user add admin --admin --password-stdin --data-dir "$dir/data" >/dev/null
+token=$("$bin" token create --user admin --scope admin --data-dir "$dir/data")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+BETCYCLE_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" 2>"$dir/server.log" &
+pid=$!
+until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.02; done
+
+python3 - "$dir" "$port" "$token" "$n" <<'PY'
+import hashlib, hmac, json, statistics, subprocess, sys, time, urllib.request
+d, port, token, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+base = f"http://127.0.0.1:{port}"
+def api(method, path, body=None, headers=None):
+    h = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    h.update(headers or {})
+    req = urllib.request.Request(base + path, method=method, headers=h,
+                                 data=None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode()))
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read() or b"null")
+repo = f"{d}/repo"
+git = lambda *a: subprocess.run(["git", "-C", repo, *a], check=True, capture_output=True, text=True).stdout.strip()
+api("POST", "/api/v1/projects", {"slug": "bench", "repository": repo})
+secret = api("PUT", "/api/v1/projects/bench/credentials/webhook_secret")["value"]
+ts = lambda s: time.mktime(time.strptime(s[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + (s[20:].rstrip("Z").split("+")[0] or "0"))
+latencies = []
+for i in range(n + 1):
+    before = git("rev-parse", "HEAD")
+    open(f"{repo}/f.txt", "w").write(str(i))
+    git("commit", "-qam", f"c{i}")
+    after = git("rev-parse", "HEAD")
+    body = json.dumps({"ref": "refs/heads/main", "before": before, "after": after,
+                       "commits": [{"id": after, "added": [], "removed": [], "modified": ["f.txt"]}],
+                       "pusher": {"name": "bench"}}).encode()
+    sig = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    receipt = api("POST", "/api/v1/hooks/bench", body, {
+        "X-GitHub-Event": "push", "X-GitHub-Delivery": f"bench-{i}", "X-Hub-Signature-256": f"sha256={sig}"})
+    number = receipt["delivery"]["runs"][0]
+    while True:
+        run = api("GET", f"/api/v1/projects/bench/runs/{number}")
+        if run["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.01)
+    if i == 0:
+        continue  # the first delivery creates the mirror
+    received = ts(receipt["delivery"]["received_at"])
+    started = ts(run["steps"][0]["started_at"])
+    latencies.append((started - received) * 1000)
+
+# The peer: the same git and process work, by hand.
+peer = []
+subprocess.run(["git", "init", "-q", "--bare", f"{d}/mirror.git"], check=True)
+for i in range(n):
+    open(f"{repo}/f.txt", "w").write(f"peer {i}")
+    git("commit", "-qam", f"p{i}")
+    sha = git("rev-parse", "HEAD")
+    ws = f"{d}/ws{i}"
+    t = time.perf_counter()
+    subprocess.run(["git", "-C", f"{d}/mirror.git", "fetch", "-q", "--prune", repo, "+refs/heads/*:refs/heads/*"], check=True)
+    subprocess.run(["git", "clone", "-q", "--no-checkout", f"{d}/mirror.git", ws], check=True)
+    subprocess.run(["git", "-C", ws, "checkout", "-q", "--detach", sha], check=True)
+    subprocess.run(["sh", "-c", "true"], check=True)
+    peer.append((time.perf_counter() - t) * 1000)
+
+med, p90 = statistics.median(latencies), sorted(latencies)[int(len(latencies) * 0.9) - 1]
+pm = statistics.median(peer)
+print(f"{n} signed push deliveries, one at a time")
+print(f"betcycle: webhook received -> first step running: median {med:.1f} ms, p90 {p90:.1f} ms, max {max(latencies):.1f} ms")
+print(f"peer (git fetch + local clone + checkout + sh -c true by hand): median {pm:.1f} ms")
+print(f"ratio betcycle/peer: {med/pm:.2f}")
+PY
