@@ -240,3 +240,40 @@ impl Reporter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gitea_and_forgejo_statuses_use_their_api_shape() {
+        let link = ForgeLink {
+            kind: Forge::Forgejo,
+            url: "https://codeberg.org/acme/app".into(),
+            api_url: None,
+        };
+        let run: Run = serde_json::from_value(serde_json::json!({
+            "id": 1, "project": "app", "number": 4, "event": "push", "git_ref": "refs/heads/main",
+            "branch": "main", "commit": "abc123", "actor": "x", "status": "cancelled",
+            "created_at": "2026-11-22T08:00:00Z"
+        }))
+        .unwrap();
+        let request = request_for(
+            &link,
+            "t0ken",
+            &run,
+            "https://ci.example/projects/app/runs/4",
+        );
+        assert_eq!(
+            request.url,
+            "https://codeberg.org/api/v1/repos/acme/app/statuses/abc123"
+        );
+        assert_eq!(
+            request.headers,
+            vec![("authorization", "token t0ken".to_string())]
+        );
+        assert_eq!(request.body["state"], "error");
+        assert_eq!(request.body["description"], "BetCycle run #4 cancelled");
+        assert_eq!(request.body["context"], "betcycle/app");
+    }
+}
