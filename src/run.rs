@@ -139,7 +139,7 @@ pub struct Run {
 }
 
 /// A step of a run as stored; `status` is `None` until it has finished.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StepRecord {
     pub name: String,
     #[serde(default)]
@@ -179,14 +179,7 @@ impl StepRecord {
     /// `running`, `pending`, or the finished status.
     pub fn state(&self) -> &'static str {
         match (&self.status, self.running) {
-            (Some(s), _) => match s {
-                StepStatus::Succeeded => "succeeded",
-                StepStatus::Failed => "failed",
-                StepStatus::FailedAllowed => "failed (allowed)",
-                StepStatus::TimedOut => "timed out",
-                StepStatus::Cancelled => "cancelled",
-                StepStatus::Skipped => "skipped",
-            },
+            (Some(s), _) => s.label(),
             (None, true) => "running",
             (None, false) => "pending",
         }
@@ -219,22 +212,7 @@ impl StepRecord {
 
     /// A step that has not run yet.
     pub fn pending() -> Self {
-        Self {
-            name: String::new(),
-            needs: Vec::new(),
-            running: false,
-            status: None,
-            reason: String::new(),
-            exit_code: None,
-            attempts: 0,
-            started_at: None,
-            finished_at: None,
-            tests: None,
-            coverage: None,
-            artifacts: Vec::new(),
-            warnings: Vec::new(),
-            reused_from: None,
-        }
+        Self::default()
     }
 
     pub fn finish(&mut self, result: &StepResult) {

@@ -165,6 +165,44 @@ pub async fn sign_in(
     })
 }
 
+/// Signs out one of `principal`'s sessions. Returns how many were removed (0 or 1).
+pub async fn revoke_session(
+    store: &Store,
+    principal: &super::Principal,
+    id: &str,
+    ctx: &Context,
+) -> Result<usize> {
+    let target = id.to_string();
+    store
+        .delete_sessions(
+            principal.user.id,
+            move |sid| sid == target,
+            Record::new(ctx, "session.delete", format!("session:{id}")),
+        )
+        .await
+}
+
+/// Signs out every session of `principal` except the one making the request. Returns
+/// how many were removed.
+pub async fn revoke_other_sessions(
+    store: &Store,
+    principal: &super::Principal,
+    ctx: &Context,
+) -> Result<usize> {
+    let keep = principal.session_id().map(str::to_string);
+    store
+        .delete_sessions(
+            principal.user.id,
+            move |id| keep.as_deref() != Some(id),
+            Record::new(
+                ctx,
+                "session.delete_others",
+                format!("user:{}", principal.user.name),
+            ),
+        )
+        .await
+}
+
 /// Changes the caller's own password after checking the current one.
 pub async fn change_password(
     store: &Store,

@@ -70,21 +70,10 @@ impl Observer for Terminal {
         } else {
             format!(": {}", r.reason)
         };
-        println!("{mark} {} {}{took}{reason}", r.name, status_word(&r.status));
+        println!("{mark} {} {}{took}{reason}", r.name, r.status.label());
         for w in &r.warnings {
             println!("  warning: {w}");
         }
-    }
-}
-
-fn status_word(status: &StepStatus) -> &'static str {
-    match status {
-        StepStatus::Succeeded => "succeeded",
-        StepStatus::Failed => "failed",
-        StepStatus::FailedAllowed => "failed (allowed)",
-        StepStatus::TimedOut => "timed out",
-        StepStatus::Cancelled => "cancelled",
-        StepStatus::Skipped => "skipped",
     }
 }
 
@@ -211,7 +200,7 @@ fn summary(results: &[StepResult]) {
             ),
             _ => "-".into(),
         };
-        println!("{:<40} {:<17} {:>9}", r.name, status_word(&r.status), took);
+        println!("{:<40} {:<17} {:>9}", r.name, r.status.label(), took);
     }
     for r in results {
         if let Some(t) = &r.tests {

@@ -33,6 +33,18 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// How people read it: `succeeded`, `failed (allowed)`, `timed out`, …
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::FailedAllowed => "failed (allowed)",
+            StepStatus::TimedOut => "timed out",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+
     /// Whether steps that depend on this one may run.
     pub fn lets_dependents_run(&self) -> bool {
         matches!(

@@ -155,15 +155,7 @@ pub async fn revoke_session(
     signed: Signed,
     Path(id): Path<String>,
 ) -> ServerResult<StatusCode> {
-    let target = id.clone();
-    let n = app
-        .store
-        .delete_sessions(
-            signed.principal.user.id,
-            move |sid| sid == target,
-            Record::new(&signed.audit, "session.delete", format!("session:{id}")),
-        )
-        .await?;
+    let n = accounts::revoke_session(&app.store, &signed.principal, &id, &signed.audit).await?;
     if n == 0 {
         return Err(ServerError::NotFound(format!("session {id} not found")));
     }
@@ -180,19 +172,8 @@ pub async fn revoke_other_sessions(
     State(app): State<App>,
     signed: Signed,
 ) -> ServerResult<Json<Revoked>> {
-    let keep = signed.principal.session_id().map(str::to_string);
-    let revoked = app
-        .store
-        .delete_sessions(
-            signed.principal.user.id,
-            move |id| keep.as_deref() != Some(id),
-            Record::new(
-                &signed.audit,
-                "session.delete_others",
-                format!("user:{}", signed.principal.user.name),
-            ),
-        )
-        .await?;
+    let revoked =
+        accounts::revoke_other_sessions(&app.store, &signed.principal, &signed.audit).await?;
     Ok(Json(Revoked { revoked }))
 }
 

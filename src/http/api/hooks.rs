@@ -8,6 +8,7 @@
 //! `forge_token`; values are write-only).
 
 use super::projects::find;
+use super::runs::ListQuery;
 use crate::app::App;
 use crate::audit::Record;
 use crate::delivery::{Delivery, Inbox, Receipt};
@@ -96,20 +97,13 @@ pub async fn receive(
     Ok(respond(receipt))
 }
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
-
 pub async fn list(
     State(app): State<App>,
     Path(slug): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ServerResult<Json<Vec<Delivery>>> {
     find(&app, &slug).await?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    Ok(Json(app.store.project_deliveries(&slug, limit).await?))
+    Ok(Json(app.store.project_deliveries(&slug, q.limit()).await?))
 }
 
 pub async fn show(

@@ -56,10 +56,17 @@ pub async fn trigger(
     Ok((StatusCode::CREATED, Json(run)))
 }
 
+/// `?limit=N` on a list: 50 by default, 1 to 500.
 #[derive(Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
     pub limit: Option<usize>,
+}
+
+impl ListQuery {
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(50).clamp(1, 500)
+    }
 }
 
 pub async fn list(
@@ -68,8 +75,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ServerResult<Json<Vec<Run>>> {
     find(&app, &slug).await?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    Ok(Json(app.store.project_runs(&slug, limit).await?))
+    Ok(Json(app.store.project_runs(&slug, q.limit()).await?))
 }
 
 pub async fn by_number(app: &App, slug: &str, number: u64) -> ServerResult<Run> {

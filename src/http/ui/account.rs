@@ -1,6 +1,6 @@
 //! My account: password, sessions and API tokens.
 
-use super::sign_in::{form_error, with_status};
+use super::sign_in::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
 use crate::audit::Record;
@@ -91,11 +91,10 @@ pub async fn change_password(
         // Changing the password ends every session, this one included.
         Ok(()) => Ok(Redirect::to("/login").into_response()),
         Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                account_page(&app, &signed, None, Some(error.message.clone()), None).await,
-                &error,
-            )
+            form_failed(e, |message| {
+                account_page(&app, &signed, None, Some(message), None)
+            })
+            .await
         }
     }
 }
@@ -136,11 +135,10 @@ pub async fn create_token(
             .await?
             .into_response()),
         Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                account_page(&app, &signed, None, Some(error.message.clone()), None).await,
-                &error,
-            )
+            form_failed(e, |message| {
+                account_page(&app, &signed, None, Some(message), None)
+            })
+            .await
         }
     }
 }
@@ -165,14 +163,7 @@ pub async fn revoke_session(
     signed: Signed,
     Path(id): Path<String>,
 ) -> ServerResult<Redirect> {
-    let target = id.clone();
-    app.store
-        .delete_sessions(
-            signed.principal.user.id,
-            move |sid| sid == target,
-            Record::new(&signed.audit, "session.delete", format!("session:{id}")),
-        )
-        .await?;
+    accounts::revoke_session(&app.store, &signed.principal, &id, &signed.audit).await?;
     Ok(Redirect::to("/account?done=session-revoked"))
 }
 
@@ -180,17 +171,6 @@ pub async fn revoke_other_sessions(
     State(app): State<App>,
     signed: Signed,
 ) -> ServerResult<Redirect> {
-    let keep = signed.principal.session_id().map(str::to_string);
-    app.store
-        .delete_sessions(
-            signed.principal.user.id,
-            move |id| keep.as_deref() != Some(id),
-            Record::new(
-                &signed.audit,
-                "session.delete_others",
-                format!("user:{}", signed.principal.user.name),
-            ),
-        )
-        .await?;
+    accounts::revoke_other_sessions(&app.store, &signed.principal, &signed.audit).await?;
     Ok(Redirect::to("/account?done=sessions-revoked"))
 }

@@ -1,6 +1,6 @@
 //! Administration screens: users, teams and the audit log.
 
-use super::sign_in::{form_error, with_status};
+use super::sign_in::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
 use crate::audit::{Entry, Filter, Record};
@@ -75,11 +75,10 @@ pub async fn create_user(
     {
         Ok(_) => Ok(Redirect::to("/security/users?done=user-created").into_response()),
         Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                users_page_with(&app, &signed, None, Some(error.message.clone())).await,
-                &error,
-            )
+            form_failed(e, |message| {
+                users_page_with(&app, &signed, None, Some(message))
+            })
+            .await
         }
     }
 }
@@ -128,11 +127,10 @@ pub async fn update_user(
     match result {
         Ok(()) => Ok(Redirect::to("/security/users?done=user-updated").into_response()),
         Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                users_page_with(&app, &signed, None, Some(error.message.clone())).await,
-                &error,
-            )
+            form_failed(e, |message| {
+                users_page_with(&app, &signed, None, Some(message))
+            })
+            .await
         }
     }
 }
@@ -179,11 +177,10 @@ async fn team_result(
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/security/teams?done={done}")).into_response()),
         Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                teams_page_with(app, signed, None, Some(error.message.clone())).await,
-                &error,
-            )
+            form_failed(e, |message| {
+                teams_page_with(app, signed, None, Some(message))
+            })
+            .await
         }
     }
 }

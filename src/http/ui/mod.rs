@@ -237,6 +237,18 @@ fn done_message(key: Option<&str>) -> Option<&'static str> {
     })
 }
 
+/// The caller's role on project `slug`; administrators act as maintainers.
+async fn project_role(
+    app: &crate::app::App,
+    signed: &super::auth::Signed,
+    slug: &str,
+) -> ServerResult<Option<crate::auth::Role>> {
+    if signed.principal.user.admin {
+        return Ok(Some(crate::auth::Role::Maintainer));
+    }
+    Ok(app.store.project_role(slug, &signed.principal.user).await?)
+}
+
 /// Renders a template, turning a rendering failure into an internal error.
 fn render(template: &impl Template) -> ServerResult<Html<String>> {
     template

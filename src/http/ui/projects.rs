@@ -1,7 +1,7 @@
 //! Projects: the list (administrators create projects here) and a project's page with
 //! its settings and members.
 
-use super::sign_in::{form_error, with_status};
+use super::sign_in::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
 use crate::audit::Record;
@@ -64,13 +64,7 @@ pub async fn create(
         Ok(p) => {
             Ok(Redirect::to(&format!("/projects/{}?done=project-created", p.slug)).into_response())
         }
-        Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                list_page(&app, &signed, Some(error.message.clone())).await,
-                &error,
-            )
-        }
+        Err(e) => form_failed(e, |message| list_page(&app, &signed, Some(message))).await,
     }
 }
 
@@ -95,11 +89,7 @@ async fn project_page(
     error: Option<String>,
 ) -> ServerResult<Html<String>> {
     let project = find(app, slug).await?;
-    let role = if signed.principal.user.admin {
-        Some(Role::Maintainer)
-    } else {
-        app.store.project_role(slug, &signed.principal.user).await?
-    };
+    let role = super::project_role(app, signed, slug).await?;
     render(&ProjectPage {
         layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
         members: member_views(app, slug).await?,
@@ -131,11 +121,10 @@ async fn after(
     match result {
         Ok(()) => Ok(Redirect::to(&format!("/projects/{slug}?done={done}")).into_response()),
         Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                project_page(app, signed, slug, None, Some(error.message.clone())).await,
-                &error,
-            )
+            form_failed(e, |message| {
+                project_page(app, signed, slug, None, Some(message))
+            })
+            .await
         }
     }
 }

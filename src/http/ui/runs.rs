@@ -67,9 +67,8 @@ async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerRes
             .collect();
         logs.push(StepView { index, log });
     }
-    let developer = signed.principal.user.admin
-        || app.store.project_role(slug, &signed.principal.user).await?
-            >= Some(crate::auth::Role::Developer);
+    let developer =
+        super::project_role(app, signed, slug).await? >= Some(crate::auth::Role::Developer);
     let commit_url = crate::http::api::projects::find(app, slug)
         .await?
         .forge

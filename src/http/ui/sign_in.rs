@@ -44,6 +44,17 @@ pub fn form_error(e: Error) -> Result<FormError, ServerError> {
     })
 }
 
+/// A failed form: its page rendered again by `page` with the error's message, under the
+/// error's status. Internal errors go to the error page instead.
+pub async fn form_failed<F, Fut>(e: Error, page: F) -> ServerResult<Response>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ServerResult<axum::response::Html<String>>>,
+{
+    let error = form_error(e)?;
+    with_status(page(error.message.clone()).await, &error)
+}
+
 /// Renders a page for a failed form with the error's status.
 pub fn with_status(
     page: ServerResult<axum::response::Html<String>>,

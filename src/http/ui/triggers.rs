@@ -2,7 +2,7 @@
 //! re-delivery), the forge link and token for commit statuses, polling, and cron
 //! schedules.
 
-use super::sign_in::{form_error, with_status};
+use super::sign_in::form_failed;
 use super::{Layout, render};
 use crate::app::App;
 use crate::audit::Record;
@@ -66,8 +66,7 @@ async fn page(
     error: Option<String>,
 ) -> ServerResult<Html<String>> {
     let project = detail(app, slug).await?;
-    let maintainer = signed.principal.user.admin
-        || app.store.project_role(slug, &signed.principal.user).await? >= Some(Role::Maintainer);
+    let maintainer = super::project_role(app, signed, slug).await? >= Some(Role::Maintainer);
     render(&TriggersPage {
         layout: Layout::new(
             format!("{}: triggers", project.project.name),
@@ -114,11 +113,10 @@ async fn after(
             Ok(Redirect::to(&format!("/projects/{slug}/triggers?done={done}")).into_response())
         }
         Err(e) => {
-            let error = form_error(e)?;
-            with_status(
-                page(app, signed, slug, None, None, Some(error.message.clone())).await,
-                &error,
-            )
+            form_failed(e, |message| {
+                page(app, signed, slug, None, None, Some(message))
+            })
+            .await
         }
     }
 }
