@@ -122,7 +122,7 @@ impl Inbox<'_> {
         webhook::verify(forge, headers, body, &secret).map_err(Error::Unauthorized)?;
 
         let digest = crate::auth::secret::digest_bytes(body);
-        self.keep_payload(&digest, body)?;
+        self.keep_payload(&digest, body).await?;
         let delivery = Delivery {
             id: 0,
             project: project.slug.clone(),
@@ -153,9 +153,11 @@ impl Inbox<'_> {
             .ok_or_else(|| Error::NotFound {
                 what: format!("delivery {id} of project \"{}\"", project.slug),
             })?;
-        let body = std::fs::read(self.payload_path(&original.payload)).map_err(|_| {
-            Error::Conflict(format!("the payload of delivery {id} is no longer kept"))
-        })?;
+        let body = tokio::fs::read(self.payload_path(&original.payload))
+            .await
+            .map_err(|_| {
+                Error::Conflict(format!("the payload of delivery {id} is no longer kept"))
+            })?;
         self.store
             .audit(
                 Record::new(
@@ -183,21 +185,22 @@ impl Inbox<'_> {
     }
 
     /// Writes the payload under its digest (once).
-    fn keep_payload(&self, digest: &str, body: &[u8]) -> Result<()> {
+    async fn keep_payload(&self, digest: &str, body: &[u8]) -> Result<()> {
         let path = self.payload_path(digest);
-        if path.exists() {
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Ok(());
         }
         let dir = path.parent().expect("payloads live in a directory");
-        std::fs::create_dir_all(dir)
-            .map_err(Error::io(format!("cannot create {}", dir.display())))?;
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, body)
-            .and_then(|()| std::fs::rename(&partial, &path))
-            .map_err(Error::io(format!(
+        let failed = || {
+            Error::io(format!(
                 "cannot keep a webhook payload in {}",
                 dir.display()
-            )))
+            ))
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(failed())?;
+        let partial = path.with_extension("partial");
+        tokio::fs::write(&partial, body).await.map_err(failed())?;
+        tokio::fs::rename(&partial, &path).await.map_err(failed())
     }
 
     async fn act(

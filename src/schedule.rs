@@ -128,13 +128,18 @@ impl Schedule {
         Ok(())
     }
 
+    /// The parsed expression and time zone (both were validated when set).
+    fn parsed(&self) -> Option<(Cron, jiff::tz::TimeZone)> {
+        Some((
+            parse_cron(&self.cron).ok()?,
+            parse_timezone(&self.timezone).ok()?,
+        ))
+    }
+
     /// The first tick strictly after `after`.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
-        let cron = parse_cron(&self.cron).ok()?;
-        let tz = parse_timezone(&self.timezone).ok()?;
-        cron.find_next_occurrence(&after.to_zoned(tz), false)
-            .ok()
-            .map(|z: Zoned| z.timestamp())
+        let (cron, tz) = self.parsed()?;
+        next_tick(&cron, &tz, after)
     }
 
     /// The next tick, counted from the last one acted on (or from creation).
@@ -143,26 +148,28 @@ impl Schedule {
     }
 
     /// When due at `now`: the latest tick not after `now` and how many ticks were missed
-    /// before it (0 when the worker was on time).
+    /// before it (0 when the worker was on time; counting stops at 100 000).
     pub fn due(&self, now: Timestamp) -> Option<(Timestamp, u64)> {
-        let mut tick = self.next_tick().filter(|t| *t <= now)?;
-        let mut missed = 0;
-        while let Some(later) = self.next_after(tick).filter(|t| *t <= now) {
-            tick = later;
+        let (cron, tz) = self.parsed()?;
+        let first = next_tick(&cron, &tz, self.last_tick.unwrap_or(self.created_at))
+            .filter(|t| *t <= now)?;
+        let latest = cron
+            .find_previous_occurrence(&now.to_zoned(tz.clone()), true)
+            .ok()?
+            .timestamp();
+        let (mut tick, mut missed) = (first, 0);
+        while tick < latest && missed < 100_000 {
+            tick = next_tick(&cron, &tz, tick)?;
             missed += 1;
-            // A tight schedule after a long downtime: stop counting, keep the latest.
-            if missed >= 100_000 {
-                let cron = parse_cron(&self.cron).ok()?;
-                let tz = parse_timezone(&self.timezone).ok()?;
-                tick = cron
-                    .find_previous_occurrence(&now.to_zoned(tz), true)
-                    .ok()?
-                    .timestamp();
-                break;
-            }
         }
-        Some((tick, missed))
+        Some((latest, missed))
     }
+}
+
+fn next_tick(cron: &Cron, tz: &jiff::tz::TimeZone, after: Timestamp) -> Option<Timestamp> {
+    cron.find_next_occurrence(&after.to_zoned(tz.clone()), false)
+        .ok()
+        .map(|z: Zoned| z.timestamp())
 }
 
 /// Starts the runs of due schedules until `shutdown`; `changed` wakes it when schedules
@@ -177,18 +184,15 @@ pub async fn work(
         let mut wait = Duration::from_secs(60);
         match store.schedules().await {
             Ok(schedules) => {
-                for schedule in schedules.into_iter().filter(|s| s.enabled) {
-                    let now = Timestamp::now();
-                    if let Some((tick, missed)) = schedule.due(now) {
-                        fire(&store, &runner, schedule.clone(), tick, missed).await;
-                    }
-                    if let Some(next) = store
-                        .schedule(schedule.id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|s| s.next_tick())
-                    {
+                for schedule in schedules.iter().filter(|s| s.enabled) {
+                    let next = match schedule.due(Timestamp::now()) {
+                        Some((tick, missed)) => {
+                            fire(&store, &runner, schedule, tick, missed).await;
+                            schedule.next_after(tick)
+                        }
+                        None => schedule.next_tick(),
+                    };
+                    if let Some(next) = next {
                         let until = next.duration_since(Timestamp::now());
                         let until = Duration::try_from(until).unwrap_or_default();
                         wait = wait.min(until);
@@ -207,7 +211,7 @@ pub async fn work(
 
 /// Acts on `tick`: records it first (so a crash cannot make it run twice), then starts
 /// the run.
-async fn fire(store: &Store, runner: &Runner, schedule: Schedule, tick: Timestamp, missed: u64) {
+async fn fire(store: &Store, runner: &Runner, schedule: &Schedule, tick: Timestamp, missed: u64) {
     let id = schedule.id;
     if let Err(e) = store
         .update_schedule(id, None, move |s| {

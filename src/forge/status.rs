@@ -136,26 +136,20 @@ impl Reporter {
                 }
             }
         });
-        // The last state sent per run, so step progress does not repeat it.
-        let mut sent: HashMap<u64, &'static str> = HashMap::new();
+        // The status last reported per active run: step progress repeats `running`.
+        let mut sent: HashMap<u64, RunStatus> = HashMap::new();
         loop {
             let (id, status) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 item = next.recv() => match item { Some(item) => item, None => break },
             };
-            let (state, _) = state_for(Forge::Github, status);
-            let label = if status.is_finished() {
-                state
-            } else {
-                status.as_str()
-            };
-            if sent.get(&id) == Some(&label) {
+            if sent.get(&id) == Some(&status) {
                 continue;
             }
             if status.is_finished() {
                 sent.remove(&id);
             } else {
-                sent.insert(id, label);
+                sent.insert(id, status);
             }
             if let Err(e) = self.report(id, &shutdown).await {
                 tracing::warn!(run = id, error = %e, "cannot report a commit status");
