@@ -43,7 +43,8 @@ pub(crate) async fn trigger(server: &Server, slug: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// Polls run `number` until `done` says so (or 30 s pass).
+/// Polls run `number` until it exists and `done` says so (or 30 s pass). A run a poll or
+/// a schedule creates may not exist yet.
 pub(crate) async fn wait_for(
     server: &Server,
     slug: &str,
@@ -52,13 +53,18 @@ pub(crate) async fn wait_for(
 ) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let run: Value = server
-            .get_json(&format!("/api/v1/projects/{slug}/runs/{number}"))
+        let response = server
+            .get(&format!("/api/v1/projects/{slug}/runs/{number}"))
             .await;
-        if done(&run) {
+        let status = response.status();
+        let run: Value = response.json().await.unwrap_or(Value::Null);
+        if status == 200 && done(&run) {
             return run;
         }
-        assert!(Instant::now() < deadline, "run did not get there: {run:#}");
+        assert!(
+            Instant::now() < deadline,
+            "run {slug}#{number} did not get there ({status}): {run:#}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -163,18 +169,7 @@ async fn a_triggered_run_executes_the_dag_and_records_steps_tests_coverage_and_a
         "steps:\n  - name: a\n    runn: x\n",
     )
     .unwrap();
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(&repo)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .unwrap()
-    };
-    git(&["commit", "-qam", "break it"]);
+    crate::run::git(&repo, &["commit", "-qam", "break it"]);
     trigger(&server, "demo").await;
     let broken = wait_for(&server, "demo", 2, finished).await;
     assert_eq!(broken["status"], "error");

@@ -4,7 +4,7 @@
 //! commit statuses reported to a stand-in forge (a small real HTTP server that records).
 
 use crate::harness::{Server, tempdir};
-use crate::run::git_repo;
+use crate::run::{git, git_repo};
 use crate::runs::{demo, wait_for};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::Method;
@@ -12,25 +12,6 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Runs git in `repo`, returning its output.
-pub fn git(repo: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(args)
-        .current_dir(repo)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Commits `files` on the current branch and returns the new commit.
 pub fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> String {
@@ -463,32 +444,6 @@ fn step_running(run: &Value, name: &str) -> bool {
     })
 }
 
-/// Waits until run `number` exists (a poll or a schedule creates it) and `done` says so.
-async fn wait_run(
-    server: &Server,
-    slug: &str,
-    number: u64,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = server
-            .get(&format!("/api/v1/projects/{slug}/runs/{number}"))
-            .await;
-        if response.status() == 200 {
-            let run: Value = response.json().await.unwrap();
-            if done(&run) {
-                return run;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run {slug}#{number} did not get there"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn changed_paths_pick_the_steps_and_fork_pull_requests_are_marked() {
     let dir = tempdir();
@@ -670,7 +625,7 @@ async fn a_schedule_missed_during_downtime_runs_once_after_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let server = Server::start_admin(dir.path(), &[]);
-    let run = wait_run(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    let run = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     assert_eq!(run["event"], "cron");
     assert_eq!(run["env"]["KIND"], "nightly");
     assert!(
@@ -715,7 +670,7 @@ async fn polling_starts_runs_for_new_commits_and_backs_off_on_errors() {
     assert!(runs(&server, "demo").await.is_empty());
     git(&repo, &["checkout", "-q", "-b", "topic"]);
     let head = commit(&repo, &[("x.txt", "x")], "x");
-    let run = wait_run(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    let run = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     assert_eq!(run["commit"], head.as_str());
     assert_eq!(run["branch"], "topic");
     assert_eq!(run["event"], "push");
