@@ -33,8 +33,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub login_throttle: Arc<LoginThrottle>,
     pub runner: Arc<crate::runner::Runner>,
-    /// Seals and opens project credentials (webhook secrets, forge tokens).
-    pub master_key: crate::seal::MasterKey,
+    /// The secret store (sealed by the master key).
+    pub secrets: crate::secrets::Secrets,
     /// Wakes the schedule worker when schedules change.
     pub schedules_changed: Arc<tokio::sync::Notify>,
     /// SHA-256 of the one-time set-up token while no user exists; `None` afterwards.
@@ -87,6 +87,19 @@ pub async fn serve(mut config: Config) -> Result<()> {
         config.public_url = format!("{scheme}://{addr}");
     }
 
+    // The key is checked before anything is recorded: a wrong key changes nothing.
+    let master_key = crate::secrets::open_master_key(
+        &config.master_key_file,
+        !config.master_key_file_named,
+        &store,
+    )
+    .await?;
+    let secrets = crate::secrets::Secrets::new(store.clone(), master_key);
+    let adopted = secrets.adopt_project_credentials().await?;
+    if adopted > 0 {
+        tracing::info!(adopted, "moved project credentials into the secret store");
+    }
+
     let seq = store
         .record_start(crate::VERSION, std::process::id())
         .await?;
@@ -126,10 +139,10 @@ pub async fn serve(mut config: Config) -> Result<()> {
         config.run_concurrency,
         config.log.step_max_size,
         config.workspace_retention,
+        secrets.clone(),
     );
-    let master_key = crate::seal::MasterKey::load_or_create(&config.data_dir)?;
     let app = App {
-        master_key: master_key.clone(),
+        secrets: secrets.clone(),
         schedules_changed: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::new(Metrics::new(store.clone())),
         config: Arc::new(config),
@@ -146,11 +159,8 @@ pub async fn serve(mut config: Config) -> Result<()> {
         runner,
     };
     let worker = tokio::spawn(app.runner.clone().work(app.shutdown.clone()));
-    let reporter = crate::forge::status::Reporter::new(
-        store.clone(),
-        master_key,
-        app.config.public_url.clone(),
-    );
+    let reporter =
+        crate::forge::status::Reporter::new(store.clone(), secrets, app.config.public_url.clone());
     tokio::spawn(reporter.work(app.events.clone(), app.shutdown.clone()));
     tokio::spawn(crate::schedule::work(
         store.clone(),

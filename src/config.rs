@@ -65,6 +65,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "URL users and forges reach BetCycle at, used in links and webhooks.",
     },
     OptionSpec {
+        key: "master_key_file",
+        flag: "master-key-file",
+        env: "BETCYCLE_MASTER_KEY_FILE",
+        default: None,
+        derived: "<data_dir>/master.key",
+        integer: false,
+        value_name: "FILE",
+        help: "File holding the master key that seals every secret (64 hex digits). The default one is created on first start; a file named here must exist.",
+    },
+    OptionSpec {
         key: "shutdown_timeout",
         flag: "shutdown-timeout",
         env: "BETCYCLE_SHUTDOWN_TIMEOUT",
@@ -291,6 +301,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub public_url: String,
+    /// The master key file, and whether it was named (a named file must exist).
+    pub master_key_file: PathBuf,
+    pub master_key_file_named: bool,
     pub shutdown_timeout: Duration,
     pub session_lifetime: Duration,
     pub run_concurrency: usize,
@@ -431,10 +444,19 @@ impl Config {
         let health_min_free_disk = parse_size(&get("health.min_free_disk").expect("has default").0)
             .map_err(|reason| invalid("health.min_free_disk", &reason))?;
 
+        let (master_key_file, master_key_file_named) = match get("master_key_file") {
+            Some((file, _)) => (
+                std::path::absolute(file)
+                    .map_err(|e| invalid("master_key_file", &e.to_string()))?,
+                true,
+            ),
+            None => (data_dir.join(crate::seal::MASTER_KEY_FILE), false),
+        };
         let derived = |key: &str| match key {
             "public_url" => public_url.clone(),
             "run_concurrency" => run_concurrency.to_string(),
             "log.dir" => log_dir.display().to_string(),
+            "master_key_file" => master_key_file.display().to_string(),
             _ => String::new(),
         };
         let sources = raw
@@ -449,6 +471,8 @@ impl Config {
             data_dir,
             listen,
             public_url,
+            master_key_file,
+            master_key_file_named,
             shutdown_timeout,
             session_lifetime,
             run_concurrency,
@@ -585,7 +609,8 @@ fn unknown_env_warnings(env: &BTreeMap<String, String>) -> Vec<String> {
         .filter(|k| k.starts_with("BETCYCLE_"))
         .filter(|k| {
             let base = k.strip_suffix("_FILE").unwrap_or(k);
-            !OPTIONS.iter().any(|o| o.env == base) && !OTHER_ENV.contains(&k.as_str())
+            !OPTIONS.iter().any(|o| o.env == base || o.env == k.as_str())
+                && !OTHER_ENV.contains(&k.as_str())
         })
         .map(|k| format!("unknown environment variable {k} ignored"))
         .collect()
@@ -648,6 +673,7 @@ fn example_for(key: &str) -> &'static str {
     match key {
         "public_url" => "https://betcycle.example.com",
         "log.dir" => "/var/log/betcycle",
+        "master_key_file" => "/run/secrets/betcycle-master.key",
         "tls.cert" => "/etc/betcycle/cert.pem",
         "run_concurrency" => "4",
         "tls.key" => "/etc/betcycle/key.pem",

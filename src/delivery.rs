@@ -6,9 +6,8 @@ use crate::audit::{Context, Record};
 use crate::error::{Error, Result};
 use crate::forge::Forge;
 use crate::forge::webhook::{self, Headers, Hook};
-use crate::project::{Project, WEBHOOK_SECRET, credential_context};
+use crate::project::{Project, WEBHOOK_SECRET};
 use crate::runner::{Runner, TriggerSpec};
-use crate::seal::MasterKey;
 use crate::store::Store;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -79,7 +78,7 @@ pub enum Receipt {
 pub struct Inbox<'a> {
     pub store: &'a Store,
     pub runner: &'a Runner,
-    pub key: &'a MasterKey,
+    pub secrets: &'a crate::secrets::Secrets,
     pub data_dir: &'a Path,
 }
 
@@ -106,9 +105,9 @@ impl Inbox<'_> {
                     .into(),
             )
         })?;
-        let sealed = self
-            .store
-            .credential(project.id, WEBHOOK_SECRET)
+        let secret = self
+            .secrets
+            .project_value(project.id, WEBHOOK_SECRET)
             .await?
             .ok_or_else(|| {
                 Error::Unauthorized(format!(
@@ -116,9 +115,6 @@ impl Inbox<'_> {
                     project.slug
                 ))
             })?;
-        let secret = self
-            .key
-            .open(&sealed, &credential_context(project.id, WEBHOOK_SECRET))?;
         webhook::verify(forge, headers, body, &secret).map_err(Error::Unauthorized)?;
 
         let digest = crate::auth::secret::digest_bytes(body);

@@ -25,6 +25,7 @@ pub mod run;
 pub mod runner;
 pub mod schedule;
 pub mod seal;
+pub mod secrets;
 pub mod store;
 
 /// This build's version, as `betcycle version`, `/metrics` and the console show it.

@@ -27,16 +27,8 @@ pub struct Project {
     pub poll_interval: Option<String>,
 }
 
-/// Names of the sealed credentials a project may hold.
-pub const CREDENTIALS: [&str; 2] = [WEBHOOK_SECRET, crate::forge::status::FORGE_TOKEN];
-
-/// The credential webhook deliveries are verified with.
-pub const WEBHOOK_SECRET: &str = "webhook_secret";
-
-/// The context a project credential is sealed for: it opens nowhere else.
-pub fn credential_context(project_id: u64, name: &str) -> String {
-    format!("project:{project_id}/{name}")
-}
+/// The project secret webhook deliveries are verified with.
+pub const WEBHOOK_SECRET: &str = "WEBHOOK_SECRET";
 
 /// The shortest polling interval.
 pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

@@ -136,6 +136,9 @@ pub struct Run {
     /// The cron schedule that triggered it.
     #[serde(default)]
     pub schedule: Option<u64>,
+    /// The secrets its steps were given (name, scope, version — never a value).
+    #[serde(default)]
+    pub secrets: Vec<crate::secrets::SecretRead>,
 }
 
 /// A step of a run as stored; `status` is `None` until it has finished.

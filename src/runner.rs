@@ -14,6 +14,7 @@ use crate::git::{self, Mirrors, short};
 use crate::pipeline::Trigger;
 use crate::project::Project;
 use crate::run::{Run, RunStatus, StepRecord};
+use crate::secrets::Secrets;
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -56,6 +57,7 @@ pub struct Runner {
     workspace_retention: std::time::Duration,
     /// The projects' repository mirrors.
     pub mirrors: Mirrors,
+    secrets: Secrets,
 }
 
 /// What to run and why: everything a trigger (webhook, poll, schedule, console, API)
@@ -96,8 +98,10 @@ impl Runner {
         limit: usize,
         max_step_log: u64,
         workspace_retention: std::time::Duration,
+        secrets: Secrets,
     ) -> Arc<Self> {
         Arc::new(Self {
+            secrets,
             store,
             limit: limit.max(1),
             wake: Notify::new(),
@@ -205,6 +209,7 @@ impl Runner {
             concurrency_group: None,
             delivery: spec.delivery,
             schedule: spec.schedule,
+            secrets: Vec::new(),
         };
         // The pipeline at that commit says which concurrency group the run is in. A file
         // with problems is reported when the run starts, not here.
@@ -274,6 +279,7 @@ impl Runner {
             rerun_of: Some(previous.id),
             failed_only,
             steps: Vec::new(),
+            secrets: Vec::new(),
             ..previous.clone()
         };
         self.enqueue(run, ctx).await
@@ -577,6 +583,12 @@ impl Runner {
             parallelism: self.limit,
             only: None,
             reuse: reuse.clone(),
+            secrets: Arc::new(RunSecrets {
+                secrets: self.secrets.clone(),
+                project: project.id,
+                withheld: run.pull_request.as_ref().is_some_and(|pr| pr.fork),
+                run: run.clone(),
+            }),
         };
 
         // Store updates happen in order on one task; the observer only sends.
@@ -644,6 +656,42 @@ impl Runner {
             let _ = tokio::fs::remove_dir_all(&workspace).await;
         }
         Ok(status)
+    }
+}
+
+/// A server run's secrets: from the secret store, each read recorded on the run — and
+/// none for a pull request from a fork, whose code nobody with access has reviewed.
+struct RunSecrets {
+    secrets: Secrets,
+    project: u64,
+    withheld: bool,
+    run: Run,
+}
+
+impl executor::SecretSource for RunSecrets {
+    fn reveal<'a>(
+        &'a self,
+        step: &'a crate::pipeline::Step,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = std::result::Result<executor::Revealed, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let names: Vec<&str> = step.secrets.iter().map(|(n, _)| n.as_str()).collect();
+            if self.withheld {
+                return Ok(executor::Revealed {
+                    env: Vec::new(),
+                    notice: Some(format!(
+                        "secrets are withheld from pull requests from forks: {} not set",
+                        names.join(", ")
+                    )),
+                });
+            }
+            self.secrets
+                .reveal(&self.run, self.project, None, &step.name, &step.secrets)
+                .await
+                .map(|env| executor::Revealed { env, notice: None })
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

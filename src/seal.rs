@@ -35,7 +35,21 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+/// The key file's name in the data directory, unless `master_key_file` names another.
 pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// What the key check seals, and where.
+const KEY_CHECK_TEXT: &str = "betcycle master key check";
+pub const KEY_CHECK_CONTEXT: &str = "master-key-check";
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+}
 
 fn random<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
@@ -86,10 +100,14 @@ fn decrypt(
 }
 
 impl MasterKey {
-    /// Reads `<data_dir>/master.key`, creating it (0600) when absent.
-    pub fn load_or_create(data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join(MASTER_KEY_FILE);
-        match std::fs::read_to_string(&path) {
+    /// A new random key.
+    pub fn generate() -> Self {
+        Self(random::<32>().into())
+    }
+
+    /// Reads a key file (64 hex digits); `None` when the file does not exist.
+    pub fn read(path: &Path) -> Result<Option<Self>> {
+        match std::fs::read_to_string(path) {
             Ok(text) => {
                 let bytes: [u8; 32] = hex::decode(text.trim())
                     .ok()
@@ -100,33 +118,67 @@ impl MasterKey {
                             path.display()
                         ))
                     })?;
-                Ok(Self(bytes.into()))
+                Ok(Some(Self(bytes.into())))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let bytes = random::<32>();
-                let partial = path.with_extension("partial");
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&partial)
-                    .map_err(Error::io(format!("cannot create {}", partial.display())))?;
-                file.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(Error::io(format!("cannot write {}", partial.display())))?;
-                std::fs::rename(&partial, &path)
-                    .map_err(Error::io(format!("cannot create {}", path.display())))?;
-                tracing::info!(path = %path.display(), "created the master key; back it up with the database");
-                Ok(Self(bytes.into()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io {
                 context: format!("cannot read {}", path.display()),
                 source: e,
             }),
         }
+    }
+
+    /// Writes the key to `path` (mode 0600) atomically: a crash leaves either no file or
+    /// the whole key.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let partial = path.with_extension("partial");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(Error::io(format!("cannot create {}", partial.display())))?;
+        file.write_all(format!("{}\n", hex::encode(self.0)).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(Error::io(format!("cannot write {}", partial.display())))?;
+        std::fs::rename(&partial, path)
+            .map_err(Error::io(format!("cannot create {}", path.display())))?;
+        sync_parent(path);
+        Ok(())
+    }
+
+    /// A short public fingerprint (the first 12 hex digits of the key's SHA-256), so
+    /// messages can say which key is which without revealing either.
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.0))[..12].to_string()
+    }
+
+    /// A value sealed under this key that proves, later, that a key is this one.
+    pub fn check_value(&self) -> Sealed {
+        self.seal(KEY_CHECK_TEXT, KEY_CHECK_CONTEXT)
+    }
+
+    /// Whether `check` (from [`MasterKey::check_value`]) was sealed under this key.
+    pub fn verifies(&self, check: &Sealed) -> bool {
+        self.open(check, KEY_CHECK_CONTEXT)
+            .is_ok_and(|t| t == KEY_CHECK_TEXT)
+    }
+
+    /// The same value sealed under `to` instead: only the data key is re-encrypted; the
+    /// value's ciphertext stays as it is.
+    pub fn rewrap(&self, sealed: &Sealed, context: &str, to: &MasterKey) -> Result<Sealed> {
+        let data_key = decrypt(&self.0, &sealed.key, &sealed.key_nonce, context)?;
+        let (key, key_nonce) = encrypt(&to.0, &data_key, context);
+        Ok(Sealed {
+            key,
+            key_nonce,
+            value: sealed.value.clone(),
+            value_nonce: sealed.value_nonce.clone(),
+        })
     }
 
     /// Seals `plain` for `context` under a fresh data key.
@@ -167,28 +219,49 @@ mod tests {
     #[test]
     fn sealed_values_open_only_with_their_key_and_context() {
         let dir = tempfile::tempdir().unwrap();
-        let key = MasterKey::load_or_create(dir.path()).unwrap();
-        let sealed = key.seal("hunter2", "project:1/webhook_secret");
+        let path = dir.path().join(MASTER_KEY_FILE);
+        assert!(MasterKey::read(&path).unwrap().is_none());
+        let key = MasterKey::generate();
+        key.write(&path).unwrap();
+        let sealed = key.seal("hunter2", "project:1/WEBHOOK_SECRET");
         assert!(!serde_json::to_string(&sealed).unwrap().contains("hunter2"));
         assert_eq!(
-            key.open(&sealed, "project:1/webhook_secret").unwrap(),
+            key.open(&sealed, "project:1/WEBHOOK_SECRET").unwrap(),
             "hunter2"
         );
         // Moved to another project: refused.
-        assert!(key.open(&sealed, "project:2/webhook_secret").is_err());
+        assert!(key.open(&sealed, "project:2/WEBHOOK_SECRET").is_err());
         // The same file gives the same key; another key cannot open it.
-        let again = MasterKey::load_or_create(dir.path()).unwrap();
+        let again = MasterKey::read(&path).unwrap().unwrap();
+        assert_eq!(again.id(), key.id());
         assert_eq!(
-            again.open(&sealed, "project:1/webhook_secret").unwrap(),
+            again.open(&sealed, "project:1/WEBHOOK_SECRET").unwrap(),
             "hunter2"
         );
-        let other = MasterKey::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
-        assert!(other.open(&sealed, "project:1/webhook_secret").is_err());
+        let other = MasterKey::generate();
+        assert_ne!(other.id(), key.id());
+        assert!(other.open(&sealed, "project:1/WEBHOOK_SECRET").is_err());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(MasterKey::read(&path).is_err());
+    }
+
+    #[test]
+    fn rewrapping_moves_a_value_to_another_key_without_touching_its_ciphertext() {
+        let (old, new) = (MasterKey::generate(), MasterKey::generate());
+        let sealed = old.seal("s3cret-value", "secret:instance/A@1");
+        let moved = old.rewrap(&sealed, "secret:instance/A@1", &new).unwrap();
+        assert_eq!(moved.value, sealed.value);
+        assert_eq!(
+            new.open(&moved, "secret:instance/A@1").unwrap(),
+            "s3cret-value"
+        );
+        assert!(old.open(&moved, "secret:instance/A@1").is_err());
+        assert!(old.rewrap(&sealed, "secret:instance/B@1", &new).is_err());
+        let check = old.check_value();
+        assert!(old.verifies(&check));
+        assert!(!new.verifies(&check));
     }
 }

@@ -17,7 +17,7 @@ pub enum AuditVerb {
 impl AuditVerb {
     pub fn run(self, env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
         let AuditVerb::Verify { config } = self;
-        with_store(&config, env, false, |store| async move {
+        with_store(&config, env, false, |store, _| async move {
             match store.verify_audit().await.map_err(runtime_err)? {
                 Ok(count) => {
                     println!("audit log intact: {count} entries verified");

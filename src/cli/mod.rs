@@ -7,6 +7,7 @@ mod healthcheck;
 mod offline;
 mod project;
 mod run;
+mod secrets;
 mod serve;
 mod token;
 mod trigger;
@@ -48,6 +49,9 @@ enum Verb {
     /// Check the audit log (server stopped).
     #[command(subcommand)]
     Audit(audit::AuditVerb),
+    /// Manage the secret store's master key (server stopped).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsVerb),
     /// List every HTTP route with what it requires of the caller.
     Routes,
     /// Check a pipeline file (.betcycle.yml) and report every problem with its location.
@@ -100,6 +104,7 @@ pub fn main() -> ExitCode {
         Verb::User(verb) => verb.run(env),
         Verb::Token(verb) => verb.run(env),
         Verb::Audit(verb) => verb.run(env),
+        Verb::Secrets(verb) => verb.run(env),
         Verb::Validate(verb) => verb.run(),
         Verb::Run(verb) => verb.run(env),
         Verb::Trigger(verb) => verb.run(env),

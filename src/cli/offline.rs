@@ -1,5 +1,5 @@
 //! Helpers for verbs that work on the data directory directly, without a server
-//! (`user`, `token`, `audit`). The store allows one process at a time: with the server
+//! (`user`, `token`, `audit`, `secrets`). The store allows one process at a time: with the server
 //! running, these verbs say so and exit 1.
 
 use super::{ConfigArgs, Failure};
@@ -19,7 +19,7 @@ pub fn with_store<T, F, Fut>(
     f: F,
 ) -> Result<T, Failure>
 where
-    F: FnOnce(Store) -> Fut,
+    F: FnOnce(Store, Config) -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
     let (config, _) =
@@ -50,7 +50,7 @@ where
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(f(store))
+    runtime.block_on(f(store, config))
 }
 
 /// Reads a password from standard input (one line, the newline removed).

@@ -141,8 +141,9 @@ impl Run {
             ("BETCYCLE_WORKSPACE".to_string(), dir.display().to_string()),
         ]);
         let passthrough = env
-            .into_iter()
+            .iter()
             .filter(|(k, _)| PASSTHROUGH_ENV.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let spec = RunSpec {
             pipeline,
@@ -159,6 +160,7 @@ impl Run {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             only: self.step,
             reuse: BTreeMap::new(),
+            secrets: std::sync::Arc::new(crate::executor::EnvSecrets(env)),
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -38,7 +38,7 @@ impl TokenVerb {
             name,
             config,
         } = self;
-        with_store(&config, env, false, |store| async move {
+        with_store(&config, env, false, |store, _| async move {
             let user = store
                 .user_by_name(&user)
                 .await

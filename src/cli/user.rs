@@ -47,7 +47,7 @@ impl UserVerb {
                 ..
             } => {
                 let password = password_from_stdin()?;
-                with_store(&config, env, true, |store| async move {
+                with_store(&config, env, true, |store, _| async move {
                     let user =
                         accounts::create_user(&store, &name, &password, admin, &Context::cli())
                             .await
@@ -57,7 +57,7 @@ impl UserVerb {
                     Ok(ExitCode::SUCCESS)
                 })
             }
-            UserVerb::List { config } => with_store(&config, env, false, |store| async move {
+            UserVerb::List { config } => with_store(&config, env, false, |store, _| async move {
                 let users = store.list_users().await.map_err(runtime_err)?;
                 println!(
                     "{:<4} {:<24} {:<14} {:<9} TEAMS",
@@ -77,7 +77,7 @@ impl UserVerb {
             }),
             UserVerb::ResetPassword { name, config, .. } => {
                 let password = password_from_stdin()?;
-                with_store(&config, env, false, |store| async move {
+                with_store(&config, env, false, |store, _| async move {
                     accounts::set_password(&store, &name, &password, &Context::cli())
                         .await
                         .map_err(runtime_err)?;

@@ -5,9 +5,10 @@
 
 pub mod process;
 
-use crate::pipeline::{Pipeline, Trigger};
+use crate::pipeline::{Pipeline, Step, Trigger};
 use crate::reports::coverage::{self, Coverage};
 use crate::reports::junit::{self, TestSummary};
+use crate::secrets::mask::Masker;
 use globset::{Glob, GlobSetBuilder};
 use jiff::Timestamp;
 use process::{Exit, Stream};
@@ -95,6 +96,53 @@ pub trait Observer: Send + Sync {
     fn step_finished(&self, result: &StepResult);
 }
 
+/// What a step was given from its `secrets:` list.
+#[derive(Default)]
+pub struct Revealed {
+    /// `(environment variable, value)` pairs.
+    pub env: Vec<(String, String)>,
+    /// Said in the step's log (e.g. why secrets were withheld).
+    pub notice: Option<String>,
+}
+
+/// Where steps' `secrets:` come from: the server's secret store, or, for `betcycle run`,
+/// the caller's own environment. An error fails the step before it starts.
+pub trait SecretSource: Send + Sync {
+    fn reveal<'a>(
+        &'a self,
+        step: &'a Step,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Revealed, String>> + Send + 'a>>;
+}
+
+/// `betcycle run`'s secrets: the variables of the same name in its own environment.
+pub struct EnvSecrets(pub BTreeMap<String, String>);
+
+impl SecretSource for EnvSecrets {
+    fn reveal<'a>(
+        &'a self,
+        step: &'a Step,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Revealed, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut revealed = Revealed::default();
+            let mut missing = Vec::new();
+            for (name, env) in &step.secrets {
+                match self.0.get(name) {
+                    Some(value) => revealed.env.push((env.clone(), value.clone())),
+                    None => missing.push(name.as_str()),
+                }
+            }
+            if missing.is_empty() {
+                Ok(revealed)
+            } else {
+                Err(format!(
+                    "secret {} not set: `betcycle run` takes secrets from its own environment",
+                    missing.join(", ")
+                ))
+            }
+        })
+    }
+}
+
 /// What to run and where.
 pub struct RunSpec {
     pub pipeline: Pipeline,
@@ -111,6 +159,26 @@ pub struct RunSpec {
     pub only: Option<String>,
     /// Results to use instead of running these steps (re-running failed steps only).
     pub reuse: BTreeMap<String, StepResult>,
+    /// Where the steps' `secrets:` come from.
+    pub secrets: Arc<dyn SecretSource>,
+}
+
+/// Passes output on with every revealed secret masked.
+struct Masking {
+    inner: Arc<dyn Observer>,
+    masker: Masker,
+}
+
+impl Observer for Masking {
+    fn step_started(&self, step: &str) {
+        self.inner.step_started(step);
+    }
+    fn line(&self, step: &str, stream: Stream, text: &str) {
+        self.inner.line(step, stream, &self.masker.mask(text));
+    }
+    fn step_finished(&self, result: &StepResult) {
+        self.inner.step_finished(result);
+    }
 }
 
 /// How long services may take to become ready.
@@ -125,6 +193,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Vec<StepResult> {
     let spec = Arc::new(spec);
+    // Every line of the run goes through the masker, services' output included.
+    let masking = Arc::new(Masking {
+        inner: observer,
+        masker: Masker::default(),
+    });
+    let observer: Arc<dyn Observer> = masking.clone();
     let stop_services = cancel.child_token();
     let services = match start_services(&spec, &observer, &stop_services).await {
         Ok(services) => services,
@@ -148,7 +222,7 @@ pub async fn run(
                 .collect();
         }
     };
-    let results = run_steps(spec, observer, cancel).await;
+    let results = run_steps(spec, observer, masking, cancel).await;
     stop_services.cancel();
     for service in services {
         let _ = service.await;
@@ -222,6 +296,7 @@ async fn start_services(
 async fn run_steps(
     spec: Arc<RunSpec>,
     observer: Arc<dyn Observer>,
+    masking: Arc<Masking>,
     cancel: CancellationToken,
 ) -> Vec<StepResult> {
     let n = spec.pipeline.steps.len();
@@ -288,8 +363,18 @@ async fn run_steps(
                 results[i] = Some(result);
                 continue;
             }
-            let (spec, observer, cancel) = (spec.clone(), observer.clone(), cancel.clone());
-            running.spawn(async move { (i, run_step(&spec, i, observer, &cancel).await) });
+            let (spec, observer, masking, cancel) = (
+                spec.clone(),
+                observer.clone(),
+                masking.clone(),
+                cancel.clone(),
+            );
+            running.spawn(async move {
+                (
+                    i,
+                    run_step(&spec, i, observer, &masking.masker, &cancel).await,
+                )
+            });
         }
         match running.join_next().await {
             Some(Ok((i, result))) => {
@@ -328,6 +413,7 @@ async fn run_step(
     spec: &RunSpec,
     index: usize,
     observer: Arc<dyn Observer>,
+    masker: &Masker,
     cancel: &CancellationToken,
 ) -> StepResult {
     let step = &spec.pipeline.steps[index];
@@ -344,6 +430,29 @@ async fn run_step(
 
     observer.step_started(&step.name);
     let started_at = Timestamp::now();
+    if !step.secrets.is_empty() {
+        match spec.secrets.reveal(step).await {
+            Ok(revealed) => {
+                // Masked before the step can print anything.
+                for (name, value) in revealed.env {
+                    masker.add(&value);
+                    env.insert(name, value);
+                }
+                if let Some(notice) = revealed.notice {
+                    observer.line(&step.name, Stream::Stderr, &format!("betcycle: {notice}"));
+                }
+            }
+            Err(reason) => {
+                observer.line(&step.name, Stream::Stderr, &format!("betcycle: {reason}"));
+                return StepResult {
+                    status: StepStatus::Failed,
+                    started_at: Some(started_at),
+                    finished_at: Some(Timestamp::now()),
+                    ..skipped(&step.name, reason)
+                };
+            }
+        }
+    }
     let mut attempts = 0;
     let (status, exit_code, reason) = loop {
         attempts += 1;

@@ -9,15 +9,15 @@
 use super::{Forge, ForgeLink};
 use crate::events::{Event, EventBus};
 use crate::run::{Run, RunStatus};
-use crate::seal::MasterKey;
+use crate::secrets::Secrets;
 use crate::store::Store;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The name of the project credential holding the forge token.
-pub const FORGE_TOKEN: &str = "forge_token";
+/// The name of the project secret holding the forge token.
+pub const FORGE_TOKEN: &str = "FORGE_TOKEN";
 
 /// How a run's status is said to a forge: (state, description).
 pub fn state_for(forge: Forge, status: RunStatus) -> (&'static str, &'static str) {
@@ -38,7 +38,7 @@ pub fn state_for(forge: Forge, status: RunStatus) -> (&'static str, &'static str
 
 pub struct Reporter {
     store: Store,
-    key: MasterKey,
+    secrets: Secrets,
     public_url: String,
     client: reqwest::Client,
 }
@@ -99,7 +99,7 @@ pub fn request_for(link: &ForgeLink, token: &str, run: &Run, target_url: &str) -
 }
 
 impl Reporter {
-    pub fn new(store: Store, key: MasterKey, public_url: String) -> Self {
+    pub fn new(store: Store, secrets: Secrets, public_url: String) -> Self {
         let client = reqwest::Client::builder()
             .user_agent(format!("BetCycle/{}", crate::VERSION))
             .timeout(Duration::from_secs(10))
@@ -107,7 +107,7 @@ impl Reporter {
             .expect("an HTTP client with default TLS settings");
         Self {
             store,
-            key,
+            secrets,
             public_url,
             client,
         }
@@ -175,21 +175,14 @@ impl Reporter {
         let Some(link) = project.forge.clone() else {
             return Ok(());
         };
-        let Some(sealed) = self
-            .store
-            .credential(project.id, FORGE_TOKEN)
+        let Some(token) = self
+            .secrets
+            .project_value(project.id, FORGE_TOKEN)
             .await
             .map_err(|e| e.to_string())?
         else {
             return Ok(());
         };
-        let token = self
-            .key
-            .open(
-                &sealed,
-                &crate::project::credential_context(project.id, FORGE_TOKEN),
-            )
-            .map_err(|e| e.to_string())?;
         let target = format!(
             "{}/projects/{}/runs/{}",
             self.public_url.trim_end_matches('/'),

@@ -206,7 +206,7 @@ pub fn table() -> Vec<Route> {
             Project(Viewer),
             api::runs::artifact,
         ),
-        // Webhooks, deliveries, credentials and schedules.
+        // Webhooks, deliveries and schedules.
         body_limit(
             route(M::POST, "/api/v1/hooks/{slug}", Public, api::hooks::receive),
             api::hooks::MAX_PAYLOAD,
@@ -228,18 +228,6 @@ pub fn table() -> Vec<Route> {
             "/api/v1/projects/{slug}/deliveries/{id}/redeliver",
             Project(Maintainer),
             api::hooks::redeliver,
-        ),
-        route(
-            M::PUT,
-            "/api/v1/projects/{slug}/credentials/{name}",
-            Project(Maintainer),
-            api::hooks::put_credential,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/projects/{slug}/credentials/{name}",
-            Project(Maintainer),
-            api::hooks::delete_credential,
         ),
         route(
             M::GET,
@@ -264,6 +252,82 @@ pub fn table() -> Vec<Route> {
             "/api/v1/projects/{slug}/schedules/{id}",
             Project(Maintainer),
             api::schedules::delete,
+        ),
+        // Secrets: the instance's, a project's, an environment's. Values are write-only.
+        route(M::GET, "/api/v1/secrets", Admin, api::secrets::list),
+        route(M::GET, "/api/v1/secrets/{name}", Admin, api::secrets::show),
+        route(M::PUT, "/api/v1/secrets/{name}", Admin, api::secrets::set),
+        route(
+            M::DELETE,
+            "/api/v1/secrets/{name}",
+            Admin,
+            api::secrets::delete,
+        ),
+        route(
+            M::POST,
+            "/api/v1/secrets/{name}/restore",
+            Admin,
+            api::secrets::restore,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/secrets",
+            Project(Maintainer),
+            api::secrets::list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Project(Maintainer),
+            api::secrets::show,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Project(Maintainer),
+            api::secrets::set,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Project(Maintainer),
+            api::secrets::delete,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/secrets/{name}/restore",
+            Project(Maintainer),
+            api::secrets::restore,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets",
+            Project(Maintainer),
+            api::secrets::list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+            Project(Maintainer),
+            api::secrets::show,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+            Project(Maintainer),
+            api::secrets::set,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+            Project(Maintainer),
+            api::secrets::delete,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore",
+            Project(Maintainer),
+            api::secrets::restore,
         ),
         // Instance.
         route(M::GET, "/api/v1/instance", User, api::instance::show),

@@ -80,6 +80,14 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 6,
+        description: "create secrets",
+        apply: |tx| {
+            tx.open_table(SECRETS)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

@@ -13,6 +13,7 @@ mod instance;
 mod migrations;
 mod project;
 mod run;
+mod secrets;
 pub mod tables;
 mod trigger;
 
@@ -392,6 +393,7 @@ mod tests {
             concurrency_group: None,
             delivery: None,
             schedule: None,
+            secrets: Vec::new(),
         };
         let ctx = crate::audit::Context::default();
         {

@@ -1,9 +1,7 @@
 //! Stored projects. The slug is fixed at creation: role bindings and (later) runs refer
 //! to it.
 
-use super::tables::{
-    POLL_STATES, PROJECT_CREDENTIALS, PROJECT_SLUGS, PROJECTS, ROLE_BINDINGS, SCHEDULES,
-};
+use super::tables::{POLL_STATES, PROJECT_SLUGS, PROJECTS, ROLE_BINDINGS, SCHEDULES};
 use super::{Store, codec};
 use crate::audit::Record;
 use crate::auth::{Role, RoleBinding, Team, User};
@@ -136,12 +134,8 @@ impl Store {
                     what: format!("project \"{slug}\""),
                 })?;
             tx.open_table(PROJECTS)?.remove(id)?;
-            // Its credentials, schedules and poll state go with it.
-            let mut credentials = tx.open_table(PROJECT_CREDENTIALS)?;
-            for name in project::CREDENTIALS {
-                credentials.remove((id, name))?;
-            }
-            drop(credentials);
+            // Its secrets, schedules and poll state go with it.
+            super::secrets::remove_project_secrets(tx, id)?;
             tx.open_table(POLL_STATES)?.remove(id)?;
             let mut schedules = tx.open_table(SCHEDULES)?;
             let mut doomed = Vec::new();

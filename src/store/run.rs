@@ -9,7 +9,7 @@ use crate::events::Event;
 use crate::run::{Run, RunStatus};
 use redb::{ReadableDatabase, ReadableTable};
 
-fn load(tx: &WriteTx, id: u64) -> Result<Run> {
+pub(super) fn load(tx: &WriteTx, id: u64) -> Result<Run> {
     match tx.open_table(RUNS)?.get(id)? {
         Some(v) => codec::decode(RUNS, v.value()),
         None => Err(Error::NotFound {
@@ -18,7 +18,7 @@ fn load(tx: &WriteTx, id: u64) -> Result<Run> {
     }
 }
 
-fn save(tx: &WriteTx, run: &Run) -> Result<()> {
+pub(super) fn save(tx: &WriteTx, run: &Run) -> Result<()> {
     tx.open_table(RUNS)?
         .insert(run.id, codec::encode(run).as_slice())?;
     tx.publish(Event::RunUpdated {

@@ -65,7 +65,9 @@ pub const RUN_QUEUE: TableDefinition<u64, ()> = TableDefinition::new("run-queue-
 pub const RUNS_RUNNING: TableDefinition<u64, ()> = TableDefinition::new("runs-running-1");
 
 /// Key: (project id, credential name: `webhook_secret`, `forge_token`).
-/// Value: JSON [`crate::seal::Sealed`] — never the plaintext.
+/// Value: JSON [`crate::seal::Sealed`] — never the plaintext. Legacy: since schema 6 these
+/// are project secrets (`WEBHOOK_SECRET`, `FORGE_TOKEN` in `SECRETS`); the server moves any
+/// left here at start.
 pub const PROJECT_CREDENTIALS: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("project-credentials-1");
 
@@ -87,3 +89,8 @@ pub const SCHEDULES: TableDefinition<u64, &[u8]> = TableDefinition::new("schedul
 /// Key: project id. Value: JSON [`crate::poll::PollState`] — the refs last seen and when to
 /// look again.
 pub const POLL_STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("poll-states-1");
+
+/// Key: (scope: `instance`, `project:ID` or `project:ID/environment:NAME`, secret name).
+/// Value: JSON [`crate::secrets::Secret`] — its kept versions, each sealed for its scope,
+/// name and version; never a plaintext value.
+pub const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secrets-1");

@@ -1,75 +1,15 @@
-//! Stored project credentials (sealed), webhook deliveries, cron schedules and poll
-//! states: what the triggers keep.
+//! Webhook deliveries, cron schedules and poll states: what the triggers keep.
 
-use super::tables::{
-    DELIVERIES, DELIVERY_IDS, POLL_STATES, PROJECT_CREDENTIALS, PROJECT_DELIVERIES, SCHEDULES,
-};
+use super::tables::{DELIVERIES, DELIVERY_IDS, POLL_STATES, PROJECT_DELIVERIES, SCHEDULES};
 use super::{Store, codec};
 use crate::audit::Record;
 use crate::delivery::Delivery;
 use crate::error::{Error, Result};
 use crate::poll::PollState;
 use crate::schedule::Schedule;
-use crate::seal::Sealed;
 use redb::{ReadableDatabase, ReadableTable};
 
 impl Store {
-    /// Sets (or with `None` removes) a project credential.
-    pub async fn set_credential(
-        &self,
-        project_id: u64,
-        name: &'static str,
-        value: Option<Sealed>,
-        audit: Record,
-    ) -> Result<()> {
-        self.write(move |tx| {
-            let mut table = tx.open_table(PROJECT_CREDENTIALS)?;
-            match &value {
-                Some(sealed) => {
-                    table.insert((project_id, name), codec::encode(sealed).as_slice())?;
-                }
-                None => {
-                    table.remove((project_id, name))?;
-                }
-            }
-            drop(table);
-            tx.audit(audit.detail(format!(
-                "{name} {}",
-                if value.is_some() { "set" } else { "removed" }
-            )))?;
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn credential(&self, project_id: u64, name: &'static str) -> Result<Option<Sealed>> {
-        self.read(move |db| {
-            let tx = db.begin_read()?;
-            match tx
-                .open_table(PROJECT_CREDENTIALS)?
-                .get((project_id, name))?
-            {
-                Some(v) => Ok(Some(codec::decode(PROJECT_CREDENTIALS, v.value())?)),
-                None => Ok(None),
-            }
-        })
-        .await
-    }
-
-    /// The names of the credentials a project has.
-    pub async fn credential_names(&self, project_id: u64) -> Result<Vec<String>> {
-        self.read(move |db| {
-            let tx = db.begin_read()?;
-            let table = tx.open_table(PROJECT_CREDENTIALS)?;
-            let mut names = Vec::new();
-            for item in table.range((project_id, "")..=(project_id, "\u{10ffff}"))? {
-                names.push(item?.0.value().1.to_string());
-            }
-            Ok(names)
-        })
-        .await
-    }
-
     /// Records a delivery as received. A delivery id already recorded for the project
     /// (and not a re-delivery) is not recorded again: `Err(id of the first)`.
     pub async fn create_delivery(

@@ -79,14 +79,51 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/api/v1/projects/{slug}/deliveries/{id}/redeliver",
         "project:maintainer",
     ),
+    ("PUT", "/api/v1/secrets/{name}", "admin"),
+    ("DELETE", "/api/v1/secrets/{name}", "admin"),
+    ("POST", "/api/v1/secrets/{name}/restore", "admin"),
     (
         "PUT",
-        "/api/v1/projects/{slug}/credentials/{name}",
+        "/api/v1/projects/{slug}/secrets/{name}",
         "project:maintainer",
     ),
     (
         "DELETE",
-        "/api/v1/projects/{slug}/credentials/{name}",
+        "/api/v1/projects/{slug}/secrets/{name}",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/secrets/{name}/restore",
+        "project:maintainer",
+    ),
+    (
+        "PUT",
+        "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore",
+        "project:maintainer",
+    ),
+    ("POST", "/security/secrets", "admin"),
+    ("POST", "/security/secrets/{name}/delete", "admin"),
+    ("POST", "/security/secrets/{name}/restore", "admin"),
+    ("POST", "/projects/{slug}/secrets", "project:maintainer"),
+    (
+        "POST",
+        "/projects/{slug}/secrets/{name}/delete",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/projects/{slug}/secrets/{name}/restore",
         "project:maintainer",
     ),
     (
@@ -218,6 +255,7 @@ async fn every_changing_route_is_declared_and_enforced() {
         let path = pattern
             .replace("{id}", "1")
             .replace("{name}", "nobody")
+            .replace("{environment}", "staging")
             .replace("{user}", "nobody")
             .replace("{slug}", "demo")
             .replace("{subject}", "user:dev")

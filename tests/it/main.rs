@@ -12,4 +12,5 @@ mod metrics;
 mod projects;
 mod run;
 mod runs;
+mod secrets;
 mod triggers;

@@ -435,7 +435,7 @@ async fn re_running_failed_steps_keeps_the_steps_that_succeeded() {
 }
 
 /// Reads Server-Sent Events until `end`: (id, data) of each `line` event.
-async fn read_log_stream(mut response: reqwest::Response) -> Vec<(u64, Value)> {
+pub(crate) async fn read_log_stream(mut response: reqwest::Response) -> Vec<(u64, Value)> {
     let mut buffer = String::new();
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);

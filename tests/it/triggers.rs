@@ -31,25 +31,24 @@ fn sign(secret: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Generates the project's webhook secret through the API.
+/// Sets the project's webhook secret (the project secret `WEBHOOK_SECRET`) through the
+/// API; the answer never holds the value.
 async fn webhook_secret(server: &Server, slug: &str) -> String {
+    let secret = format!("whsec-{}", uuid::Uuid::new_v4().simple());
     let response = server
         .request(
             Method::PUT,
-            &format!("/api/v1/projects/{slug}/credentials/webhook_secret"),
+            &format!("/api/v1/projects/{slug}/secrets/WEBHOOK_SECRET"),
         )
+        .json(&json!({ "value": secret }))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
-    assert!(
-        body["webhook_url"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("/api/v1/hooks/{slug}"))
-    );
-    body["value"].as_str().unwrap().to_string()
+    assert_eq!(body["name"], "WEBHOOK_SECRET");
+    assert!(!body.to_string().contains(&secret), "{body}");
+    secret
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -405,7 +404,7 @@ async fn signed_pushes_from_each_forge_start_one_run_and_bad_signatures_none() {
 
     // The secret is never shown again, nor stored in plaintext.
     let project = server.get_json("/api/v1/projects/demo").await;
-    assert_eq!(project["credentials"], json!(["webhook_secret"]));
+    assert_eq!(project["secrets"], json!(["WEBHOOK_SECRET"]));
     assert!(!project.to_string().contains(&secret));
     gl_headers.clear();
     drop(gl_headers);
@@ -423,8 +422,9 @@ steps:
     run: echo "compiling"
     when: { paths: ["src/**"] }
   - name: report
-    run: echo "pr=$BETCYCLE_PULL_REQUEST fork=$BETCYCLE_PULL_REQUEST_FORK target=$BETCYCLE_BRANCH source=$BETCYCLE_SOURCE_BRANCH"
+    run: echo "pr=$BETCYCLE_PULL_REQUEST fork=$BETCYCLE_PULL_REQUEST_FORK target=$BETCYCLE_BRANCH source=$BETCYCLE_SOURCE_BRANCH token=${API_TOKEN:-none}"
     when: { event: [pull_request] }
+    secrets: [API_TOKEN]
 "#;
 
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
@@ -449,6 +449,13 @@ async fn changed_paths_pick_the_steps_and_fork_pull_requests_are_marked() {
     let dir = tempdir();
     let (server, repo) = demo(dir.path(), FILTERED, &[]).await;
     let secret = webhook_secret(&server, "demo").await;
+    let stored = server
+        .request(Method::PUT, "/api/v1/projects/demo/secrets/API_TOKEN")
+        .json(&json!({"value": "not-for-forks-1234"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
     let first = git(&repo, &["rev-parse", "HEAD"]);
     // Two commits pushed at once; the payload lists only the last one's files, git
     // knows both — and neither touches src/.
@@ -529,10 +536,16 @@ async fn changed_paths_pick_the_steps_and_fork_pull_requests_are_marked() {
         .text()
         .await
         .unwrap();
+    // Code from a fork gets no secrets; the log says why.
     assert!(
-        log.contains("pr=7 fork=true target=main source=feature"),
+        log.contains("pr=7 fork=true target=main source=feature token=none"),
         "{log}"
     );
+    assert!(
+        log.contains("secrets are withheld from pull requests from forks: API_TOKEN"),
+        "{log}"
+    );
+    assert_eq!(run["secrets"], json!([]));
     server.stop();
 }
 
@@ -823,12 +836,12 @@ async fn commit_statuses_go_to_the_forge_pending_then_final() {
     assert_eq!(linked.status(), 200);
     let token = "ghp_test_token_0123456789";
     let stored = server
-        .request(Method::PUT, "/api/v1/projects/demo/credentials/forge_token")
+        .request(Method::PUT, "/api/v1/projects/demo/secrets/FORGE_TOKEN")
         .json(&json!({"value": token}))
         .send()
         .await
         .unwrap();
-    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.status(), 201);
     let stored: Value = stored.json().await.unwrap();
     assert!(
         stored.get("value").is_none(),

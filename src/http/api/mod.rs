@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod projects;
 pub mod runs;
 pub mod schedules;
+pub mod secrets;
 pub mod users;

@@ -80,14 +80,14 @@ pub async fn find(app: &App, slug: &str) -> ServerResult<Project> {
         .ok_or_else(|| ServerError::NotFound(format!("project \"{slug}\" not found")))
 }
 
-/// A project with what its triggers need: the webhook address, which credentials are
-/// set (never their values) and the polling state.
+/// A project with what its triggers need: the webhook address, the names of its
+/// secrets (never their values) and the polling state.
 #[derive(Serialize)]
 pub struct ProjectDetail {
     #[serde(flatten)]
     pub project: Project,
     pub webhook_url: String,
-    pub credentials: Vec<String>,
+    pub secrets: Vec<String>,
     pub poll: Option<crate::poll::PollState>,
 }
 
@@ -100,7 +100,15 @@ pub async fn detail(app: &App, slug: &str) -> ServerResult<ProjectDetail> {
     }
     Ok(ProjectDetail {
         webhook_url: super::hooks::webhook_url(app, slug),
-        credentials: app.store.credential_names(project.id).await?,
+        secrets: app
+            .secrets
+            .list(&crate::secrets::Scope::Project {
+                project: project.id,
+            })
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect(),
         poll: poll.filter(|_| project.poll_interval.is_some()),
         project,
     })

@@ -81,12 +81,17 @@ pub const AREAS: &[Area] = &[
                 "groups of users for project roles (administrators only)",
             ),
             (
+                "Instance secrets",
+                "/security/secrets",
+                "secrets every project's steps can use (administrators only); projects have their own",
+            ),
+            (
                 "Audit log",
                 "/security/audit",
                 "every change and sign-in, hash-chained (administrators only)",
             ),
         ],
-        pending: "Secrets and findings from security reports are not built yet.",
+        pending: "Findings from security reports are not built yet.",
     },
     Area {
         slug: "cost",

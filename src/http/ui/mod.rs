@@ -7,6 +7,7 @@ mod areas;
 mod dashboard;
 mod projects;
 mod runs;
+mod secrets;
 mod sign_in;
 mod triggers;
 
@@ -77,6 +78,20 @@ pub fn routes() -> Vec<Route> {
             admin::delete_team,
         ),
         route(M::GET, "/security/audit", Admin, admin::audit_page),
+        route(M::GET, "/security/secrets", Admin, secrets::page),
+        route(M::POST, "/security/secrets", Admin, secrets::set),
+        route(
+            M::POST,
+            "/security/secrets/{name}/delete",
+            Admin,
+            secrets::delete,
+        ),
+        route(
+            M::POST,
+            "/security/secrets/{name}/restore",
+            Admin,
+            secrets::restore,
+        ),
         route(M::GET, "/projects", User, projects::list),
         route(M::POST, "/projects", Admin, projects::create),
         route(M::GET, "/projects/{slug}", Project(Viewer), projects::show),
@@ -139,6 +154,30 @@ pub fn routes() -> Vec<Route> {
             "/projects/{slug}/triggers/webhook-secret",
             Project(Maintainer),
             triggers::webhook_secret,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/secrets",
+            Project(Maintainer),
+            secrets::page,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/secrets",
+            Project(Maintainer),
+            secrets::set,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/secrets/{name}/delete",
+            Project(Maintainer),
+            secrets::delete,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/secrets/{name}/restore",
+            Project(Maintainer),
+            secrets::restore,
         ),
         route(
             M::POST,

@@ -7,7 +7,7 @@ use super::{Layout, render};
 use crate::app::App;
 use crate::audit::Record;
 use crate::auth::Role;
-use crate::delivery::{Delivery, Inbox};
+use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::forge::status::FORGE_TOKEN;
 use crate::http::ServerResult;
@@ -16,6 +16,7 @@ use crate::http::api::schedules::{ScheduleView, create_schedule, delete_schedule
 use crate::http::auth::Signed;
 use crate::project::{ProjectChange, WEBHOOK_SECRET};
 use crate::schedule::ScheduleChange;
+use crate::secrets::Scope;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -37,8 +38,9 @@ struct TriggersPage {
 }
 
 impl TriggersPage {
-    fn has(&self, credential: &str) -> bool {
-        self.project.credentials.iter().any(|c| c == credential)
+    /// Whether the project has this secret (`WEBHOOK_SECRET`, `FORGE_TOKEN`).
+    fn has(&self, secret: &str) -> bool {
+        self.project.secrets.iter().any(|c| c == secret)
     }
 }
 
@@ -127,14 +129,23 @@ pub async fn webhook_secret(
     signed: Signed,
     Path(slug): Path<String>,
 ) -> ServerResult<Html<String>> {
-    let view =
-        crate::http::api::hooks::set_credential(&app, &slug, WEBHOOK_SECRET, None, &signed.audit)
-            .await?;
+    let project = crate::http::api::projects::project_of(&app, &slug).await?;
+    let value = crate::auth::secret::random_hex(32);
+    app.secrets
+        .set(
+            Scope::Project {
+                project: project.id,
+            },
+            WEBHOOK_SECRET,
+            value.clone(),
+            &signed.audit,
+        )
+        .await?;
     page(
         &app,
         &signed,
         &slug,
-        view.value,
+        Some(value),
         Some("New webhook secret generated. Copy it now: it is not shown again."),
         None,
     )
@@ -176,15 +187,21 @@ pub async fn forge(
         .await
         .map(drop);
     if result.is_ok() && !form.forge_token.trim().is_empty() {
-        result = crate::http::api::hooks::set_credential(
-            &app,
-            &slug,
-            FORGE_TOKEN,
-            Some(form.forge_token),
-            &signed.audit,
-        )
-        .await
-        .map(drop);
+        result = match crate::http::api::projects::project_of(&app, &slug).await {
+            Ok(project) => app
+                .secrets
+                .set(
+                    Scope::Project {
+                        project: project.id,
+                    },
+                    FORGE_TOKEN,
+                    form.forge_token.trim().to_string(),
+                    &signed.audit,
+                )
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
     }
     after(&app, &signed, &slug, result, "forge").await
 }
@@ -241,12 +258,9 @@ pub async fn redeliver(
     Path((slug, id)): Path<(String, u64)>,
 ) -> ServerResult<Response> {
     let project = crate::http::api::projects::find(&app, &slug).await?;
-    let inbox = Inbox {
-        store: &app.store,
-        runner: &app.runner,
-        key: &app.master_key,
-        data_dir: &app.config.data_dir,
-    };
-    let result = inbox.redeliver(&project, id, &signed.audit).await.map(drop);
+    let result = crate::http::api::hooks::inbox(&app)
+        .redeliver(&project, id, &signed.audit)
+        .await
+        .map(drop);
     after(&app, &signed, &slug, result, "redelivered").await
 }

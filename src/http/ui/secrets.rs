@@ -1,0 +1,236 @@
+//! The secrets screens: `/security/secrets` (the instance's, administrators) and
+//! `/projects/{slug}/secrets?environment=NAME` (a project's or one of its environments',
+//! maintainers). Values can be set, never seen.
+
+use super::sign_in::form_failed;
+use super::{Layout, render};
+use crate::app::App;
+use crate::error::Error;
+use crate::http::ServerResult;
+use crate::http::api::secrets::{SecretView, scope_of};
+use crate::http::auth::Signed;
+use crate::secrets::Scope;
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+#[derive(Template)]
+#[template(path = "secrets.html")]
+struct SecretsPage {
+    layout: Layout,
+    /// The project, for a project's page.
+    project: Option<String>,
+    environment: Option<String>,
+    /// Environments of the project that have secrets.
+    environments: Vec<String>,
+    secrets: Vec<SecretView>,
+    done: Option<&'static str>,
+    error: Option<String>,
+}
+
+impl SecretsPage {
+    /// Where this page's forms post to.
+    fn base(&self) -> String {
+        match &self.project {
+            Some(slug) => format!("/projects/{slug}/secrets"),
+            None => "/security/secrets".into(),
+        }
+    }
+
+    fn scope_label(&self) -> String {
+        match (&self.project, &self.environment) {
+            (None, _) => "the instance: every project's steps can use them".into(),
+            (Some(slug), None) => format!("project {slug}"),
+            (Some(slug), Some(e)) => format!("environment {e} of project {slug}"),
+        }
+    }
+}
+
+/// `/projects/{slug}/…` or `/security/…`; both with an optional secret name.
+#[derive(Deserialize)]
+pub struct PagePath {
+    slug: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    done: Option<String>,
+}
+
+fn done_message(key: Option<&str>) -> Option<&'static str> {
+    Some(match key? {
+        "set" => "Secret saved. Its value is not shown again.",
+        "restored" => "Version restored as a new version.",
+        "deleted" => "Secret deleted with all its versions.",
+        _ => return None,
+    })
+}
+
+fn nonempty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+async fn render_page(
+    app: &App,
+    signed: &Signed,
+    slug: Option<&str>,
+    environment: Option<String>,
+    done: Option<&'static str>,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
+    let scope = scope_of(app, slug, environment.as_deref()).await?;
+    let environments = match &scope {
+        Scope::Project { project } | Scope::Environment { project, .. } => {
+            app.store.secret_environments(*project).await?
+        }
+        Scope::Instance => Vec::new(),
+    };
+    let secrets = app.secrets.list(&scope).await?;
+    render(&SecretsPage {
+        layout: Layout::new(
+            match slug {
+                Some(slug) => format!("{slug}: secrets"),
+                None => "Instance secrets".into(),
+            },
+            if slug.is_some() {
+                "projects"
+            } else {
+                "security"
+            },
+            Some(&signed.principal),
+        ),
+        project: slug.map(str::to_string),
+        environment,
+        environments,
+        secrets: secrets.into_iter().map(SecretView::from).collect(),
+        done,
+        error,
+    })
+}
+
+pub async fn page(
+    State(app): State<App>,
+    signed: Signed,
+    Path(path): Path<PagePath>,
+    Query(q): Query<PageQuery>,
+) -> ServerResult<Html<String>> {
+    render_page(
+        &app,
+        &signed,
+        path.slug.as_deref(),
+        nonempty(q.environment),
+        done_message(q.done.as_deref()),
+        None,
+    )
+    .await
+}
+
+/// Redirects back with `done`, or shows the page again with the error.
+async fn after(
+    app: &App,
+    signed: &Signed,
+    path: &PagePath,
+    environment: Option<String>,
+    result: Result<(), Error>,
+    done: &str,
+) -> ServerResult<Response> {
+    match result {
+        Ok(()) => {
+            let base = match &path.slug {
+                Some(slug) => format!("/projects/{slug}/secrets"),
+                None => "/security/secrets".into(),
+            };
+            let environment = environment
+                .map(|e| format!("environment={e}&"))
+                .unwrap_or_default();
+            Ok(Redirect::to(&format!("{base}?{environment}done={done}")).into_response())
+        }
+        Err(e) => {
+            form_failed(e, |message| {
+                render_page(
+                    app,
+                    signed,
+                    path.slug.as_deref(),
+                    environment.clone(),
+                    None,
+                    Some(message),
+                )
+            })
+            .await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SetForm {
+    name: String,
+    value: String,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+pub async fn set(
+    State(app): State<App>,
+    signed: Signed,
+    Path(path): Path<PagePath>,
+    Form(form): Form<SetForm>,
+) -> ServerResult<Response> {
+    let environment = nonempty(form.environment);
+    let result = match scope_of(&app, path.slug.as_deref(), environment.as_deref()).await {
+        Ok(scope) => app
+            .secrets
+            .set(scope, form.name.trim(), form.value, &signed.audit)
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    after(&app, &signed, &path, environment, result, "set").await
+}
+
+#[derive(Deserialize)]
+pub struct VersionForm {
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+pub async fn restore(
+    State(app): State<App>,
+    signed: Signed,
+    Path(path): Path<PagePath>,
+    Form(form): Form<VersionForm>,
+) -> ServerResult<Response> {
+    let environment = nonempty(form.environment);
+    let name = path.name.clone().unwrap_or_default();
+    let result = match scope_of(&app, path.slug.as_deref(), environment.as_deref()).await {
+        Ok(scope) => app
+            .secrets
+            .restore(scope, &name, form.version, &signed.audit)
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    after(&app, &signed, &path, environment, result, "restored").await
+}
+
+pub async fn delete(
+    State(app): State<App>,
+    signed: Signed,
+    Path(path): Path<PagePath>,
+    Form(form): Form<VersionForm>,
+) -> ServerResult<Response> {
+    let environment = nonempty(form.environment);
+    let name = path.name.clone().unwrap_or_default();
+    let result = match scope_of(&app, path.slug.as_deref(), environment.as_deref()).await {
+        Ok(scope) => app.secrets.delete(scope, &name, &signed.audit).await,
+        Err(e) => Err(e),
+    };
+    after(&app, &signed, &path, environment, result, "deleted").await
+}
