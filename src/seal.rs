@@ -1,12 +1,14 @@
-//! Sealing: how BetCycle keeps a secret it must be able to read again (a webhook secret, a
-//! forge token) without storing it in plaintext. Envelope encryption: each value gets its
-//! own random data key; the value is encrypted with that key (XChaCha20-Poly1305), and the
-//! data key is encrypted with the instance's master key. Both encryptions bind a context
-//! string (e.g. `project:3/webhook_secret`), so a sealed value copied to another place
-//! does not open there.
+//! Sealing: how BetCycle keeps a value it must be able to read again (a secret) without
+//! storing it in plaintext. Envelope encryption: each value gets its own random data key;
+//! the value is encrypted with that key (XChaCha20-Poly1305), and the data key is
+//! encrypted with the instance's master key. Both encryptions bind a context string (e.g.
+//! `secret:project:3/DATABASE_URL@2`), so a sealed value copied to another place does not
+//! open there. Rotating the master key re-encrypts only the data keys.
 //!
-//! The master key is 32 random bytes in `<data-dir>/master.key` (mode 0600), created on
-//! first start. Without it, sealed values cannot be opened: back it up with the database.
+//! The master key is 32 random bytes, hex, in a file (mode 0600): `<data-dir>/master.key`
+//! unless `master_key_file` names another. Without it, sealed values cannot be opened:
+//! back it up with the database. [`crate::secrets::open_master_key`] decides when a key
+//! file may be created and checks that a key is the right one.
 
 use crate::error::{Error, Result};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};

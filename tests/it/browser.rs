@@ -400,3 +400,148 @@ async fn a_person_runs_the_pipeline_from_the_console_and_watches_it_finish() {
     assert_eq!(browser.text("pre[data-stream]").await, "built it");
     browser.close().await;
 }
+
+/// Clicks a form's button and waits for the page the form leads to (a new document with a
+/// notice), so nothing is read from the page being left.
+async fn submit(browser: &Browser, button: &str) {
+    let c = &browser.client;
+    c.execute("document.body.dataset.left = '1'", vec![])
+        .await
+        .unwrap();
+    c.find(Locator::Css(button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let arrived = c
+            .execute(
+                "return !document.body.dataset.left && !!document.querySelector('p.notice')",
+                vec![],
+            )
+            .await
+            .unwrap_or_default();
+        if arrived == serde_json::Value::Bool(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no page after clicking {button}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_maintainer_sets_restores_and_uses_a_secret_from_the_console() {
+    let Some(browser) =
+        Browser::start("a_maintainer_sets_restores_and_uses_a_secret_from_the_console").await
+    else {
+        return;
+    };
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    crate::run::git_repo(
+        &repo,
+        "steps:\n  - name: deploy\n    secrets: [DEPLOY_KEY]\n    run: echo \"key is $DEPLOY_KEY\"\n",
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    let created = server
+        .request(reqwest::Method::POST, "/api/v1/projects")
+        .json(&serde_json::json!({"slug": "demo", "repository": repo.to_str().unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    sign_in(&browser, &server.url, ADMIN, ADMIN_PASSWORD).await;
+    let c = &browser.client;
+    c.wait()
+        .for_element(Locator::Css("[data-stat=version]"))
+        .await
+        .unwrap();
+    c.goto(&format!("{}/projects/demo", server.url))
+        .await
+        .unwrap();
+    c.find(Locator::LinkText("Secrets"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let set = async |name: &str, value: &str| {
+        c.wait()
+            .for_element(Locator::Css("#set-secret input[name=name]"))
+            .await
+            .unwrap()
+            .send_keys(name)
+            .await
+            .unwrap();
+        c.find(Locator::Css("#set-secret textarea[name=value]"))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+        submit(&browser, "#set-secret button[type=submit]").await;
+    };
+    set("DEPLOY_KEY", "first-deploy-key").await;
+    set("DEPLOY_KEY", "second-deploy-key").await;
+    let row = browser.text("#secret-DEPLOY_KEY").await;
+    assert!(
+        row.contains("DEPLOY_KEY") && row.contains("restore v1"),
+        "{row}"
+    );
+    let page = c.source().await.unwrap();
+    assert!(
+        !page.contains("first-deploy-key") && !page.contains("second-deploy-key"),
+        "the page never shows a value"
+    );
+    submit(&browser, "#secret-DEPLOY_KEY button[title^='set by']").await;
+    assert_eq!(
+        browser.text("p.notice.ok").await,
+        "Version restored as a new version."
+    );
+    assert_eq!(
+        browser.text("#secret-DEPLOY_KEY td:nth-child(2)").await,
+        "3",
+        "restoring v1 made version 3"
+    );
+    browser.snapshot("secrets").await;
+
+    // The run uses the restored value, masked, and lists what it read.
+    c.goto(&format!("{}/projects/demo", server.url))
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/projects/demo/runs'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = c
+            .execute(
+                "return document.querySelector('[data-run-status]')?.textContent ?? ''",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if status.as_str() == Some("succeeded") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(browser.text("pre.log").await, "key is ***");
+    let used = browser.text("[data-run-secrets]").await;
+    assert!(
+        used.contains("DEPLOY_KEY") && used.contains("project v3"),
+        "{used}"
+    );
+    browser.close().await;
+}
