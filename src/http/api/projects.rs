@@ -80,8 +80,9 @@ pub async fn find(app: &App, slug: &str) -> ServerResult<Project> {
         .ok_or_else(|| ServerError::NotFound(format!("project \"{slug}\" not found")))
 }
 
-/// A project with what its triggers need: the webhook address, the names of its
-/// secrets (never their values) and the polling state.
+/// A project with what its triggers need: the webhook address, which of the secrets
+/// BetCycle itself uses are set (names only; the full list is for maintainers) and the
+/// polling state.
 #[derive(Serialize)]
 pub struct ProjectDetail {
     #[serde(flatten)]
@@ -108,6 +109,13 @@ pub async fn detail(app: &App, slug: &str) -> ServerResult<ProjectDetail> {
             .await?
             .into_iter()
             .map(|s| s.name)
+            .filter(|name| {
+                [
+                    crate::project::WEBHOOK_SECRET,
+                    crate::forge::status::FORGE_TOKEN,
+                ]
+                .contains(&name.as_str())
+            })
             .collect(),
         poll: poll.filter(|_| project.poll_interval.is_some()),
         project,

@@ -137,11 +137,10 @@ async fn after(
     signed: &Signed,
     path: &PagePath,
     environment: Option<String>,
-    result: Result<(), Error>,
-    done: &str,
+    result: Result<&'static str, Error>,
 ) -> ServerResult<Response> {
     match result {
-        Ok(()) => {
+        Ok(done) => {
             let base = match &path.slug {
                 Some(slug) => format!("/projects/{slug}/secrets"),
                 None => "/security/secrets".into(),
@@ -167,6 +166,43 @@ async fn after(
     }
 }
 
+/// What a form asks for.
+enum Change {
+    Set { name: String, value: String },
+    Restore { name: String, version: u64 },
+    Delete { name: String },
+}
+
+/// Applies `change` in the scope the path and form name, then redirects or re-renders.
+async fn apply(
+    app: &App,
+    signed: &Signed,
+    path: &PagePath,
+    environment: Option<String>,
+    change: Change,
+) -> ServerResult<Response> {
+    let result = async {
+        let scope = scope_of(app, path.slug.as_deref(), environment.as_deref()).await?;
+        let audit = &signed.audit;
+        Ok::<_, Error>(match change {
+            Change::Set { name, value } => {
+                app.secrets.set(scope, name.trim(), value, audit).await?;
+                "set"
+            }
+            Change::Restore { name, version } => {
+                app.secrets.restore(scope, &name, version, audit).await?;
+                "restored"
+            }
+            Change::Delete { name } => {
+                app.secrets.delete(scope, &name, audit).await?;
+                "deleted"
+            }
+        })
+    }
+    .await;
+    after(app, signed, path, environment, result).await
+}
+
 #[derive(Deserialize)]
 pub struct SetForm {
     name: String,
@@ -181,16 +217,11 @@ pub async fn set(
     Path(path): Path<PagePath>,
     Form(form): Form<SetForm>,
 ) -> ServerResult<Response> {
-    let environment = nonempty(form.environment);
-    let result = match scope_of(&app, path.slug.as_deref(), environment.as_deref()).await {
-        Ok(scope) => app
-            .secrets
-            .set(scope, form.name.trim(), form.value, &signed.audit)
-            .await
-            .map(drop),
-        Err(e) => Err(e),
+    let change = Change::Set {
+        name: form.name,
+        value: form.value,
     };
-    after(&app, &signed, &path, environment, result, "set").await
+    apply(&app, &signed, &path, nonempty(form.environment), change).await
 }
 
 #[derive(Deserialize)]
@@ -207,17 +238,11 @@ pub async fn restore(
     Path(path): Path<PagePath>,
     Form(form): Form<VersionForm>,
 ) -> ServerResult<Response> {
-    let environment = nonempty(form.environment);
-    let name = path.name.clone().unwrap_or_default();
-    let result = match scope_of(&app, path.slug.as_deref(), environment.as_deref()).await {
-        Ok(scope) => app
-            .secrets
-            .restore(scope, &name, form.version, &signed.audit)
-            .await
-            .map(drop),
-        Err(e) => Err(e),
+    let change = Change::Restore {
+        name: path.name.clone().unwrap_or_default(),
+        version: form.version,
     };
-    after(&app, &signed, &path, environment, result, "restored").await
+    apply(&app, &signed, &path, nonempty(form.environment), change).await
 }
 
 pub async fn delete(
@@ -226,11 +251,8 @@ pub async fn delete(
     Path(path): Path<PagePath>,
     Form(form): Form<VersionForm>,
 ) -> ServerResult<Response> {
-    let environment = nonempty(form.environment);
-    let name = path.name.clone().unwrap_or_default();
-    let result = match scope_of(&app, path.slug.as_deref(), environment.as_deref()).await {
-        Ok(scope) => app.secrets.delete(scope, &name, &signed.audit).await,
-        Err(e) => Err(e),
+    let change = Change::Delete {
+        name: path.name.clone().unwrap_or_default(),
     };
-    after(&app, &signed, &path, environment, result, "deleted").await
+    apply(&app, &signed, &path, nonempty(form.environment), change).await
 }
