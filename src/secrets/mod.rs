@@ -93,6 +93,28 @@ impl Secret {
     pub fn current(&self) -> &Version {
         self.versions.last().expect("a stored secret has a version")
     }
+
+    /// Adds `value` as the next version, sealed for its own slot, and drops the oldest
+    /// beyond [`KEEP_VERSIONS`]. Returns the new version number.
+    fn push(
+        &mut self,
+        key: &MasterKey,
+        value: &str,
+        created_by: String,
+        restored_from: Option<u64>,
+    ) -> u64 {
+        let version = self.versions.last().map_or(1, |v| v.version + 1);
+        self.versions.push(Version {
+            version,
+            sealed: key.seal(value, &context(&self.scope, &self.name, version)),
+            created_by,
+            created_at: Timestamp::now(),
+            restored_from,
+        });
+        let excess = self.versions.len().saturating_sub(KEEP_VERSIONS);
+        self.versions.drain(..excess);
+        version
+    }
 }
 
 /// What a version's ciphertext is bound to: it opens in no other slot.
@@ -300,19 +322,11 @@ impl Secrets {
                 name.to_string(),
                 move |current| {
                     let mut secret = current.unwrap_or(Secret {
-                        name: name_owned.clone(),
-                        scope: scope_for.clone(),
+                        name: name_owned,
+                        scope: scope_for,
                         versions: Vec::new(),
                     });
-                    let version = secret.versions.last().map_or(1, |v| v.version + 1);
-                    secret.versions.push(Version {
-                        version,
-                        sealed: key.seal(&value, &context(&scope_for, &name_owned, version)),
-                        created_by: actor,
-                        created_at: Timestamp::now(),
-                        restored_from: None,
-                    });
-                    trim(&mut secret);
+                    let version = secret.push(&key, &value, actor, None);
                     Ok((Some(secret), format!("version {version}")))
                 },
                 Record::new(audit, "secret.set", target(&scope, name)),
@@ -358,15 +372,7 @@ impl Secrets {
                         })?;
                     let value =
                         key.open(&old.sealed, &context(&scope_for, &name_owned, version))?;
-                    let new = secret.current().version + 1;
-                    secret.versions.push(Version {
-                        version: new,
-                        sealed: key.seal(&value, &context(&scope_for, &name_owned, new)),
-                        created_by: actor,
-                        created_at: Timestamp::now(),
-                        restored_from: Some(version),
-                    });
-                    trim(&mut secret);
+                    let new = secret.push(&key, &value, actor, Some(version));
                     Ok((
                         Some(secret),
                         format!("version {new} from version {version}"),
@@ -515,11 +521,6 @@ impl Secrets {
             })
             .await
     }
-}
-
-fn trim(secret: &mut Secret) {
-    let excess = secret.versions.len().saturating_sub(KEEP_VERSIONS);
-    secret.versions.drain(..excess);
 }
 
 fn target(scope: &Scope, name: &str) -> String {

@@ -331,6 +331,17 @@ async fn demo_project(root: &std::path::Path, pipeline: &str) -> Server {
     server
 }
 
+/// Signs in as the administrator and opens project `demo`'s page.
+async fn sign_in_to_demo(browser: &Browser, base: &str) {
+    sign_in(browser, base, ADMIN, ADMIN_PASSWORD).await;
+    let c = &browser.client;
+    c.wait()
+        .for_element(Locator::Css("[data-stat=version]"))
+        .await
+        .unwrap();
+    c.goto(&format!("{base}/projects/demo")).await.unwrap();
+}
+
 /// On project `demo`'s page: presses "Run pipeline" and waits on the run page (which
 /// refreshes itself while the run is active) until it shows the run succeeded.
 async fn run_from_project_page(browser: &Browser, base: &str) {
@@ -388,15 +399,8 @@ async fn a_person_runs_the_pipeline_from_the_console_and_watches_it_finish() {
     )
     .await;
 
-    sign_in(&browser, &server.url, ADMIN, ADMIN_PASSWORD).await;
+    sign_in_to_demo(&browser, &server.url).await;
     let c = &browser.client;
-    c.wait()
-        .for_element(Locator::Css("[data-stat=version]"))
-        .await
-        .unwrap();
-    c.goto(&format!("{}/projects/demo", server.url))
-        .await
-        .unwrap();
     run_from_project_page(&browser, &server.url).await;
     assert!(browser.text("pre.log").await.contains("built it"));
     browser.snapshot("run").await;
@@ -461,15 +465,8 @@ async fn a_maintainer_sets_restores_and_uses_a_secret_from_the_console() {
     )
     .await;
 
-    sign_in(&browser, &server.url, ADMIN, ADMIN_PASSWORD).await;
+    sign_in_to_demo(&browser, &server.url).await;
     let c = &browser.client;
-    c.wait()
-        .for_element(Locator::Css("[data-stat=version]"))
-        .await
-        .unwrap();
-    c.goto(&format!("{}/projects/demo", server.url))
-        .await
-        .unwrap();
     c.find(Locator::LinkText("Secrets"))
         .await
         .unwrap()
