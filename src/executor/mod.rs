@@ -222,7 +222,7 @@ pub async fn run(
                 .collect();
         }
     };
-    let results = run_steps(spec, observer, masking, cancel).await;
+    let results = run_steps(spec, masking, cancel).await;
     stop_services.cancel();
     for service in services {
         let _ = service.await;
@@ -295,10 +295,10 @@ async fn start_services(
 /// Runs every step, independent ones in parallel.
 async fn run_steps(
     spec: Arc<RunSpec>,
-    observer: Arc<dyn Observer>,
     masking: Arc<Masking>,
     cancel: CancellationToken,
 ) -> Vec<StepResult> {
+    let observer: Arc<dyn Observer> = masking.clone();
     let n = spec.pipeline.steps.len();
     let selected: Vec<bool> = spec
         .pipeline
