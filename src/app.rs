@@ -33,6 +33,7 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub login_throttle: Arc<LoginThrottle>,
     pub runner: Arc<crate::runner::Runner>,
+    pub deployer: Arc<crate::deploy::Deployer>,
     /// The secret store (sealed by the master key).
     pub secrets: crate::secrets::Secrets,
     /// Wakes the schedule worker when schedules change.
@@ -133,6 +134,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         None
     };
 
+    let (releases, mut new_releases) = tokio::sync::mpsc::unbounded_channel();
     let runner = crate::runner::Runner::new(
         store.clone(),
         config.data_dir.clone(),
@@ -140,6 +142,14 @@ pub async fn serve(mut config: Config) -> Result<()> {
         config.log.step_max_size,
         config.workspace_retention,
         secrets.clone(),
+        releases,
+    );
+    let deployer = crate::deploy::Deployer::new(
+        store.clone(),
+        secrets.clone(),
+        runner.mirrors.clone(),
+        config.data_dir.clone(),
+        config.public_url.clone(),
     );
     let app = App {
         secrets: secrets.clone(),
@@ -157,8 +167,24 @@ pub async fn serve(mut config: Config) -> Result<()> {
         )),
         setup_token_digest: Arc::new(Mutex::new(setup_token_digest)),
         runner,
+        deployer: deployer.clone(),
     };
     let worker = tokio::spawn(app.runner.clone().work(app.shutdown.clone()));
+    let deploy_worker = tokio::spawn(deployer.clone().work(app.shutdown.clone()));
+    {
+        let (deployer, shutdown) = (deployer.clone(), app.shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    release = new_releases.recv() => match release {
+                        Some(release) => deployer.on_release(release).await,
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
     let reporter =
         crate::forge::status::Reporter::new(store.clone(), secrets, app.config.public_url.clone());
     tokio::spawn(reporter.work(app.events.clone(), app.shutdown.clone()));
@@ -178,6 +204,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
     crate::http::serve(app.clone(), listener).await?;
     // Running steps are killed; their runs are re-queued at the next start.
     let _ = worker.await;
+    let _ = deploy_worker.await;
 
     store.record_stop(seq).await?;
     tracing::info!("stopped");

@@ -19,6 +19,13 @@ pub enum Event {
         project: String,
         status: crate::run::RunStatus,
     },
+    /// A deployment was requested or changed (approval, status).
+    DeploymentUpdated {
+        id: u64,
+        project: String,
+        environment: String,
+        status: crate::deploy::DeploymentStatus,
+    },
 }
 
 impl Event {
@@ -27,6 +34,7 @@ impl Event {
         match self {
             Event::InstanceStarted { .. } => "instance_started",
             Event::RunUpdated { .. } => "run_updated",
+            Event::DeploymentUpdated { .. } => "deployment_updated",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod deploy;
 pub mod error;
 pub mod events;
 pub mod executor;

@@ -6,6 +6,7 @@
 //! start finds them in the running set and re-queues them (once) or fails them.
 
 use crate::audit::{Context, Record};
+use crate::deploy::Release;
 use crate::error::{Error, Result};
 use crate::executor::process::{PASSTHROUGH_ENV, Stream};
 use crate::executor::{self, Observer, RunSpec, StepResult};
@@ -55,9 +56,11 @@ pub struct Runner {
     live: Mutex<HashMap<u64, tokio::sync::broadcast::Sender<LiveEvent>>>,
     max_step_log: u64,
     workspace_retention: std::time::Duration,
-    /// The projects' repository mirrors.
-    pub mirrors: Mirrors,
+    /// The projects' repository mirrors (shared with the deployer).
+    pub mirrors: Arc<Mirrors>,
     secrets: Secrets,
+    /// Where the releases of green runs go (the deployer's auto-deploy).
+    releases: mpsc::UnboundedSender<Release>,
 }
 
 /// What to run and why: everything a trigger (webhook, poll, schedule, console, API)
@@ -99,9 +102,11 @@ impl Runner {
         max_step_log: u64,
         workspace_retention: std::time::Duration,
         secrets: Secrets,
+        releases: mpsc::UnboundedSender<Release>,
     ) -> Arc<Self> {
         Arc::new(Self {
             secrets,
+            releases,
             store,
             limit: limit.max(1),
             wake: Notify::new(),
@@ -109,7 +114,7 @@ impl Runner {
             live: Mutex::new(HashMap::new()),
             max_step_log,
             workspace_retention,
-            mirrors: Mirrors::new(&data_dir),
+            mirrors: Arc::new(Mirrors::new(&data_dir)),
             data_dir,
         })
     }
@@ -468,8 +473,12 @@ impl Runner {
             // Left `running` on purpose: the next start re-queues it.
             return;
         }
+        let mut release = None;
         let result = match outcome {
-            Ok(status) => self.store.update_run(id, move |r| r.status = status).await,
+            Ok((status, made)) => {
+                release = made;
+                self.store.update_run(id, move |r| r.status = status).await
+            }
             Err(e) => {
                 let message = e.to_string();
                 self.store
@@ -483,9 +492,23 @@ impl Runner {
         if let Err(e) = result {
             tracing::error!(run = id, error = %e, "cannot record the end of a run");
         }
+        if let Some(release) = release {
+            match self.store.create_release(release).await {
+                Ok(release) => {
+                    let _ = self.releases.send(release);
+                }
+                Err(e) => tracing::error!(run = id, error = %e, "cannot record the run's release"),
+            }
+        }
     }
 
-    async fn execute_inner(&self, run: Run, cancel: &CancellationToken) -> Result<RunStatus> {
+    /// Runs the pipeline; a green run whose pipeline deploys somewhere (and that is not a
+    /// pull request's) also yields its release, to be recorded.
+    async fn execute_inner(
+        &self,
+        run: Run,
+        cancel: &CancellationToken,
+    ) -> Result<(RunStatus, Option<Release>)> {
         let project = self.store.project(&run.project).await?.ok_or_else(|| {
             Error::Invalid(format!("project \"{}\" no longer exists", run.project))
         })?;
@@ -568,6 +591,7 @@ impl Runner {
                 ("BETCYCLE_TARGET_BRANCH".to_string(), pr.base_branch.clone()),
             ]);
         }
+        let deploy = pipeline.deploy.clone();
         let spec = RunSpec {
             pipeline,
             workspace: workspace.clone(),
@@ -655,7 +679,80 @@ impl Runner {
         if status == RunStatus::Succeeded {
             let _ = tokio::fs::remove_dir_all(&workspace).await;
         }
-        Ok(status)
+        let release = if status == RunStatus::Succeeded
+            && !deploy.is_empty()
+            && run.event != "pull_request"
+        {
+            Some(self.release_of(&run, &project, &results, deploy).await)
+        } else {
+            None
+        };
+        Ok((status, release))
+    }
+
+    /// The release a green run makes: its commit (with the commit's time and subject from
+    /// the mirror), artifacts, test counts and coverage, and the deploy section.
+    async fn release_of(
+        &self,
+        run: &Run,
+        project: &Project,
+        results: &[StepResult],
+        deploy: BTreeMap<String, crate::pipeline::deploy::DeployDef>,
+    ) -> Release {
+        let mirror = self.mirrors.path(project.id);
+        let (commit_time, commit_message) = match git::git(
+            &["log", "-1", "--format=%cI%n%s", &run.commit],
+            Some(&mirror),
+        )
+        .await
+        {
+            Ok(out) => {
+                let mut lines = out.lines();
+                (
+                    lines.next().and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+                    lines.next().unwrap_or_default().to_string(),
+                )
+            }
+            Err(_) => (None, String::new()),
+        };
+        let mut tests: Option<crate::deploy::TestCounts> = None;
+        for t in results.iter().filter_map(|r| r.tests.as_ref()) {
+            let sum = tests.get_or_insert_with(Default::default);
+            sum.total += t.total;
+            sum.passed += t.passed;
+            sum.failed += t.failed;
+            sum.skipped += t.skipped;
+        }
+        let covered: Vec<&crate::reports::coverage::Coverage> =
+            results.iter().filter_map(|r| r.coverage.as_ref()).collect();
+        let coverage = (!covered.is_empty()).then(|| {
+            let (lines, hit) = covered
+                .iter()
+                .fold((0, 0), |(l, h), c| (l + c.lines_total, h + c.lines_covered));
+            if lines == 0 {
+                0.0
+            } else {
+                hit as f64 * 100.0 / lines as f64
+            }
+        });
+        Release {
+            id: 0,
+            project: run.project.clone(),
+            number: 0,
+            run: run.id,
+            run_number: run.number,
+            commit: run.commit.clone(),
+            git_ref: run.git_ref.clone(),
+            branch: run.branch.clone(),
+            commit_time,
+            commit_message,
+            actor: run.actor.clone(),
+            artifacts: results.iter().flat_map(|r| r.artifacts.clone()).collect(),
+            tests,
+            coverage,
+            deploy,
+            created_at: jiff::Timestamp::now(),
+        }
     }
 }
 
@@ -813,7 +910,7 @@ pub fn parse_log_line(line: &str) -> (bool, &str) {
 }
 
 /// Where an artifact with this SHA-256 is kept under `data_dir`.
-fn artifact_path_in(data_dir: &Path, sha256: &str) -> PathBuf {
+pub fn artifact_path_in(data_dir: &Path, sha256: &str) -> PathBuf {
     data_dir
         .join("artifacts")
         .join("sha256")

@@ -3,6 +3,7 @@
 //! each naming the file, line, column and field path. The format is documented in
 //! `docs/pipeline.md`.
 
+pub mod deploy;
 pub mod model;
 
 use globset::{Glob, GlobMatcher};
@@ -47,8 +48,8 @@ pub struct Pipeline {
     pub steps: Vec<Step>,
     pub services: Vec<Service>,
     pub concurrency: Option<Concurrency>,
-    /// The `deploy:` section as written; the delivery engine checks it.
-    pub deploy: Option<serde_json::Value>,
+    /// The `deploy:` section: how each environment is deployed.
+    pub deploy: BTreeMap<String, deploy::DeployDef>,
 }
 
 #[derive(Clone, Debug)]
@@ -402,6 +403,18 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
         c.at(concurrency.group.referenced, "concurrency.group", message);
     }
 
+    let mut deploy = BTreeMap::new();
+    if let Some(section) = &raw.deploy {
+        match deploy::parse(&section.value) {
+            Ok(parsed) => deploy = parsed,
+            Err(problems) => {
+                for (path, message) in problems {
+                    c.at(section.referenced, path, message);
+                }
+            }
+        }
+    }
+
     if !c.problems.is_empty() {
         c.problems.sort_by_key(|p| (p.line, p.column));
         return Err(c.problems);
@@ -414,7 +427,7 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
             group: c.group.value,
             cancel_in_progress: c.cancel_in_progress,
         }),
-        deploy: raw.deploy,
+        deploy,
     })
 }
 
@@ -536,14 +549,7 @@ fn step(
         workdir: def.workdir.as_ref().map(|w| w.value.clone()),
         artifacts: def.artifacts.iter().map(|a| a.value.clone()).collect(),
         reports: def.reports.clone(),
-        secrets: def
-            .secrets
-            .iter()
-            .map(|s| match s {
-                SecretDef::Name(n) => (n.clone(), n.clone()),
-                SecretDef::Renamed { name, env } => (name.clone(), env.clone()),
-            })
-            .collect(),
+        secrets: def.secrets.iter().map(SecretDef::pair).collect(),
         matrix,
     }
 }

@@ -35,9 +35,9 @@ pub struct File {
     pub services: Vec<ServiceDef>,
     #[serde(default)]
     pub concurrency: Option<ConcurrencyDef>,
-    /// Deploy targets per environment; checked by the delivery engine, kept as written.
+    /// Deploy targets per environment (see `deploy.rs`), parsed after the file.
     #[serde(default)]
-    pub deploy: Option<serde_json::Value>,
+    pub deploy: Option<Spanned<BTreeMap<String, serde_json::Value>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,7 +91,7 @@ pub struct ReportsDef {
 }
 
 /// `DATABASE_URL`, or `{ name: PROD_DB_URL, as: DATABASE_URL }` to rename.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum SecretDef {
     Name(String),
@@ -120,4 +120,14 @@ pub struct ConcurrencyDef {
     pub group: Spanned<String>,
     #[serde(default)]
     pub cancel_in_progress: bool,
+}
+
+impl SecretDef {
+    /// `(secret name, environment variable)`.
+    pub fn pair(&self) -> (String, String) {
+        match self {
+            SecretDef::Name(n) => (n.clone(), n.clone()),
+            SecretDef::Renamed { name, env } => (name.clone(), env.clone()),
+        }
+    }
 }

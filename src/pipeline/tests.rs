@@ -40,6 +40,9 @@ steps:
     artifacts: [target/release/app]
 deploy:
   staging:    { target: { kind: exec, run: ./deploy.sh } }
+  production:
+    target: { kind: service, command: ./app, health: /healthz, host: app.example.com }
+    strategy: { kind: canary, steps: [10, 50, 100], interval: 30s, max_error_rate: 1% }
 "#);
     assert_eq!(p.env["RUST_BACKTRACE"], "1");
     let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
@@ -56,7 +59,7 @@ deploy:
         Some("target/nextest/ci/junit.xml")
     );
     assert_eq!(p.steps[2].when.branch, ["main"]);
-    assert!(p.deploy.is_some());
+    assert_eq!(p.deploy.len(), 2);
 }
 
 #[test]

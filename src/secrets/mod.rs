@@ -424,17 +424,16 @@ impl Secrets {
         }
     }
 
-    /// The values a step asked for: each `(name, env)` resolved in the project's scope
-    /// chain. Every read is recorded on the run and in the audit log before a value is
-    /// returned. A missing secret fails the whole reveal, naming every missing one.
-    pub async fn reveal(
+    /// The values asked for: each `(name, env)` resolved in the project's scope chain,
+    /// with what was read. A missing secret fails the whole lookup, naming every missing
+    /// one. Callers record the reads before they hand a value on ([`Secrets::reveal`]).
+    pub async fn resolve(
         &self,
-        run: &crate::run::Run,
         project: u64,
         environment: Option<&str>,
         step: &str,
         wanted: &[(String, String)],
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<(Vec<(String, String)>, Vec<SecretRead>)> {
         let chain = Scope::chain(project, environment);
         let mut values = Vec::new();
         let mut reads = Vec::new();
@@ -476,11 +475,21 @@ impl Secrets {
                     .unwrap_or_default()
             )));
         }
-        let detail = reads
-            .iter()
-            .map(|r| format!("{} ({} v{})", r.name, r.scope, r.version))
-            .collect::<Vec<_>>()
-            .join(", ");
+        Ok((values, reads))
+    }
+
+    /// The values a run's step asked for; every read is recorded on the run and in the
+    /// audit log before a value is returned.
+    pub async fn reveal(
+        &self,
+        run: &crate::run::Run,
+        project: u64,
+        environment: Option<&str>,
+        step: &str,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<(String, String)>> {
+        let (values, reads) = self.resolve(project, environment, step, wanted).await?;
+        let detail = describe_reads(&reads);
         self.store
             .record_secret_reads(
                 run.id,
@@ -521,6 +530,15 @@ impl Secrets {
             })
             .await
     }
+}
+
+/// `A (project v2), B (instance v1)`, for audit entries.
+pub fn describe_reads(reads: &[SecretRead]) -> String {
+    reads
+        .iter()
+        .map(|r| format!("{} ({} v{})", r.name, r.scope, r.version))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn target(scope: &Scope, name: &str) -> String {

@@ -88,6 +88,21 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 7,
+        description: "create environments, releases, deployments and the deploy queue",
+        apply: |tx| {
+            tx.open_table(ENVIRONMENTS)?;
+            tx.open_table(RELEASES)?;
+            tx.open_table(PROJECT_RELEASES)?;
+            tx.open_table(DEPLOYMENTS)?;
+            tx.open_table(PROJECT_DEPLOYMENTS)?;
+            tx.open_table(DEPLOY_QUEUE)?;
+            tx.open_table(DEPLOYS_ACTIVE)?;
+            tx.open_table(DEPLOY_CALLBACKS)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod codec;
+mod deploy;
 mod instance;
 mod migrations;
 mod project;

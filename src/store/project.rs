@@ -136,6 +136,7 @@ impl Store {
             tx.open_table(PROJECTS)?.remove(id)?;
             // Its secrets, schedules and poll state go with it.
             super::secrets::remove_project_secrets(tx, id)?;
+            super::deploy::remove_project_environments(tx, &slug)?;
             tx.open_table(POLL_STATES)?.remove(id)?;
             let mut schedules = tx.open_table(SCHEDULES)?;
             let mut doomed = Vec::new();

@@ -94,3 +94,32 @@ pub const POLL_STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("poll-
 /// Value: JSON [`crate::secrets::Secret`] — its kept versions, each sealed for its scope,
 /// name and version; never a plaintext value.
 pub const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secrets-1");
+
+/// Key: (project slug, environment name). Value: JSON [`crate::deploy::Environment`].
+pub const ENVIRONMENTS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("environments-1");
+
+/// Key: release id, from 1. Value: JSON [`crate::deploy::Release`] — never changed.
+pub const RELEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("releases-1");
+
+/// Key: (project slug, release number). Value: release id. Index of `RELEASES`.
+pub const PROJECT_RELEASES: TableDefinition<(&str, u64), u64> =
+    TableDefinition::new("project-releases-1");
+
+/// Key: deployment id, from 1. Value: JSON [`crate::deploy::Deployment`].
+pub const DEPLOYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deployments-1");
+
+/// Key: (project slug, deployment number). Value: deployment id. Index of `DEPLOYMENTS`.
+pub const PROJECT_DEPLOYMENTS: TableDefinition<(&str, u64), u64> =
+    TableDefinition::new("project-deployments-1");
+
+/// Key: deployment id of a queued deployment. Value: nothing. The queue, oldest first.
+pub const DEPLOY_QUEUE: TableDefinition<u64, ()> = TableDefinition::new("deploy-queue-1");
+
+/// Key: (project slug, environment) with a deployment in progress. Value: its id. At most
+/// one per environment.
+pub const DEPLOYS_ACTIVE: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("deploys-active-1");
+
+/// Key: SHA-256 (hex) of a webhook target's one-time callback token. Value: deployment id.
+pub const DEPLOY_CALLBACKS: TableDefinition<&str, u64> = TableDefinition::new("deploy-callbacks-1");

@@ -26,23 +26,6 @@ pub struct SecretPath {
     pub name: Option<String>,
 }
 
-/// Environment names: lower-case letters, digits, `-` and `_`, as in `production`.
-pub fn check_environment(name: &str) -> Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "environment \"{name}\": use lower-case letters, digits, - and _ (at most 63)"
-        )))
-    }
-}
-
 /// The scope a path names.
 pub async fn scope_of(app: &App, slug: Option<&str>, environment: Option<&str>) -> Result<Scope> {
     let Some(slug) = slug else {
@@ -52,7 +35,7 @@ pub async fn scope_of(app: &App, slug: Option<&str>, environment: Option<&str>) 
     Ok(match environment {
         None => Scope::Project { project },
         Some(environment) => {
-            check_environment(environment)?;
+            crate::pipeline::deploy::check_environment_name(environment).map_err(Error::Invalid)?;
             Scope::Environment {
                 project,
                 environment: environment.to_string(),
