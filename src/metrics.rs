@@ -25,6 +25,22 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentLabels {
+    project: String,
+    environment: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The DORA gauges, per project and environment, refreshed before each scrape.
+struct DoraGauges {
+    frequency: Family<EnvironmentLabels, FloatGauge>,
+    lead_time: Family<EnvironmentLabels, FloatGauge>,
+    fail_rate: Family<EnvironmentLabels, FloatGauge>,
+    recovery: Family<EnvironmentLabels, FloatGauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
     method: String,
@@ -34,6 +50,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram>,
+    dora: DoraGauges,
 }
 
 impl Metrics {
@@ -68,13 +85,60 @@ impl Metrics {
             "Version of this BetCycle build",
             build,
         );
+        let dora = DoraGauges {
+            frequency: Family::default(),
+            lead_time: Family::default(),
+            fail_rate: Family::default(),
+            recovery: Family::default(),
+        };
+        registry.register(
+            "betcycle_dora_deployment_frequency_per_day",
+            "Successful deployments per day over the last 30 days",
+            dora.frequency.clone(),
+        );
+        registry.register(
+            "betcycle_dora_change_lead_time_seconds",
+            "Median time from commit to successful deployment over the last 30 days",
+            dora.lead_time.clone(),
+        );
+        registry.register(
+            "betcycle_dora_change_fail_rate",
+            "Failed or rolled-back deployments over all finished ones, last 30 days",
+            dora.fail_rate.clone(),
+        );
+        registry.register(
+            "betcycle_dora_recovery_time_seconds",
+            "Median time from a failed deployment to the next success, last 30 days",
+            dora.recovery.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         registry.register_collector(Box::new(StoreCollector(store)));
         Self {
             registry,
             requests,
             durations,
+            dora,
         }
+    }
+
+    /// Sets the DORA gauges of one environment; a figure without data is left out.
+    pub fn set_dora(&self, project: &str, d: &crate::deploy::dora::Dora) {
+        let labels = EnvironmentLabels {
+            project: project.to_string(),
+            environment: d.environment.clone(),
+        };
+        let set = |family: &Family<EnvironmentLabels, FloatGauge>, value: Option<f64>| match value {
+            Some(v) => {
+                family.get_or_create(&labels).set(v);
+            }
+            None => {
+                family.remove(&labels);
+            }
+        };
+        set(&self.dora.frequency, Some(d.deployment_frequency_per_day));
+        set(&self.dora.lead_time, d.change_lead_time_seconds);
+        set(&self.dora.fail_rate, d.change_fail_rate);
+        set(&self.dora.recovery, d.recovery_time_seconds);
     }
 
     /// Counts one answered request. `route` is the matched route pattern, never the raw

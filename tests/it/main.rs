@@ -5,6 +5,7 @@ mod access;
 mod browser;
 mod cli;
 mod console;
+mod deploy;
 mod harness;
 mod health;
 mod lifecycle;

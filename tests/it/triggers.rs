@@ -773,8 +773,9 @@ async fn api_triggers_take_a_commit_and_environment_overrides() {
     server.stop();
 }
 
-/// A stand-in forge API: answers 201 to every request and records it.
-async fn fake_forge() -> (String, Arc<Mutex<Vec<(String, Value, Value)>>>) {
+/// A stand-in for a remote service (a forge API, a webhook receiver): answers 201 to
+/// every POST and records its path, headers and JSON body.
+pub(crate) async fn recording_server() -> (String, Arc<Mutex<Vec<(String, Value, Value)>>>) {
     use axum::extract::State;
     use axum::http::{HeaderMap, Uri};
     type Seen = Arc<Mutex<Vec<(String, Value, Value)>>>;
@@ -808,7 +809,7 @@ async fn fake_forge() -> (String, Arc<Mutex<Vec<(String, Value, Value)>>>) {
     (url, seen)
 }
 
-async fn statuses_for(
+pub(crate) async fn statuses_for(
     seen: &Mutex<Vec<(String, Value, Value)>>,
     count: usize,
 ) -> Vec<(String, Value, Value)> {
@@ -826,7 +827,7 @@ async fn statuses_for(
 async fn commit_statuses_go_to_the_forge_pending_then_final() {
     let dir = tempdir();
     let (server, repo) = demo(dir.path(), SIMPLE, &[]).await;
-    let (api, seen) = fake_forge().await;
+    let (api, seen) = recording_server().await;
     let linked = server
         .request(Method::PATCH, "/api/v1/projects/demo")
         .json(&json!({"forge_kind": "github", "forge_url": "https://github.com/acme/app", "forge_api_url": api}))

@@ -6,7 +6,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 
+/// Recomputes the DORA gauges of every project's environments (30 days).
+async fn refresh_dora(app: &App) -> crate::error::Result<()> {
+    for project in app.store.list_projects().await? {
+        for environment in app.store.environments(&project.slug).await? {
+            let dora =
+                super::deploy::dora_of(app, &project.slug, Some(&environment.name), 30).await?;
+            app.metrics.set_dora(&project.slug, &dora);
+        }
+    }
+    Ok(())
+}
+
 pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoResponse {
+    if let Err(e) = refresh_dora(&app).await {
+        tracing::warn!(error = %e, "cannot compute the DORA metrics for /metrics");
+    }
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
