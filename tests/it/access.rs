@@ -79,6 +79,47 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/api/v1/projects/{slug}/deliveries/{id}/redeliver",
         "project:maintainer",
     ),
+    (
+        "PUT",
+        "/api/v1/projects/{slug}/environments/{environment}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{slug}/environments/{environment}",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/environments/{environment}/promote",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/environments/{environment}/rollback",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/deployments",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/deployments/{number}/approve",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/deployments/{number}/reject",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/deployments/{number}/cancel",
+        "project:developer",
+    ),
+    ("POST", "/api/v1/deployments/callback/{token}", "public"),
     ("PUT", "/api/v1/secrets/{name}", "admin"),
     ("DELETE", "/api/v1/secrets/{name}", "admin"),
     ("POST", "/api/v1/secrets/{name}/restore", "admin"),
@@ -111,6 +152,27 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "POST",
         "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore",
         "project:maintainer",
+    ),
+    (
+        "POST",
+        "/projects/{slug}/environments",
+        "project:maintainer",
+    ),
+    (
+        "POST",
+        "/projects/{slug}/environments/{environment}/promote",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/projects/{slug}/environments/{environment}/rollback",
+        "project:developer",
+    ),
+    ("POST", "/projects/{slug}/deployments", "project:developer"),
+    (
+        "POST",
+        "/projects/{slug}/deployments/{number}/decide",
+        "project:developer",
     ),
     ("POST", "/security/secrets", "admin"),
     ("POST", "/security/secrets/{name}/delete", "admin"),
@@ -259,13 +321,19 @@ async fn every_changing_route_is_declared_and_enforced() {
             .replace("{user}", "nobody")
             .replace("{slug}", "demo")
             .replace("{subject}", "user:dev")
-            .replace("{number}", "1");
+            .replace("{number}", "1")
+            .replace("{token}", "unknown");
         let anonymous = send(&server, method, &path, None).await;
         match *need {
             // A webhook's credential is its signature, checked by the handler.
             "public" if pattern.starts_with("/api/v1/hooks/") => assert!(
                 matches!(anonymous.as_u16(), 400 | 401),
                 "{method} {pattern} unsigned: {anonymous}"
+            ),
+            // A deployment callback's credential is its one-time token.
+            "public" if pattern.starts_with("/api/v1/deployments/callback/") => assert!(
+                matches!(anonymous.as_u16(), 400 | 404 | 415 | 422),
+                "{method} {pattern} with a made-up token: {anonymous}"
             ),
             "public" => assert_ne!(anonymous, 401, "{method} {pattern} is public"),
             "user" => {

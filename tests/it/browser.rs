@@ -526,3 +526,100 @@ async fn a_maintainer_sets_restores_and_uses_a_secret_from_the_console() {
     );
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_maintainer_approves_a_deployment_from_the_environments_board() {
+    let Some(browser) =
+        Browser::start("a_maintainer_approves_a_deployment_from_the_environments_board").await
+    else {
+        return;
+    };
+    let dir = tempdir();
+    let target = dir.path().join("live.txt");
+    // A second administrator pushes and asks for the deployment; the one signed in
+    // approves it.
+    crate::harness::add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    crate::harness::add_user(dir.path(), "requester", "requester password 1", true);
+    let requester = crate::harness::create_token(dir.path(), "requester", "admin");
+    let server = demo_project(
+        dir.path(),
+        &format!(
+            "steps:\n  - {{ name: build, run: 'true' }}\ndeploy:\n  production: {{ target: {{ kind: exec, run: 'echo \"$BETCYCLE_RELEASE\" > {}' }} }}\n",
+            target.display()
+        ),
+    )
+    .await;
+    let env = server
+        .request(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/environments/production",
+        )
+        .json(&serde_json::json!({"protection": {"required_approvals": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(env.status(), 201);
+    // The requester also starts the run (as if they pushed the commit).
+    let triggered = crate::harness::client()
+        .post(format!("{}/api/v1/projects/demo/runs", server.url))
+        .bearer_auth(&requester)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(triggered.status(), 201);
+    crate::runs::wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    let requested = crate::harness::client()
+        .post(format!("{}/api/v1/projects/demo/deployments", server.url))
+        .bearer_auth(&requester)
+        .json(&serde_json::json!({"environment": "production"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(requested.status(), 201);
+
+    sign_in_to_demo(&browser, &server.url).await;
+    let c = &browser.client;
+    c.goto(&format!("{}/projects/demo/environments", server.url))
+        .await
+        .unwrap();
+    let waiting = browser.text("#env-production [data-waiting='1']").await;
+    assert!(
+        waiting.contains("requested by user:requester") && waiting.contains("0/1 approvals"),
+        "{waiting}"
+    );
+    c.find(Locator::Css("#env-production input[name=comment]"))
+        .await
+        .unwrap()
+        .send_keys("looks good")
+        .await
+        .unwrap();
+    submit(&browser, "#env-production button[value=approve]").await;
+    assert_eq!(browser.text("p.notice.ok").await, "Approval recorded.");
+    // The board shows the release live once the deployment has run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        c.goto(&format!("{}/projects/demo/environments", server.url))
+            .await
+            .unwrap();
+        if browser
+            .text("#env-production [data-live]")
+            .await
+            .contains("release 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the release never went live");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap().trim(), "demo-1");
+    browser.snapshot("environments").await;
+    c.goto(&format!("{}/projects/demo/deployments/1", server.url))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("[data-deployment-status]").await, "succeeded");
+    let page = c.source().await.unwrap();
+    assert!(page.contains("approved by user:admin") && page.contains("looks good"));
+    browser.snapshot("deployment").await;
+    browser.close().await;
+}

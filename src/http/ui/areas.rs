@@ -36,8 +36,12 @@ pub const AREAS: &[Area] = &[
         slug: "environments",
         title: "Environments",
         summary: "Where releases are deployed, with approvals, deploy windows, promotion and rollback.",
-        built: &[],
-        pending: "Environments is not built yet in this version of BetCycle.",
+        built: &[(
+            "Projects",
+            "/projects",
+            "each project's Environments board: what is live where, approvals, promote, rollback, DORA metrics",
+        )],
+        pending: "The service and kubernetes targets and the blue-green and canary strategies are not built yet.",
     },
     Area {
         slug: "policies",

@@ -5,6 +5,7 @@ mod account;
 mod admin;
 mod areas;
 mod dashboard;
+mod deploy;
 mod projects;
 mod runs;
 mod secrets;
@@ -154,6 +155,54 @@ pub fn routes() -> Vec<Route> {
             "/projects/{slug}/triggers/webhook-secret",
             Project(Maintainer),
             triggers::webhook_secret,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/environments",
+            Project(Viewer),
+            deploy::page,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/environments",
+            Project(Maintainer),
+            deploy::save_environment,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/environments/{environment}/promote",
+            Project(Developer),
+            deploy::promote,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/environments/{environment}/rollback",
+            Project(Developer),
+            deploy::rollback,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/deployments",
+            Project(Developer),
+            deploy::deploy,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/deployments/{number}",
+            Project(Viewer),
+            deploy::deployment,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/deployments/{number}/panel",
+            Project(Viewer),
+            deploy::deployment_only,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/deployments/{number}/decide",
+            Project(Developer),
+            deploy::decide,
         ),
         route(
             M::GET,

@@ -1,0 +1,448 @@
+//! The delivery screens: a project's environments board (what is live where, what waits
+//! for approval, deploy/promote/rollback, settings, DORA charts) and a deployment's page
+//! (timeline, approvals, release notes, log), which refreshes itself while it is active.
+
+use super::sign_in::form_failed;
+use super::{Layout, render};
+use crate::app::App;
+use crate::auth::Role;
+use crate::deploy::dora::Dora;
+use crate::deploy::{Deployment, Protection, Release};
+use crate::error::Error;
+use crate::http::ServerResult;
+use crate::http::api::deploy::{EnvironmentChange, EnvironmentView, board, deployment_of};
+use crate::http::auth::Signed;
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+/// One bar of the deployments-per-day chart, in SVG units.
+pub struct Bar {
+    pub x: u32,
+    pub ok_y: u32,
+    pub ok_h: u32,
+    pub bad_y: u32,
+    pub bad_h: u32,
+    pub title: String,
+}
+
+/// The DORA figures as shown, with the chart's bars.
+pub struct DoraView {
+    pub dora: Dora,
+    pub bars: Vec<Bar>,
+    pub lead_time: String,
+    pub fail_rate: String,
+    pub recovery: String,
+}
+
+const CHART_HEIGHT: u32 = 80;
+
+impl DoraView {
+    fn new(dora: Dora) -> Self {
+        let top = dora
+            .daily
+            .iter()
+            .map(|d| d.succeeded + d.failed)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let scale = |n: u64| (n * u64::from(CHART_HEIGHT) / top) as u32;
+        let bars = dora
+            .daily
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (ok_h, bad_h) = (scale(d.succeeded), scale(d.failed));
+                Bar {
+                    x: i as u32 * 10,
+                    ok_y: CHART_HEIGHT - ok_h,
+                    ok_h,
+                    bad_y: CHART_HEIGHT - ok_h - bad_h,
+                    bad_h,
+                    title: format!("{}: {} succeeded, {} failed", d.date, d.succeeded, d.failed),
+                }
+            })
+            .collect();
+        let human =
+            |s: Option<f64>| s.map_or("—".to_string(), |s| crate::deploy::human(s as u64));
+        Self {
+            lead_time: human(dora.change_lead_time_seconds),
+            recovery: human(dora.recovery_time_seconds),
+            fail_rate: dora
+                .change_fail_rate
+                .map_or("—".to_string(), |r| format!("{:.0}%", r * 100.0)),
+            bars,
+            dora,
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.bars.len() * 10
+    }
+}
+
+#[derive(Template)]
+#[template(path = "environments.html")]
+struct BoardPage {
+    layout: Layout,
+    slug: String,
+    environments: Vec<EnvironmentView>,
+    /// Newest first.
+    deployments: Vec<Deployment>,
+    releases: Vec<Release>,
+    dora: DoraView,
+    developer: bool,
+    maintainer: bool,
+    done: Option<&'static str>,
+    error: Option<String>,
+}
+
+impl BoardPage {
+    fn waiting(&self, env: &str) -> Vec<&Deployment> {
+        let mut w: Vec<&Deployment> = self
+            .deployments
+            .iter()
+            .filter(|d| d.environment == env && d.status.as_str() == "awaiting_approval")
+            .collect();
+        w.reverse();
+        w
+    }
+
+    fn rules(p: &Protection) -> Vec<String> {
+        let mut out = Vec::new();
+        if p.required_approvals > 0 {
+            let who = if p.approvers.is_empty() {
+                "maintainers".to_string()
+            } else {
+                p.approvers.join(", ")
+            };
+            out.push(format!("{} approval(s) from {who}", p.required_approvals));
+        }
+        if !p.branches.is_empty() {
+            out.push(format!("branches {}", p.branches.join(", ")));
+        }
+        for w in &p.windows {
+            let days = if w.days.is_empty() {
+                "every day".to_string()
+            } else {
+                w.days.join(",")
+            };
+            out.push(format!(
+                "window {days} {}–{} {}",
+                w.start, w.end, w.timezone
+            ));
+        }
+        let now = jiff::Timestamp::now();
+        for f in p.freezes.iter().filter(|f| f.until > now) {
+            out.push(format!(
+                "freeze {} → {}: {}",
+                f.from.strftime("%Y-%m-%d %H:%M"),
+                f.until.strftime("%Y-%m-%d %H:%M UTC"),
+                f.reason
+            ));
+        }
+        if let Some(soak) = &p.soak {
+            out.push(format!("soak {soak} in the previous environment"));
+        }
+        out
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct BoardQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+fn done_message(key: Option<&str>) -> Option<&'static str> {
+    Some(match key? {
+        "requested" => "Deployment requested.",
+        "approved" => "Approval recorded.",
+        "rejected" => "Deployment rejected.",
+        "saved" => "Environment saved.",
+        _ => return None,
+    })
+}
+
+async fn render_board(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    done: Option<&'static str>,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
+    let (environments, mut deployments) = board(app, slug).await?;
+    deployments.truncate(50);
+    let role = super::project_role(app, signed, slug).await?;
+    let dora = crate::http::api::deploy::dora_of(app, slug, None, 30).await?;
+    render(&BoardPage {
+        layout: Layout::new(
+            format!("{slug}: environments"),
+            "environments",
+            Some(&signed.principal),
+        ),
+        slug: slug.to_string(),
+        environments,
+        deployments,
+        releases: app.store.releases(slug, 20).await?,
+        dora: DoraView::new(dora),
+        developer: role >= Some(Role::Developer),
+        maintainer: role >= Some(Role::Maintainer),
+        done,
+        error,
+    })
+}
+
+pub async fn page(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Query(q): Query<BoardQuery>,
+) -> ServerResult<Html<String>> {
+    render_board(&app, &signed, &slug, done_message(q.done.as_deref()), None).await
+}
+
+/// Redirects to `to` on success, or shows the board again with the error.
+async fn after(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    result: Result<String, Error>,
+) -> ServerResult<Response> {
+    match result {
+        Ok(to) => Ok(Redirect::to(&to).into_response()),
+        Err(e) => {
+            form_failed(e, |message| {
+                render_board(app, signed, slug, None, Some(message))
+            })
+            .await
+        }
+    }
+}
+
+fn board_url(slug: &str, done: &str) -> String {
+    format!("/projects/{slug}/environments?done={done}")
+}
+
+#[derive(Deserialize)]
+pub struct DeployForm {
+    environment: String,
+    #[serde(default)]
+    release: Option<u64>,
+}
+
+pub async fn deploy(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Form(form): Form<DeployForm>,
+) -> ServerResult<Response> {
+    let result = crate::http::api::deploy::request(
+        &app,
+        &slug,
+        &form.environment,
+        form.release,
+        &signed.audit,
+    )
+    .await
+    .map(|d| format!("/projects/{slug}/deployments/{}", d.number));
+    after(&app, &signed, &slug, result).await
+}
+
+pub async fn promote(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, environment)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let result = async {
+        let project = crate::http::api::projects::project_of(&app, &slug).await?;
+        app.deployer
+            .promote(&project, &environment, &signed.audit)
+            .await
+    }
+    .await
+    .map(|d| format!("/projects/{slug}/deployments/{}", d.number));
+    after(&app, &signed, &slug, result).await
+}
+
+pub async fn rollback(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, environment)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let result = async {
+        let project = crate::http::api::projects::project_of(&app, &slug).await?;
+        app.deployer
+            .rollback(&project, &environment, &signed.audit)
+            .await
+    }
+    .await
+    .map(|d| format!("/projects/{slug}/deployments/{}", d.number));
+    after(&app, &signed, &slug, result).await
+}
+
+#[derive(Deserialize)]
+pub struct DecisionForm {
+    #[serde(default)]
+    comment: String,
+    /// `approve` or `reject`.
+    decision: String,
+}
+
+pub async fn decide(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+    Form(form): Form<DecisionForm>,
+) -> ServerResult<Response> {
+    let approve = form.decision == "approve";
+    let result = app
+        .deployer
+        .decide(
+            &slug,
+            number,
+            &signed.principal.user,
+            approve,
+            form.comment.trim().to_string(),
+            &signed.audit,
+        )
+        .await
+        .map(|_| board_url(&slug, if approve { "approved" } else { "rejected" }));
+    after(&app, &signed, &slug, result).await
+}
+
+#[derive(Deserialize)]
+pub struct EnvironmentForm {
+    name: String,
+    #[serde(default)]
+    position: Option<u32>,
+    #[serde(default)]
+    auto_deploy: Option<String>,
+    #[serde(default)]
+    required_approvals: u32,
+    /// Comma-separated.
+    #[serde(default)]
+    approvers: String,
+    #[serde(default)]
+    branches: String,
+    #[serde(default)]
+    soak: String,
+    #[serde(default)]
+    approval_webhook: String,
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Saves an environment's settings from the board's form; windows and freezes set
+/// through the API are kept.
+pub async fn save_environment(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Form(form): Form<EnvironmentForm>,
+) -> ServerResult<Response> {
+    let result = async {
+        let name = form.name.trim().to_string();
+        let existing = app
+            .store
+            .environments(&slug)
+            .await?
+            .into_iter()
+            .find(|e| e.name == name)
+            .map(|e| e.protection)
+            .unwrap_or_default();
+        let soak = form.soak.trim();
+        let change = EnvironmentChange {
+            position: form.position,
+            protection: Some(Protection {
+                required_approvals: form.required_approvals,
+                approvers: list(&form.approvers),
+                branches: list(&form.branches),
+                soak: (!soak.is_empty()).then(|| soak.to_string()),
+                ..existing
+            }),
+            auto_deploy: Some(form.auto_deploy.is_some()),
+            approval_webhook: Some(form.approval_webhook),
+        };
+        crate::http::api::deploy::put_environment(&app, &slug, &name, change, &signed.audit).await
+    }
+    .await
+    .map(|_| board_url(&slug, "saved"));
+    after(&app, &signed, &slug, result).await
+}
+
+#[derive(Template)]
+#[template(path = "_deployment.html")]
+struct DeploymentPanel {
+    d: Deployment,
+    release: Option<Release>,
+    log: Vec<super::runs::LogLine>,
+    developer: bool,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "deployment.html")]
+struct DeploymentPage {
+    layout: Layout,
+    panel: DeploymentPanel,
+}
+
+async fn deployment_panel(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    number: u64,
+) -> ServerResult<DeploymentPanel> {
+    let d = deployment_of(app, slug, number).await?;
+    let text = crate::http::api::deploy::log_text(app, &d).await?;
+    let log = text
+        .lines()
+        .map(|l| {
+            let (stderr, text) = crate::runner::parse_log_line(l);
+            super::runs::LogLine {
+                stderr,
+                html: crate::http::api::runs::log_html(text),
+            }
+        })
+        .collect();
+    Ok(DeploymentPanel {
+        release: app.store.release(slug, d.release_number).await?,
+        d,
+        log,
+        developer: super::project_role(app, signed, slug).await? >= Some(Role::Developer),
+        csrf: Layout::new("", "", Some(&signed.principal)).csrf,
+    })
+}
+
+pub async fn deployment(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Html<String>> {
+    let panel = deployment_panel(&app, &signed, &slug, number).await?;
+    render(&DeploymentPage {
+        layout: Layout::new(
+            format!("{slug} deployment {number}"),
+            "environments",
+            Some(&signed.principal),
+        ),
+        panel,
+    })
+}
+
+pub async fn deployment_only(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Html<String>> {
+    render(&deployment_panel(&app, &signed, &slug, number).await?)
+}
