@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod deploy;
 mod healthcheck;
 mod offline;
 mod project;
@@ -60,6 +61,14 @@ enum Verb {
     Run(run::Run),
     /// Start a run on a server (token from BETCYCLE_TOKEN).
     Trigger(trigger::Trigger),
+    /// Deploy a release to an environment on a server (token from BETCYCLE_TOKEN).
+    Deploy(deploy::Deploy),
+    /// Deploy the release live in an environment to the next one.
+    Promote(deploy::Promote),
+    /// Approve (or --reject) a deployment waiting for approval.
+    Approve(deploy::Approve),
+    /// Redeploy the release that was live in an environment before the latest deployment.
+    Rollback(deploy::Rollback),
     /// Projects on a server: list, create, show (token from BETCYCLE_TOKEN).
     Project {
         #[command(subcommand)]
@@ -108,6 +117,10 @@ pub fn main() -> ExitCode {
         Verb::Validate(verb) => verb.run(),
         Verb::Run(verb) => verb.run(env),
         Verb::Trigger(verb) => verb.run(env),
+        Verb::Deploy(verb) => verb.run(env),
+        Verb::Promote(verb) => verb.run(env),
+        Verb::Approve(verb) => verb.run(env),
+        Verb::Rollback(verb) => verb.run(env),
         Verb::Project { verb, server } => verb.run(server, env),
         Verb::Routes => {
             use std::io::Write;

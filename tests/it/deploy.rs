@@ -463,3 +463,81 @@ async fn a_webhook_target_is_signed_and_waits_for_its_callback() {
     assert!(log.contains("callback: succeeded all pods ready"), "{log}");
     server.stop();
 }
+
+#[tokio::test]
+async fn the_cli_deploys_promotes_approves_and_rolls_back() {
+    use crate::harness::{betcycle, run as run_cmd};
+    let dir = tempdir();
+    let target = dir.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    add_user(dir.path(), "alice", "alice password 123", true);
+    let alice = create_token(dir.path(), "alice", "write");
+    let pipeline = format!(
+        "steps:\n  - {{ name: build, run: 'true' }}\ndeploy:\n  staging: {{ target: {{ kind: exec, run: 'echo \"$BETCYCLE_RELEASE\" > {dir}/staging' }} }}\n  production: {{ target: {{ kind: exec, run: 'echo \"$BETCYCLE_RELEASE\" > {dir}/production' }} }}\n",
+        dir = target.display()
+    );
+    let (server, _) = demo(dir.path(), &pipeline, &[]).await;
+    let admin = server.token.clone().unwrap();
+    send(
+        &server,
+        Method::PUT,
+        "/api/v1/projects/demo/environments/staging",
+        json!({}),
+    )
+    .await;
+    send(
+        &server,
+        Method::PUT,
+        "/api/v1/projects/demo/environments/production",
+        json!({"protection": {"required_approvals": 1}}),
+    )
+    .await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    let cli = |token: &str, args: &[&str]| {
+        let mut cmd = betcycle(dir.path());
+        cmd.args(args)
+            .args(["--server", &server.url, "--project", "demo"])
+            .env("BETCYCLE_TOKEN", token);
+        run_cmd(&mut cmd)
+    };
+
+    let (code, stdout, stderr) = cli(&admin, &["deploy", "--environment", "staging", "--wait"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("deployment demo#1: release 1 to staging"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("demo#1 succeeded"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(target.join("staging"))
+            .unwrap()
+            .trim(),
+        "demo-1"
+    );
+
+    let (code, stdout, _) = cli(&admin, &["promote", "--from", "staging", "--wait"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("demo#2 awaiting_approval"), "{stdout}");
+    let (code, _, stderr) = cli(&admin, &["approve", "2"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("someone else must approve"), "{stderr}");
+    let (code, stdout, stderr) = cli(&alice, &["approve", "2", "--comment", "ok", "--wait"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.trim_end().ends_with("demo#2 succeeded"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(target.join("production"))
+            .unwrap()
+            .trim(),
+        "demo-1"
+    );
+
+    let (code, _, stderr) = cli(&admin, &["rollback", "--environment", "production"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no earlier successful release in production"),
+        "{stderr}"
+    );
+    server.stop();
+}
