@@ -860,7 +860,7 @@ impl Deployer {
         t: &WebhookTarget,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let mut log = LogFile::create(&self.log_path(d.id))?;
+        let log = LogFile::create(&self.log_path(d.id))?;
         let secret = match &t.secret {
             Some(name) => self
                 .reveal(d, project.id, &[(name.clone(), name.clone())])
@@ -1086,7 +1086,7 @@ impl LogFile {
         })
     }
 
-    fn write_line(&mut self, stderr: bool, text: &str) {
+    fn write_line(&self, stderr: bool, text: &str) {
         self.line(
             "deploy",
             if stderr {

@@ -148,7 +148,7 @@ pub async fn put_environment(
     }
     if let Some(hook) = change.approval_webhook {
         let hook = hook.trim().to_string();
-        if !hook.is_empty() && !(hook.starts_with("http://") || hook.starts_with("https://")) {
+        if !(hook.is_empty() || hook.starts_with("http://") || hook.starts_with("https://")) {
             return Err(Error::Invalid(format!(
                 "approval_webhook \"{hook}\" is not an http(s) URL"
             )));
