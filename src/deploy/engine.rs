@@ -830,6 +830,8 @@ impl Deployer {
         };
         let log = LogFile::create(&self.log_path(d.id))?;
         let results = executor::run(spec, Arc::new(log), shutdown.clone()).await;
+        // The log stays; the checkout and the artifact copies are not needed any more.
+        let _ = tokio::fs::remove_dir_all(&root).await;
         let result = results
             .into_iter()
             .next()
@@ -841,7 +843,6 @@ impl Deployer {
                 "verifying: the command succeeded",
             )
             .await?;
-            let _ = tokio::fs::remove_dir_all(&root).await;
             Ok(())
         } else {
             Err(Error::Invalid(format!(

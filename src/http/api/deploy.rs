@@ -350,18 +350,36 @@ fn decision(body: &axum::body::Bytes) -> Result<Decision> {
     serde_json::from_slice(body).map_err(|e| Error::Invalid(format!("request body: {e}")))
 }
 
+/// Records an approval (`approve`) or a rejection from the caller.
+async fn decide(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    number: u64,
+    body: &axum::body::Bytes,
+    approve: bool,
+) -> Result<Deployment> {
+    let d = decision(body)?;
+    app.deployer
+        .decide(
+            slug,
+            number,
+            &signed.principal.user,
+            approve,
+            d.comment,
+            &signed.audit,
+        )
+        .await
+}
+
 pub async fn approve(
     State(app): State<App>,
     signed: Signed,
     Path((slug, number)): Path<(String, u64)>,
     body: axum::body::Bytes,
 ) -> ServerResult<Json<Deployment>> {
-    let d = decision(&body)?;
-    let user = &signed.principal.user;
     Ok(Json(
-        app.deployer
-            .decide(&slug, number, user, true, d.comment, &signed.audit)
-            .await?,
+        decide(&app, &signed, &slug, number, &body, true).await?,
     ))
 }
 
@@ -371,12 +389,8 @@ pub async fn reject(
     Path((slug, number)): Path<(String, u64)>,
     body: axum::body::Bytes,
 ) -> ServerResult<Json<Deployment>> {
-    let d = decision(&body)?;
-    let user = &signed.principal.user;
     Ok(Json(
-        app.deployer
-            .decide(&slug, number, user, false, d.comment, &signed.audit)
-            .await?,
+        decide(&app, &signed, &slug, number, &body, false).await?,
     ))
 }
 

@@ -251,20 +251,37 @@ pub async fn deploy(
     after(&app, &signed, &slug, result).await
 }
 
+/// Promotes from, or rolls back, an environment; shows the new deployment.
+async fn environment_action(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    environment: &str,
+    promote: bool,
+) -> ServerResult<Response> {
+    let result = async {
+        let project = crate::http::api::projects::project_of(app, slug).await?;
+        if promote {
+            app.deployer
+                .promote(&project, environment, &signed.audit)
+                .await
+        } else {
+            app.deployer
+                .rollback(&project, environment, &signed.audit)
+                .await
+        }
+    }
+    .await
+    .map(|d| format!("/projects/{slug}/deployments/{}", d.number));
+    after(app, signed, slug, result).await
+}
+
 pub async fn promote(
     State(app): State<App>,
     signed: Signed,
     Path((slug, environment)): Path<(String, String)>,
 ) -> ServerResult<Response> {
-    let result = async {
-        let project = crate::http::api::projects::project_of(&app, &slug).await?;
-        app.deployer
-            .promote(&project, &environment, &signed.audit)
-            .await
-    }
-    .await
-    .map(|d| format!("/projects/{slug}/deployments/{}", d.number));
-    after(&app, &signed, &slug, result).await
+    environment_action(&app, &signed, &slug, &environment, true).await
 }
 
 pub async fn rollback(
@@ -272,15 +289,7 @@ pub async fn rollback(
     signed: Signed,
     Path((slug, environment)): Path<(String, String)>,
 ) -> ServerResult<Response> {
-    let result = async {
-        let project = crate::http::api::projects::project_of(&app, &slug).await?;
-        app.deployer
-            .rollback(&project, &environment, &signed.audit)
-            .await
-    }
-    .await
-    .map(|d| format!("/projects/{slug}/deployments/{}", d.number));
-    after(&app, &signed, &slug, result).await
+    environment_action(&app, &signed, &slug, &environment, false).await
 }
 
 #[derive(Deserialize)]
