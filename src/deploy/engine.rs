@@ -95,6 +95,13 @@ impl Deployer {
             })
     }
 
+    /// Fetches the project's mirror under its lock (triggers fetch it too).
+    async fn fetch(&self, project: &crate::project::Project) -> Result<PathBuf> {
+        let lock = self.mirrors.lock(project.id);
+        let _guard = lock.lock().await;
+        self.mirrors.fetch(project.id, &project.repository).await
+    }
+
     /// The deployment whose release is live in `environment` now (the latest that
     /// succeeded), if any.
     pub async fn live(&self, project: &str, environment: &str) -> Result<Option<Deployment>> {
@@ -149,7 +156,7 @@ impl Deployer {
             }
         }
         let mut notes = Vec::new();
-        if let Ok(mirror) = self.mirrors.fetch(project.id, &project.repository).await {
+        if let Ok(mirror) = self.fetch(project).await {
             let since = self
                 .live(&project.slug, environment)
                 .await?
@@ -770,7 +777,7 @@ impl Deployer {
     ) -> Result<()> {
         let root = self.data_dir.join("deployments").join(d.id.to_string());
         let workspace = root.join("workspace");
-        let mirror = self.mirrors.fetch(project.id, &project.repository).await?;
+        let mirror = self.fetch(project).await?;
         git::checkout(&mirror, &project.repository, &release.commit, &workspace).await?;
         let artifacts = root.join("artifacts");
         for a in &release.artifacts {
