@@ -19,6 +19,7 @@ pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod poll;
 pub mod project;
 pub mod reports;
