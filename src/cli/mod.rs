@@ -6,6 +6,7 @@ mod config;
 mod deploy;
 mod healthcheck;
 mod offline;
+mod policy;
 mod project;
 mod run;
 mod secrets;
@@ -50,6 +51,9 @@ enum Verb {
     /// Check the audit log (server stopped).
     #[command(subcommand)]
     Audit(audit::AuditVerb),
+    /// Evaluate and test Rego policies on files (no server needed).
+    #[command(subcommand)]
+    Policy(policy::PolicyVerb),
     /// Manage the secret store's master key (server stopped).
     #[command(subcommand)]
     Secrets(secrets::SecretsVerb),
@@ -114,6 +118,7 @@ pub fn main() -> ExitCode {
         Verb::Token(verb) => verb.run(env),
         Verb::Audit(verb) => verb.run(env),
         Verb::Secrets(verb) => verb.run(env),
+        Verb::Policy(verb) => verb.run(),
         Verb::Validate(verb) => verb.run(),
         Verb::Run(verb) => verb.run(env),
         Verb::Trigger(verb) => verb.run(env),

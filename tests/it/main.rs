@@ -10,6 +10,7 @@ mod harness;
 mod health;
 mod lifecycle;
 mod metrics;
+mod policy;
 mod projects;
 mod run;
 mod runs;
