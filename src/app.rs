@@ -36,6 +36,8 @@ pub struct App {
     pub deployer: Arc<crate::deploy::Deployer>,
     /// The secret store (sealed by the master key).
     pub secrets: crate::secrets::Secrets,
+    /// Stored policies and the decision log.
+    pub policies: crate::policy::Policies,
     /// Wakes the schedule worker when schedules change.
     pub schedules_changed: Arc<tokio::sync::Notify>,
     /// SHA-256 of the one-time set-up token while no user exists; `None` afterwards.
@@ -101,6 +103,11 @@ pub async fn serve(mut config: Config) -> Result<()> {
         tracing::info!(adopted, "moved project credentials into the secret store");
     }
 
+    let policies = crate::policy::Policies::new(store.clone());
+    if policies.seed().await? {
+        tracing::info!("installed the starter policies (instance policies starter-*.rego)");
+    }
+
     let seq = store
         .record_start(crate::VERSION, std::process::id())
         .await?;
@@ -153,6 +160,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
     );
     let app = App {
         secrets: secrets.clone(),
+        policies,
         schedules_changed: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::new(Metrics::new(store.clone())),
         config: Arc::new(config),

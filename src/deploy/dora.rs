@@ -187,6 +187,7 @@ mod tests {
             notes: Vec::new(),
             timeline: Vec::new(),
             secrets: Vec::new(),
+            decisions: Vec::new(),
         }
     }
 

@@ -40,6 +40,7 @@ pub struct Deployer {
     http: reqwest::Client,
     /// Webhook deployments waiting for their callback, by deployment id.
     waiting: Mutex<HashMap<u64, oneshot::Sender<CallbackResult>>>,
+    policies: crate::policy::Policies,
 }
 
 impl Deployer {
@@ -51,7 +52,7 @@ impl Deployer {
         public_url: String,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            store: store.clone(),
             secrets,
             mirrors,
             data_dir,
@@ -62,6 +63,7 @@ impl Deployer {
                 .build()
                 .expect("the HTTP client builds"),
             waiting: Mutex::new(HashMap::new()),
+            policies: crate::policy::Policies::new(store.clone()),
         })
     }
 
@@ -156,14 +158,51 @@ impl Deployer {
             }
         }
         let mut notes = Vec::new();
+        let mut repository = Vec::new();
         if let Ok(mirror) = self.fetch(project).await {
             let since = self
                 .live(&project.slug, environment)
                 .await?
                 .map(|d| d.commit);
             notes = release_notes(&mirror, since.as_deref(), &release.commit).await;
+            repository =
+                crate::policy::Policies::repository_modules(&mirror, &release.commit).await?;
         }
         let needs_approval = env.protection.required_approvals > 0 && reason != Reason::Rollback;
+        // The deploy gate: at the request, and — when nothing is left to wait for — at the
+        // start too. A rollback restores what was there and is not gated.
+        let mut decisions = Vec::new();
+        let mut warnings = Vec::new();
+        if reason != Reason::Rollback {
+            let stages: &[&str] = if needs_approval {
+                &["request"]
+            } else {
+                &["request", "start"]
+            };
+            for stage in stages {
+                let input = self
+                    .gate_input(stage, &env, previous.as_ref(), &release, &[], &actor.actor)
+                    .await?;
+                let decision = self
+                    .policies
+                    .evaluate(
+                        crate::policy::Subject {
+                            project: &project.slug,
+                            gate: crate::policy::Gate::Deploy,
+                            subject: format!("release {} to {environment}", release.number),
+                            stage,
+                        },
+                        input,
+                        repository.clone(),
+                    )
+                    .await?;
+                if let Some(why) = decision.refusal(env.protection.policy_fail_open) {
+                    return Err(Error::Forbidden(why));
+                }
+                decisions.push(decision.id);
+                warnings.extend(decision.warnings.into_iter().map(|w| w.msg));
+            }
+        }
         let mut deployment = Deployment {
             id: 0,
             project: project.slug.clone(),
@@ -193,6 +232,7 @@ impl Deployer {
             notes,
             timeline: Vec::new(),
             secrets: Vec::new(),
+            decisions,
         };
         deployment.note(
             &actor.actor,
@@ -217,6 +257,9 @@ impl Deployer {
                 ),
             },
         );
+        for warning in warnings {
+            deployment.note("policy", format!("warning: {warning}"));
+        }
         if needs_approval {
             deployment.note(
                 "betcycle",
@@ -239,6 +282,67 @@ impl Deployer {
         }
         self.wake.notify_one();
         Ok(deployment)
+    }
+
+    /// The deploy gate's input (documented in docs/policies.md).
+    async fn gate_input(
+        &self,
+        stage: &str,
+        env: &Environment,
+        previous: Option<&Environment>,
+        release: &Release,
+        approvals: &[Approval],
+        requester: &str,
+    ) -> Result<serde_json::Value> {
+        let previous = match previous {
+            Some(p) => {
+                let live = self.live(&env.project, &p.name).await?;
+                Some(serde_json::json!({
+                    "environment": p.name,
+                    "release": live.as_ref().map(|d| d.release_number),
+                    "since": live.as_ref().and_then(|d| d.finished_at),
+                }))
+            }
+            None => None,
+        };
+        let run = self
+            .store
+            .run_by_number(&release.project, release.run_number)
+            .await?;
+        let now = Timestamp::now();
+        Ok(serde_json::json!({
+            "stage": stage,
+            "project": env.project,
+            "environment": {
+                "name": env.name,
+                "position": env.position,
+                "production": env.production_like(),
+                "required_approvals": env.protection.required_approvals,
+            },
+            "release": {
+                "number": release.number,
+                "commit": release.commit,
+                "branch": release.branch.clone().unwrap_or_default(),
+                "ref": release.git_ref,
+                "commit_time": release.commit_time,
+                "created_at": release.created_at,
+                "artifacts": release.artifacts,
+                "actor": release.actor,
+            },
+            "run": {
+                "number": release.run_number,
+                "status": run.as_ref().map_or("unknown", |r| r.status.as_str()),
+                "event": run.as_ref().map(|r| r.event.clone()),
+            },
+            "tests": release.tests,
+            "coverage": release.coverage,
+            "findings": {"critical": 0, "high": 0, "medium": 0, "low": 0},
+            "approvals": approvals.iter().filter(|a| a.approved).map(|a| serde_json::json!({"by": a.by, "at": a.at, "comment": a.comment})).collect::<Vec<_>>(),
+            "requester": requester,
+            "time": now,
+            "weekday": now.to_zoned(jiff::tz::TimeZone::UTC).strftime("%a").to_string().to_lowercase(),
+            "previous": previous,
+        }))
     }
 
     /// POSTs "approval requested" to the environment's webhook, in the background.
@@ -321,6 +425,59 @@ impl Deployer {
         } else {
             None
         };
+        // With this approval it may start: the deploy gate decides again, now with the
+        // approvals in its input. A refusal cancels the deployment.
+        let mut verdict: Option<(u64, Option<String>, Vec<String>)> = None;
+        if approve && blocked.is_none() && d.approvals_given() + 1 >= d.required_approvals {
+            let (_, previous, _) = self.environment(project, &d.environment).await?;
+            if let Some(release) = &release {
+                let mut approvals = d.approvals.clone();
+                approvals.push(Approval {
+                    by: me.clone(),
+                    approved: true,
+                    comment: comment.clone(),
+                    at: now,
+                });
+                let input = self
+                    .gate_input(
+                        "start",
+                        &env,
+                        previous.as_ref(),
+                        release,
+                        &approvals,
+                        &d.requested_by,
+                    )
+                    .await?;
+                let repository = match self.store.project(project).await? {
+                    Some(p) => match self.fetch(&p).await {
+                        Ok(mirror) => {
+                            crate::policy::Policies::repository_modules(&mirror, &release.commit)
+                                .await?
+                        }
+                        Err(_) => Vec::new(),
+                    },
+                    None => Vec::new(),
+                };
+                let decision = self
+                    .policies
+                    .evaluate(
+                        crate::policy::Subject {
+                            project,
+                            gate: crate::policy::Gate::Deploy,
+                            subject: format!("deployment {number}"),
+                            stage: "start",
+                        },
+                        input,
+                        repository,
+                    )
+                    .await?;
+                verdict = Some((
+                    decision.id,
+                    decision.refusal(env.protection.policy_fail_open),
+                    decision.warnings.iter().map(|w| w.msg.clone()).collect(),
+                ));
+            }
+        }
         let comment_for = comment.clone();
         let updated = self
             .store
@@ -351,12 +508,23 @@ impl Deployer {
                         d.note(&me, format!("rejected{said}"));
                     } else {
                         d.note(&me, format!("approved{said}"));
+                        if let Some((id, _, warnings)) = &verdict {
+                            d.decisions.push(*id);
+                            for w in warnings {
+                                d.note("policy", format!("warning: {w}"));
+                            }
+                        }
                         if d.approvals_given() >= d.required_approvals {
-                            match &blocked {
-                                Some(why) => {
+                            match (&blocked, verdict.as_ref().and_then(|v| v.1.as_ref())) {
+                                (Some(why), _) => {
                                     d.note("betcycle", format!("approved, but not queued: {why}"))
                                 }
-                                None => {
+                                (None, Some(why)) => {
+                                    d.status = DeploymentStatus::Cancelled;
+                                    d.message = why.clone();
+                                    d.note("policy", why.clone());
+                                }
+                                (None, None) => {
                                     d.status = DeploymentStatus::Queued;
                                     d.note("betcycle", "queued");
                                 }

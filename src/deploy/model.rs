@@ -23,7 +23,18 @@ pub struct Environment {
     /// Where "approval requested" is POSTed (JSON), if anywhere.
     #[serde(default)]
     pub approval_webhook: Option<String>,
+    /// Production-like even without a production-like name (policies treat it so).
+    #[serde(default)]
+    pub production: bool,
     pub created_at: Timestamp,
+}
+
+impl Environment {
+    /// Production-like: marked so, or named `production`, `prod` or `live`. The starter
+    /// policies apply to these.
+    pub fn production_like(&self) -> bool {
+        self.production || matches!(self.name.as_str(), "production" | "prod" | "live")
+    }
 }
 
 /// Server-side rules a deployment to an environment must pass. The repository cannot
@@ -49,6 +60,10 @@ pub struct Protection {
     /// How long a release must have been live in the previous environment (`1h`).
     #[serde(default)]
     pub soak: Option<String>,
+    /// When a deploy policy fails to evaluate (an error, the time limit), let the
+    /// deployment through instead of refusing it.
+    #[serde(default)]
+    pub policy_fail_open: bool,
 }
 
 /// A weekly deploy window, e.g. Mon–Fri 09:00–17:00 Europe/Berlin.
@@ -399,6 +414,9 @@ pub struct Deployment {
     /// The secrets the target was given (name, scope, version — never a value).
     #[serde(default)]
     pub secrets: Vec<crate::secrets::SecretRead>,
+    /// The policy decisions taken on it (ids in the decision log).
+    #[serde(default)]
+    pub decisions: Vec<u64>,
 }
 
 impl Deployment {

@@ -350,6 +350,52 @@ pub fn table() -> Vec<Route> {
             Public,
             api::deploy::callback,
         ),
+        // Policies and the decision log.
+        route(M::GET, "/api/v1/policies", User, api::policies::list),
+        route(M::GET, "/api/v1/policies/{name}", User, api::policies::show),
+        route(M::PUT, "/api/v1/policies/{name}", Admin, api::policies::put),
+        route(
+            M::DELETE,
+            "/api/v1/policies/{name}",
+            Admin,
+            api::policies::delete,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/policies",
+            Project(Viewer),
+            api::policies::list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/policies/{name}",
+            Project(Viewer),
+            api::policies::show,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/policies/{name}",
+            Project(Maintainer),
+            api::policies::put,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/policies/{name}",
+            Project(Maintainer),
+            api::policies::delete,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/decisions",
+            Project(Viewer),
+            api::policies::decisions,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/decisions/{id}",
+            Project(Viewer),
+            api::policies::decision,
+        ),
         // Secrets: the instance's, a project's, an environment's. Values are write-only.
         route(M::GET, "/api/v1/secrets", Admin, api::secrets::list),
         route(M::GET, "/api/v1/secrets/{name}", Admin, api::secrets::show),

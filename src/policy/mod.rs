@@ -8,6 +8,7 @@
 //! suffixes (`["branch"]` exempts `deny_branch`). Modules from a repository are
 //! evaluated on their own, so they can add restrictions but never exempt the server's.
 
+pub mod service;
 pub mod store_model;
 pub mod testing;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+pub use service::{Policies, Subject};
 pub use store_model::*;
 
 /// Where a policy applies.

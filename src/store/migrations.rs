@@ -103,6 +103,16 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 8,
+        description: "create policies and the policy decision log",
+        apply: |tx| {
+            tx.open_table(POLICIES)?;
+            tx.open_table(POLICY_DECISIONS)?;
+            tx.open_table(PROJECT_DECISIONS)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

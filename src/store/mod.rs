@@ -12,6 +12,7 @@ mod codec;
 mod deploy;
 mod instance;
 mod migrations;
+mod policy;
 mod project;
 mod run;
 mod secrets;

@@ -123,3 +123,15 @@ pub const DEPLOYS_ACTIVE: TableDefinition<(&str, &str), u64> =
 
 /// Key: SHA-256 (hex) of a webhook target's one-time callback token. Value: deployment id.
 pub const DEPLOY_CALLBACKS: TableDefinition<&str, u64> = TableDefinition::new("deploy-callbacks-1");
+
+/// Key: (scope: `instance` or `project:SLUG`, policy name). Value: JSON
+/// [`crate::policy::Policy`] with its versions.
+pub const POLICIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("policies-1");
+
+/// Key: decision id, from 1. Value: JSON [`crate::policy::Decision`] (with its input).
+pub const POLICY_DECISIONS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("policy-decisions-1");
+
+/// Key: (project slug, decision id). Value: nothing. A project's decisions, in order.
+pub const PROJECT_DECISIONS: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("project-decisions-1");

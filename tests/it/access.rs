@@ -120,6 +120,18 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "project:developer",
     ),
     ("POST", "/api/v1/deployments/callback/{token}", "public"),
+    ("PUT", "/api/v1/policies/{name}", "admin"),
+    ("DELETE", "/api/v1/policies/{name}", "admin"),
+    (
+        "PUT",
+        "/api/v1/projects/{slug}/policies/{name}",
+        "project:maintainer",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{slug}/policies/{name}",
+        "project:maintainer",
+    ),
     ("PUT", "/api/v1/secrets/{name}", "admin"),
     ("DELETE", "/api/v1/secrets/{name}", "admin"),
     ("POST", "/api/v1/secrets/{name}/restore", "admin"),

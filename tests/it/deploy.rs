@@ -388,7 +388,7 @@ async fn a_webhook_target_is_signed_and_waits_for_its_callback() {
     let dir = tempdir();
     let (hook, seen) = recording_server().await;
     let pipeline = format!(
-        "steps:\n  - {{ name: build, run: 'true' }}\ndeploy:\n  production: {{ target: {{ kind: webhook, url: \"{hook}/deploy\", secret: HOOK_KEY, callback: true, timeout: 30s }} }}\n"
+        "steps:\n  - {{ name: build, run: 'true' }}\ndeploy:\n  preview: {{ target: {{ kind: webhook, url: \"{hook}/deploy\", secret: HOOK_KEY, callback: true, timeout: 30s }} }}\n"
     );
     let (server, _) = demo(dir.path(), &pipeline, &[]).await;
     let (status, _) = send(
@@ -402,7 +402,7 @@ async fn a_webhook_target_is_signed_and_waits_for_its_callback() {
     let (status, _) = send(
         &server,
         Method::PUT,
-        "/api/v1/projects/demo/environments/production",
+        "/api/v1/projects/demo/environments/preview",
         json!({}),
     )
     .await;
@@ -413,7 +413,7 @@ async fn a_webhook_target_is_signed_and_waits_for_its_callback() {
         &server,
         Method::POST,
         "/api/v1/projects/demo/deployments",
-        json!({"environment": "production"}),
+        json!({"environment": "preview"}),
     )
     .await;
     assert_eq!(status, 201, "{d}");

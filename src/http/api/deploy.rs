@@ -134,6 +134,7 @@ pub async fn put_environment(
         protection: Protection::default(),
         auto_deploy: false,
         approval_webhook: None,
+        production: false,
         created_at: jiff::Timestamp::now(),
     });
     if let Some(position) = change.position {

@@ -9,6 +9,7 @@ pub mod health;
 pub mod hooks;
 pub mod instance;
 pub mod metrics;
+pub mod policies;
 pub mod projects;
 pub mod runs;
 pub mod schedules;

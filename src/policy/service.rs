@@ -1,0 +1,182 @@
+//! The server's policies: stored modules per scope, the repository's own modules at a
+//! commit, evaluation at a gate, and the decision log.
+
+use super::{Decision, Gate, Module, Policy, PolicySet, TIME_LIMIT, check_module, check_name};
+use crate::audit::{Context, Record};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use std::path::Path;
+
+/// Where a repository keeps policies that add to the server's.
+pub const REPOSITORY_DIR: &str = ".betcycle/policies";
+
+#[derive(Clone)]
+pub struct Policies {
+    store: Store,
+}
+
+/// What to decide on, for the log.
+pub struct Subject<'a> {
+    pub project: &'a str,
+    pub gate: Gate,
+    pub subject: String,
+    pub stage: &'a str,
+}
+
+impl Policies {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Installs the starter policies once per database.
+    pub async fn seed(&self) -> Result<bool> {
+        let modules = super::starter()
+            .into_iter()
+            .map(|m| {
+                let gate = check_module(&m).expect("starter policies parse");
+                (m.name, gate, m.source)
+            })
+            .collect();
+        self.store.seed_starter_policies(modules).await
+    }
+
+    /// Checks and stores a new version; a module that does not parse is refused with its
+    /// line and column.
+    pub async fn set(
+        &self,
+        scope: &str,
+        name: &str,
+        source: String,
+        audit: &Context,
+    ) -> Result<Policy> {
+        check_name(name).map_err(Error::Invalid)?;
+        let gate = check_module(&Module {
+            name: name.to_string(),
+            source: source.clone(),
+        })
+        .map_err(Error::Invalid)?;
+        self.store
+            .put_policy(
+                scope,
+                name,
+                gate,
+                source,
+                Record::new(audit, "policy.set", format!("policy:{scope}/{name}")),
+            )
+            .await
+    }
+
+    /// The instance's policies and the project's, current versions.
+    async fn server_modules(&self, project: &str) -> Result<(Vec<Module>, Vec<String>)> {
+        let mut modules = Vec::new();
+        let mut labels = Vec::new();
+        for scope in ["instance".to_string(), format!("project:{project}")] {
+            for p in self.store.policies(&scope).await? {
+                labels.push(p.label());
+                modules.push(Module {
+                    name: format!("{}/{}", p.scope, p.name),
+                    source: p.current().source.clone(),
+                });
+            }
+        }
+        Ok((modules, labels))
+    }
+
+    /// The repository's modules under `.betcycle/policies/` at `commit`.
+    pub async fn repository_modules(mirror: &Path, commit: &str) -> Result<Vec<Module>> {
+        let listing = crate::git::git(
+            &[
+                "ls-tree",
+                "--name-only",
+                commit,
+                &format!("{REPOSITORY_DIR}/"),
+            ],
+            Some(mirror),
+        )
+        .await
+        .unwrap_or_default();
+        let mut modules = Vec::new();
+        for path in listing.lines().filter(|p| p.ends_with(".rego")) {
+            if let Some(source) = crate::git::read_file(mirror, commit, path).await? {
+                modules.push(Module {
+                    name: format!("repository/{path}"),
+                    source,
+                });
+            }
+        }
+        Ok(modules)
+    }
+
+    /// Evaluates a gate with the server's policies and the repository's `repository`
+    /// modules, and records the decision.
+    pub async fn evaluate(
+        &self,
+        what: Subject<'_>,
+        input: serde_json::Value,
+        repository: Vec<Module>,
+    ) -> Result<Decision> {
+        let (modules, mut labels) = self.server_modules(what.project).await?;
+        labels.extend(repository.iter().map(|m| m.name.clone()));
+        let gate = what.gate;
+        let evaluated = tokio::task::spawn_blocking(move || {
+            let server = PolicySet::new(&modules, TIME_LIMIT)?;
+            let repo = if repository.is_empty() {
+                None
+            } else {
+                Some(
+                    PolicySet::new(&repository, TIME_LIMIT)
+                        .map_err(|e| format!("repository policy: {e}"))?,
+                )
+            };
+            Ok::<_, String>(super::decide(&server, repo.as_ref(), gate, &input))
+                .map(|(outcome, took)| (outcome, took, input))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("policy evaluation failed: {e}")))?;
+        let (outcome, took, input) = match evaluated {
+            Ok(done) => done,
+            Err(e) => (
+                super::Outcome {
+                    errors: vec![e],
+                    ..Default::default()
+                },
+                std::time::Duration::ZERO,
+                serde_json::Value::Null,
+            ),
+        };
+        self.store
+            .record_decision(Decision {
+                id: 0,
+                project: what.project.to_string(),
+                gate,
+                subject: what.subject,
+                stage: what.stage.to_string(),
+                at: jiff::Timestamp::now(),
+                policies: labels,
+                input,
+                allowed: outcome.denies.is_empty() && outcome.errors.is_empty(),
+                denies: outcome.denies,
+                warnings: outcome.warnings,
+                errors: outcome.errors,
+                duration_us: took.as_micros() as u64,
+            })
+            .await
+    }
+}
+
+impl Decision {
+    /// Why it is refused, or `None`: denies always, errors unless `fail_open`.
+    pub fn refusal(&self, fail_open: bool) -> Option<String> {
+        if !self.denies.is_empty() {
+            let msgs: Vec<&str> = self.denies.iter().map(|m| m.msg.as_str()).collect();
+            return Some(format!("denied by policy: {}", msgs.join("; ")));
+        }
+        if !self.errors.is_empty() && !fail_open {
+            return Some(format!(
+                "a policy failed to evaluate, so the gate stays closed: {}",
+                self.errors.join("; ")
+            ));
+        }
+        None
+    }
+}
