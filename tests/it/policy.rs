@@ -99,3 +99,175 @@ fn the_starter_terraform_policy_denies_a_public_bucket() {
     let decision: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(decision["allowed"], true);
 }
+
+#[tokio::test]
+async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_through() {
+    use crate::harness::{ADMIN, ADMIN_PASSWORD, add_user, client, create_token};
+    use crate::run::git;
+    use crate::runs::{demo, wait_for};
+    use reqwest::Method;
+    use serde_json::json;
+    let dir = tempdir();
+    add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    add_user(dir.path(), "alice", "alice password 123", true);
+    let alice = create_token(dir.path(), "alice", "write");
+    let (server, repo) = demo(
+        dir.path(),
+        "steps:\n  - { name: build, run: 'true' }\ndeploy:\n  production: { target: { kind: exec, run: 'echo deployed' } }\n",
+        &[],
+    )
+    .await;
+
+    // The starter policies are on; an upload that does not parse is refused with its
+    // line and column, and stores nothing.
+    let starters = server.get_json("/api/v1/policies").await;
+    let names: Vec<&str> = starters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["starter-deploy.rego", "starter-terraform.rego"]);
+    let bad = server
+        .request(Method::PUT, "/api/v1/policies/friday.rego")
+        .header("content-type", "text/plain")
+        .body("package betcycle.deploy\nimport rego.v1\nwarn contains msg if {\n  msg := \n}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let message = bad.json::<Value>().await.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let at: Vec<&str> = message.splitn(4, ':').collect();
+    assert_eq!(at[0], "friday.rego", "{message}");
+    assert!(
+        at[1].parse::<u32>().unwrap() >= 4 && at[2].parse::<u32>().is_ok(),
+        "{message}"
+    );
+    assert!(server.get("/api/v1/policies/friday.rego").await.status() == 404);
+    // A warning rule, uploaded properly.
+    let warn = server
+        .request(Method::PUT, "/api/v1/policies/care.rego")
+        .header("content-type", "text/plain")
+        .body("package betcycle.deploy\nimport rego.v1\nwarn contains \"production: watch the dashboards after this one\" if input.environment.production\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warn.status(), 201);
+
+    let env = server
+        .request(Method::PUT, "/api/v1/projects/demo/environments/production")
+        .json(&json!({"protection": {"required_approvals": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(env.status(), 201);
+
+    // A release from a feature branch is refused with the starter policy's message.
+    git(&repo, &["checkout", "-q", "-b", "feature/x"]);
+    std::fs::write(repo.join("feature.txt"), "x").unwrap();
+    git(&repo, &["add", "feature.txt"]);
+    git(&repo, &["commit", "-qm", "feature"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    let run = server
+        .request(Method::POST, "/api/v1/projects/demo/runs")
+        .json(&json!({"ref": "feature/x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 201);
+    wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    let refused = server
+        .request(Method::POST, "/api/v1/projects/demo/deployments")
+        .json(&json!({"environment": "production", "release": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let message = refused.json::<Value>().await.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        message,
+        "denied by policy: production takes releases from main or release/* only, not from feature/x"
+    );
+
+    // A release from main goes through with the warning on its timeline.
+    let run = server
+        .request(Method::POST, "/api/v1/projects/demo/runs")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 201);
+    wait_for(&server, "demo", 2, |r| r["status"] == "succeeded").await;
+    let requested = server
+        .request(Method::POST, "/api/v1/projects/demo/deployments")
+        .json(&json!({"environment": "production", "release": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(requested.status(), 201);
+    let approved = client()
+        .post(format!(
+            "{}/api/v1/projects/demo/deployments/1/approve",
+            server.url
+        ))
+        .bearer_auth(&alice)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 200);
+    let d =
+        crate::deploy::wait_deployment(&server, "demo", 1, |d| d["status"] == "succeeded").await;
+    let timeline: Vec<&str> = d["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert!(
+        timeline.contains(&"warning: production: watch the dashboards after this one"),
+        "{timeline:?}"
+    );
+    assert_eq!(
+        d["decisions"].as_array().unwrap().len(),
+        2,
+        "request and start"
+    );
+
+    // The decision log keeps every evaluation with its input and policy versions.
+    let log = server.get_json("/api/v1/projects/demo/decisions").await;
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 3, "refused request, allowed request, start");
+    let denied = log.iter().find(|d| d["allowed"] == false).unwrap();
+    assert_eq!(denied["gate"], "deploy");
+    assert_eq!(denied["stage"], "request");
+    assert_eq!(denied["input"]["release"]["branch"], "feature/x");
+    assert!(
+        denied["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "instance/starter-deploy.rego@1")
+    );
+    let start = &log[0];
+    assert_eq!(
+        (start["stage"].as_str(), start["allowed"].as_bool()),
+        (Some("start"), Some(true))
+    );
+    assert_eq!(start["input"]["approvals"][0]["by"], "user:alice");
+    assert_eq!(
+        start["warnings"][0]["msg"],
+        "production: watch the dashboards after this one"
+    );
+    let one = server
+        .get_json(&format!("/api/v1/projects/demo/decisions/{}", denied["id"]))
+        .await;
+    assert_eq!(one["id"], denied["id"]);
+    server.stop();
+}
