@@ -61,6 +61,8 @@ pub struct Runner {
     secrets: Secrets,
     /// Where the releases of green runs go (the deployer's auto-deploy).
     releases: mpsc::UnboundedSender<Release>,
+    /// The pipeline and infrastructure gates.
+    policies: crate::policy::Policies,
 }
 
 /// What to run and why: everything a trigger (webhook, poll, schedule, console, API)
@@ -105,6 +107,7 @@ impl Runner {
         releases: mpsc::UnboundedSender<Release>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            policies: crate::policy::Policies::new(store.clone()),
             secrets,
             releases,
             store,
@@ -537,6 +540,34 @@ impl Runner {
             step.env.extend(run.env.clone());
         }
 
+        // The pipeline gate: the server's policies and the repository's own.
+        let repository = crate::policy::Policies::repository_modules(
+            &self.mirrors.path(project.id),
+            &run.commit,
+        )
+        .await?;
+        let decision = self
+            .policies
+            .evaluate(
+                crate::policy::Subject {
+                    project: &run.project,
+                    gate: crate::policy::Gate::Pipeline,
+                    subject: format!("run {}", run.number),
+                    stage: "start",
+                },
+                pipeline_input(&run, &pipeline),
+                repository.clone(),
+            )
+            .await?;
+        if let Some(why) = decision.refusal(false) {
+            return Err(Error::Invalid(why));
+        }
+        let plans: Vec<(String, String)> = pipeline
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.reports.terraform_plan.clone()?)))
+            .collect();
+
         let steps: Vec<StepRecord> = pipeline
             .steps
             .iter()
@@ -668,13 +699,51 @@ impl Runner {
         self.live.lock().expect("runner lock").remove(&run.id);
         let _ = recorder.await;
 
-        let status = if cancel.is_cancelled() {
+        let mut status = if cancel.is_cancelled() {
             RunStatus::Cancelled
         } else if results.iter().any(|r| r.status.fails_run()) {
             RunStatus::Failed
         } else {
             RunStatus::Succeeded
         };
+        // The infrastructure gate, on each Terraform/OpenTofu plan a step reported.
+        if status == RunStatus::Succeeded {
+            let mut refusals = Vec::new();
+            for (step, path) in &plans {
+                let why = match std::fs::read_to_string(workspace.join(path))
+                    .map_err(|e| format!("cannot read the plan {path}: {e}"))
+                    .and_then(|text| {
+                        serde_json::from_str::<serde_json::Value>(&text)
+                            .map_err(|e| format!("the plan {path} is not JSON: {e}"))
+                    }) {
+                    Err(e) => Some(e),
+                    Ok(plan) => self
+                        .policies
+                        .evaluate(
+                            crate::policy::Subject {
+                                project: &run.project,
+                                gate: crate::policy::Gate::Infrastructure,
+                                subject: format!("run {}", run.number),
+                                stage: step,
+                            },
+                            plan,
+                            repository.clone(),
+                        )
+                        .await?
+                        .refusal(false),
+                };
+                if let Some(why) = why {
+                    refusals.push(format!("step {step}: {why}"));
+                }
+            }
+            if !refusals.is_empty() {
+                status = RunStatus::Failed;
+                let message = format!("infrastructure policy: {}", refusals.join("\n"));
+                self.store
+                    .update_run(run.id, move |r| r.message = message)
+                    .await?;
+            }
+        }
         // Failed workspaces stay for inspection; successful ones are not needed.
         if status == RunStatus::Succeeded {
             let _ = tokio::fs::remove_dir_all(&workspace).await;
@@ -754,6 +823,48 @@ impl Runner {
             created_at: jiff::Timestamp::now(),
         }
     }
+}
+
+/// The pipeline gate's input (documented in docs/policies.md).
+fn pipeline_input(run: &Run, pipeline: &crate::pipeline::Pipeline) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = pipeline
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "run": s.run,
+                "needs": s.needs.iter().map(|i| pipeline.steps[*i].name.clone()).collect::<Vec<_>>(),
+                "env": s.env.keys().collect::<Vec<_>>(),
+                "secrets": s.secrets.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                "timeout_seconds": s.timeout.map(|t| t.as_secs()),
+                "retry": s.retry,
+                "allow_failure": s.allow_failure,
+                "artifacts": s.artifacts,
+                "when": {"branch": s.when.branch, "event": s.when.event, "paths": s.when.paths},
+                "matrix": s.matrix,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "project": run.project,
+        "pipeline": {
+            "steps": steps,
+            "services": pipeline.services.iter().map(|s| serde_json::json!({"name": s.name, "run": s.run})).collect::<Vec<_>>(),
+            "env": pipeline.env.keys().collect::<Vec<_>>(),
+            "concurrency_group": run.concurrency_group,
+            "deploy": pipeline.deploy.iter().map(|(env, d)| (env.clone(), serde_json::to_value(&d.target).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),
+        },
+        "trigger": {
+            "event": run.event,
+            "ref": run.git_ref,
+            "branch": run.branch,
+            "commit": run.commit,
+            "pull_request": run.pull_request,
+            "changed_paths": run.changed_paths,
+        },
+        "actor": run.actor,
+    })
 }
 
 /// A server run's secrets: from the secret store, each read recorded on the run — and

@@ -242,7 +242,12 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
 
     // The decision log keeps every evaluation with its input and policy versions.
     let log = server.get_json("/api/v1/projects/demo/decisions").await;
-    let log = log.as_array().unwrap();
+    let log: Vec<&Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["gate"] == "deploy")
+        .collect();
     assert_eq!(log.len(), 3, "refused request, allowed request, start");
     let denied = log.iter().find(|d| d["allowed"] == false).unwrap();
     assert_eq!(denied["gate"], "deploy");
@@ -255,7 +260,7 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
             .iter()
             .any(|p| p == "instance/starter-deploy.rego@1")
     );
-    let start = &log[0];
+    let start = log[0];
     assert_eq!(
         (start["stage"].as_str(), start["allowed"].as_bool()),
         (Some("start"), Some(true))
@@ -269,5 +274,95 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
         .get_json(&format!("/api/v1/projects/demo/decisions/{}", denied["id"]))
         .await;
     assert_eq!(one["id"], denied["id"]);
+    server.stop();
+}
+
+#[tokio::test]
+async fn pipeline_and_infrastructure_gates_stop_runs_and_a_repository_adds_its_own_rules() {
+    use crate::run::git;
+    use crate::runs::{demo, trigger, wait_for};
+    use reqwest::Method;
+    let dir = tempdir();
+    let plan = std::fs::read_to_string(fixture("terraform/public-bucket.json")).unwrap();
+    let (server, repo) = demo(
+        dir.path(),
+        "steps:\n  - name: plan\n    run: cp fixtures/plan.json plan.json\n    reports: { terraform_plan: plan.json }\n",
+        &[],
+    )
+    .await;
+    std::fs::create_dir_all(repo.join("fixtures")).unwrap();
+    std::fs::write(repo.join("fixtures/plan.json"), &plan).unwrap();
+    git(&repo, &["add", "fixtures"]);
+    git(&repo, &["commit", "-qm", "a plan with a public bucket"]);
+
+    // The starter Terraform policy fails the run that reported the plan.
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, |r| r["status"] == "failed").await;
+    let message = run["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("infrastructure policy: step plan: denied by policy:")
+            && message.contains(
+                "aws_s3_bucket.assets: bucket ACL \"public-read\" makes it publicly readable"
+            ),
+        "{message}"
+    );
+    assert_eq!(
+        run["steps"][0]["status"], "succeeded",
+        "the step itself worked"
+    );
+
+    // A project policy on the pipeline gate, and one the repository brings.
+    let project_policy = server
+        .request(Method::PUT, "/api/v1/projects/demo/policies/steps.rego")
+        .header("content-type", "text/plain")
+        .body("package betcycle.pipeline\nimport rego.v1\ndeny contains sprintf(\"step %s pipes curl into a shell\", [s.name]) if { some s in input.pipeline.steps; contains(s.run, \"| sh\") }\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(project_policy.status(), 201);
+    std::fs::write(
+        repo.join(".betcycle.yml"),
+        "steps:\n  - { name: install, run: 'curl -fsSL https://example.com/i | sh' }\n",
+    )
+    .unwrap();
+    git(&repo, &["commit", "-qam", "curl | sh"]);
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 2, |r| r["status"] == "error").await;
+    assert_eq!(
+        run["message"],
+        "denied by policy: step install pipes curl into a shell"
+    );
+
+    std::fs::create_dir_all(repo.join(".betcycle/policies")).unwrap();
+    std::fs::write(
+        repo.join(".betcycle/policies/names.rego"),
+        "package betcycle.pipeline\nimport rego.v1\ndeny contains \"step names must be lower-case\" if { some s in input.pipeline.steps; s.name != lower(s.name) }\nexception contains [\"\"] if true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join(".betcycle.yml"),
+        "steps:\n  - { name: Build, run: 'true' }\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "repository policy"]);
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 3, |r| r["status"] == "error").await;
+    assert_eq!(
+        run["message"],
+        "denied by policy: step names must be lower-case"
+    );
+    let decisions = server
+        .get_json("/api/v1/projects/demo/decisions?subject=run%203")
+        .await;
+    assert_eq!(decisions[0]["gate"], "pipeline");
+    assert_eq!(decisions[0]["denies"][0]["rule"], "repository:deny");
+    assert!(
+        decisions[0]["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "repository/.betcycle/policies/names.rego")
+    );
     server.stop();
 }
