@@ -132,16 +132,46 @@ impl Outcome {
 pub struct PolicySet {
     engine: std::sync::Arc<std::sync::Mutex<regorus::Engine>>,
     pub modules: Vec<String>,
+    /// Per gate, the rules that decide (`deny`, `warn_x`, `exception`, …): evaluated one
+    /// by one, which is cheaper than evaluating the whole package as a query.
+    rules: std::collections::BTreeMap<&'static str, std::collections::BTreeSet<String>>,
+}
+
+/// The deciding rules a module defines: rule heads at the start of a line.
+fn deciding_rules(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("default ").unwrap_or(l);
+            let name: String = l
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let kind = name.split('_').next().unwrap_or_default();
+            matches!(kind, "deny" | "violation" | "warn" | "exception").then_some(name)
+        })
+        .collect()
 }
 
 impl PolicySet {
     /// Loads modules (each must parse); `limit` bounds each evaluation.
     pub fn new(modules: &[Module], limit: Duration) -> Result<Self, String> {
         let mut engine = regorus::Engine::new();
+        let mut rules: std::collections::BTreeMap<
+            &'static str,
+            std::collections::BTreeSet<String>,
+        > = Default::default();
         for m in modules {
-            engine
+            let package = engine
                 .add_policy(m.name.clone(), m.source.clone())
                 .map_err(|e| one_line(&e.to_string()))?;
+            let package = package.strip_prefix("data.").unwrap_or(&package);
+            if let Some(gate) = GATES.into_iter().find(|g| g.package() == package) {
+                rules
+                    .entry(gate.as_str())
+                    .or_default()
+                    .extend(deciding_rules(&m.source));
+            }
         }
         engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
             limit,
@@ -150,6 +180,7 @@ impl PolicySet {
         Ok(Self {
             engine: std::sync::Arc::new(std::sync::Mutex::new(engine)),
             modules: modules.iter().map(|m| m.name.clone()).collect(),
+            rules,
         })
     }
 
@@ -172,26 +203,21 @@ impl PolicySet {
     /// Evaluates `gate` on `input`.
     pub fn evaluate(&self, gate: Gate, input: Value) -> Outcome {
         let mut outcome = Outcome::default();
+        let Some(names) = self.rules.get(gate.as_str()) else {
+            return outcome;
+        };
         let mut engine = self.engine.lock().expect("policy engine lock");
         engine.set_input(input);
-        let results = match engine.eval_query(format!("data.{}", gate.package()), false) {
-            Ok(r) => r,
-            Err(e) => {
-                outcome.errors.push(one_line(&e.to_string()));
-                return outcome;
+        let mut rules = std::collections::BTreeMap::new();
+        for name in names {
+            match engine.eval_rule(format!("data.{}.{name}", gate.package())) {
+                Ok(Value::Undefined) => {}
+                Ok(value) => {
+                    rules.insert(Value::from(name.as_str()), value);
+                }
+                Err(e) => outcome.errors.push(one_line(&e.to_string())),
             }
-        };
-        let Some(package) = results
-            .result
-            .first()
-            .and_then(|r| r.expressions.first())
-            .map(|e| &e.value)
-        else {
-            return outcome;
-        };
-        let Ok(rules) = package.as_object() else {
-            return outcome;
-        };
+        }
         let mut exempt = std::collections::BTreeSet::new();
         if let Some(exceptions) = rules.get(&Value::from("exception")) {
             for list in values(exceptions) {

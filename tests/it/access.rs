@@ -186,6 +186,8 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/projects/{slug}/deployments/{number}/decide",
         "project:developer",
     ),
+    ("POST", "/policies", "admin"),
+    ("POST", "/policies/{name}/delete", "admin"),
     ("POST", "/security/secrets", "admin"),
     ("POST", "/security/secrets/{name}/delete", "admin"),
     ("POST", "/security/secrets/{name}/restore", "admin"),

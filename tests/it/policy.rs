@@ -274,6 +274,60 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
         .get_json(&format!("/api/v1/projects/demo/decisions/{}", denied["id"]))
         .await;
     assert_eq!(one["id"], denied["id"]);
+
+    // The console: decisions on the deployment and run pages; a new version uploaded from
+    // the policies page, with its history and the diff from the one before.
+    let page = server
+        .get("/projects/demo/deployments/1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Policy decisions") && page.contains("watch the dashboards"),
+        "deployment page"
+    );
+    let page = server
+        .get("/projects/demo/runs/2")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("data-decision="), "run page");
+    let uploaded = server
+        .request(Method::POST, "/policies")
+        .form(&[
+            ("name", "care.rego"),
+            ("source", "package betcycle.deploy\nimport rego.v1\nwarn contains \"production: watch the dashboards for an hour\" if input.environment.production\n"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(uploaded.status().is_success() || uploaded.status().is_redirection());
+    let page = server
+        .get("/policies?name=care.rego")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("version 2") && page.contains(">v1</a>"),
+        "history"
+    );
+    let diff = page
+        .split("data-policy-diff>")
+        .nth(1)
+        .unwrap_or("")
+        .split("</pre>")
+        .next()
+        .unwrap_or("");
+    assert!(
+        diff.contains("-warn contains")
+            && diff.contains("after this one")
+            && diff.contains("+warn contains")
+            && diff.contains("for an hour"),
+        "diff: {diff}"
+    );
     server.stop();
 }
 

@@ -392,6 +392,7 @@ pub async fn save_environment(
 #[template(path = "_deployment.html")]
 struct DeploymentPanel {
     d: Deployment,
+    decisions: Vec<crate::policy::Decision>,
     release: Option<Release>,
     log: Vec<super::runs::LogLine>,
     developer: bool,
@@ -423,7 +424,12 @@ async fn deployment_panel(
             }
         })
         .collect();
+    let mut decisions = Vec::new();
+    for id in &d.decisions {
+        decisions.extend(app.store.decision(*id).await?);
+    }
     Ok(DeploymentPanel {
+        decisions,
         release: app.store.release(slug, d.release_number).await?,
         d,
         log,

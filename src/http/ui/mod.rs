@@ -6,6 +6,7 @@ mod admin;
 mod areas;
 mod dashboard;
 mod deploy;
+mod policies;
 mod projects;
 mod runs;
 mod secrets;
@@ -79,6 +80,9 @@ pub fn routes() -> Vec<Route> {
             admin::delete_team,
         ),
         route(M::GET, "/security/audit", Admin, admin::audit_page),
+        route(M::GET, "/policies", User, policies::page),
+        route(M::POST, "/policies", Admin, policies::upload),
+        route(M::POST, "/policies/{name}/delete", Admin, policies::delete),
         route(M::GET, "/security/secrets", Admin, secrets::page),
         route(M::POST, "/security/secrets", Admin, secrets::set),
         route(
@@ -260,7 +264,10 @@ pub fn routes() -> Vec<Route> {
         ),
     ];
     // Areas with screens of their own register them above.
-    for area in AREAS.iter().filter(|a| a.slug != "projects") {
+    for area in AREAS
+        .iter()
+        .filter(|a| a.slug != "projects" && a.slug != "policies")
+    {
         let page = move |signed: super::auth::Signed| areas::page(area, signed);
         routes.push(route(M::GET, format!("/{}", area.slug), User, page));
     }

@@ -32,6 +32,8 @@ struct RunPanel {
     /// The commit's page on the project's forge, when it has one.
     commit_url: Option<String>,
     logs: Vec<StepView>,
+    /// The policy decisions taken on this run.
+    decisions: Vec<crate::policy::Decision>,
     developer: bool,
     csrf: String,
 }
@@ -73,10 +75,15 @@ async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerRes
         .await?
         .forge
         .map(|f| f.commit_url(&run.commit));
+    let decisions = app
+        .store
+        .decisions(slug, Some(format!("run {number}")), 20)
+        .await?;
     Ok(RunPanel {
         run,
         commit_url,
         logs,
+        decisions,
         developer,
         csrf: super::Layout::new("", "", Some(&signed.principal)).csrf,
     })
