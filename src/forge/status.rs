@@ -151,16 +151,23 @@ impl Reporter {
             } else {
                 sent.insert(id, status);
             }
-            if let Err(e) = self.report(id, &shutdown).await {
+            if let Err(e) = self.report(id, status, &shutdown).await {
                 tracing::warn!(run = id, error = %e, "cannot report a commit status");
             }
         }
     }
 
     /// Posts run `id`'s current status, if its project has a forge and a token.
-    async fn report(&self, id: u64, shutdown: &CancellationToken) -> Result<(), String> {
+    /// Posts `status` — the status the event announced, not the run's status now, which
+    /// may already be a later one — for run `id`.
+    async fn report(
+        &self,
+        id: u64,
+        status: RunStatus,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
         let run = match self.store.run(id).await {
-            Ok(Some(run)) => run,
+            Ok(Some(run)) => Run { status, ..run },
             Ok(None) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
