@@ -112,6 +112,9 @@ pub struct EnvironmentChange {
     /// An empty string removes it.
     #[serde(default)]
     pub approval_webhook: Option<String>,
+    /// Production-like for policies even without a production-like name.
+    #[serde(default)]
+    pub production: Option<bool>,
 }
 
 /// Creates or changes an environment; `true` when it was created.
@@ -146,6 +149,9 @@ pub async fn put_environment(
     }
     if let Some(auto) = change.auto_deploy {
         env.auto_deploy = auto;
+    }
+    if let Some(production) = change.production {
+        env.production = production;
     }
     if let Some(hook) = change.approval_webhook {
         let hook = hook.trim().to_string();

@@ -380,6 +380,7 @@ pub async fn save_environment(
             }),
             auto_deploy: Some(form.auto_deploy.is_some()),
             approval_webhook: Some(form.approval_webhook),
+            production: None,
         };
         crate::http::api::deploy::put_environment(&app, &slug, &name, change, &signed.audit).await
     }
