@@ -13,6 +13,9 @@ pub const REPOSITORY_DIR: &str = ".betcycle/policies";
 #[derive(Clone)]
 pub struct Policies {
     store: Store,
+    /// The server's compiled policy sets, by the versions they hold (`scope/name@n`, …):
+    /// compiling parses every module, evaluating does not need to.
+    compiled: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<String>, PolicySet>>>,
 }
 
 /// What to decide on, for the log.
@@ -25,7 +28,29 @@ pub struct Subject<'a> {
 
 impl Policies {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            compiled: Default::default(),
+        }
+    }
+
+    /// The compiled set for these modules, from the cache when the versions match.
+    fn compiled(
+        &self,
+        labels: &[String],
+        modules: &[Module],
+    ) -> std::result::Result<PolicySet, String> {
+        let mut cache = self.compiled.lock().expect("policy cache lock");
+        if let Some(set) = cache.get(labels) {
+            return Ok(set.clone());
+        }
+        let set = PolicySet::new(modules, TIME_LIMIT)?;
+        // A handful of distinct sets (instance + each project's); start over if it grows.
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(labels.to_vec(), set.clone());
+        Ok(set)
     }
 
     /// Installs the starter policies once per database.
@@ -116,10 +141,11 @@ impl Policies {
         repository: Vec<Module>,
     ) -> Result<Decision> {
         let (modules, mut labels) = self.server_modules(what.project).await?;
+        let server = self.compiled(&labels, &modules);
         labels.extend(repository.iter().map(|m| m.name.clone()));
         let gate = what.gate;
         let evaluated = tokio::task::spawn_blocking(move || {
-            let server = PolicySet::new(&modules, TIME_LIMIT)?;
+            let server = server?;
             let repo = if repository.is_empty() {
                 None
             } else {
