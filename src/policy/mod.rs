@@ -56,7 +56,7 @@ impl Gate {
 pub const TIME_LIMIT: Duration = Duration::from_secs(1);
 
 /// A Rego module: a file name and its text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Module {
     pub name: String,
     pub source: String,

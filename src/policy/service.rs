@@ -13,9 +13,10 @@ pub const REPOSITORY_DIR: &str = ".betcycle/policies";
 #[derive(Clone)]
 pub struct Policies {
     store: Store,
-    /// The server's compiled policy sets, by the versions they hold (`scope/name@n`, …):
+    /// The server's compiled policy sets, by the modules they hold (names and sources, so
+    /// a policy deleted and uploaded again under its old version number is not confused):
     /// compiling parses every module, evaluating does not need to.
-    compiled: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<String>, PolicySet>>>,
+    compiled: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<Module>, PolicySet>>>,
 }
 
 /// What to decide on, for the log.
@@ -34,14 +35,10 @@ impl Policies {
         }
     }
 
-    /// The compiled set for these modules, from the cache when the versions match.
-    fn compiled(
-        &self,
-        labels: &[String],
-        modules: &[Module],
-    ) -> std::result::Result<PolicySet, String> {
+    /// The compiled set for these modules, from the cache when they are the same.
+    fn compiled(&self, modules: &[Module]) -> std::result::Result<PolicySet, String> {
         let mut cache = self.compiled.lock().expect("policy cache lock");
-        if let Some(set) = cache.get(labels) {
+        if let Some(set) = cache.get(modules) {
             return Ok(set.clone());
         }
         let set = PolicySet::new(modules, TIME_LIMIT)?;
@@ -49,7 +46,7 @@ impl Policies {
         if cache.len() >= 64 {
             cache.clear();
         }
-        cache.insert(labels.to_vec(), set.clone());
+        cache.insert(modules.to_vec(), set.clone());
         Ok(set)
     }
 
@@ -141,7 +138,7 @@ impl Policies {
         repository: Vec<Module>,
     ) -> Result<Decision> {
         let (modules, mut labels) = self.server_modules(what.project).await?;
-        let server = self.compiled(&labels, &modules);
+        let server = self.compiled(&modules);
         labels.extend(repository.iter().map(|m| m.name.clone()));
         let gate = what.gate;
         let evaluated = tokio::task::spawn_blocking(move || {
