@@ -144,12 +144,10 @@ pub async fn serve(mut config: Config) -> Result<()> {
     let (releases, mut new_releases) = tokio::sync::mpsc::unbounded_channel();
     let runner = crate::runner::Runner::new(
         store.clone(),
-        config.data_dir.clone(),
-        config.run_concurrency,
-        config.log.step_max_size,
-        config.workspace_retention,
+        &config,
         secrets.clone(),
         releases,
+        policies.clone(),
     );
     let deployer = crate::deploy::Deployer::new(
         store.clone(),
@@ -157,6 +155,7 @@ pub async fn serve(mut config: Config) -> Result<()> {
         runner.mirrors.clone(),
         config.data_dir.clone(),
         config.public_url.clone(),
+        policies.clone(),
     );
     let app = App {
         secrets: secrets.clone(),

@@ -97,28 +97,28 @@ const MAX_CHANGED_PATHS: usize = 5000;
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Runner {
+    /// A runner for the data directory, concurrency, step log limit and workspace
+    /// retention `config` sets.
     pub fn new(
         store: Store,
-        data_dir: PathBuf,
-        limit: usize,
-        max_step_log: u64,
-        workspace_retention: std::time::Duration,
+        config: &crate::config::Config,
         secrets: Secrets,
         releases: mpsc::UnboundedSender<Release>,
+        policies: crate::policy::Policies,
     ) -> Arc<Self> {
         Arc::new(Self {
-            policies: crate::policy::Policies::new(store.clone()),
+            policies,
             secrets,
             releases,
             store,
-            limit: limit.max(1),
+            limit: config.run_concurrency.max(1),
             wake: Notify::new(),
             active: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
-            max_step_log,
-            workspace_retention,
-            mirrors: Arc::new(Mirrors::new(&data_dir)),
-            data_dir,
+            max_step_log: config.log.step_max_size,
+            workspace_retention: config.workspace_retention,
+            mirrors: Arc::new(Mirrors::new(&config.data_dir)),
+            data_dir: config.data_dir.clone(),
         })
     }
 

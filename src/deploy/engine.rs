@@ -50,9 +50,10 @@ impl Deployer {
         mirrors: Arc<Mirrors>,
         data_dir: PathBuf,
         public_url: String,
+        policies: crate::policy::Policies,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store: store.clone(),
+            store,
             secrets,
             mirrors,
             data_dir,
@@ -63,7 +64,7 @@ impl Deployer {
                 .build()
                 .expect("the HTTP client builds"),
             waiting: Mutex::new(HashMap::new()),
-            policies: crate::policy::Policies::new(store.clone()),
+            policies,
         })
     }
 
@@ -179,10 +180,19 @@ impl Deployer {
             } else {
                 &["request", "start"]
             };
+            // The same input for both stages but for `stage`.
+            let mut input = self
+                .gate_input(
+                    "request",
+                    &env,
+                    previous.as_ref(),
+                    &release,
+                    &[],
+                    &actor.actor,
+                )
+                .await?;
             for stage in stages {
-                let input = self
-                    .gate_input(stage, &env, previous.as_ref(), &release, &[], &actor.actor)
-                    .await?;
+                input["stage"] = serde_json::Value::from(*stage);
                 let decision = self
                     .policies
                     .evaluate(
@@ -192,7 +202,7 @@ impl Deployer {
                             subject: format!("release {} to {environment}", release.number),
                             stage,
                         },
-                        input,
+                        input.clone(),
                         repository.clone(),
                     )
                     .await?;
@@ -410,7 +420,7 @@ impl Deployer {
                 "you pushed this release's commit; someone else must approve it".into(),
             ));
         }
-        let (env, _, _) = self.environment(project, &d.environment).await?;
+        let (env, previous, _) = self.environment(project, &d.environment).await?;
         self.check_approver(project, &env.protection.approvers, user)
             .await?;
         if d.approvals.iter().any(|a| a.by == me) {
@@ -428,55 +438,56 @@ impl Deployer {
         // With this approval it may start: the deploy gate decides again, now with the
         // approvals in its input. A refusal cancels the deployment.
         let mut verdict: Option<(u64, Option<String>, Vec<String>)> = None;
-        if approve && blocked.is_none() && d.approvals_given() + 1 >= d.required_approvals {
-            let (_, previous, _) = self.environment(project, &d.environment).await?;
-            if let Some(release) = &release {
-                let mut approvals = d.approvals.clone();
-                approvals.push(Approval {
-                    by: me.clone(),
-                    approved: true,
-                    comment: comment.clone(),
-                    at: now,
-                });
-                let input = self
-                    .gate_input(
-                        "start",
-                        &env,
-                        previous.as_ref(),
-                        release,
-                        &approvals,
-                        &d.requested_by,
-                    )
-                    .await?;
-                let repository = match self.store.project(project).await? {
-                    Some(p) => match self.fetch(&p).await {
-                        Ok(mirror) => {
-                            crate::policy::Policies::repository_modules(&mirror, &release.commit)
-                                .await?
-                        }
-                        Err(_) => Vec::new(),
+        if approve
+            && blocked.is_none()
+            && d.approvals_given() + 1 >= d.required_approvals
+            && let Some(release) = &release
+        {
+            let mut approvals = d.approvals.clone();
+            approvals.push(Approval {
+                by: me.clone(),
+                approved: true,
+                comment: comment.clone(),
+                at: now,
+            });
+            let input = self
+                .gate_input(
+                    "start",
+                    &env,
+                    previous.as_ref(),
+                    release,
+                    &approvals,
+                    &d.requested_by,
+                )
+                .await?;
+            let repository = match self.store.project(project).await? {
+                Some(p) => match self.fetch(&p).await {
+                    Ok(mirror) => {
+                        crate::policy::Policies::repository_modules(&mirror, &release.commit)
+                            .await?
+                    }
+                    Err(_) => Vec::new(),
+                },
+                None => Vec::new(),
+            };
+            let decision = self
+                .policies
+                .evaluate(
+                    crate::policy::Subject {
+                        project,
+                        gate: crate::policy::Gate::Deploy,
+                        subject: format!("deployment {number}"),
+                        stage: "start",
                     },
-                    None => Vec::new(),
-                };
-                let decision = self
-                    .policies
-                    .evaluate(
-                        crate::policy::Subject {
-                            project,
-                            gate: crate::policy::Gate::Deploy,
-                            subject: format!("deployment {number}"),
-                            stage: "start",
-                        },
-                        input,
-                        repository,
-                    )
-                    .await?;
-                verdict = Some((
-                    decision.id,
-                    decision.refusal(env.protection.policy_fail_open),
-                    decision.warnings.iter().map(|w| w.msg.clone()).collect(),
-                ));
-            }
+                    input,
+                    repository,
+                )
+                .await?;
+            verdict = Some((
+                decision.id,
+                decision.refusal(env.protection.policy_fail_open),
+                decision.warnings.iter().map(|w| w.msg.clone()).collect(),
+            ));
         }
         let comment_for = comment.clone();
         let updated = self
