@@ -207,6 +207,8 @@ pub async fn serve(mut config: Config) -> Result<()> {
         app.shutdown.clone(),
     ));
     tokio::spawn(stop_on_signal(app.shutdown.clone()));
+    crate::systemd::spawn_watchdog(store.clone(), app.shutdown.clone());
+    crate::systemd::ready(&app.config.public_url);
 
     crate::http::serve(app.clone(), listener).await?;
     // Running steps are killed; their runs are re-queued at the next start.
@@ -232,5 +234,6 @@ async fn stop_on_signal(token: CancellationToken) {
         _ = tokio::signal::ctrl_c() => "SIGINT",
     };
     tracing::info!(signal, "shutting down: finishing in-flight requests");
+    crate::systemd::stopping();
     token.cancel();
 }

@@ -223,6 +223,7 @@ const OTHER_ENV: &[&str] = &[
     "BETCYCLE_TOKEN",
     "BETCYCLE_SERVER",
     "BETCYCLE_BROWSER_TESTS",
+    "BETCYCLE_MANAGED_BY",
 ];
 
 /// Where a value came from, for error messages and `config show`.

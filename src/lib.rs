@@ -4,6 +4,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod instance;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
 pub mod pipeline;
 pub mod policy;
 pub mod poll;
@@ -29,6 +31,7 @@ pub mod schedule;
 pub mod seal;
 pub mod secrets;
 pub mod store;
+pub mod systemd;
 
 /// This build's version, as `betcycle version`, `/metrics` and the console show it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

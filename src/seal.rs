@@ -143,13 +143,18 @@ impl MasterKey {
             .mode(0o600)
             .open(&partial)
             .map_err(Error::io(format!("cannot create {}", partial.display())))?;
-        file.write_all(format!("{}\n", hex::encode(self.0)).as_bytes())
+        file.write_all(self.file_contents().as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(Error::io(format!("cannot write {}", partial.display())))?;
         std::fs::rename(&partial, path)
             .map_err(Error::io(format!("cannot create {}", path.display())))?;
         sync_parent(path);
         Ok(())
+    }
+
+    /// The key file's text: 64 hex digits and a newline.
+    pub fn file_contents(&self) -> String {
+        format!("{}\n", hex::encode(self.0))
     }
 
     /// A short public fingerprint (the first 12 hex digits of the key's SHA-256), so

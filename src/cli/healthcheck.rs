@@ -47,7 +47,7 @@ impl Healthcheck {
             .build()
             .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
         let outcome = runtime.block_on(async {
-            let client = reqwest::Client::builder()
+            let client = crate::outbound::client_builder()
                 .timeout(self.timeout)
                 .tls_danger_accept_invalid_certs(local_tls)
                 .build()

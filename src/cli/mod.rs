@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod db;
 mod deploy;
 mod healthcheck;
 mod offline;
@@ -10,6 +11,7 @@ mod policy;
 mod project;
 mod run;
 mod secrets;
+mod self_update;
 mod serve;
 mod token;
 mod trigger;
@@ -80,6 +82,11 @@ enum Verb {
         #[command(flatten)]
         server: project::ServerArgs,
     },
+    /// Replace this binary with the newest release (checksum-verified); --check only reports.
+    SelfUpdate(self_update::SelfUpdate),
+    /// Back up, restore and check the database and the files that go with it.
+    #[command(subcommand)]
+    Db(db::DbVerb),
     /// Print the version.
     Version,
 }
@@ -126,6 +133,8 @@ pub fn main() -> ExitCode {
         Verb::Promote(verb) => verb.run(env),
         Verb::Approve(verb) => verb.run(env),
         Verb::Rollback(verb) => verb.run(env),
+        Verb::SelfUpdate(verb) => verb.run(env),
+        Verb::Db(verb) => verb.run(env),
         Verb::Project { verb, server } => verb.run(server, env),
         Verb::Routes => {
             use std::io::Write;

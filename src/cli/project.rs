@@ -54,8 +54,10 @@ impl Api {
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
             .trim_end_matches('/')
             .to_string();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+        let client = crate::outbound::client_builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Per read, not in total: a backup download may take minutes.
+            .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Failure::Runtime(e.to_string()))?;
         Ok(Self {
@@ -69,6 +71,13 @@ impl Api {
         &self.server
     }
 
+    /// A request to `path` with the token, for answers that are not JSON.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+    }
+
     /// Sends a request; a non-2xx answer becomes an error with the server's message.
     pub async fn send(
         &self,
@@ -76,10 +85,7 @@ impl Api {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, Failure> {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.server))
-            .bearer_auth(&self.token);
+        let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }

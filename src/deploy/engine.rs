@@ -59,8 +59,7 @@ impl Deployer {
             data_dir,
             public_url,
             wake: Notify::new(),
-            http: reqwest::Client::builder()
-                .user_agent(concat!("BetCycle/", env!("CARGO_PKG_VERSION")))
+            http: crate::outbound::client_builder()
                 .build()
                 .expect("the HTTP client builds"),
             waiting: Mutex::new(HashMap::new()),

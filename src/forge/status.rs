@@ -100,8 +100,7 @@ pub fn request_for(link: &ForgeLink, token: &str, run: &Run, target_url: &str) -
 
 impl Reporter {
     pub fn new(store: Store, secrets: Secrets, public_url: String) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(format!("BetCycle/{}", crate::VERSION))
+        let client = crate::outbound::client_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("an HTTP client with default TLS settings");

@@ -118,6 +118,7 @@ pub fn table() -> Vec<Route> {
             api::users::remove_member,
         ),
         route(M::GET, "/api/v1/audit", Admin, api::audit::list),
+        route(M::GET, "/api/v1/backup", Admin, api::backup::download),
         // Projects.
         route(M::GET, "/api/v1/projects", User, api::projects::list),
         route(M::POST, "/api/v1/projects", Admin, api::projects::create),

@@ -300,6 +300,11 @@ impl Secrets {
         Self { store, key }
     }
 
+    /// The public id of the master key sealing these secrets.
+    pub fn master_key_id(&self) -> String {
+        self.key.id()
+    }
+
     /// Sets a new version of `name` in `scope`.
     pub async fn set(
         &self,

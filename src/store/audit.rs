@@ -94,35 +94,36 @@ impl Store {
 
     /// Walks the whole chain. `Ok(Err(broken))` names the first bad entry.
     pub async fn verify_audit(&self) -> Result<Result<u64, Broken>> {
-        self.read(|db| {
-            let tx = db.begin_read()?;
-            let head: Option<Head> = match tx.open_table(META)?.get("audit_head")? {
-                Some(v) => Some(codec::decode(META, v.value())?),
-                None => None,
-            };
-            let table = tx.open_table(AUDIT)?;
-            let mut raw = Vec::new();
-            for item in table.iter()? {
-                let (seq, value) = item?;
-                raw.push((seq.value(), value.value().to_vec()));
-            }
-            let mut entries = Vec::with_capacity(raw.len());
-            for (seq, value) in &raw {
-                match split(value) {
-                    Ok((hash, body)) => entries.push((*seq, hash, body)),
-                    Err(_) => {
-                        return Ok(Err(Broken {
-                            seq: *seq,
-                            problem: "is unreadable: not <hash>\\n<body>".into(),
-                        }));
-                    }
-                }
-            }
-            Ok(audit::verify(
-                entries,
-                head.as_ref().map(|h| (h.seq, h.hash.as_str())),
-            ))
-        })
-        .await
+        self.read(|db| verify_audit_in(&db.begin_read()?)).await
     }
+}
+
+/// Walks the chain as `tx` sees it (shared with `db check`, which reads a file directly).
+pub(super) fn verify_audit_in(tx: &redb::ReadTransaction) -> Result<Result<u64, Broken>> {
+    let head: Option<Head> = match tx.open_table(META)?.get("audit_head")? {
+        Some(v) => Some(codec::decode(META, v.value())?),
+        None => None,
+    };
+    let table = tx.open_table(AUDIT)?;
+    let mut raw = Vec::new();
+    for item in table.iter()? {
+        let (seq, value) = item?;
+        raw.push((seq.value(), value.value().to_vec()));
+    }
+    let mut entries = Vec::with_capacity(raw.len());
+    for (seq, value) in &raw {
+        match split(value) {
+            Ok((hash, body)) => entries.push((*seq, hash, body)),
+            Err(_) => {
+                return Ok(Err(Broken {
+                    seq: *seq,
+                    problem: "is unreadable: not <hash>\\n<body>".into(),
+                }));
+            }
+        }
+    }
+    Ok(audit::verify(
+        entries,
+        head.as_ref().map(|h| (h.seq, h.hash.as_str())),
+    ))
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod auth;
+mod backup;
 mod codec;
 mod deploy;
 mod instance;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tables::META;
 
+pub use backup::{CheckReport, Snapshot, check_file, table_names};
 pub use migrations::latest as latest_schema_version;
 
 /// File name of the database inside the data directory.
@@ -179,6 +181,16 @@ impl Store {
             self.inner.events.publish(event);
         }
         Ok(value)
+    }
+
+    /// Proves the store answers a read (the systemd watchdog's check; no write, so it can
+    /// run every few seconds).
+    pub async fn ping(&self) -> Result<()> {
+        self.read(|db| {
+            db.begin_read()?.open_table(META)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Proves the store can be read and durably written, for `/readyz`.

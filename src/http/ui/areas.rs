@@ -108,8 +108,12 @@ pub const AREAS: &[Area] = &[
         slug: "settings",
         title: "Settings",
         summary: "Instance configuration, backups and updates.",
-        built: &[],
-        pending: "Settings is not built yet in this version of BetCycle.",
+        built: &[(
+            "Backups",
+            "/settings/backup",
+            "download a consistent backup of the running server; how to restore (administrators only)",
+        )],
+        pending: "Instance configuration is edited in the configuration file (betcycle config example); updates come from betcycle self-update or your package manager.",
     },
 ];
 

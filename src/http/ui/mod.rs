@@ -10,6 +10,7 @@ mod policies;
 mod projects;
 mod runs;
 mod secrets;
+mod settings;
 mod sign_in;
 mod triggers;
 
@@ -80,6 +81,7 @@ pub fn routes() -> Vec<Route> {
             admin::delete_team,
         ),
         route(M::GET, "/security/audit", Admin, admin::audit_page),
+        route(M::GET, "/settings/backup", Admin, settings::backup_page),
         route(M::GET, "/policies", User, policies::page),
         route(M::POST, "/policies", Admin, policies::upload),
         route(M::POST, "/policies/{name}/delete", Admin, policies::delete),

@@ -1,0 +1,31 @@
+//! Outbound HTTP (webhook targets, approval webhooks, commit statuses, the CLI's API client,
+//! self-update): one way to build a reqwest client. TLS is rustls; the Mozilla CA roots are
+//! compiled in (`webpki-root-certs`) and merged with the system's, so HTTPS works where the
+//! system has none — a `FROM scratch` container, a bare VM image.
+
+/// A client builder with BetCycle's user agent and the bundled CA roots.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    crate::http::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("BetCycle/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_merge(bundled_roots())
+}
+
+/// The Mozilla root certificates this binary carries.
+pub fn bundled_roots() -> Vec<reqwest::Certificate> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bundled_roots_load_into_a_client() {
+        assert!(super::bundled_roots().len() > 100);
+        super::client_builder()
+            .build()
+            .expect("a client with the bundled roots");
+    }
+}

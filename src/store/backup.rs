@@ -1,0 +1,326 @@
+//! Whole-store operations: the online snapshot a backup is made of, and the offline check
+//! `betcycle db check` runs.
+//!
+//! A snapshot copies every table, record by record, from one read transaction into a new
+//! database file. redb's read transactions see one committed state (MVCC) while writers go
+//! on, so the copy holds exactly the records committed before the snapshot began, however
+//! busy the server is — a byte copy of the live file could not promise that.
+
+use super::tables::{self, with_all_tables};
+use super::{Store, migrations};
+use crate::error::{Error, Result};
+use crate::seal::Sealed;
+use redb::{
+    Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableHandle, Value,
+};
+use std::path::{Path, PathBuf};
+
+/// What a snapshot copied.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub schema_version: u64,
+    pub tables: usize,
+    pub records: u64,
+}
+
+/// What `check_file` found. `problems` empty means the database is sound.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub schema_version: u64,
+    pub tables: usize,
+    pub records: u64,
+    pub audit_entries: u64,
+    /// redb found an unclean shutdown and repaired its allocator state on open.
+    pub repaired: bool,
+    pub problems: Vec<String>,
+    /// The sealed check value of the master key the secrets were sealed with, if any.
+    pub master_key_check: Option<Sealed>,
+}
+
+/// A table of JSON records by id, which index tables point into.
+type RecordTable = TableDefinition<'static, u64, &'static [u8]>;
+
+/// Most problems one check lists; past that the database needs a person, not a longer list.
+const MAX_PROBLEMS: usize = 20;
+
+/// The name of every table this binary knows.
+pub fn table_names() -> Vec<&'static str> {
+    macro_rules! names {
+        ($($t:ident),*) => { vec![$(tables::$t.name()),*] };
+    }
+    with_all_tables!(names)
+}
+
+impl Store {
+    /// Copies the committed state of every table into a new database at `dest` (which must
+    /// not exist). Runs on the blocking pool; writers are not held up.
+    pub async fn snapshot(&self, dest: PathBuf) -> Result<Snapshot> {
+        self.read(move |db| {
+            let src = db.begin_read()?;
+            let known = table_names();
+            for handle in src.list_tables()? {
+                if !known.contains(&handle.name()) {
+                    return Err(Error::Store(format!(
+                        "table {} is not known to this binary; refusing an incomplete backup",
+                        handle.name()
+                    )));
+                }
+            }
+            if dest.exists() {
+                return Err(Error::Invalid(format!("{} already exists", dest.display())));
+            }
+            let out = Database::builder()
+                .create(&dest)
+                .map_err(|e| Error::Store(format!("cannot create {}: {e}", dest.display())))?;
+            let mut records = 0;
+            macro_rules! copy_all {
+                ($($t:ident),*) => { $( records += copy_table(&src, &out, tables::$t)?; )* };
+            }
+            with_all_tables!(copy_all);
+            let schema_version = read_schema_version(&src)?;
+            Ok(Snapshot {
+                schema_version,
+                tables: known.len(),
+                records,
+            })
+        })
+        .await
+    }
+}
+
+fn copy_table<K: Key + 'static, V: Value + 'static>(
+    src: &ReadTransaction,
+    out: &Database,
+    def: TableDefinition<K, V>,
+) -> Result<u64> {
+    let table = match src.open_table(def) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let tx = out.begin_write()?;
+    let mut copied = 0;
+    {
+        let mut to = tx.open_table(def)?;
+        for item in table.iter()? {
+            let (k, v) = item?;
+            to.insert(k.value(), v.value())?;
+            copied += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(copied)
+}
+
+fn read_schema_version(tx: &ReadTransaction) -> Result<u64> {
+    let meta = match tx.open_table(tables::META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    match meta.get("schema_version")? {
+        Some(v) => super::codec::decode(tables::META, v.value()),
+        None => Ok(0),
+    }
+}
+
+/// Checks a database file that no server has open: redb's own integrity check (page
+/// checksums and the allocator), the schema version, that every table is one this binary
+/// knows, that every JSON record decodes, that the name and per-project indexes point at
+/// records that exist, and the audit chain.
+pub fn check_file(path: &Path) -> Result<CheckReport> {
+    let mut db = Database::builder().open(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked {
+            path: path.to_path_buf(),
+        },
+        other => Error::Store(format!("cannot open {}: {other}", path.display())),
+    })?;
+    let mut report = CheckReport::default();
+    match db.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => report.repaired = true,
+        Err(e) => {
+            report
+                .problems
+                .push(format!("redb integrity check failed: {e}"));
+            return Ok(report);
+        }
+    }
+    let tx = db.begin_read()?;
+    report.schema_version = read_schema_version(&tx)?;
+    if report.schema_version > migrations::latest() {
+        report.problems.push(format!(
+            "schema version {} is newer than this binary's {}; check it with a newer BetCycle",
+            report.schema_version,
+            migrations::latest()
+        ));
+        return Ok(report);
+    }
+    let known = table_names();
+    for handle in tx.list_tables()? {
+        if !known.contains(&handle.name()) {
+            report
+                .problems
+                .push(format!("table {} is not one BetCycle makes", handle.name()));
+        }
+    }
+    macro_rules! check_all {
+        ($($t:ident),*) => { $( check_table(&tx, tables::$t, &mut report)?; )* };
+    }
+    with_all_tables!(check_all);
+    use tables::*;
+    let indexes: [(&str, Vec<u64>, RecordTable); 7] = [
+        ("user-names-1", values(&tx, USER_NAMES)?, USERS),
+        (
+            "api-token-digests-1",
+            values(&tx, API_TOKEN_DIGESTS)?,
+            API_TOKENS,
+        ),
+        ("team-names-1", values(&tx, TEAM_NAMES)?, TEAMS),
+        ("project-slugs-1", values(&tx, PROJECT_SLUGS)?, PROJECTS),
+        ("project-runs-1", values(&tx, PROJECT_RUNS)?, RUNS),
+        (
+            "project-releases-1",
+            values(&tx, PROJECT_RELEASES)?,
+            RELEASES,
+        ),
+        (
+            "project-deployments-1",
+            values(&tx, PROJECT_DEPLOYMENTS)?,
+            DEPLOYMENTS,
+        ),
+    ];
+    for (index, ids, target) in indexes {
+        if let Some(missing) = first_missing(&tx, &ids, target)? {
+            report.problems.push(format!(
+                "index {index} points at {} {missing}, which does not exist",
+                target.name()
+            ));
+        }
+    }
+    match super::audit::verify_audit_in(&tx)? {
+        Ok(n) => report.audit_entries = n,
+        Err(broken) => report.problems.push(format!(
+            "audit chain: entry {} {}",
+            broken.seq, broken.problem
+        )),
+    }
+    report.master_key_check = match tx.open_table(META)?.get("master_key_check")? {
+        Some(v) => super::codec::decode(META, v.value()).ok(),
+        None => None,
+    };
+    report.problems.truncate(MAX_PROBLEMS);
+    Ok(report)
+}
+
+/// Counts a table's records and, for JSON-valued tables, decodes each one.
+fn check_table<K: Key + 'static, V: Value + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let table = match tx.open_table(def) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    report.tables += 1;
+    report.records += table.len()?;
+    // Byte values are JSON records, except the audit chain's `<hash>\n<body>` (checked whole
+    // by `verify_audit_in`).
+    let json =
+        V::type_name() == <&[u8] as Value>::type_name() && def.name() != tables::AUDIT.name();
+    if !json {
+        return Ok(());
+    }
+    for item in table.iter()? {
+        let (k, v) = item?;
+        let value = v.value();
+        let bytes = V::as_bytes(&value);
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes.as_ref()) {
+            report.problems.push(format!(
+                "table {}: record {:?} does not decode: {e}",
+                def.name(),
+                K::as_bytes(&k.value()).as_ref()
+            ));
+            if report.problems.len() >= MAX_PROBLEMS {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every value of an index table (record ids).
+fn values<K: Key + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, u64>,
+) -> Result<Vec<u64>> {
+    let table = match tx.open_table(def) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for item in table.iter()? {
+        out.push(item?.1.value());
+    }
+    Ok(out)
+}
+
+fn first_missing(
+    tx: &ReadTransaction,
+    ids: &[u64],
+    target: TableDefinition<u64, &[u8]>,
+) -> Result<Option<u64>> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let table = tx.open_table(target)?;
+    for id in ids {
+        if table.get(*id)?.is_none() {
+            return Ok(Some(*id));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EventBus;
+
+    #[tokio::test]
+    async fn a_snapshot_copies_every_table_and_checks_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("live.redb"), 1 << 20, EventBus::new()).unwrap();
+        store.record_start("1.0", 7).await.unwrap();
+        // Every table the migrations create is one `with_all_tables!` lists.
+        let live = store
+            .read(|db| {
+                let tx = db.begin_read()?;
+                Ok(tx
+                    .list_tables()?
+                    .map(|h| h.name().to_string())
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+        for name in &live {
+            assert!(
+                table_names().contains(&name.as_str()),
+                "{name} is missing from with_all_tables!"
+            );
+        }
+        let copy = dir.path().join("copy.redb");
+        let snapshot = store.snapshot(copy.clone()).await.unwrap();
+        assert_eq!(snapshot.schema_version, migrations::latest());
+        assert!(snapshot.records >= 2, "{snapshot:?}");
+        drop(store);
+        let report = check_file(&copy).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.records, snapshot.records);
+        assert_eq!(report.schema_version, migrations::latest());
+    }
+}
