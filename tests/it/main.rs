@@ -2,6 +2,7 @@
 //! server started on 127.0.0.1:0 in a temp data directory, or a CLI verb.
 
 mod access;
+mod backup;
 mod browser;
 mod cli;
 mod console;
