@@ -16,4 +16,5 @@ mod projects;
 mod run;
 mod runs;
 mod secrets;
+mod ship;
 mod triggers;
