@@ -222,7 +222,7 @@ async fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
         .env("WATCHDOG_USEC", "400000");
     let server = Server::start_with(cmd, dir.path(), &[]);
     let mut seen = Vec::new();
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 1024];
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).to_string()
