@@ -70,6 +70,8 @@ pub async fn serve(mut config: Config) -> Result<()> {
     let store = tokio::task::spawn_blocking(move || Store::open(&path, cache, bus))
         .await
         .map_err(|e| Error::Store(format!("open task failed: {e}")))??;
+    // Holding the store, nothing else can be backing up or restoring here.
+    crate::backup::sweep_leftovers(&config.data_dir);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

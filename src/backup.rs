@@ -326,6 +326,33 @@ pub fn unpack(archive: &Path, work_dir: &Path) -> Result<Unpacked> {
     })
 }
 
+/// Removes what an interrupted backup or restore left in the data directory (scratch
+/// directories, half-written downloads). Called at start, before anything else runs.
+pub fn sweep_leftovers(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(".backup-") || name.starts_with(".restore-") {
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed what an interrupted backup left")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an interrupted backup's leftovers")
+                }
+            }
+        }
+    }
+}
+
 /// What `restore` did.
 #[derive(Debug)]
 pub struct Restored {
@@ -340,8 +367,7 @@ pub struct Restored {
 pub fn restore(archive: &Path, data_dir: &Path, force: bool) -> Result<Restored> {
     let current = data_dir.join(store::FILE_NAME);
     if current.exists() {
-        // Opening it tells whether a server holds it.
-        store::check_file(&current)?;
+        store::ensure_not_open(&current)?;
         if !force {
             return Err(Error::Invalid(format!(
                 "{} already holds a database; pass --force to move it (and the files that go with it) aside and restore over it",

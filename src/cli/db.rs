@@ -123,41 +123,11 @@ fn backup_verb(
     }
     let partial = partial_path(file);
     let _ = std::fs::remove_file(&partial);
-    let manifest = match Store::open(&path, config.store_cache_size, EventBus::new()) {
-        Ok(store) => {
-            let key =
-                MasterKey::read(&config.master_key_file).map_err(super::offline::runtime_err)?;
-            super::project::block_on(async {
-                let key = backup::KeyInBackup::new(key.as_ref(), include_key);
-                backup::create(&store, &config.data_dir, key, &partial)
-                    .await
-                    .map_err(super::offline::runtime_err)
-            })?
-        }
-        Err(crate::error::Error::StoreLocked { .. }) => {
-            if include_key {
-                return Err(Failure::Usage(format!(
-                    "the server is running, and backups through its API never carry the master key; \
-                     leave out --include-master-key and keep {} safe separately",
-                    config.master_key_file.display()
-                )));
-            }
-            let api = super::project::Api::new(server, env)?;
-            super::project::block_on(download(&api, &partial))?;
-            let work = std::env::temp_dir();
-            let unpacked = backup::unpack(&partial, &work).map_err(|e| {
-                Failure::Runtime(format!("the downloaded backup does not check out: {e}"))
-            })?;
-            if !unpacked.check.problems.is_empty() {
-                return Err(Failure::Runtime(format!(
-                    "the downloaded backup does not check out: {}",
-                    unpacked.check.problems.join("; ")
-                )));
-            }
-            unpacked.manifest.clone()
-        }
-        Err(e) => return Err(Failure::Runtime(e.to_string())),
-    };
+    let made = write_backup(config, &path, &partial, include_key, server, env);
+    if made.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    let manifest = made?;
     std::fs::rename(&partial, file)
         .map_err(|e| Failure::Runtime(format!("cannot create {}: {e}", file.display())))?;
     println!(
@@ -180,6 +150,61 @@ fn backup_verb(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the backup to `partial`: itself with the server stopped, through the API with it
+/// running.
+fn write_backup(
+    config: &Config,
+    path: &Path,
+    partial: &Path,
+    include_key: bool,
+    server: Option<String>,
+    env: &BTreeMap<String, String>,
+) -> Result<backup::Manifest, Failure> {
+    let store = match Store::open(path, config.store_cache_size, EventBus::new()) {
+        Ok(store) => store,
+        Err(crate::error::Error::StoreLocked { .. }) => {
+            return download_backup(config, partial, include_key, server, env);
+        }
+        Err(e) => return Err(Failure::Runtime(e.to_string())),
+    };
+    let key = MasterKey::read(&config.master_key_file).map_err(super::offline::runtime_err)?;
+    let key = backup::KeyInBackup::new(key.as_ref(), include_key);
+    super::project::block_on(async {
+        backup::create(&store, &config.data_dir, key, partial)
+            .await
+            .map_err(super::offline::runtime_err)
+    })
+}
+
+/// The server has the store: fetch the backup from its API, then unpack and check it
+/// before it counts.
+fn download_backup(
+    config: &Config,
+    partial: &Path,
+    include_key: bool,
+    server: Option<String>,
+    env: &BTreeMap<String, String>,
+) -> Result<backup::Manifest, Failure> {
+    if include_key {
+        return Err(Failure::Usage(format!(
+            "the server is running, and backups through its API never carry the master key; \
+             leave out --include-master-key and keep {} safe separately",
+            config.master_key_file.display()
+        )));
+    }
+    let api = super::project::Api::new(server, env)?;
+    super::project::block_on(download(&api, partial))?;
+    let unpacked = backup::unpack(partial, &std::env::temp_dir())
+        .map_err(|e| Failure::Runtime(format!("the downloaded backup does not check out: {e}")))?;
+    if !unpacked.check.problems.is_empty() {
+        return Err(Failure::Runtime(format!(
+            "the downloaded backup does not check out: {}",
+            unpacked.check.problems.join("; ")
+        )));
+    }
+    Ok(unpacked.manifest.clone())
 }
 
 fn partial_path(file: &Path) -> PathBuf {

@@ -125,6 +125,17 @@ fn read_schema_version(tx: &ReadTransaction) -> Result<u64> {
     }
 }
 
+/// Fails with `StoreLocked` when a process (a running server) has the database open.
+/// Opens it only for that; a damaged file passes (a restore is about to replace it).
+pub fn ensure_not_open(path: &Path) -> Result<()> {
+    match Database::builder().open(path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Error::StoreLocked {
+            path: path.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a database file that no server has open: redb's own integrity check (page
 /// checksums and the allocator), the schema version, that every table is one this binary
 /// knows, that every JSON record decodes, that the name and per-project indexes point at

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tables::META;
 
-pub use backup::{CheckReport, Snapshot, check_file, table_names};
+pub use backup::{CheckReport, Snapshot, check_file, ensure_not_open, table_names};
 pub use migrations::latest as latest_schema_version;
 
 /// File name of the database inside the data directory.

@@ -635,3 +635,70 @@ async fn a_maintainer_approves_a_deployment_from_the_environments_board() {
     browser.snapshot("deployment").await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn an_administrator_downloads_a_backup_from_the_settings_page() {
+    let Some(browser) = Browser::start("backup download").await else {
+        return;
+    };
+    let dir = tempdir();
+    let server = Server::start_admin(dir.path(), &[]);
+    sign_in(&browser, &server.url, ADMIN, ADMIN_PASSWORD).await;
+    let c = &browser.client;
+    c.wait()
+        .for_element(Locator::Css("[data-stat=version]"))
+        .await
+        .unwrap();
+    // Settings → Backups.
+    c.find(Locator::LinkText("Settings"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::LinkText("Backups"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(browser.text("main h1").await, "Backups");
+    assert!(browser.text("main").await.contains("Master key"));
+    let button = c.find(Locator::Css("a#download-backup")).await.unwrap();
+    let href = button.attr("href").await.unwrap().unwrap();
+    assert_eq!(href, "/api/v1/backup");
+    // What the button downloads, fetched with the page's own session: a gzip archive.
+    let got = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0]).then(async r => {
+               const bytes = new Uint8Array(await r.arrayBuffer());
+               done([r.status, r.headers.get('content-type'),
+                     r.headers.get('content-disposition'), bytes[0], bytes[1], bytes.length]);
+             });",
+            vec![serde_json::Value::String(href)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(got[0], 200, "{got}");
+    assert_eq!(got[1], "application/gzip");
+    assert!(
+        got[2].as_str().unwrap().contains("betcycle-backup-"),
+        "{got}"
+    );
+    // The gzip magic number.
+    assert_eq!((got[3].as_u64(), got[4].as_u64()), (Some(0x1f), Some(0x8b)));
+    assert!(got[5].as_u64().unwrap() > 1000, "{got}");
+    browser.snapshot("backups").await;
+    browser.close().await;
+    let audit = server
+        .get_json("/api/v1/audit?action=backup.download")
+        .await;
+    assert!(
+        audit[0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("user:admin"),
+        "{audit:#}"
+    );
+}

@@ -113,7 +113,7 @@ pub const AREAS: &[Area] = &[
             "/settings/backup",
             "download a consistent backup of the running server; how to restore (administrators only)",
         )],
-        pending: "Instance configuration is edited in the configuration file (betcycle config example); updates come from betcycle self-update or your package manager.",
+        pending: "Editing the instance configuration in the console is not built yet: use the configuration file (betcycle config example). Updates come from betcycle self-update or your package manager.",
     },
 ];
 
