@@ -249,3 +249,44 @@ async fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
     assert!(stopping.contains("STATUS=stopping"), "{stopping}");
     assert!(server.stop_after_signal().success());
 }
+
+/// What a container runtime does: BetCycle is PID 1 of its own PID namespace, where a
+/// signal without a handler is ignored. SIGTERM must still stop it gracefully.
+#[tokio::test]
+async fn as_pid_1_of_its_own_namespace_sigterm_stops_it_gracefully() {
+    let namespaces = ["--user", "--map-root-user", "--pid", "--fork"];
+    let probe = std::process::Command::new("unshare")
+        .args(namespaces)
+        .arg("true")
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("as_pid_1: skipped (this machine cannot create user and PID namespaces)");
+        return;
+    }
+    let dir = tempdir();
+    let mut cmd = crate::harness::betcycle_at("unshare", dir.path());
+    cmd.args(namespaces).arg(crate::harness::BIN);
+    let server = Server::start_with(cmd, dir.path(), &[]);
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.pid())).unwrap();
+    let betcycle: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{betcycle}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(
+        nspid.trim_end().ends_with("\t1"),
+        "not PID 1 inside: {nspid}"
+    );
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    // SAFETY: a signal to the server process this test started.
+    assert_eq!(unsafe { libc::kill(betcycle, libc::SIGTERM) }, 0);
+    let logs = {
+        let mut server = server;
+        let exit = server.wait(Duration::from_secs(20));
+        assert!(exit.success(), "{exit:?}");
+        server.logs()
+    };
+    assert!(
+        logs.iter().any(|l| l.contains("\"stopped\"")),
+        "no clean stop: {logs:?}"
+    );
+}
