@@ -81,6 +81,7 @@ pub async fn create(
     } = key;
     let (data_dir, out) = (data_dir.to_path_buf(), out.to_path_buf());
     tokio::task::spawn_blocking(move || {
+        let files = data_files(&data_dir);
         let manifest = Manifest {
             format: FORMAT,
             betcycle: crate::VERSION.into(),
@@ -88,14 +89,9 @@ pub async fn create(
             schema_version: snapshot.schema_version,
             records: snapshot.records,
             store_sha256: sha256_file(&snapshot_path)?,
-            files: 0,
+            files: files.len() as u64,
             master_key_id: key_id,
             master_key_included: key_file.is_some(),
-        };
-        let files = data_files(&data_dir);
-        let manifest = Manifest {
-            files: files.len() as u64,
-            ..manifest
         };
         write_archive(
             &out,
