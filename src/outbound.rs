@@ -19,6 +19,22 @@ pub fn bundled_roots() -> Vec<reqwest::Certificate> {
         .collect()
 }
 
+/// An error with its causes, `outer: inner: innermost` — reqwest's own message ("error
+/// sending request for url …") hides why (a refused connection, an unknown certificate).
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -219,7 +219,13 @@ async fn download(api: &super::project::Api, to: &Path) -> Result<(), Failure> {
         .request(reqwest::Method::GET, "/api/v1/backup")
         .send()
         .await
-        .map_err(|e| Failure::Runtime(format!("cannot reach {}: {e}", api.server())))?;
+        .map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot reach {}: {}",
+                api.server(),
+                crate::outbound::describe(&e)
+            ))
+        })?;
     if !response.status().is_success() {
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();

@@ -52,7 +52,11 @@ impl Healthcheck {
                 .tls_danger_accept_invalid_certs(local_tls)
                 .build()
                 .map_err(|e| e.to_string())?;
-            let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| crate::outbound::describe(&e))?;
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             if status.is_success() {

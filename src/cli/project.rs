@@ -89,10 +89,13 @@ impl Api {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Runtime(format!("cannot reach {}: {e}", self.server)))?;
+        let response = request.send().await.map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot reach {}: {}",
+                self.server,
+                crate::outbound::describe(&e)
+            ))
+        })?;
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         if status.is_success() {

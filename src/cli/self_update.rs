@@ -56,9 +56,12 @@ impl SelfUpdate {
         let current = crate::VERSION;
         let updater = self.updater(exe)?;
         if self.check {
-            let newer = updater
-                .is_update_available()
-                .map_err(|e| Failure::Runtime(format!("cannot check for releases: {e}")))?;
+            let newer = updater.is_update_available().map_err(|e| {
+                Failure::Runtime(format!(
+                    "cannot check for releases: {}",
+                    crate::outbound::describe(&e)
+                ))
+            })?;
             match newer {
                 Some(release) => println!(
                     "betcycle {} is available (this is {current}); run `betcycle self-update` to install it",
@@ -68,9 +71,12 @@ impl SelfUpdate {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let status = updater
-            .update()
-            .map_err(|e| Failure::Runtime(format!("update failed, nothing replaced: {e}")))?;
+        let status = updater.update().map_err(|e| {
+            Failure::Runtime(format!(
+                "update failed, nothing replaced: {}",
+                crate::outbound::describe(&e)
+            ))
+        })?;
         if status.is_updated() {
             println!(
                 "updated {} from {current} to {}; restart BetCycle to run it (e.g. systemctl restart betcycle)",

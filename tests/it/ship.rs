@@ -290,3 +290,44 @@ async fn as_pid_1_of_its_own_namespace_sigterm_stops_it_gracefully() {
         "no clean stop: {logs:?}"
     );
 }
+
+/// A `FROM scratch` container has no system CA store. The roots compiled into the binary
+/// must stand in: without them no outbound HTTPS client can even be built (the server's
+/// deployer would not start; every client verb would fail with "builder error").
+#[tokio::test]
+async fn outbound_https_works_without_a_system_ca_store() {
+    let dir = tempdir();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    // No system roots anywhere: rustls-native-certs then reads only these, which do not exist.
+    let no_store = [
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+        ("SSL_CERT_DIR", "/nonexistent/certs"),
+    ];
+    let mut cmd = crate::harness::betcycle(dir.path());
+    cmd.envs(no_store);
+    // The server starts (its deployer and status reporter build HTTPS clients at start).
+    let server = Server::start_with(
+        cmd,
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    // A client verb reaches the TLS handshake and rejects the self-signed certificate on
+    // its merits: the verifier was built from the bundled roots.
+    let (code, _, stderr) = run(crate::harness::betcycle(dir.path())
+        .envs(no_store)
+        .args(["project", "list", "--server", &server.url])
+        .env("BETCYCLE_TOKEN", "bct_not_a_token"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(!stderr.contains("builder error"), "{stderr}");
+    assert!(server.stop().success());
+}
