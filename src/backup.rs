@@ -159,7 +159,7 @@ fn write_archive(
     for rel in files {
         match append_file(&mut tar, &rel.to_string_lossy(), &data_dir.join(rel)) {
             Ok(()) => {}
-            // Swept away since it was listed (a workspace cleanup, a pruned payload).
+            // Removed since it was listed (a pruned payload or log).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&rel.to_string_lossy())(e)),
         }

@@ -25,7 +25,9 @@ pub enum DbVerb {
         /// key file safe separately: the backup's secrets need it.
         #[arg(long)]
         include_master_key: bool,
-        /// The running server's URL [default: $BETCYCLE_SERVER or http://127.0.0.1:8080].
+        /// Take the backup through this server's API (from any machine). Without it, the
+        /// local data directory is used, and its server at $BETCYCLE_SERVER or
+        /// http://127.0.0.1:8080 when it is running.
         #[arg(long)]
         server: Option<String>,
         #[command(flatten)]
@@ -115,15 +117,19 @@ fn backup_verb(
         return Err(Failure::Usage(format!("{} already exists", file.display())));
     }
     let path = config.data_dir.join(store::FILE_NAME);
-    if !path.exists() {
+    if server.is_none() && !path.exists() {
         return Err(Failure::Runtime(format!(
-            "no BetCycle database at {}; check --data-dir",
+            "no BetCycle database at {}; check --data-dir, or back up a server with --server URL",
             path.display()
         )));
     }
     let partial = partial_path(file);
     let _ = std::fs::remove_file(&partial);
-    let made = write_backup(config, &path, &partial, include_key, server, env);
+    let made = if server.is_some() {
+        download_backup(config, &partial, include_key, server, env)
+    } else {
+        write_backup(config, &path, &partial, include_key, env)
+    };
     if made.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
@@ -159,13 +165,12 @@ fn write_backup(
     path: &Path,
     partial: &Path,
     include_key: bool,
-    server: Option<String>,
     env: &BTreeMap<String, String>,
 ) -> Result<backup::Manifest, Failure> {
     let store = match Store::open(path, config.store_cache_size, EventBus::new()) {
         Ok(store) => store,
         Err(crate::error::Error::StoreLocked { .. }) => {
-            return download_backup(config, partial, include_key, server, env);
+            return download_backup(config, partial, include_key, None, env);
         }
         Err(e) => return Err(Failure::Runtime(e.to_string())),
     };
@@ -189,7 +194,7 @@ fn download_backup(
 ) -> Result<backup::Manifest, Failure> {
     if include_key {
         return Err(Failure::Usage(format!(
-            "the server is running, and backups through its API never carry the master key; \
+            "backups through the server's API never carry the master key; \
              leave out --include-master-key and keep {} safe separately",
             config.master_key_file.display()
         )));
@@ -365,18 +370,22 @@ fn report_outcome(
 }
 
 fn key_note(m: &backup::Manifest, key_file: &Path) -> String {
-    match (&m.master_key_id, m.master_key_included) {
-        (None, _) => "the backup holds no sealed secrets".into(),
-        (Some(id), true) => format!("the master key (id {id}) was restored with it"),
-        (Some(id), false) => match MasterKey::read(key_file) {
-            Ok(Some(key)) if key.id() == *id => format!(
-                "the master key {} (id {id}) opens the restored secrets",
-                key_file.display()
-            ),
-            _ => format!(
-                "the restored secrets need the master key with id {id}: put that key file at {} before starting",
-                key_file.display()
-            ),
-        },
+    let Some(id) = &m.master_key_id else {
+        return "the backup holds no sealed secrets".into();
+    };
+    let carried = if m.master_key_included {
+        " (the backup carried its key: it is now master.key in the data directory)"
+    } else {
+        ""
+    };
+    match MasterKey::read(key_file) {
+        Ok(Some(key)) if key.id() == *id => format!(
+            "the master key {} (id {id}) opens the restored secrets{carried}",
+            key_file.display()
+        ),
+        _ => format!(
+            "the restored secrets need the master key with id {id}: put that key file at {} before starting{carried}",
+            key_file.display()
+        ),
     }
 }

@@ -226,6 +226,20 @@ async fn offline_backups_carry_the_key_on_request_and_restore_refuses_to_clobber
         &["check", "--backup", fetched.to_str().unwrap()],
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
+    // From another machine: --server takes it through the API, no local data directory.
+    let remote = root.join("remote.tar.gz");
+    let (code, stdout, stderr) = run(betcycle(root)
+        .args(["db", "backup"])
+        .arg(&remote)
+        .args([
+            "--server",
+            &server.url,
+            "--data-dir",
+            "/nonexistent/betcycle",
+        ])
+        .env("BETCYCLE_TOKEN", server.token.clone().unwrap()));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(remote.exists());
     // With the server running, a backup carrying the key is refused.
     let (code, _, stderr) = run(betcycle(root)
         .args([
@@ -257,7 +271,10 @@ async fn offline_backups_carry_the_key_on_request_and_restore_refuses_to_clobber
     let elsewhere = root.join("elsewhere");
     let (code, stdout, stderr) = db(root, &elsewhere, &["restore", archive.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("was restored with it"), "{stdout}");
+    assert!(
+        stdout.contains("opens the restored secrets (the backup carried its key"),
+        "{stdout}"
+    );
     let (code, stdout, stderr) = db(root, &elsewhere, &["check"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("opens its secrets"), "{stdout}");
