@@ -19,7 +19,6 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -209,19 +208,9 @@ fn append_file<W: Write>(
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
-        File::open(path).map_err(Error::io(format!("cannot read {}", path.display())))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0; 1 << 16];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(Error::io(format!("cannot read {}", path.display())))?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
+    crate::executor::digest_file(path)
+        .map(|(_, sha256)| sha256)
+        .map_err(Error::io(format!("cannot read {}", path.display())))
 }
 
 /// A directory under the data directory for work in progress, removed when dropped.

@@ -602,7 +602,8 @@ fn collect_artifacts(
     found
 }
 
-fn digest_file(path: &Path) -> std::io::Result<(u64, String)> {
+/// A file's size and SHA-256 (hex), read in 64 KiB pieces.
+pub(crate) fn digest_file(path: &Path) -> std::io::Result<(u64, String)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();

@@ -78,7 +78,7 @@ impl Store {
                 ($($t:ident),*) => { $( records += copy_table(&src, &out, tables::$t)?; )* };
             }
             with_all_tables!(copy_all);
-            let schema_version = read_schema_version(&src)?;
+            let schema_version = super::schema_version_in(&src)?;
             Ok(Snapshot {
                 schema_version,
                 tables: known.len(),
@@ -113,25 +113,11 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     Ok(copied)
 }
 
-fn read_schema_version(tx: &ReadTransaction) -> Result<u64> {
-    let meta = match tx.open_table(tables::META) {
-        Ok(meta) => meta,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.into()),
-    };
-    match meta.get("schema_version")? {
-        Some(v) => super::codec::decode(tables::META, v.value()),
-        None => Ok(0),
-    }
-}
-
 /// Fails with `StoreLocked` when a process (a running server) has the database open.
 /// Opens it only for that; a damaged file passes (a restore is about to replace it).
 pub fn ensure_not_open(path: &Path) -> Result<()> {
     match Database::builder().open(path) {
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Error::StoreLocked {
-            path: path.to_path_buf(),
-        }),
+        Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => Err(super::open_error(path, e)),
         _ => Ok(()),
     }
 }
@@ -141,12 +127,9 @@ pub fn ensure_not_open(path: &Path) -> Result<()> {
 /// knows, that every JSON record decodes, that the name and per-project indexes point at
 /// records that exist, and the audit chain.
 pub fn check_file(path: &Path) -> Result<CheckReport> {
-    let mut db = Database::builder().open(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked {
-            path: path.to_path_buf(),
-        },
-        other => Error::Store(format!("cannot open {}: {other}", path.display())),
-    })?;
+    let mut db = Database::builder()
+        .open(path)
+        .map_err(|e| super::open_error(path, e))?;
     let mut report = CheckReport::default();
     match db.check_integrity() {
         Ok(true) => {}
@@ -159,7 +142,7 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
         }
     }
     let tx = db.begin_read()?;
-    report.schema_version = read_schema_version(&tx)?;
+    report.schema_version = super::schema_version_in(&tx)?;
     if report.schema_version > migrations::latest() {
         report.problems.push(format!(
             "schema version {} is newer than this binary's {}; check it with a newer BetCycle",
@@ -217,7 +200,7 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
             broken.seq, broken.problem
         )),
     }
-    report.master_key_check = match tx.open_table(META)?.get("master_key_check")? {
+    report.master_key_check = match tx.open_table(META)?.get(super::secrets::KEY_CHECK)? {
         Some(v) => super::codec::decode(META, v.value()).ok(),
         None => None,
     };

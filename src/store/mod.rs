@@ -79,12 +79,7 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(usize::try_from(cache_size).unwrap_or(usize::MAX))
             .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked {
-                    path: path.to_path_buf(),
-                },
-                other => Error::Store(format!("cannot open {}: {other}", path.display())),
-            })?;
+            .map_err(|e| open_error(path, e))?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -107,16 +102,7 @@ impl Store {
 
     /// The schema version recorded in the database (0 for a new file).
     fn schema_version(&self) -> Result<u64> {
-        let tx = self.inner.db.begin_read()?;
-        let meta = match tx.open_table(META) {
-            Ok(meta) => meta,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
-        match meta.get("schema_version")? {
-            Some(v) => codec::decode(META, v.value()),
-            None => Ok(0),
-        }
+        schema_version_in(&self.inner.db.begin_read()?)
     }
 
     fn migrate(&self) -> Result<()> {
@@ -208,6 +194,29 @@ impl Store {
             Ok(())
         })
         .await
+    }
+}
+
+/// The schema version `tx` sees (0 for a new file).
+fn schema_version_in(tx: &redb::ReadTransaction) -> Result<u64> {
+    let meta = match tx.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    match meta.get("schema_version")? {
+        Some(v) => codec::decode(META, v.value()),
+        None => Ok(0),
+    }
+}
+
+/// A failure to open the database file: `StoreLocked` when another process holds it.
+fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked {
+            path: path.to_path_buf(),
+        },
+        other => Error::Store(format!("cannot open {}: {other}", path.display())),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::secrets::{Scope, Secret, SecretRead};
 use redb::{ReadableDatabase, ReadableTable};
 
 /// Key in `META` of the value that proves which master key the store was sealed with.
-const KEY_CHECK: &str = "master_key_check";
+pub(super) const KEY_CHECK: &str = "master_key_check";
 
 impl Store {
     pub async fn master_key_check(&self) -> Result<Option<Sealed>> {
