@@ -2,18 +2,13 @@
 # Measures the appliance itself with the release binary: idle memory (RSS) after a
 # little traffic, and start-to-ready time (process start → first 200 from /readyz),
 # over N fresh starts on an existing data directory.
-#   usage: bench/appliance.sh [N]   (builds target/release/betcycle if missing)
-#   BETCYCLE_BIN=target/x86_64-unknown-linux-musl/release/betcycle bench/appliance.sh
-#   measures another build (the static musl one).
+#   usage: bench/appliance.sh [N]   (builds target/release/betcycle if missing; every
+#   bench script measures another build with BETCYCLE_BIN=PATH, see bench/lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-20}
-if [ -n "${BETCYCLE_BIN:-}" ]; then
-  bin=$(realpath "$BETCYCLE_BIN")
-else
-  [ -x target/release/betcycle ] || cargo build --release
-  bin=$PWD/target/release/betcycle
-fi
+. bench/lib.sh
+bin=$(betcycle_bin)
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

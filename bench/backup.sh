@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 teams=${1:-5000}
-[ -n "${BETCYCLE_BIN:-}" ] || { [ -x target/release/betcycle ] || cargo build --release; }
-bin=$(realpath "${BETCYCLE_BIN:-target/release/betcycle}")
+. bench/lib.sh
+bin=$(betcycle_bin)
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -12,12 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-500000}
 rounds=${2:-3}
-if [ -n "${BETCYCLE_BIN:-}" ]; then
-  bin=$(realpath "$BETCYCLE_BIN")   # another build, e.g. the static musl one
-else
-  [ -x target/release/betcycle ] || cargo build --release
-  bin=$PWD/target/release/betcycle
-fi
+. bench/lib.sh
+bin=$(betcycle_bin)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 secret="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"

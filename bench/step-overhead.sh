@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200}
 rounds=${2:-5}
-[ -x target/release/betcycle ] || cargo build --release
-bin=$PWD/target/release/betcycle
+. bench/lib.sh
+bin=$(betcycle_bin)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 {
