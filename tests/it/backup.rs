@@ -146,12 +146,7 @@ async fn a_backup_taken_under_writes_restores_every_record_committed_before_it()
     let mut server = Server::start(&restored_root, &[]);
     server.token = Some(token);
     let teams: Value = server.get_json("/api/v1/teams").await;
-    let names: Vec<&str> = teams
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
+    let names = crate::harness::texts(&teams, "name");
     for name in &committed_before {
         assert!(
             names.contains(&name.as_str()),

@@ -232,12 +232,7 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
     let d2 = wait_deployment(&server, "demo", 2, finished).await;
     assert_eq!(d2["status"], "succeeded", "{d2}");
     assert_eq!(d2["approvals"][0]["by"], "user:alice");
-    let timeline: Vec<&str> = d2["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap())
-        .collect();
+    let timeline = crate::harness::texts(&d2["timeline"], "what");
     assert!(
         timeline.iter().any(|w| w.starts_with("approved: ship it")),
         "{timeline:?}"

@@ -269,3 +269,18 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// The string `field` of each object in the JSON array `items`; a test failure when
+/// `items` is not an array or a `field` is not a string.
+pub fn texts<'a>(items: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {items}"))
+        .iter()
+        .map(|item| {
+            item[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} is not a string in {item}"))
+        })
+        .collect()
+}

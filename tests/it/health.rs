@@ -12,12 +12,7 @@ async fn healthz_and_readyz_report_ok() {
 
     let ready = server.get_json("/readyz").await;
     assert_eq!(ready["ready"], true);
-    let names: Vec<_> = ready["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = crate::harness::texts(&ready["checks"], "name");
     assert_eq!(names, ["store", "data_dir", "disk"]);
 
     let (code, _, stderr) = run(betcycle(dir.path()).args(["healthcheck", "--url", &server.url]));

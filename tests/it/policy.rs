@@ -68,12 +68,7 @@ fn the_starter_terraform_policy_denies_a_public_bucket() {
     assert_eq!(code, 1, "{stdout}{stderr}");
     let decision: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(decision["allowed"], false);
-    let denies: Vec<&str> = decision["denies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["msg"].as_str().unwrap())
-        .collect();
+    let denies = crate::harness::texts(&decision["denies"], "msg");
     assert!(
         denies.contains(
             &"aws_s3_bucket.assets: bucket ACL \"public-read\" makes it publicly readable"
@@ -121,12 +116,7 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
     // The starter policies are on; an upload that does not parse is refused with its
     // line and column, and stores nothing.
     let starters = server.get_json("/api/v1/policies").await;
-    let names: Vec<&str> = starters
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = crate::harness::texts(&starters, "name");
     assert_eq!(names, ["starter-deploy.rego", "starter-terraform.rego"]);
     let bad = server
         .request(Method::PUT, "/api/v1/policies/friday.rego")
@@ -224,12 +214,7 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
     assert_eq!(approved.status(), 200);
     let d =
         crate::deploy::wait_deployment(&server, "demo", 1, |d| d["status"] == "succeeded").await;
-    let timeline: Vec<&str> = d["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap())
-        .collect();
+    let timeline = crate::harness::texts(&d["timeline"], "what");
     assert!(
         timeline.contains(&"warning: production: watch the dashboards after this one"),
         "{timeline:?}"

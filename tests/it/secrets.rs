@@ -305,12 +305,7 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
         ]
     );
     let audit = server.get_json("/api/v1/audit?action=secret.").await;
-    let actions: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let actions = crate::harness::texts(&audit, "action");
     assert!(
         actions.contains(&"secret.read")
             && actions.contains(&"secret.restore")
