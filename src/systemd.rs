@@ -43,10 +43,8 @@ pub fn spawn_watchdog(store: Store, shutdown: CancellationToken) {
     });
 }
 
+/// Does nothing without `NOTIFY_SOCKET` (sd_notify's own check).
 fn notify(state: &[NotifyState]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
     if let Err(e) = sd_notify::notify(state) {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
