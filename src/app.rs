@@ -113,6 +113,14 @@ pub async fn serve(mut config: Config) -> Result<()> {
     let seq = store
         .record_start(crate::VERSION, std::process::id())
         .await?;
+    // Steps a killed server left running go first, so none runs beside its re-run.
+    let killed = crate::executor::sandbox::kill_leftovers(&config.data_dir.join("processes"));
+    if killed > 0 {
+        tracing::warn!(
+            killed,
+            "killed steps the previous BetCycle process left running"
+        );
+    }
     let (requeued, failed) = store
         .recover_interrupted_runs(config.run_max_restarts)
         .await?;

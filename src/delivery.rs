@@ -61,7 +61,17 @@ pub struct Delivery {
     /// Who sent it: the client address, or the user who re-delivered it.
     #[serde(default)]
     pub source: String,
+    /// The ref and commit it asked to build, once understood: a replay of the same
+    /// event, ref and commit within [`REPLAY_WINDOW`] under a new delivery id starts
+    /// nothing (forges' signatures carry no nonce or time).
+    #[serde(default)]
+    pub git_ref: Option<String>,
+    #[serde(default)]
+    pub commit: Option<String>,
 }
+
+/// How long a delivery's (event, ref, commit) is remembered against replays.
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What became of a delivery.
 #[derive(Debug)]
@@ -90,10 +100,12 @@ impl Inbox<'_> {
     }
 
     /// Checks a delivery's signature and acts on it. Nothing is recorded for a delivery
-    /// that fails the check.
+    /// that fails the check. An unknown project and one without a webhook secret are
+    /// checked against a random secret, so they answer exactly as a wrong signature
+    /// does: an anonymous caller learns nothing about which projects exist.
     pub async fn receive(
         &self,
-        project: &Project,
+        project: Option<&Project>,
         headers: &Headers,
         body: &[u8],
         source: &str,
@@ -105,16 +117,20 @@ impl Inbox<'_> {
                     .into(),
             )
         })?;
-        let secret = self
-            .secrets
-            .project_value(project.id, WEBHOOK_SECRET)
-            .await?
-            .ok_or_else(|| {
-                Error::Unauthorized(format!(
-                    "project \"{}\" has no webhook secret yet; set one in its settings",
-                    project.slug
-                ))
-            })?;
+        let secret = match project {
+            Some(p) => self.secrets.project_value(p.id, WEBHOOK_SECRET).await?,
+            None => None,
+        };
+        let (Some(project), Some(secret)) = (project, secret.clone()) else {
+            let why = match project {
+                None => "no such project".to_string(),
+                Some(p) => format!("project \"{}\" has no webhook secret yet", p.slug),
+            };
+            tracing::warn!(reason = why, "webhook delivery to a hook that cannot verify it");
+            let unguessable = crate::auth::secret::random_hex(32);
+            webhook::verify(forge, headers, body, &unguessable).map_err(Error::Unauthorized)?;
+            return Err(Error::Unauthorized("the signature does not match".into()));
+        };
         webhook::verify(forge, headers, body, &secret).map_err(Error::Unauthorized)?;
 
         let digest = crate::auth::secret::digest_bytes(body);
@@ -132,6 +148,8 @@ impl Inbox<'_> {
             payload: digest,
             redelivery_of: None,
             source: source.to_string(),
+            git_ref: None,
+            commit: None,
         };
         match self.store.create_delivery(delivery).await? {
             Ok(delivery) => self.act(project, delivery, body, source).await,
@@ -268,6 +286,32 @@ impl Inbox<'_> {
                 pr.author,
             ),
         };
+        let (git_ref, commit) = (spec.git_ref.clone(), spec.commit.clone());
+        if delivery.redelivery_of.is_none()
+            && let Some(first) = self
+                .replayed(&delivery, git_ref.as_deref(), commit.as_deref())
+                .await?
+        {
+            finish(
+                Outcome::Ignored,
+                format!(
+                    "the same {} of {} at {} as delivery {first}, received less than {} min ago: a replay",
+                    delivery.event,
+                    git_ref.as_deref().unwrap_or_default(),
+                    commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or_default(),
+                    REPLAY_WINDOW.as_secs() / 60
+                ),
+                Vec::new(),
+            )
+            .await?;
+            return Ok(Receipt::Duplicate(first));
+        }
+        self.store
+            .update_delivery(id, move |d| {
+                d.git_ref = git_ref;
+                d.commit = commit;
+            })
+            .await?;
         let ctx = Context {
             actor: format!(
                 "{}:{}",
@@ -289,8 +333,43 @@ impl Inbox<'_> {
             }
             Err(e) => {
                 finish(Outcome::Failed, e.to_string(), Vec::new()).await?;
-                Err(e)
+                // The payload was fine: the failure is ours (the repository could not be
+                // fetched, the commit is not there yet). A 5xx makes the forge retry, and
+                // a failed delivery's id is not a duplicate.
+                Err(match e {
+                    Error::Invalid(message) => Error::Unavailable(message),
+                    other => other,
+                })
             }
         }
+    }
+
+    /// The delivery that already started a run for the same event, ref and commit within
+    /// the replay window, if any.
+    async fn replayed(
+        &self,
+        delivery: &Delivery,
+        git_ref: Option<&str>,
+        commit: Option<&str>,
+    ) -> Result<Option<u64>> {
+        let Some(commit) = commit else {
+            return Ok(None);
+        };
+        let since = delivery.received_at - jiff::SignedDuration::try_from(REPLAY_WINDOW)
+            .expect("a small window");
+        Ok(self
+            .store
+            .project_deliveries(&delivery.project, 200)
+            .await?
+            .into_iter()
+            .take_while(|d| d.received_at >= since)
+            .find(|d| {
+                d.id != delivery.id
+                    && d.outcome == Outcome::Triggered
+                    && d.event == delivery.event
+                    && d.commit.as_deref() == Some(commit)
+                    && d.git_ref.as_deref() == git_ref
+            })
+            .map(|d| d.id))
     }
 }

@@ -26,6 +26,10 @@ pub enum Error {
     /// The request clashes with what exists (a name already taken).
     #[error("{0}")]
     Conflict(String),
+    /// Something BetCycle depends on failed for now (a repository that cannot be
+    /// fetched): the request was fine and may be repeated later.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database was written by a newer BetCycle.
     #[error(
         "the database {path} has schema version {found}, but this BetCycle supports at most {supported}; \

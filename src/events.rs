@@ -39,11 +39,11 @@ impl Event {
     }
 }
 
-/// An event with its position in this process's stream.
-#[derive(Clone, Debug, Serialize)]
+/// An event with its position in this process's stream (the SSE `id:`; the JSON sent is
+/// the event alone, whose own `id` is the run's or deployment's).
+#[derive(Clone, Debug)]
 pub struct Envelope {
     pub id: u64,
-    #[serde(flatten)]
     pub event: Event,
 }
 

@@ -25,6 +25,10 @@ pub struct Project {
     /// polling when absent (webhooks then trigger runs).
     #[serde(default)]
     pub poll_interval: Option<String>,
+    /// How far its local steps are confined (see `executor::sandbox`); only an
+    /// administrator changes it.
+    #[serde(default)]
+    pub isolation: crate::executor::sandbox::Isolation,
 }
 
 /// The project secret webhook deliveries are verified with.
@@ -70,6 +74,9 @@ pub struct ProjectChange {
     /// A duration (`30s`, `5m`); empty or `off` turns polling off.
     #[serde(default)]
     pub poll_interval: Option<String>,
+    /// Set only through the administrators' isolation route, never from a request body.
+    #[serde(skip)]
+    pub isolation: Option<crate::executor::sandbox::Isolation>,
 }
 
 impl ProjectChange {
@@ -87,6 +94,7 @@ impl ProjectChange {
             forge_url: self.forge_url,
             forge_api_url: self.forge_api_url,
             poll_interval: self.poll_interval,
+            isolation: self.isolation,
         }
     }
 }
@@ -185,6 +193,9 @@ pub fn apply(project: &mut Project, change: ProjectChange) -> Result<(), String>
             }
             project.poll_interval = Some(interval.to_string());
         }
+    }
+    if let Some(isolation) = change.isolation {
+        project.isolation = isolation;
     }
     Ok(())
 }

@@ -644,6 +644,11 @@ impl Runner {
                 withheld: run.pull_request.as_ref().is_some_and(|pr| pr.fork),
                 run: run.clone(),
             }),
+            sandbox: crate::executor::sandbox::Sandbox::on_server(
+                &self.data_dir,
+                project.isolation,
+                &format!("run-{}", run.id),
+            ),
         };
 
         // Store updates happen in order on one task; the observer only sends.
@@ -785,25 +790,34 @@ impl Runner {
             Err(_) => (None, String::new()),
         };
         let mut tests: Option<crate::deploy::TestCounts> = None;
-        for t in results.iter().filter_map(|r| r.tests.as_ref()) {
+        for (step, t) in results
+            .iter()
+            .filter_map(|r| Some((&r.name, r.tests.as_ref()?)))
+        {
             let sum = tests.get_or_insert_with(Default::default);
             sum.total += t.total;
             sum.passed += t.passed;
             sum.failed += t.failed;
             sum.skipped += t.skipped;
-        }
-        let covered: Vec<&crate::reports::coverage::Coverage> =
-            results.iter().filter_map(|r| r.coverage.as_ref()).collect();
-        let coverage = (!covered.is_empty()).then(|| {
-            let (lines, hit) = covered
+            for case in t
+                .cases
                 .iter()
-                .fold((0, 0), |(l, h), c| (l + c.lines_total, h + c.lines_covered));
-            if lines == 0 {
-                0.0
-            } else {
-                hit as f64 * 100.0 / lines as f64
+                .filter(|c| c.outcome == crate::reports::junit::TestOutcome::Failed)
+            {
+                if sum.failing.len() < crate::deploy::TestCounts::LISTED {
+                    let message = case.message.lines().next().unwrap_or_default();
+                    sum.failing.push(if message.is_empty() {
+                        format!("{step}: {}", case.name)
+                    } else {
+                        format!("{step}: {} — {message}", case.name)
+                    });
+                }
             }
-        });
+        }
+        let coverage = crate::reports::coverage::Coverage::sum(
+            results.iter().filter_map(|r| r.coverage.clone()).collect(),
+        )
+        .map(|c| c.percent);
         Release {
             id: 0,
             project: run.project.clone(),

@@ -339,6 +339,9 @@ fn report_outcome(
     problems: &[String],
     key_line: &str,
 ) -> Result<ExitCode, Failure> {
+    for q in &report.quarantined {
+        println!("set aside by the server (did not decode): {q}");
+    }
     if problems.is_empty() {
         println!(
             "ok: {}: schema {}, {} tables, {} records, audit chain of {} entries intact{}",

@@ -89,6 +89,9 @@ enum Verb {
     Db(db::DbVerb),
     /// Print the version.
     Version,
+    /// Evaluate policies for the server, one JSON request per line (started by `serve`).
+    #[command(hide = true)]
+    PolicyWorker,
 }
 
 /// How a verb failed.
@@ -126,6 +129,9 @@ pub fn main() -> ExitCode {
         Verb::Audit(verb) => verb.run(env),
         Verb::Secrets(verb) => verb.run(env),
         Verb::Policy(verb) => verb.run(),
+        Verb::PolicyWorker => crate::policy::evaluator::serve_worker()
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| Failure::Runtime(format!("policy worker: {e}"))),
         Verb::Validate(verb) => verb.run(),
         Verb::Run(verb) => verb.run(env),
         Verb::Trigger(verb) => verb.run(env),

@@ -161,6 +161,8 @@ impl Run {
             only: self.step,
             reuse: BTreeMap::new(),
             secrets: std::sync::Arc::new(crate::executor::EnvSecrets(env)),
+            // The developer's own machine and repository: nothing to hide.
+            sandbox: crate::executor::sandbox::Sandbox::none(),
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()

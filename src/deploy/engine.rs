@@ -104,6 +104,31 @@ impl Deployer {
         self.mirrors.fetch(project.id, &project.repository).await
     }
 
+    /// The repository's own policies at a release's commit. The commit was built, so it
+    /// is in the mirror: read there, fetching only when it is missing (a mirror removed
+    /// meanwhile). When they cannot be read the gate stays closed — a forge outage must
+    /// not loosen it.
+    async fn repository_policies(
+        &self,
+        project: &crate::project::Project,
+        commit: &str,
+    ) -> Result<Vec<crate::policy::Module>> {
+        let mirror = self.mirrors.path(project.id);
+        if let Ok(modules) = crate::policy::Policies::repository_modules(&mirror, commit).await {
+            return Ok(modules);
+        }
+        let read = match self.fetch(project).await {
+            Ok(mirror) => crate::policy::Policies::repository_modules(&mirror, commit).await,
+            Err(e) => Err(e),
+        };
+        read.map_err(|e| {
+            Error::Unavailable(format!(
+                "the deploy gate cannot read the repository's policies at {}, so it stays closed: {e}",
+                &commit[..commit.len().min(12)]
+            ))
+        })
+    }
+
     /// The deployment whose release is live in `environment` now (the latest that
     /// succeeded), if any.
     pub async fn live(&self, project: &str, environment: &str) -> Result<Option<Deployment>> {
@@ -157,17 +182,17 @@ impl Deployer {
                 return Err(Error::Forbidden(why));
             }
         }
-        let mut notes = Vec::new();
-        let mut repository = Vec::new();
-        if let Ok(mirror) = self.fetch(project).await {
-            let since = self
-                .live(&project.slug, environment)
-                .await?
-                .map(|d| d.commit);
-            notes = release_notes(&mirror, since.as_deref(), &release.commit).await;
-            repository =
-                crate::policy::Policies::repository_modules(&mirror, &release.commit).await?;
-        }
+        let repository = self.repository_policies(project, &release.commit).await?;
+        let since = self
+            .live(&project.slug, environment)
+            .await?
+            .map(|d| d.commit);
+        let notes = release_notes(
+            &self.mirrors.path(project.id),
+            since.as_deref(),
+            &release.commit,
+        )
+        .await;
         let needs_approval = env.protection.required_approvals > 0 && reason != Reason::Rollback;
         // The deploy gate: at the request, and — when nothing is left to wait for — at the
         // start too. A rollback restores what was there and is not gated.
@@ -460,13 +485,7 @@ impl Deployer {
                 )
                 .await?;
             let repository = match self.store.project(project).await? {
-                Some(p) => match self.fetch(&p).await {
-                    Ok(mirror) => {
-                        crate::policy::Policies::repository_modules(&mirror, &release.commit)
-                            .await?
-                    }
-                    Err(_) => Vec::new(),
-                },
+                Some(p) => self.repository_policies(&p, &release.commit).await?,
                 None => Vec::new(),
             };
             let decision = self
@@ -1012,6 +1031,11 @@ impl Deployer {
             only: None,
             reuse: BTreeMap::new(),
             secrets: Arc::new(Given(values)),
+            sandbox: executor::sandbox::Sandbox::on_server(
+                &self.data_dir,
+                project.isolation,
+                &format!("deployment-{}", d.id),
+            ),
         };
         let log = LogFile::create(&self.log_path(d.id))?;
         let results = executor::run(spec, Arc::new(log), shutdown.clone()).await;

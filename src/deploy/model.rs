@@ -287,7 +287,7 @@ pub struct Release {
     #[serde(default)]
     pub tests: Option<TestCounts>,
     /// Line coverage, 0–100, over the steps that reported it.
-    #[serde(default)]
+    #[serde(default, with = "crate::reports::finite::option")]
     pub coverage: Option<f64>,
     /// How each environment is deployed, from the pipeline at this commit.
     pub deploy: BTreeMap<String, DeployDef>,
@@ -300,6 +300,14 @@ pub struct TestCounts {
     pub passed: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// The failed (or errored) tests, as `step: name — message`, the first
+    /// [`TestCounts::LISTED`] of them.
+    #[serde(default)]
+    pub failing: Vec<String>,
+}
+
+impl TestCounts {
+    pub const LISTED: usize = 20;
 }
 
 impl Release {

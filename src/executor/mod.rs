@@ -4,6 +4,7 @@
 //! same code for its runs.
 
 pub mod process;
+pub mod sandbox;
 
 use crate::pipeline::{Pipeline, Step, Trigger};
 use crate::reports::coverage::{self, Coverage};
@@ -161,6 +162,23 @@ pub struct RunSpec {
     pub reuse: BTreeMap<String, StepResult>,
     /// Where the steps' `secrets:` come from.
     pub secrets: Arc<dyn SecretSource>,
+    /// How steps are confined, and where their processes are recorded.
+    pub sandbox: sandbox::Sandbox,
+}
+
+impl RunSpec {
+    /// The environment every process of this run starts from: passthrough, the
+    /// pipeline's `env`, then `extra` (a step's or service's), then BetCycle's context.
+    fn env(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut env = self.passthrough.clone();
+        env.extend(self.pipeline.env.clone());
+        env.extend(extra.clone());
+        env.extend(self.context.clone());
+        if let Some(tmp) = &self.sandbox.tmp {
+            env.insert("TMPDIR".into(), tmp.display().to_string());
+        }
+        env
+    }
 }
 
 /// Passes output on with every revealed secret masked.
@@ -188,6 +206,17 @@ const SERVICE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// step results in pipeline order. If a service does not become ready, no step runs and
 /// each fails with the reason.
 pub async fn run(
+    spec: RunSpec,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> Vec<StepResult> {
+    let sandbox = spec.sandbox.clone();
+    let results = run_confined(spec, observer, cancel).await;
+    sandbox.clean_up().await;
+    results
+}
+
+async fn run_confined(
     spec: RunSpec,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
@@ -238,10 +267,8 @@ async fn start_services(
 ) -> Result<Vec<tokio::task::JoinHandle<Exit>>, String> {
     let mut tasks = Vec::new();
     for service in &spec.pipeline.services {
-        let mut env = spec.passthrough.clone();
-        env.extend(spec.pipeline.env.clone());
-        env.extend(service.env.clone());
-        env.extend(spec.context.clone());
+        let env = spec.env(&service.env);
+        let confine = spec.sandbox.confine(&spec.workspace)?;
         let label = format!("service {}", service.name);
         let on_line = {
             let (observer, label) = (observer.clone(), label.clone());
@@ -254,7 +281,7 @@ async fn start_services(
             env.clone(),
         );
         let task = tokio::spawn(async move {
-            process::run(&run, &dir, &service_env, None, &stop_it, on_line).await
+            process::run(&run, &dir, &service_env, None, &stop_it, confine, on_line).await
         });
         if let Some(ready) = &service.ready {
             let deadline = tokio::time::Instant::now() + SERVICE_READY_TIMEOUT;
@@ -271,6 +298,7 @@ async fn start_services(
                     &env,
                     Some(std::time::Duration::from_secs(5)),
                     stop,
+                    spec.sandbox.confine(&spec.workspace)?,
                     |_, _| {},
                 )
                 .await;
@@ -421,10 +449,7 @@ async fn run_step(
         Some(w) => spec.workspace.join(w),
         None => spec.workspace.clone(),
     };
-    let mut env = spec.passthrough.clone();
-    env.extend(spec.pipeline.env.clone());
-    env.extend(step.env.clone());
-    env.extend(spec.context.clone());
+    let mut env = spec.env(&step.env);
     env.insert("BETCYCLE_STEP".into(), step.name.clone());
     env.insert("CI".into(), "true".into());
 
@@ -460,7 +485,12 @@ async fn run_step(
             let (observer, name) = (observer.clone(), step.name.clone());
             move |stream, text: &str| observer.line(&name, stream, text)
         };
-        let exit = process::run(&step.run, &dir, &env, step.timeout, cancel, on_line).await;
+        let exit = match spec.sandbox.confine(&spec.workspace) {
+            Ok(confine) => {
+                process::run(&step.run, &dir, &env, step.timeout, cancel, confine, on_line).await
+            }
+            Err(e) => Exit::SpawnFailed(e),
+        };
         let outcome = match exit {
             Exit::Code(0) => (StepStatus::Succeeded, Some(0), String::new()),
             Exit::Code(code) if step.allow_failure => (
@@ -499,20 +529,25 @@ async fn run_step(
     };
 
     let mut warnings = Vec::new();
-    let tests = step
-        .reports
-        .junit
-        .as_ref()
-        .and_then(|p| read_report(&spec.workspace, p, "JUnit", junit::parse, &mut warnings));
-    let coverage = step.reports.coverage.as_ref().and_then(|p| {
-        read_report(
-            &spec.workspace,
-            p,
-            "coverage",
-            coverage::parse,
-            &mut warnings,
-        )
+    let tests = read_reports(
+        &spec.workspace,
+        &step.reports.junit.to_vec(),
+        "JUnit",
+        junit::parse,
+        &mut warnings,
+    )
+    .into_iter()
+    .reduce(|mut sum, t| {
+        sum.add(t);
+        sum
     });
+    let coverage = Coverage::sum(read_reports(
+        &spec.workspace,
+        &step.reports.coverage.to_vec(),
+        "coverage",
+        |text, _| coverage::parse(text),
+        &mut warnings,
+    ));
     let artifacts = collect_artifacts(&spec.workspace, &step.artifacts, &mut warnings);
     StepResult {
         name: step.name.clone(),
@@ -529,28 +564,66 @@ async fn run_step(
     }
 }
 
-/// Reads and parses a report file; a missing or bad file becomes a warning.
-fn read_report<T>(
+/// Reads and parses every report file matching `patterns`; a missing or bad file
+/// becomes a warning.
+fn read_reports<T>(
     workspace: &Path,
-    path: &str,
+    patterns: &[String],
     kind: &str,
-    parse: fn(&str) -> Result<T, String>,
+    parse: fn(&str, &mut Vec<String>) -> Result<T, String>,
     warnings: &mut Vec<String>,
-) -> Option<T> {
-    let text = match std::fs::read_to_string(workspace.join(path)) {
-        Ok(text) => text,
-        Err(e) => {
-            warnings.push(format!("{kind} report {path}: cannot read it: {e}"));
-            return None;
+) -> Vec<T> {
+    let (mut reports, before) = (Vec::new(), warnings.len());
+    for path in matching_files(workspace, patterns) {
+        let text = match std::fs::read_to_string(workspace.join(&path)) {
+            Ok(text) => text,
+            Err(e) => {
+                warnings.push(format!("{kind} report {path}: cannot read it: {e}"));
+                continue;
+            }
+        };
+        let mut found = Vec::new();
+        match parse(&text, &mut found) {
+            Ok(report) => reports.push(report),
+            Err(e) => warnings.push(format!("{kind} report {path}: {e}")),
         }
-    };
-    match parse(&text) {
-        Ok(report) => Some(report),
-        Err(e) => {
-            warnings.push(format!("{kind} report {path}: {e}"));
-            None
-        }
+        warnings.extend(found.into_iter().map(|w| format!("{kind} report {path}: {w}")));
     }
+    if reports.is_empty() && !patterns.is_empty() && warnings.len() == before {
+        warnings.push(format!(
+            "{kind} report {}: no such file",
+            patterns.join(", ")
+        ));
+    }
+    reports
+}
+
+/// Workspace-relative paths of the files matching any of `patterns`, sorted (`.git`
+/// is never searched).
+fn matching_files(workspace: &Path, patterns: &[String]) -> Vec<String> {
+    if patterns.is_empty() {
+        return Vec::new();
+    }
+    let mut builder = GlobSetBuilder::new();
+    for p in patterns {
+        builder.add(Glob::new(p).expect("validated when the pipeline was parsed"));
+    }
+    let set = builder.build().expect("validated patterns");
+    let mut found: Vec<String> = walkdir::WalkDir::new(workspace)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != ".git")
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            if !entry.file_type().is_file() {
+                return None;
+            }
+            let relative = entry.path().strip_prefix(workspace).ok()?;
+            let relative = relative.to_string_lossy().to_string();
+            set.is_match(&relative).then_some(relative)
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Files in the workspace matching any of `patterns`, with size and SHA-256.
@@ -562,28 +635,9 @@ fn collect_artifacts(
     if patterns.is_empty() {
         return Vec::new();
     }
-    let mut builder = GlobSetBuilder::new();
-    for p in patterns {
-        builder.add(Glob::new(p).expect("validated when the pipeline was parsed"));
-    }
-    let set = builder.build().expect("validated patterns");
     let mut found = Vec::new();
-    for entry in walkdir::WalkDir::new(workspace)
-        .into_iter()
-        .filter_entry(|e| e.file_name() != ".git")
-    {
-        let Ok(entry) = entry else { continue };
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let Ok(relative) = entry.path().strip_prefix(workspace) else {
-            continue;
-        };
-        let relative = relative.to_string_lossy().to_string();
-        if !set.is_match(&relative) {
-            continue;
-        }
-        match digest_file(entry.path()) {
+    for relative in matching_files(workspace, patterns) {
+        match digest_file(&workspace.join(&relative)) {
             Ok((size, sha256)) => found.push(Artifact {
                 path: relative,
                 size,
@@ -598,7 +652,6 @@ fn collect_artifacts(
             patterns.join(", ")
         ));
     }
-    found.sort_by(|a, b| a.path.cmp(&b.path));
     found
 }
 

@@ -37,13 +37,15 @@ pub enum Exit {
     SpawnFailed(String),
 }
 
-/// Runs `script` and calls `on_line` for every line of output as it arrives.
+/// Runs `script` confined by `confine` and calls `on_line` for every line of output as
+/// it arrives.
 pub async fn run(
     script: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
+    confine: super::sandbox::Confine,
     on_line: impl Fn(Stream, &str) + Send + Sync + Clone + 'static,
 ) -> Exit {
     let mut cmd = Command::new("sh");
@@ -57,11 +59,29 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    let confined = confine.rules.is_some();
+    if let Some(rules) = confine.rules {
+        let mut rules = Some(rules);
+        // SAFETY: the closure runs in the forked child before exec and only makes system
+        // calls (landlock_restrict_self, prctl); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || match rules.take() {
+                Some(rules) => super::sandbox::apply(rules),
+                None => Ok(()),
+            });
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
+        Err(e) if confined && e.raw_os_error().is_some_and(|c| c == libc::ENOSYS || c == libc::EPERM) => {
+            return Exit::SpawnFailed(super::sandbox::start_failure(&e));
+        }
         Err(e) => return Exit::SpawnFailed(format!("cannot start sh in {}: {e}", dir.display())),
     };
     let pgid = child.id().map(|id| id as i32);
+    // Recorded until the group is killed below, so a server killed meanwhile can find
+    // and kill it at its next start.
+    let _recorded = pgid.map(|g| super::sandbox::record(confine.registry.as_deref(), g));
     let readers = [
         tokio::spawn(pump(
             child.stdout.take().expect("piped"),

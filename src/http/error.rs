@@ -18,6 +18,8 @@ pub enum ServerError {
     Unauthorized(String),
     Forbidden(String),
     Conflict(String),
+    /// A dependency failed for now; worth retrying (503).
+    Unavailable(String),
     TooManyRequests {
         message: String,
         retry_after_secs: u64,
@@ -31,6 +33,7 @@ impl From<Error> for ServerError {
             Error::NotFound { .. } => ServerError::NotFound(e.to_string()),
             Error::Invalid(message) => ServerError::BadRequest(message),
             Error::Conflict(message) => ServerError::Conflict(message),
+            Error::Unavailable(message) => ServerError::Unavailable(message),
             Error::Unauthorized(message) => ServerError::Unauthorized(message),
             Error::Forbidden(message) => ServerError::Forbidden(message),
             Error::Throttled { retry_after_secs } => ServerError::TooManyRequests {
@@ -59,6 +62,7 @@ impl IntoResponse for ServerError {
             ServerError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
             ServerError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ServerError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ServerError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ServerError::TooManyRequests {
                 message,
                 retry_after_secs,

@@ -141,6 +141,12 @@ pub fn table() -> Vec<Route> {
             api::projects::delete,
         ),
         route(
+            M::PUT,
+            "/api/v1/projects/{slug}/isolation",
+            Admin,
+            api::projects::set_isolation,
+        ),
+        route(
             M::GET,
             "/api/v1/projects/{slug}/members",
             Project(Viewer),

@@ -528,6 +528,25 @@ fn step(
             );
         }
     }
+    for (kind, patterns) in [
+        ("junit", def.reports.junit.to_vec()),
+        ("coverage", def.reports.coverage.to_vec()),
+    ] {
+        for (j, p) in patterns.iter().enumerate() {
+            let problem = if !inside_workspace(p) {
+                Some("report paths are relative to the workspace".to_string())
+            } else {
+                Glob::new(p).err().map(|e| format!("invalid pattern: {e}"))
+            };
+            if let Some(problem) = problem {
+                c.at(
+                    def.name.referenced,
+                    format!("{here}.reports.{kind}[{j}]"),
+                    problem,
+                );
+            }
+        }
+    }
     let when = def
         .when
         .as_ref()

@@ -83,8 +83,12 @@ pub struct WhenDef {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportsDef {
-    pub junit: Option<String>,
-    pub coverage: Option<String>,
+    /// JUnit XML files: a path or glob, or a list of them (every match counts, summed).
+    #[serde(default)]
+    pub junit: OneOrMany,
+    /// LCOV or Cobertura files, the same way.
+    #[serde(default)]
+    pub coverage: OneOrMany,
     pub sarif: Option<String>,
     pub cyclonedx: Option<String>,
     pub terraform_plan: Option<String>,

@@ -55,8 +55,8 @@ deploy:
         [("DATABASE_URL".to_string(), "DATABASE_URL".to_string())]
     );
     assert_eq!(
-        p.steps[1].reports.junit.as_deref(),
-        Some("target/nextest/ci/junit.xml")
+        p.steps[1].reports.junit.to_vec(),
+        ["target/nextest/ci/junit.xml"]
     );
     assert_eq!(p.steps[2].when.branch, ["main"]);
     assert_eq!(p.deploy.len(), 2);

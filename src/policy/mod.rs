@@ -8,6 +8,7 @@
 //! suffixes (`["branch"]` exempts `deny_branch`). Modules from a repository are
 //! evaluated on their own, so they can add restrictions but never exempt the server's.
 
+pub mod evaluator;
 pub mod service;
 pub mod store_model;
 pub mod testing;

@@ -1,7 +1,7 @@
 //! The server's policies: stored modules per scope, the repository's own modules at a
 //! commit, evaluation at a gate, and the decision log.
 
-use super::{Decision, Gate, Module, Policy, PolicySet, TIME_LIMIT, check_module, check_name};
+use super::{Decision, Gate, Module, Policy, check_module, check_name};
 use crate::audit::{Context, Record};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -13,10 +13,8 @@ pub const REPOSITORY_DIR: &str = ".betcycle/policies";
 #[derive(Clone)]
 pub struct Policies {
     store: Store,
-    /// The server's compiled policy sets, by the modules they hold (names and sources, so
-    /// a policy deleted and uploaded again under its old version number is not confused):
-    /// compiling parses every module, evaluating does not need to.
-    compiled: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<Module>, PolicySet>>>,
+    /// Evaluates off the server process, with time and memory limits.
+    evaluator: std::sync::Arc<super::evaluator::Evaluator>,
 }
 
 /// What to decide on, for the log.
@@ -29,25 +27,11 @@ pub struct Subject<'a> {
 
 impl Policies {
     pub fn new(store: Store) -> Self {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "betcycle".into());
         Self {
             store,
-            compiled: Default::default(),
+            evaluator: std::sync::Arc::new(super::evaluator::Evaluator::new(exe)),
         }
-    }
-
-    /// The compiled set for these modules, from the cache when they are the same.
-    fn compiled(&self, modules: &[Module]) -> std::result::Result<PolicySet, String> {
-        let mut cache = self.compiled.lock().expect("policy cache lock");
-        if let Some(set) = cache.get(modules) {
-            return Ok(set.clone());
-        }
-        let set = PolicySet::new(modules, TIME_LIMIT)?;
-        // A handful of distinct sets (instance + each project's); start over if it grows.
-        if cache.len() >= 64 {
-            cache.clear();
-        }
-        cache.insert(modules.to_vec(), set.clone());
-        Ok(set)
     }
 
     /// Installs the starter policies once per database.
@@ -104,7 +88,8 @@ impl Policies {
         Ok((modules, labels))
     }
 
-    /// The repository's modules under `.betcycle/policies/` at `commit`.
+    /// The repository's modules under `.betcycle/policies/` at `commit`; an error when the
+    /// mirror cannot say (the gate then stays closed, never open).
     pub async fn repository_modules(mirror: &Path, commit: &str) -> Result<Vec<Module>> {
         let listing = crate::git::git(
             &[
@@ -116,7 +101,11 @@ impl Policies {
             Some(mirror),
         )
         .await
-        .unwrap_or_default();
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot list {REPOSITORY_DIR} at {commit} in the repository's mirror: {e}"
+            ))
+        })?;
         let mut modules = Vec::new();
         for path in listing.lines().filter(|p| p.ends_with(".rego")) {
             if let Some(source) = crate::git::read_file(mirror, commit, path).await? {
@@ -138,35 +127,18 @@ impl Policies {
         repository: Vec<Module>,
     ) -> Result<Decision> {
         let (modules, mut labels) = self.server_modules(what.project).await?;
-        let server = self.compiled(&modules);
         labels.extend(repository.iter().map(|m| m.name.clone()));
         let gate = what.gate;
-        let evaluated = tokio::task::spawn_blocking(move || {
-            let server = server?;
-            let repo = if repository.is_empty() {
-                None
-            } else {
-                Some(
-                    PolicySet::new(&repository, TIME_LIMIT)
-                        .map_err(|e| format!("repository policy: {e}"))?,
-                )
-            };
-            Ok::<_, String>(super::decide(&server, repo.as_ref(), gate, &input))
-                .map(|(outcome, took)| (outcome, took, input))
-        })
-        .await
-        .map_err(|e| Error::Invalid(format!("policy evaluation failed: {e}")))?;
-        let (outcome, took, input) = match evaluated {
-            Ok(done) => done,
-            Err(e) => (
-                super::Outcome {
-                    errors: vec![e],
-                    ..Default::default()
-                },
-                std::time::Duration::ZERO,
-                serde_json::Value::Null,
-            ),
-        };
+        // The server's modules and the repository's are evaluated apart: the repository's
+        // denies add to the server's, its exceptions only touch its own rules.
+        let started = std::time::Instant::now();
+        let mut outcome = self.evaluator.evaluate(&modules, gate, &input).await;
+        let mut theirs = self.evaluator.evaluate(&repository, gate, &input).await;
+        for m in theirs.denies.iter_mut().chain(theirs.warnings.iter_mut()) {
+            m.rule = format!("repository:{}", m.rule);
+        }
+        outcome.merge(theirs);
+        let took = started.elapsed();
         self.store
             .record_decision(Decision {
                 id: 0,

@@ -11,6 +11,7 @@ pub struct TestSummary {
     pub passed: u64,
     pub failed: u64,
     pub skipped: u64,
+    #[serde(with = "super::finite")]
     pub duration_secs: f64,
     /// Every test case, for failure details and per-test history (flakiness).
     pub cases: Vec<TestCase>,
@@ -21,8 +22,10 @@ pub struct TestCase {
     /// `classname::name` when the report gives a class name.
     pub name: String,
     pub outcome: TestOutcome,
+    #[serde(with = "super::finite")]
     pub duration_secs: f64,
-    /// The failure or error message, if any.
+    /// The failure or error message, or why it was skipped (pytest's skip and xfail
+    /// reasons), if the report gives one.
     #[serde(default)]
     pub message: String,
 }
@@ -46,8 +49,21 @@ fn attr(e: &BytesStart, name: &str) -> Option<String> {
         })
 }
 
-/// Parses a JUnit XML document. Errors say what is wrong and at which byte.
-pub fn parse(xml: &str) -> Result<TestSummary, String> {
+impl TestSummary {
+    /// Adds another report's tests (several JUnit files of one step count as one).
+    pub fn add(&mut self, other: TestSummary) {
+        self.total += other.total;
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.duration_secs += other.duration_secs;
+        self.cases.extend(other.cases);
+    }
+}
+
+/// Parses a JUnit XML document. Errors say what is wrong and at which byte; a figure
+/// that is not a finite number (`time="NaN"`) counts as 0 and adds to `warnings`.
+pub fn parse(xml: &str, warnings: &mut Vec<String>) -> Result<TestSummary, String> {
     let mut reader = Reader::from_str(xml);
     let mut summary = TestSummary::default();
     let mut current: Option<TestCase> = None;
@@ -67,10 +83,10 @@ pub fn parse(xml: &str) -> Result<TestSummary, String> {
                 }
             },
             Event::Start(e) if e.local_name().as_ref() == "testcase" => {
-                current = Some(case(&e));
+                current = Some(case(&e, warnings));
             }
             Event::Empty(e) if e.local_name().as_ref() == "testcase" => {
-                push(&mut summary, case(&e));
+                push(&mut summary, case(&e, warnings));
             }
             Event::Start(e) | Event::Empty(e) => {
                 if let Some(c) = current.as_mut() {
@@ -83,6 +99,9 @@ pub fn parse(xml: &str) -> Result<TestSummary, String> {
                         }
                         "skipped" if c.outcome != TestOutcome::Failed => {
                             c.outcome = TestOutcome::Skipped;
+                            if c.message.is_empty() {
+                                c.message = attr(&e, "message").unwrap_or_default();
+                            }
                         }
                         _ => {}
                     }
@@ -103,16 +122,28 @@ pub fn parse(xml: &str) -> Result<TestSummary, String> {
     Ok(summary)
 }
 
-fn case(e: &BytesStart) -> TestCase {
+/// Reports with more bad figures than this say so once more and stop listing them.
+const MAX_WARNINGS: usize = 5;
+
+fn case(e: &BytesStart, warnings: &mut Vec<String>) -> TestCase {
     let name = attr(e, "name").unwrap_or_default();
     let name = match attr(e, "classname").filter(|c| !c.is_empty()) {
         Some(class) => format!("{class}::{name}"),
         None => name,
     };
+    let duration_secs = match attr(e, "time") {
+        None => 0.0,
+        Some(t) => super::number(&format!("testcase \"{name}\": time"), &t).unwrap_or_else(|e| {
+            if warnings.len() < MAX_WARNINGS {
+                warnings.push(format!("{e}; counted as 0"));
+            }
+            0.0
+        }),
+    };
     TestCase {
         name,
         outcome: TestOutcome::Passed,
-        duration_secs: attr(e, "time").and_then(|t| t.parse().ok()).unwrap_or(0.0),
+        duration_secs,
         message: String::new(),
     }
 }
@@ -142,15 +173,34 @@ mod tests {
       <failure message="assertion failed: 1 / 0">stack trace</failure>
     </testcase>
     <testcase name="io" time="0.25"><error message="boom &amp; bust"/></testcase>
-    <testcase name="later" classname="math"><skipped/></testcase>
+    <testcase name="later" classname="math"><skipped message="needs a GPU"/></testcase>
   </testsuite>
 </testsuites>"#;
-        let s = parse(xml).unwrap();
+        let mut warnings = Vec::new();
+        let s = super::parse(xml, &mut warnings).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(s.cases[3].message, "needs a GPU");
         assert_eq!((s.total, s.passed, s.failed, s.skipped), (4, 1, 2, 1));
         assert_eq!(s.duration_secs, 1.0);
         assert_eq!(s.cases[1].name, "math::divides");
         assert_eq!(s.cases[1].message, "assertion failed: 1 / 0");
         assert_eq!(s.cases[2].message, "boom & bust");
+    }
+
+    #[test]
+    fn non_finite_times_count_as_zero_with_a_warning() {
+        let mut warnings = Vec::new();
+        let xml = r#"<testsuite time="NaN"><testcase name="a" time="NaN"/><testcase name="b" time="-1"/><testcase name="c" time="0.5"/></testsuite>"#;
+        let s = super::parse(xml, &mut warnings).unwrap();
+        assert_eq!((s.total, s.duration_secs), (3, 0.5));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("testcase \"a\": time \"NaN\""), "{warnings:?}");
+        let back: TestSummary = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    fn parse(xml: &str) -> Result<TestSummary, String> {
+        super::parse(xml, &mut Vec::new())
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct CheckReport {
     /// redb found an unclean shutdown and repaired its allocator state on open.
     pub repaired: bool,
     pub problems: Vec<String>,
+    /// Records the server set aside because they did not decode (`table key: reason`).
+    pub quarantined: Vec<String>,
     /// The sealed check value of the master key the secrets were sealed with, if any.
     pub master_key_check: Option<Sealed>,
 }
@@ -204,6 +206,18 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
         Some(v) => super::codec::decode(META, v.value()).ok(),
         None => None,
     };
+    let quarantine = match tx.open_table(QUARANTINE) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    for item in quarantine.iter().flat_map(|t| t.iter()).flatten() {
+        let (k, v) = item?;
+        let (table, key) = k.value();
+        let reason = super::codec::decode::<super::Quarantined>(QUARANTINE, v.value())
+            .map_or_else(|e| e.to_string(), |q| q.reason);
+        report.quarantined.push(format!("{table} {key}: {reason}"));
+    }
     report.problems.truncate(MAX_PROBLEMS);
     Ok(report)
 }
@@ -232,7 +246,7 @@ fn check_table<K: Key + 'static, V: Value + 'static>(
         let (k, v) = item?;
         let value = v.value();
         let bytes = V::as_bytes(&value);
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes.as_ref()) {
+        if let Err(e) = decode_as_server(def.name(), bytes.as_ref()) {
             report.problems.push(format!(
                 "table {}: record {:?} does not decode: {e}",
                 def.name(),
@@ -244,6 +258,44 @@ fn check_table<K: Key + 'static, V: Value + 'static>(
         }
     }
     Ok(())
+}
+
+/// Decodes a record of `table` into the type the server reads it as (not merely as
+/// JSON: a `null` where a number belongs is valid JSON but no record the server can use).
+fn decode_as_server(table: &str, bytes: &[u8]) -> std::result::Result<(), String> {
+    fn typed<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::result::Result<(), String> {
+        serde_json::from_slice::<T>(bytes)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    type Decoder = fn(&[u8]) -> std::result::Result<(), String>;
+    use tables::*;
+    let decoders: [(&str, Decoder); 19] = [
+        (STARTS.name(), typed::<crate::instance::Start>),
+        (USERS.name(), typed::<crate::auth::User>),
+        (SESSIONS.name(), typed::<crate::auth::Session>),
+        (API_TOKENS.name(), typed::<crate::auth::ApiToken>),
+        (TEAMS.name(), typed::<crate::auth::Team>),
+        (ROLE_BINDINGS.name(), typed::<crate::auth::RoleBinding>),
+        (PROJECTS.name(), typed::<crate::project::Project>),
+        (RUNS.name(), typed::<crate::run::Run>),
+        (PROJECT_CREDENTIALS.name(), typed::<Sealed>),
+        (DELIVERIES.name(), typed::<crate::delivery::Delivery>),
+        (SCHEDULES.name(), typed::<crate::schedule::Schedule>),
+        (POLL_STATES.name(), typed::<crate::poll::PollState>),
+        (SECRETS.name(), typed::<crate::secrets::Secret>),
+        (ENVIRONMENTS.name(), typed::<crate::deploy::Environment>),
+        (RELEASES.name(), typed::<crate::deploy::Release>),
+        (DEPLOYMENTS.name(), typed::<crate::deploy::Deployment>),
+        (POLICIES.name(), typed::<crate::policy::Policy>),
+        (POLICY_DECISIONS.name(), typed::<crate::policy::Decision>),
+        (QUARANTINE.name(), typed::<super::Quarantined>),
+    ];
+    match decoders.iter().find(|(name, _)| *name == table) {
+        Some((_, decode)) => decode(bytes),
+        // `meta` holds values of several kinds, each read where it is used.
+        None => typed::<serde::de::IgnoredAny>(bytes),
+    }
 }
 
 /// Every value of an index table (record ids).

@@ -5,7 +5,7 @@ use super::tables::{
     DEPLOY_CALLBACKS, DEPLOY_QUEUE, DEPLOYMENTS, DEPLOYS_ACTIVE, ENVIRONMENTS, PROJECT_DEPLOYMENTS,
     PROJECT_RELEASES, RELEASES,
 };
-use super::{Store, WriteTx, codec};
+use super::{Store, WriteTx, codec, quarantine};
 use crate::audit::Record;
 use crate::deploy::{Deployment, DeploymentStatus, Environment, Release};
 use crate::error::{Error, Result};
@@ -18,6 +18,33 @@ fn load(tx: &WriteTx, id: u64) -> Result<Deployment> {
         None => Err(Error::NotFound {
             what: format!("deployment {id}"),
         }),
+    }
+}
+
+/// Deployment `id`, met in the queue or the active set: one that does not decode is set
+/// aside and taken out of both (`None`), so it cannot stop the deploy worker or start-up.
+fn load_or_set_aside(tx: &WriteTx, id: u64) -> Result<Option<Deployment>> {
+    match load(tx, id) {
+        Ok(d) => Ok(Some(d)),
+        Err(Error::Corrupt { reason, .. }) => {
+            quarantine::set_aside(tx, DEPLOYMENTS, id, &reason)?;
+            tx.open_table(DEPLOY_QUEUE)?.remove(id)?;
+            let mut active = tx.open_table(DEPLOYS_ACTIVE)?;
+            let keys: Vec<(String, String)> = active
+                .iter()?
+                .filter_map(|item| item.ok())
+                .filter(|(_, v)| v.value() == id)
+                .map(|(k, _)| {
+                    let (p, e) = k.value();
+                    (p.to_string(), e.to_string())
+                })
+                .collect();
+            for (p, e) in keys {
+                active.remove((p.as_str(), e.as_str()))?;
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -163,8 +190,11 @@ impl Store {
                 .rev()
                 .take(limit)
             {
-                if let Some(v) = releases.get(item?.1.value())? {
-                    out.push(codec::decode(RELEASES, v.value())?);
+                let id = item?.1.value();
+                if let Some(v) = releases.get(id)?
+                    && let Some(r) = quarantine::decode_listed(RELEASES, id, v.value())
+                {
+                    out.push(r);
                 }
             }
             Ok(out)
@@ -270,8 +300,11 @@ impl Store {
                 .rev()
                 .take(limit)
             {
-                if let Some(v) = table.get(item?.1.value())? {
-                    out.push(codec::decode(DEPLOYMENTS, v.value())?);
+                let id = item?.1.value();
+                if let Some(v) = table.get(id)?
+                    && let Some(d) = quarantine::decode_listed(DEPLOYMENTS, id, v.value())
+                {
+                    out.push(d);
                 }
             }
             Ok(out)
@@ -289,7 +322,9 @@ impl Store {
                 .map(|item| item.map(|(k, _)| k.value()))
                 .collect::<std::result::Result<_, _>>()?;
             for id in queued {
-                let mut d = load(tx, id)?;
+                let Some(mut d) = load_or_set_aside(tx, id)? else {
+                    continue;
+                };
                 let busy = tx
                     .open_table(DEPLOYS_ACTIVE)?
                     .get((d.project.as_str(), d.environment.as_str()))?
@@ -318,7 +353,9 @@ impl Store {
                 .map(|item| item.map(|(_, v)| v.value()))
                 .collect::<std::result::Result<_, _>>()?;
             for id in &ids {
-                let mut d = load(tx, *id)?;
+                let Some(mut d) = load_or_set_aside(tx, *id)? else {
+                    continue;
+                };
                 d.status = DeploymentStatus::Failed;
                 d.finished_at = Some(jiff::Timestamp::now());
                 d.message =

@@ -113,6 +113,14 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 9,
+        description: "create the quarantine of records that do not decode",
+        apply: |tx| {
+            tx.open_table(QUARANTINE)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

@@ -15,6 +15,7 @@ mod instance;
 mod migrations;
 mod policy;
 mod project;
+mod quarantine;
 mod run;
 mod secrets;
 pub mod tables;
@@ -29,6 +30,7 @@ use tables::META;
 
 pub use backup::{CheckReport, Snapshot, check_file, ensure_not_open, table_names};
 pub use migrations::latest as latest_schema_version;
+pub use quarantine::Quarantined;
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "betcycle.redb";

@@ -40,6 +40,7 @@ impl Store {
                 created_at: jiff::Timestamp::now(),
                 forge: None,
                 poll_interval: None,
+                isolation: Default::default(),
             };
             project::apply(&mut project, change).map_err(Error::Invalid)?;
             tx.open_table(PROJECTS)?

@@ -2,7 +2,7 @@
 //! `RunUpdated` event after it commits.
 
 use super::tables::{PROJECT_RUNS, RUN_QUEUE, RUNS, RUNS_RUNNING};
-use super::{Store, WriteTx, codec};
+use super::{Store, WriteTx, codec, quarantine};
 use crate::audit::Record;
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -16,6 +16,33 @@ pub(super) fn load(tx: &WriteTx, id: u64) -> Result<Run> {
             what: format!("run {id}"),
         }),
     }
+}
+
+/// Run `id`, met in the queue or the running set `from`: one that does not decode is set
+/// aside and taken out of `from` (`None`), so it cannot stop the queue or recovery.
+fn load_or_set_aside(
+    tx: &WriteTx,
+    id: u64,
+    from: redb::TableDefinition<u64, ()>,
+) -> Result<Option<Run>> {
+    match load(tx, id) {
+        Ok(run) => Ok(Some(run)),
+        Err(Error::Corrupt { reason, .. }) => {
+            quarantine::set_aside(tx, RUNS, id, &reason)?;
+            tx.open_table(from)?.remove(id)?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The ids in a queue or set, oldest first.
+fn ids(tx: &WriteTx, table: redb::TableDefinition<u64, ()>) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for item in tx.open_table(table)?.iter()? {
+        ids.push(item?.0.value());
+    }
+    Ok(ids)
 }
 
 pub(super) fn save(tx: &WriteTx, run: &Run) -> Result<()> {
@@ -66,16 +93,18 @@ impl Store {
     pub async fn claim_next_run(&self) -> Result<Option<Run>> {
         self.write(|tx| {
             let mut busy = std::collections::BTreeSet::new();
-            for item in tx.open_table(RUNS_RUNNING)?.iter()? {
-                let run = load(tx, item?.0.value())?;
-                if let Some(group) = run.concurrency_group {
+            for id in ids(tx, RUNS_RUNNING)? {
+                if let Some(run) = load_or_set_aside(tx, id, RUNS_RUNNING)?
+                    && let Some(group) = run.concurrency_group
+                {
                     busy.insert((run.project, group));
                 }
             }
             let mut next = None;
-            for item in tx.open_table(RUN_QUEUE)?.iter()? {
-                let id = item?.0.value();
-                let run = load(tx, id)?;
+            for id in ids(tx, RUN_QUEUE)? {
+                let Some(run) = load_or_set_aside(tx, id, RUN_QUEUE)? else {
+                    continue;
+                };
                 let blocked = run
                     .concurrency_group
                     .is_some_and(|g| busy.contains(&(run.project, g)));
@@ -126,8 +155,11 @@ impl Store {
             let mut out = Vec::new();
             for table in [RUN_QUEUE, RUNS_RUNNING] {
                 for item in tx.open_table(table)?.iter()? {
-                    if let Some(v) = runs.get(item?.0.value())? {
-                        out.push(codec::decode(RUNS, v.value())?);
+                    let id = item?.0.value();
+                    if let Some(v) = runs.get(id)?
+                        && let Some(run) = quarantine::decode_listed(RUNS, id, v.value())
+                    {
+                        out.push(run);
                     }
                 }
             }
@@ -179,9 +211,11 @@ impl Store {
                 .range((project.as_str(), 0)..=(project.as_str(), u64::MAX))?
                 .rev()
             {
-                let (_, id) = item?;
-                if let Some(v) = runs.get(id.value())? {
-                    out.push(codec::decode(RUNS, v.value())?);
+                let id = item?.1.value();
+                if let Some(v) = runs.get(id)?
+                    && let Some(run) = quarantine::decode_listed(RUNS, id, v.value())
+                {
+                    out.push(run);
                 }
                 if out.len() == limit {
                     break;
@@ -196,18 +230,12 @@ impl Store {
     /// than `max_restarts` times, otherwise marked failed. Returns (re-queued, failed).
     pub async fn recover_interrupted_runs(&self, max_restarts: u32) -> Result<(usize, usize)> {
         self.write(move |tx| {
-            let ids: Vec<u64> = {
-                let running = tx.open_table(RUNS_RUNNING)?;
-                let mut ids = Vec::new();
-                for item in running.iter()? {
-                    ids.push(item?.0.value());
-                }
-                ids
-            };
             let (mut requeued, mut failed) = (0, 0);
-            for id in ids {
+            for id in ids(tx, RUNS_RUNNING)? {
+                let Some(mut run) = load_or_set_aside(tx, id, RUNS_RUNNING)? else {
+                    continue;
+                };
                 tx.open_table(RUNS_RUNNING)?.remove(id)?;
-                let mut run = load(tx, id)?;
                 for step in run.steps.iter_mut() {
                     step.running = false;
                 }
@@ -228,9 +256,23 @@ impl Store {
                     tx.open_table(RUN_QUEUE)?.insert(id, ())?;
                     requeued += 1;
                 } else {
+                    let now = jiff::Timestamp::now();
                     run.status = RunStatus::Failed;
-                    run.finished_at = Some(jiff::Timestamp::now());
+                    run.finished_at = Some(now);
                     run.message = "interrupted by a server restart".into();
+                    // Every step gets a final status: the one running failed, the rest
+                    // never ran.
+                    for step in run.steps.iter_mut().filter(|s| s.status.is_none()) {
+                        if step.started_at.is_some() {
+                            step.status = Some(crate::executor::StepStatus::Failed);
+                            step.reason = "interrupted by a server restart".into();
+                            step.finished_at = Some(now);
+                        } else {
+                            step.status = Some(crate::executor::StepStatus::Skipped);
+                            step.reason = "not run: the run was interrupted by a server restart"
+                                .into();
+                        }
+                    }
                     failed += 1;
                 }
                 save(tx, &run)?;

@@ -136,6 +136,11 @@ pub const POLICY_DECISIONS: TableDefinition<u64, &[u8]> =
 pub const PROJECT_DECISIONS: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("project-decisions-1");
 
+/// Key: (table name, the record's key as text). Value: JSON
+/// [`crate::store::Quarantined`] — a record that did not decode, set aside (it stays in its
+/// own table) so queues and start-up carry on.
+pub const QUARANTINE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("quarantine-1");
+
 /// Calls `$callback!` with the name of every table above, so whole-store operations (the
 /// backup copy, `db check`) cannot miss one. A table added above must be added here; the
 /// unit test in `store::backup` fails when a migrated store holds a table missing here.
@@ -176,7 +181,8 @@ macro_rules! with_all_tables {
             DEPLOY_CALLBACKS,
             POLICIES,
             POLICY_DECISIONS,
-            PROJECT_DECISIONS
+            PROJECT_DECISIONS,
+            QUARANTINE
         )
     };
 }

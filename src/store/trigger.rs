@@ -18,10 +18,23 @@ impl Store {
     ) -> Result<std::result::Result<Delivery, u64>> {
         self.write(move |tx| {
             let key = (delivery.project.as_str(), delivery.delivery_id.as_str());
-            if delivery.redelivery_of.is_none()
-                && let Some(first) = tx.open_table(DELIVERY_IDS)?.get(key)?
-            {
-                return Ok(Err(first.value()));
+            let first = match delivery.redelivery_of {
+                Some(_) => None,
+                None => tx.open_table(DELIVERY_IDS)?.get(key)?.map(|v| v.value()),
+            };
+            if let Some(first) = first {
+                // A delivery id that failed may come again (the forge's "Redeliver" keeps
+                // it): that one is acted on, and the id then names it.
+                let failed = match tx.open_table(DELIVERIES)?.get(first)? {
+                    Some(v) => {
+                        codec::decode::<Delivery>(DELIVERIES, v.value())?.outcome
+                            == crate::delivery::Outcome::Failed
+                    }
+                    None => true,
+                };
+                if !failed {
+                    return Ok(Err(first));
+                }
             }
             delivery.id = tx
                 .open_table(DELIVERIES)?

@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod console;
 mod deploy;
+mod hardening;
 mod harness;
 mod health;
 mod lifecycle;

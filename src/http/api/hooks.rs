@@ -80,13 +80,13 @@ pub async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> ServerResult<(StatusCode, Json<ReceiptView>)> {
-    let project = find(&app, &slug).await?;
+    let project = app.store.project(&slug).await?;
     let headers: Headers = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
     let receipt = inbox(&app)
-        .receive(&project, &headers, &body, &anyone.audit.source)
+        .receive(project.as_ref(), &headers, &body, &anyone.audit.source)
         .await
         .inspect_err(|e| {
             tracing::warn!(project = %slug, error = %e, "webhook delivery refused");

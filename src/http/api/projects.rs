@@ -146,6 +146,37 @@ pub async fn update(
     Ok(Json(project))
 }
 
+#[derive(serde::Deserialize)]
+pub struct IsolationChange {
+    /// `standard`, `strict` or `off`.
+    pub isolation: String,
+}
+
+/// How far the project's local steps are confined; administrators only, since `off`
+/// lets a pipeline read the server's data directory.
+pub async fn set_isolation(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Json(change): Json<IsolationChange>,
+) -> ServerResult<Json<Project>> {
+    let isolation = crate::executor::sandbox::Isolation::parse(change.isolation.trim())
+        .map_err(ServerError::BadRequest)?;
+    let project = app
+        .store
+        .update_project(
+            &slug,
+            ProjectChange {
+                isolation: Some(isolation),
+                ..ProjectChange::default()
+            },
+            Record::new(&signed.audit, "project.isolation", format!("project:{slug}"))
+                .detail(isolation.as_str()),
+        )
+        .await?;
+    Ok(Json(project))
+}
+
 pub async fn delete(
     State(app): State<App>,
     signed: Signed,

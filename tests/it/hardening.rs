@@ -1,0 +1,449 @@
+//! Regression tests for defects found by attacking the server (issue 15): each drives the
+//! real binary the way the attack did and failed before its fix.
+
+use crate::harness::{Server, betcycle, run as run_cmd, tempdir};
+use crate::runs::{demo, trigger, wait_for};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+fn finished(run: &Value) -> bool {
+    !matches!(run["status"].as_str(), Some("queued" | "running"))
+}
+
+fn running(run: &Value) -> bool {
+    run["status"] == "running" && run["steps"][0]["running"] == true
+}
+
+/// `betcycle db check` on a stopped server's data directory: (exit code, stdout).
+fn db_check(root: &Path) -> (i32, String) {
+    let (code, stdout, stderr) = run_cmd(
+        betcycle(root)
+            .args(["db", "check", "--data-dir"])
+            .arg(root.join("data")),
+    );
+    (code, format!("{stdout}{stderr}"))
+}
+
+#[tokio::test]
+async fn a_nan_in_a_report_never_reaches_a_record() {
+    let dir = tempdir();
+    let pipeline = r#"
+steps:
+  - name: test
+    run: |
+      printf '<coverage line-rate="NaN"><packages/></coverage>' > cov.xml
+      printf '<testsuite time="NaN"><testcase name="a" time="NaN"/><testcase name="b" time="0.5"/></testsuite>' > junit.xml
+    reports: { junit: junit.xml, coverage: cov.xml }
+"#;
+    let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let step = &run["steps"][0];
+    assert_eq!(step["tests"]["total"], 2);
+    assert_eq!(step["tests"]["duration_secs"], 0.5);
+    assert!(step["coverage"].is_null(), "{step:#}");
+    let warnings = step["warnings"].to_string();
+    assert!(
+        warnings.contains("line-rate") && warnings.contains("time \\\"NaN\\\""),
+        "{warnings}"
+    );
+    // The run list, the run and the queue still work.
+    let list = server.get("/api/v1/projects/demo/runs").await;
+    assert_eq!(list.status(), 200);
+    assert_eq!(server.get("/api/v1/projects/demo/runs/1").await.status(), 200);
+    trigger(&server, "demo").await;
+    assert_eq!(
+        wait_for(&server, "demo", 2, finished).await["status"],
+        "succeeded"
+    );
+    assert!(server.stop().success());
+    let (code, out) = db_check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    let server = Server::start_admin(dir.path(), &[]);
+    assert_eq!(server.get_json("/readyz").await["ready"], true);
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_decode_is_set_aside_and_the_queue_goes_on() {
+    let dir = tempdir();
+    let pipeline = "steps:\n  - name: wait\n    run: sleep 60\n";
+    let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, running).await;
+    server.kill();
+
+    // Run 1 (in the running set) no longer decodes as a run.
+    {
+        let db = redb::Database::open(dir.path().join("data/betcycle.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let runs: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("runs-1");
+            let mut table = tx.open_table(runs).unwrap();
+            table
+                .insert(1, br#"{"id":1,"status":"what"}"#.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (code, out) = db_check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("table runs-1"), "{out}");
+
+    // The server starts, says what it set aside, and runs the next run.
+    let server = Server::start_admin(dir.path(), &[]);
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("set aside"), "{logs}");
+    let run = trigger(&server, "demo").await;
+    assert_eq!(run["number"], 2);
+    wait_for(&server, "demo", 2, running).await;
+    let list = server.get_json("/api/v1/projects/demo/runs").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list:#}");
+    assert!(server.stop().success());
+    let (code, out) = db_check(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("set aside by the server (did not decode): runs-1 1"),
+        "{out}"
+    );
+    let _ = Duration::ZERO;
+}
+
+async fn step_log(server: &Server, slug: &str, number: u64, step: &str) -> String {
+    server
+        .get(&format!(
+            "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn add_project(server: &Server, slug: &str, pipeline: &str, root: &Path) {
+    let repo = root.join(slug);
+    std::fs::create_dir_all(&repo).unwrap();
+    crate::run::git_repo(&repo, pipeline);
+    let created = server
+        .request(reqwest::Method::POST, "/api/v1/projects")
+        .json(&serde_json::json!({"slug": slug, "repository": repo.to_str().unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+}
+
+#[tokio::test]
+async fn a_step_cannot_read_the_data_directory_outside_its_workspace() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    // Another project's run leaves a log and (failing) a workspace with a file in it.
+    let other = "steps:\n  - name: leave\n    run: echo other-project-log-line; echo left-behind > left.txt; exit 1\n";
+    let probe = format!(
+        r#"
+steps:
+  - name: probe
+    run: |
+      for f in {data}/master.key {data}/betcycle.redb {data}/runs/1/0.log {data}/workspaces/1/left.txt; do
+        if head -c 1 "$f" >/dev/null 2>&1; then echo "readable: $f"; else echo "denied: $f"; fi
+      done
+      ls {data}/workspaces >/dev/null 2>&1 && echo "listed the workspaces" || echo "denied: listing"
+      echo ok > "$TMPDIR/t" && echo "temp dir ok"
+      echo ok > here && echo "workspace ok"
+      git --version >/dev/null && echo "tools ok"
+"#
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    add_project(&server, "other", other, dir.path()).await;
+    trigger(&server, "other").await;
+    assert_eq!(wait_for(&server, "other", 1, finished).await["status"], "failed");
+    assert!(dir.path().join("data/workspaces/1/left.txt").exists());
+    add_project(&server, "demo", &probe, dir.path()).await;
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let log = step_log(&server, "demo", 1, "probe").await;
+    assert!(!log.contains("readable:"), "{log}");
+    assert_eq!(log.matches("denied:").count(), 5, "{log}");
+    for ok in ["temp dir ok", "workspace ok", "tools ok"] {
+        assert!(log.contains(ok), "{ok}: {log}");
+    }
+
+    // An administrator lifts the isolation (the access test checks that nobody else
+    // can); then the same probes read everything, which proves they would have.
+    let bad = server
+        .request(reqwest::Method::PUT, "/api/v1/projects/demo/isolation")
+        .json(&serde_json::json!({"isolation": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let off = server
+        .request(reqwest::Method::PUT, "/api/v1/projects/demo/isolation")
+        .json(&serde_json::json!({"isolation": "off"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 200);
+    assert_eq!(off.json::<Value>().await.unwrap()["isolation"], "off");
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 2, finished).await;
+    let log = step_log(&server, "demo", 2, "probe").await;
+    assert_eq!(log.matches("readable:").count(), 4, "{log}");
+
+    // Strict: no home directory, no files outside the system's directories.
+    let strict = server
+        .request(reqwest::Method::PUT, "/api/v1/projects/demo/isolation")
+        .json(&serde_json::json!({"isolation": "strict"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strict.status(), 200);
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 3, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let log = step_log(&server, "demo", 3, "probe").await;
+    assert!(!log.contains("readable:"), "{log}");
+    assert!(log.contains("workspace ok") && log.contains("tools ok"), "{log}");
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_no_step_running_and_runs_each_step_once() {
+    let dir = tempdir();
+    // Beside the data directory: a step may write there (not into the directory that
+    // holds the data directory itself).
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let marker = dir.path().join("out/marker");
+    let pipeline = format!(
+        "steps:\n  - name: slow\n    run: sleep 4; echo done >> {}\n",
+        marker.display()
+    );
+    let (server, _repo) = demo(dir.path(), &pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, running).await;
+    server.kill();
+    // The re-queued run runs the step again: it must be the only one writing.
+    let server = Server::start_admin(dir.path(), &[]);
+    let run = wait_for(&server, "demo", 1, |r| {
+        finished(r) && r["restarts"] == 1
+    })
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let written = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert_eq!(written.lines().count(), 1, "the step ran {written:?}");
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("killed steps the previous BetCycle process left running"), "{logs}");
+}
+
+#[tokio::test]
+async fn an_interrupted_run_that_is_not_requeued_gives_every_step_a_final_status() {
+    let dir = tempdir();
+    // Beside the data directory: a step may write there (not into the directory that
+    // holds the data directory itself).
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let marker = dir.path().join("out/marker");
+    let pipeline = format!(
+        "steps:\n  - name: slow\n    run: sleep 4; echo done >> {}\n  - name: after\n    depends_on: [slow]\n    run: true\n",
+        marker.display()
+    );
+    let (server, _repo) = demo(dir.path(), &pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, running).await;
+    server.kill();
+    let server = Server::start_admin(dir.path(), &["--run-max-restarts", "0"]);
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["steps"][0]["status"], "failed", "{run:#}");
+    assert_eq!(run["steps"][1]["status"], "skipped", "{run:#}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!marker.exists(), "the killed server's step went on running");
+}
+
+/// Peak resident memory of process `pid`, in MiB.
+fn peak_rss_mib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+async fn put_project_policy(server: &Server, name: &str, source: &str) {
+    let response = server
+        .request(
+            reqwest::Method::PUT,
+            &format!("/api/v1/projects/demo/policies/{name}"),
+        )
+        .header("content-type", "text/plain")
+        .body(source.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+#[tokio::test]
+async fn a_runaway_policy_fails_its_gate_and_cannot_take_the_server_down() {
+    let dir = tempdir();
+    let (server, _repo) = demo(dir.path(), "steps:\n  - name: ok\n    run: 'true'\n", &[]).await;
+
+    // Each level is 16 copies of the one before: level 7 would be 4 GiB.
+    let mut bomb = String::from("package betcycle.pipeline\nimport rego.v1\ns0 := \"xxxxxxxxxxxxxxxx\"\n");
+    for n in 1..=7 {
+        let p = n - 1;
+        bomb.push_str(&format!(
+            "s{n} := concat(\"\", [{}])\n",
+            vec![format!("s{p}"); 16].join(", ")
+        ));
+    }
+    bomb.push_str("deny contains \"too big\" if count(s7) > 0\n");
+    put_project_policy(&server, "bomb.rego", &bomb).await;
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "error", "{run:#}");
+    let message = run["message"].as_str().unwrap();
+    assert!(
+        message.contains("policy project:demo/bomb.rego exceeded its memory limit"),
+        "{message}"
+    );
+    assert!(peak_rss_mib(server.pid()) < 200, "server peak RSS {} MiB", peak_rss_mib(server.pid()));
+
+    // A loop that runs far past the time limit is stopped at the deadline.
+    put_project_policy(
+        &server,
+        "bomb.rego",
+        "package betcycle.pipeline\nimport rego.v1\ndeny contains \"slow\" if count([1 | some x in numbers.range(1, 40000); some y in numbers.range(1, 40000); x == y]) < 0\n",
+    )
+    .await;
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 2, finished).await;
+    assert_eq!(run["status"], "error", "{run:#}");
+    let message = run["message"].as_str().unwrap();
+    assert!(message.contains("exceeded its time limit"), "{message}");
+    let decisions = server
+        .get_json("/api/v1/projects/demo/decisions?subject=run%202")
+        .await;
+    let took = decisions[0]["duration_us"].as_u64().unwrap();
+    assert!(took < 4_000_000, "the evaluation took {took} µs");
+
+    // The server is fine, and a sound policy is evaluated again.
+    assert_eq!(server.get_json("/readyz").await["ready"], true);
+    put_project_policy(
+        &server,
+        "bomb.rego",
+        "package betcycle.pipeline\nimport rego.v1\nwarn contains \"fine\" if true\n",
+    )
+    .await;
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 3, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+}
+
+#[tokio::test]
+async fn the_deploy_gate_stays_closed_when_the_repository_cannot_be_fetched() {
+    let dir = tempdir();
+    let server = Server::start_admin(dir.path(), &[]);
+    let repo = dir.path().join("demo");
+    std::fs::create_dir_all(repo.join(".betcycle/policies")).unwrap();
+    std::fs::write(
+        repo.join(".betcycle/policies/no.rego"),
+        "package betcycle.deploy\nimport rego.v1\ndeny contains \"the repository says no\" if true\n",
+    )
+    .unwrap();
+    add_project(
+        &server,
+        "demo",
+        "steps:\n  - { name: build, run: 'true' }\ndeploy:\n  qa: { target: { kind: exec, run: 'echo deployed' } }\n",
+        dir.path(),
+    )
+    .await;
+    trigger(&server, "demo").await;
+    assert_eq!(wait_for(&server, "demo", 1, finished).await["status"], "succeeded");
+    let env = server
+        .request(reqwest::Method::PUT, "/api/v1/projects/demo/environments/qa")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(env.status().is_success(), "{}", env.status());
+    // The forge is down: the repository cannot be fetched.
+    std::fs::rename(&repo, dir.path().join("gone")).unwrap();
+    let deploy = || async {
+        let response = server
+            .request(reqwest::Method::POST, "/api/v1/projects/demo/deployments")
+            .json(&serde_json::json!({"environment": "qa", "release": 1}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, body) = deploy().await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["message"], "denied by policy: the repository says no");
+    // Nor can the mirror say: the gate stays closed and says why.
+    std::fs::remove_dir_all(dir.path().join("data/repos/1.git")).unwrap();
+    let (status, body) = deploy().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("stays closed"),
+        "{body}"
+    );
+}
+
+async fn subscribe(server: &Server, token: &str) -> reqwest::Response {
+    let response = crate::harness::client()
+        .get(format!("{}/api/v1/events", server.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
+/// What an SSE stream sends within `window`.
+async fn sse_for(mut response: reqwest::Response, window: Duration) -> String {
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(window, async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test]
+async fn the_event_stream_shows_only_what_the_subscriber_may_see() {
+    use crate::harness::{ADMIN, ADMIN_PASSWORD, add_user, create_token};
+    let dir = tempdir();
+    add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    add_user(dir.path(), "eve", "eve password 123", false);
+    let eve = create_token(dir.path(), "eve", "write");
+    let (server, _repo) = demo(dir.path(), "steps:\n  - { name: ok, run: 'true' }\n", &[]).await;
+    let admin = server.token.clone().unwrap();
+    let theirs = subscribe(&server, &eve).await;
+    let admins = subscribe(&server, &admin).await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, finished).await;
+    let (theirs, admins) = tokio::join!(
+        sse_for(theirs, Duration::from_secs(2)),
+        sse_for(admins, Duration::from_secs(2))
+    );
+    assert!(theirs.contains("event: connected"), "{theirs}");
+    assert!(!theirs.contains("demo"), "a user without a role saw: {theirs}");
+    let update = admins
+        .lines()
+        .find(|l| l.starts_with("data: ") && l.contains("run_updated"))
+        .unwrap_or_else(|| panic!("{admins}"));
+    assert_eq!(update.matches("\"id\"").count(), 1, "{update}");
+    let event: Value = serde_json::from_str(update.trim_start_matches("data: ")).unwrap();
+    assert_eq!(event["project"], "demo");
+    assert_eq!(event["id"], 1);
+}
