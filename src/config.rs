@@ -85,6 +85,36 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "How long in-flight requests may take to finish after SIGTERM or SIGINT.",
     },
     OptionSpec {
+        key: "http.header_read_timeout",
+        flag: "http-header-read-timeout",
+        env: "BETCYCLE_HTTP_HEADER_READ_TIMEOUT",
+        default: Some("10s"),
+        derived: "",
+        integer: false,
+        value_name: "DURATION",
+        help: "How long a client may take to send a request's headers (and, with TLS, its handshake) before the connection is closed.",
+    },
+    OptionSpec {
+        key: "http.idle_timeout",
+        flag: "http-idle-timeout",
+        env: "BETCYCLE_HTTP_IDLE_TIMEOUT",
+        default: Some("60s"),
+        derived: "",
+        integer: false,
+        value_name: "DURATION",
+        help: "How long a connection may carry no bytes either way before it is closed (a request in progress is let finish).",
+    },
+    OptionSpec {
+        key: "http.max_connections",
+        flag: "http-max-connections",
+        env: "BETCYCLE_HTTP_MAX_CONNECTIONS",
+        default: Some("1024"),
+        derived: "",
+        integer: true,
+        value_name: "N",
+        help: "How many client connections are served at once; more wait to be accepted.",
+    },
+    OptionSpec {
         key: "session_lifetime",
         flag: "session-lifetime",
         env: "BETCYCLE_SESSION_LIFETIME",
@@ -296,6 +326,14 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// What a client connection may take (see `http::listen`).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
 /// The validated configuration every other module reads.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -306,6 +344,7 @@ pub struct Config {
     pub master_key_file: PathBuf,
     pub master_key_file_named: bool,
     pub shutdown_timeout: Duration,
+    pub http: HttpLimits,
     pub session_lifetime: Duration,
     pub run_concurrency: usize,
     pub run_max_restarts: u32,
@@ -385,6 +424,26 @@ impl Config {
         let shutdown_timeout = parse_duration(&get("shutdown_timeout").expect("has default").0)
             .map_err(|reason| invalid("shutdown_timeout", &reason))?;
 
+        let duration = |key: &'static str| {
+            parse_duration(&get(key).expect("has default").0).map_err(|reason| invalid(key, &reason))
+        };
+        let http = HttpLimits {
+            header_read_timeout: duration("http.header_read_timeout")?,
+            idle_timeout: duration("http.idle_timeout")?,
+            max_connections: match get("http.max_connections")
+                .expect("has default")
+                .0
+                .parse::<usize>()
+            {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(invalid(
+                        "http.max_connections",
+                        "expected a whole number of at least 1",
+                    ));
+                }
+            },
+        };
         let session_lifetime = parse_duration(&get("session_lifetime").expect("has default").0)
             .map_err(|reason| invalid("session_lifetime", &reason))?;
         let run_concurrency = match get("run_concurrency") {
@@ -475,6 +534,7 @@ impl Config {
             master_key_file,
             master_key_file_named,
             shutdown_timeout,
+            http,
             session_lifetime,
             run_concurrency,
             run_max_restarts,

@@ -62,7 +62,7 @@ pub struct Delivery {
     #[serde(default)]
     pub source: String,
     /// The ref and commit it asked to build, once understood: a replay of the same
-    /// event, ref and commit within [`REPLAY_WINDOW`] under a new delivery id starts
+    /// forge's event, ref and commit within [`REPLAY_WINDOW`] under a new delivery id starts
     /// nothing (forges' signatures carry no nonce or time).
     #[serde(default)]
     pub git_ref: Option<String>,
@@ -344,8 +344,8 @@ impl Inbox<'_> {
         }
     }
 
-    /// The delivery that already started a run for the same event, ref and commit within
-    /// the replay window, if any.
+    /// The delivery that already started a run for the same forge, event, ref and commit
+    /// within the replay window, if any.
     async fn replayed(
         &self,
         delivery: &Delivery,
@@ -366,6 +366,7 @@ impl Inbox<'_> {
             .find(|d| {
                 d.id != delivery.id
                     && d.outcome == Outcome::Triggered
+                    && d.forge == delivery.forge
                     && d.event == delivery.event
                     && d.commit.as_deref() == Some(commit)
                     && d.git_ref.as_deref() == git_ref

@@ -6,6 +6,7 @@ mod api;
 mod assets;
 pub mod auth;
 mod error;
+mod listen;
 mod middleware;
 pub mod routes;
 pub mod tls;
@@ -58,34 +59,16 @@ pub async fn serve(app: App, listener: tokio::net::TcpListener) -> Result<()> {
         version = crate::VERSION,
         "listening"
     );
-    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
-
-    let Some((rustls, files)) = tls else {
-        let server = axum::serve(listener, service)
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future();
-        return tokio::select! {
-            result = server => result.map_err(Error::io("HTTP server failed")),
-            () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(timeout = ?grace, "shutdown timeout reached; closing remaining connections");
-                Ok(())
-            }
-        };
+    let limits = app.config.http;
+    let router = router(app);
+    let rustls = match tls {
+        Some((rustls, files)) => {
+            tokio::spawn(tls::reload_on_change(rustls.clone(), files, token.clone()));
+            Some(rustls)
+        }
+        None => None,
     };
-    tokio::spawn(tls::reload_on_change(rustls.clone(), files, token.clone()));
-    let handle = axum_server::Handle::new();
-    let on_stop = handle.clone();
-    tokio::spawn(async move {
-        token.cancelled().await;
-        on_stop.graceful_shutdown(Some(grace));
-    });
-    let listener = listener
-        .into_std()
-        .map_err(Error::io("cannot hand the listener to the TLS server"))?;
-    axum_server::from_tcp_rustls(listener, rustls)
-        .map_err(Error::io("cannot start the TLS server"))?
-        .handle(handle)
-        .serve(service)
+    listen::serve(listener, router, rustls, limits, token, grace)
         .await
-        .map_err(Error::io("HTTPS server failed"))
+        .map_err(Error::io("HTTP server failed"))
 }

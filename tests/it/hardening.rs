@@ -447,3 +447,166 @@ async fn the_event_stream_shows_only_what_the_subscriber_may_see() {
     assert_eq!(event["project"], "demo");
     assert_eq!(event["id"], 1);
 }
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// POSTs a GitHub push of `commit` to `main` with delivery id `id`, signed with `secret`.
+async fn github_push(
+    server: &Server,
+    slug: &str,
+    secret: &str,
+    id: &str,
+    commit: &str,
+) -> (u16, Value) {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main", "before": "0".repeat(40), "after": commit,
+        "pusher": {"name": "octocat"}, "commits": [],
+    }))
+    .unwrap();
+    let response = crate::harness::client()
+        .post(format!("{}/api/v1/hooks/{slug}", server.url))
+        .header("content-type", "application/json")
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", id)
+        .header(
+            "X-Hub-Signature-256",
+            format!("sha256={}", hmac_hex(secret, &body)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_push_that_cannot_be_fetched_is_retried_and_replays_start_nothing() {
+    let dir = tempdir();
+    let server = Server::start_admin(dir.path(), &[]);
+    add_project(&server, "demo", "steps:\n  - { name: ok, run: 'true' }\n", dir.path()).await;
+    add_project(&server, "nosecret", "steps:\n  - { name: ok, run: 'true' }\n", dir.path()).await;
+    let secret = "whsec-hardening-0123456789";
+    let set = server
+        .request(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/secrets/WEBHOOK_SECRET",
+        )
+        .json(&serde_json::json!({ "value": secret }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 201);
+    let commit = crate::run::git(&dir.path().join("demo"), &["rev-parse", "HEAD"]);
+
+    // An unknown project and one without a secret answer alike.
+    let unknown = github_push(&server, "no-such-project", secret, "x-1", &commit).await;
+    let unset = github_push(&server, "nosecret", secret, "x-1", &commit).await;
+    assert_eq!(unknown.0, 401, "{unknown:?}");
+    assert_eq!(unknown.0, unset.0);
+    assert_eq!(unknown.1["message"], unset.1["message"]);
+
+    // The repository cannot be fetched just now: a 5xx, so the forge retries.
+    let repo = dir.path().join("demo");
+    std::fs::rename(&repo, dir.path().join("away")).unwrap();
+    let (status, body) = github_push(&server, "demo", secret, "delivery-1", &commit).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(server.get_json("/api/v1/projects/demo/runs").await.as_array().unwrap().is_empty());
+    // The forge's "Redeliver" sends the same delivery id once it is back: it is built.
+    std::fs::rename(dir.path().join("away"), &repo).unwrap();
+    let (status, body) = github_push(&server, "demo", secret, "delivery-1", &commit).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["result"], "triggered");
+    // The same push under a fresh delivery id (a replayed capture) starts nothing.
+    let (status, body) = github_push(&server, "demo", secret, "delivery-2", &commit).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], "duplicate");
+    assert_eq!(server.get_json("/api/v1/projects/demo/runs").await.as_array().unwrap().len(), 1);
+}
+
+/// Whether the server closes `stream` within `within` (a read gives end of file or an
+/// error), while `feed` is written every second.
+async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+    feed: Option<&[u8]>,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 256];
+    loop {
+        if let Some(feed) = feed {
+            let _ = stream.write_all(feed).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408 (or other answer) is fine; the connection must still end.
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempdir();
+    let server = Server::start_admin(
+        dir.path(),
+        &[
+            "--http-header-read-timeout",
+            "2s",
+            "--http-idle-timeout",
+            "3s",
+            "--http-max-connections",
+            "4",
+        ],
+    );
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+
+    // A header line every second never finishes the request: cut off at the deadline.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(6), Some(b"X-Slow: 1\r\n")).await,
+        "a client trickling headers was never cut off"
+    );
+    // A silent connection, and one idle after its request, are closed.
+    let mut silent = connect().await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(6), None).await);
+    let mut kept = connect().await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut kept, Duration::from_secs(8), None).await);
+
+    // Four silent sockets take every slot: a fifth client waits until they are cut off.
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        hogs.push(connect().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let health = crate::harness::client()
+        .get(format!("{}/healthz", server.url))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "served at once despite the cap: {:?}",
+        started.elapsed()
+    );
+    drop(hogs);
+}
