@@ -14,10 +14,22 @@ deny contains msg if {
 	msg := sprintf("the release's run #%d is %s, not succeeded", [input.run.number, input.run.status])
 }
 
+# Failing tests (failures and errors in the release's test reports) block production
+# even when the steps exited 0, and are a warning elsewhere. The message names them.
+failing_tests := concat("; ", input.tests.failing) if count(input.tests.failing) > 0
+
+else := "see the run's test report"
+
 deny contains msg if {
 	production
 	input.tests.failed > 0
-	msg := sprintf("%d test(s) failed in the release's run", [input.tests.failed])
+	msg := sprintf("%d test(s) failed in the release's run: %s", [input.tests.failed, failing_tests])
+}
+
+warn contains msg if {
+	not production
+	input.tests.failed > 0
+	msg := sprintf("%d test(s) failed in the release's run: %s", [input.tests.failed, failing_tests])
 }
 
 # Allowed branches: production takes main and release/* only.

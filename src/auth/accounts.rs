@@ -98,8 +98,8 @@ pub async fn sign_in(
     user_agent: &str,
     ctx: &Context,
 ) -> Result<SignIn> {
-    let keys = [format!("user:{name}"), format!("addr:{}", ctx.source)];
-    if let Err(wait) = throttle.check(&keys, Instant::now()) {
+    let attempt = super::throttle::Attempt::new(name, &ctx.source);
+    if let Err(wait) = throttle.check(&attempt, Instant::now()) {
         store
             .audit(
                 Record::new(ctx, "session.create", format!("user:{name}"))
@@ -120,7 +120,7 @@ pub async fn sign_in(
     let user = match user {
         Some(user) if valid && !user.disabled => user,
         _ => {
-            throttle.record_failure(&keys, Instant::now());
+            throttle.record_failure(&attempt, Instant::now());
             store
                 .audit(
                     Record::new(ctx, "session.create", format!("user:{name}"))
@@ -130,7 +130,7 @@ pub async fn sign_in(
             return Err(Error::Unauthorized(WRONG_CREDENTIALS.into()));
         }
     };
-    throttle.record_success(&keys[0]);
+    throttle.record_success(&attempt);
 
     let cookie = secret::random_hex(32);
     let digest = secret::digest(&cookie);

@@ -610,3 +610,146 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
     );
     drop(hogs);
 }
+
+#[tokio::test]
+async fn reports_take_globs_keep_skip_reasons_and_count_coverage_right() {
+    let dir = tempdir();
+    let pipeline = r#"
+steps:
+  - name: test
+    run: |
+      mkdir -p reports
+      printf '<testsuite><testcase name="a"/><testcase name="b"><skipped message="needs a GPU"/></testcase></testsuite>' > reports/unit.xml
+      printf '<testsuite><testcase name="c"/><testcase name="d"><skipped message="xfail: known bug #12"/></testcase></testsuite>' > reports/integration.xml
+      printf 'SF:src/a.c\nDA:1,3\nDA:2,0\nDA:3,1\nDA:4,1\nBRDA:1,0,0,1\nBRDA:1,0,1,0\nend_of_record\n' > lcov.info
+    reports: { junit: "reports/*.xml", coverage: [lcov.info] }
+  - name: bogus
+    run: printf '<coverage lines-valid="-1" lines-covered="0" line-rate="0.5"/>' > cobertura.xml
+    reports: { coverage: cobertura.xml }
+"#;
+    let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let test = &run["steps"][0];
+    assert_eq!(test["tests"]["total"], 4, "{test:#}");
+    assert_eq!(test["tests"]["skipped"], 2);
+    let reasons: Vec<&str> = test["tests"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["outcome"] == "skipped")
+        .map(|c| c["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["xfail: known bug #12", "needs a GPU"]);
+    assert_eq!(test["coverage"]["lines_total"], 4, "{test:#}");
+    assert_eq!(test["coverage"]["lines_covered"], 3);
+    assert_eq!(test["coverage"]["percent"], 75.0);
+    assert_eq!(test["coverage"]["branch_percent"], 50.0);
+    let bogus = &run["steps"][1];
+    assert!(bogus["coverage"].is_null(), "{bogus:#}");
+    assert!(
+        bogus["warnings"].to_string().contains("lines-valid=\\\"-1\\\""),
+        "{bogus:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_release_with_failing_tests_is_refused_by_production_and_warned_elsewhere() {
+    let dir = tempdir();
+    let pipeline = r#"
+steps:
+  - name: test
+    run: |
+      printf '<testsuite><testcase name="a"/><testcase name="b"/><testcase name="c"/><testcase classname="calc" name="divides"><failure message="division by zero"/></testcase></testsuite>' > junit.xml
+    reports: { junit: junit.xml }
+deploy:
+  staging: { target: { kind: exec, run: 'echo deployed' } }
+  production: { target: { kind: exec, run: 'echo deployed' } }
+"#;
+    let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    assert_eq!(wait_for(&server, "demo", 1, finished).await["status"], "succeeded");
+    for env in ["staging", "production"] {
+        let put = server
+            .request(
+                reqwest::Method::PUT,
+                &format!("/api/v1/projects/demo/environments/{env}"),
+            )
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success());
+    }
+    let request = |env: &'static str| {
+        server
+            .request(reqwest::Method::POST, "/api/v1/projects/demo/deployments")
+            .json(&serde_json::json!({"environment": env, "release": 1}))
+            .send()
+    };
+    let refused = request("production").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let message = refused.json::<Value>().await.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        message,
+        "denied by policy: 1 test(s) failed in the release's run: test: calc::divides — division by zero"
+    );
+    let staged = request("staging").await.unwrap();
+    assert_eq!(staged.status(), 201);
+    let d = crate::deploy::wait_deployment(&server, "demo", 1, |d| d["status"] == "succeeded").await;
+    let timeline = crate::harness::texts(&d["timeline"], "what");
+    assert!(
+        timeline.iter().any(|t| t.contains("warning: 1 test(s) failed") && t.contains("calc::divides")),
+        "{timeline:?}"
+    );
+}
+
+/// `POST /api/v1/sessions` from loopback address `from` (any 127/8 address works).
+async fn sign_in_from(server: &Server, from: &str, name: &str, password: &str) -> u16 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+        .post(format!("{}/api/v1/sessions", server.url))
+        .json(&serde_json::json!({"name": name, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn nobody_can_lock_the_administrator_out_by_failing_their_name() {
+    use crate::harness::{ADMIN, ADMIN_PASSWORD};
+    let dir = tempdir();
+    let server = Server::start_admin(dir.path(), &[]);
+    // An attacker fails the admin's name until its address is refused.
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        answers.push(sign_in_from(&server, "127.0.0.2", ADMIN, "guess").await);
+    }
+    assert_eq!(answers[..10], [401; 10]);
+    assert_eq!(answers[10..], [429, 429]);
+    // The administrator, from an address that is not failing, signs in.
+    assert_eq!(sign_in_from(&server, "127.0.0.3", ADMIN, ADMIN_PASSWORD).await, 201);
+    // Attacker 2 fails it again ten times from ten addresses; each further guess from
+    // one of them is refused after a few, and the admin still gets in.
+    for i in 10..20 {
+        assert_eq!(sign_in_from(&server, &format!("127.0.1.{i}"), ADMIN, "guess").await, 401);
+    }
+    let answers: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(sign_in_from(&server, "127.0.1.10", ADMIN, "guess").await);
+        }
+        out
+    };
+    assert_eq!(answers, [401, 401, 429]);
+    assert_eq!(sign_in_from(&server, "127.0.0.3", ADMIN, ADMIN_PASSWORD).await, 201);
+}
