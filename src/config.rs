@@ -242,7 +242,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         derived: "",
         integer: false,
         value_name: "SIZE",
-        help: "/readyz reports not ready when the data directory's disk has less free space.",
+        help: "/readyz reports not ready, and queued runs wait, when the data directory's disk has less free space.",
     },
 ];
 

@@ -56,6 +56,8 @@ pub struct Runner {
     live: Mutex<HashMap<u64, tokio::sync::broadcast::Sender<LiveEvent>>>,
     max_step_log: u64,
     workspace_retention: std::time::Duration,
+    /// Below this much free space on the data disk, queued runs wait.
+    min_free_disk: u64,
     /// The projects' repository mirrors (shared with the deployer).
     pub mirrors: Arc<Mirrors>,
     secrets: Secrets,
@@ -93,6 +95,9 @@ pub struct TriggerSpec {
 /// Changed-path lists longer than this are not kept: path filters then pass.
 const MAX_CHANGED_PATHS: usize = 5000;
 
+/// How often a nearly full data disk is said again in the log while runs wait.
+const DISK_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How often kept workspaces are swept.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -117,6 +122,7 @@ impl Runner {
             live: Mutex::new(HashMap::new()),
             max_step_log: config.log.step_max_size,
             workspace_retention: config.workspace_retention,
+            min_free_disk: config.health_min_free_disk,
             mirrors: Arc::new(Mirrors::new(&config.data_dir)),
             data_dir: config.data_dir.clone(),
         })
@@ -378,13 +384,25 @@ impl Runner {
     pub async fn work(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
         let mut last_sweep: Option<Instant> = None;
+        let mut disk_warned: Option<Instant> = None;
         loop {
             if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
                 last_sweep = Some(Instant::now());
                 let runner = self.clone();
                 let _ = tokio::task::spawn_blocking(move || runner.sweep_workspaces()).await;
             }
-            while tasks.len() < self.limit {
+            // A run on a full disk would lose its logs: queued runs wait for space.
+            let free = crate::health::free_disk_bytes(&self.data_dir);
+            let disk_low = free.is_some_and(|free| free < self.min_free_disk);
+            if disk_low && disk_warned.is_none_or(|t| t.elapsed() >= DISK_WARN_EVERY) {
+                disk_warned = Some(Instant::now());
+                tracing::warn!(
+                    free = free.unwrap_or(0),
+                    required = self.min_free_disk,
+                    "the data disk is nearly full: queued runs wait until there is space (health.min_free_disk)"
+                );
+            }
+            while !disk_low && tasks.len() < self.limit {
                 match self.store.claim_next_run().await {
                     Ok(Some(run)) => {
                         let (runner, shutdown) = (self.clone(), shutdown.clone());
@@ -930,6 +948,8 @@ type StepLog = (std::io::BufWriter<std::fs::File>, Instant, u64, u64);
 struct RunObserver {
     index: HashMap<String, usize>,
     logs: Vec<Mutex<Option<StepLog>>>,
+    /// Per step, the first error writing its log (a full disk): said on the step.
+    log_errors: Vec<Mutex<Option<String>>>,
     paths: Vec<PathBuf>,
     max_log: u64,
     updates: mpsc::UnboundedSender<Update>,
@@ -951,10 +971,22 @@ impl RunObserver {
                 .map(|(i, n)| (n.clone(), i))
                 .collect(),
             logs: names.iter().map(|_| Mutex::new(None)).collect(),
+            log_errors: names.iter().map(|_| Mutex::new(None)).collect(),
             paths: (0..names.len()).map(|i| runner.log_path(id, i)).collect(),
             max_log: runner.max_step_log,
             updates,
             live,
+        }
+    }
+}
+
+impl RunObserver {
+    /// Notes the first error writing step `i`'s log, and logs it once.
+    fn log_failed(&self, i: usize, problem: String) {
+        let mut first = self.log_errors[i].lock().expect("log lock");
+        if first.is_none() {
+            tracing::error!(problem, "a step log cannot be written; the step goes on");
+            *first = Some(problem);
         }
     }
 }
@@ -969,9 +1001,7 @@ impl Observer for RunObserver {
                 *self.logs[i].lock().expect("log lock") =
                     Some((std::io::BufWriter::new(file), Instant::now(), 0, 0))
             }
-            Err(e) => {
-                tracing::error!(path = %self.paths[i].display(), error = %e, "cannot create a step log")
-            }
+            Err(e) => self.log_failed(i, format!("cannot create {}: {e}", self.paths[i].display())),
         }
         let _ = self.updates.send(Update::Started(i));
     }
@@ -998,10 +1028,13 @@ impl Observer for RunObserver {
         } else {
             (stream == Stream::Stderr, text.to_string())
         };
-        let _ = writeln!(file, "{ms} {} {text}", if stderr { 'e' } else { 'o' });
         // Flushed per line so the file never lags the live channel (see below). Batching
         // writes is the lever if log throughput ever needs it.
-        let _ = file.flush();
+        let written = writeln!(file, "{ms} {} {text}", if stderr { 'e' } else { 'o' })
+            .and_then(|()| file.flush());
+        if let Err(e) = written {
+            self.log_failed(i, format!("cannot write {}: {e}", self.paths[i].display()));
+        }
         *lines += 1;
         // The line is in the file first, so a viewer that reads the file and then
         // follows the live channel misses nothing.
@@ -1017,13 +1050,28 @@ impl Observer for RunObserver {
         let Some(&i) = self.index.get(&result.name) else {
             return;
         };
-        if let Some((mut file, _, _, _)) = self.logs[i].lock().expect("log lock").take() {
-            let _ = file.flush();
+        let mut lines = 0;
+        if let Some((mut file, _, _, written)) = self.logs[i].lock().expect("log lock").take() {
+            lines = written;
+            if let Err(e) = file.flush() {
+                self.log_failed(i, format!("cannot write {}: {e}", self.paths[i].display()));
+            }
+        }
+        let mut result = result.clone();
+        if let Some(problem) = self.log_errors[i].lock().expect("log lock").clone() {
+            let notice = format!("betcycle: the step log is incomplete: {problem}");
+            let _ = self.live.send(LiveEvent::Line {
+                step: i,
+                number: lines + 1,
+                stderr: true,
+                text: notice,
+            });
+            result
+                .warnings
+                .push(format!("the step log is incomplete: {problem}"));
         }
         let _ = self.live.send(LiveEvent::StepDone { step: i });
-        let _ = self
-            .updates
-            .send(Update::Finished(i, Box::new(result.clone())));
+        let _ = self.updates.send(Update::Finished(i, Box::new(result)));
     }
 }
 

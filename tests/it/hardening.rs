@@ -753,3 +753,37 @@ async fn nobody_can_lock_the_administrator_out_by_failing_their_name() {
     assert_eq!(answers, [401, 401, 429]);
     assert_eq!(sign_in_from(&server, "127.0.0.3", ADMIN, ADMIN_PASSWORD).await, 201);
 }
+
+#[tokio::test]
+async fn a_log_that_cannot_be_written_says_so_and_runs_wait_for_disk_space() {
+    let dir = tempdir();
+    let pipeline = "steps:\n  - name: talk\n    run: for i in 1 2 3; do echo line $i; done\n";
+    let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
+    // Run 1's log lands on a device that is always full.
+    let runs = dir.path().join("data/runs/1");
+    std::fs::create_dir_all(&runs).unwrap();
+    std::os::unix::fs::symlink("/dev/full", runs.join("0.log")).unwrap();
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, finished).await;
+    let warnings = run["steps"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("the step log is incomplete")
+            && warnings.contains("No space left on device"),
+        "{run:#}"
+    );
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("a step log cannot be written"), "{logs}");
+    assert!(server.stop().success());
+
+    // With less free space than required, a queued run waits (and the log says why).
+    let server = Server::start_admin(dir.path(), &["--health-min-free-disk", "1000 PiB"]);
+    trigger(&server, "demo").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = server.get_json("/api/v1/projects/demo/runs/2").await;
+    assert_eq!(run["status"], "queued", "{run:#}");
+    assert!(server.logs().join("\n").contains("the data disk is nearly full"));
+    assert!(server.stop().success());
+    // With space again, it runs.
+    let server = Server::start_admin(dir.path(), &[]);
+    assert_eq!(wait_for(&server, "demo", 2, finished).await["status"], "succeeded");
+}
