@@ -185,6 +185,17 @@ impl RunSpec {
 struct Masking {
     inner: Arc<dyn Observer>,
     masker: Masker,
+    wrapped: crate::secrets::mask::Wrapped,
+}
+
+impl Masking {
+    /// Passes on what is still held back (wrapped base64 lines) for `step`, or for all.
+    fn flush(&self, step: Option<&str>) {
+        for (step, stderr, text) in self.wrapped.flush(&self.masker, step) {
+            let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
+            self.inner.line(&step, stream, &text);
+        }
+    }
 }
 
 impl Observer for Masking {
@@ -192,9 +203,13 @@ impl Observer for Masking {
         self.inner.step_started(step);
     }
     fn line(&self, step: &str, stream: Stream, text: &str) {
-        self.inner.line(step, stream, &self.masker.mask(text));
+        let stderr = stream == Stream::Stderr;
+        for line in self.wrapped.line(&self.masker, step, stderr, text) {
+            self.inner.line(step, stream, &line);
+        }
     }
     fn step_finished(&self, result: &StepResult) {
+        self.flush(Some(&result.name));
         self.inner.step_finished(result);
     }
 }
@@ -226,6 +241,7 @@ async fn run_confined(
     let masking = Arc::new(Masking {
         inner: observer,
         masker: Masker::default(),
+        wrapped: Default::default(),
     });
     let observer: Arc<dyn Observer> = masking.clone();
     let stop_services = cancel.child_token();
@@ -251,11 +267,13 @@ async fn run_confined(
                 .collect();
         }
     };
-    let results = run_steps(spec, masking, cancel).await;
+    let results = run_steps(spec, masking.clone(), cancel).await;
     stop_services.cancel();
     for service in services {
         let _ = service.await;
     }
+    // Services' held lines (steps flush their own when they finish).
+    masking.flush(None);
     results
 }
 

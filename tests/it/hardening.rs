@@ -787,3 +787,46 @@ async fn a_log_that_cannot_be_written_says_so_and_runs_wait_for_disk_space() {
     let server = Server::start_admin(dir.path(), &[]);
     assert_eq!(wait_for(&server, "demo", 2, finished).await["status"], "succeeded");
 }
+
+#[tokio::test]
+async fn a_secret_with_escapes_inside_split_in_halves_or_wrapped_base64_stays_masked() {
+    use base64::Engine;
+    let dir = tempdir();
+    let secret = "Zq8-secret-0123456789abcdefghij";
+    let pipeline = r#"
+steps:
+  - name: leak
+    secrets: [TOKEN]
+    run: |
+      a=$(printf %s "$TOKEN" | cut -c1-16); b=$(printf %s "$TOKEN" | cut -c17-)
+      printf 'colour: %s\033[0m%s\n' "$a" "$b"
+      echo "out: $a"; echo "err: $b" >&2
+      printf %s "$TOKEN$TOKEN$TOKEN" | base64
+"#;
+    let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
+    let set = server
+        .request(reqwest::Method::PUT, "/api/v1/projects/demo/secrets/TOKEN")
+        .json(&serde_json::json!({ "value": secret }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 201);
+    trigger(&server, "demo").await;
+    let run = wait_for(&server, "demo", 1, finished).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let log = step_log(&server, "demo", 1, "leak").await;
+    for piece in [&secret[..16], &secret[16..], "Zq8-secret"] {
+        assert!(!log.contains(piece), "{piece} in {log}");
+    }
+    assert!(log.contains("colour: ***"), "{log}");
+    assert!(log.contains("out: ***") && log.contains("err: ***"), "{log}");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(secret.repeat(3));
+    for chunk in encoded.as_bytes().chunks(76) {
+        let chunk = std::str::from_utf8(chunk).unwrap();
+        // No 8-character run of the encoded value survives on its line.
+        for window in chunk.as_bytes().windows(8) {
+            let window = std::str::from_utf8(window).unwrap();
+            assert!(!log.contains(window), "{window} of {chunk} in {log}");
+        }
+    }
+}
