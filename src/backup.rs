@@ -182,6 +182,14 @@ fn append_bytes<W: Write>(
     tar.append_data(&mut header, name, bytes)
 }
 
+/// An archive entry's path as a person reads it, in quotes.
+fn entry_name<R: std::io::Read>(entry: &tar::Entry<R>) -> String {
+    match entry.path() {
+        Ok(path) => format!("\"{}\"", path.display()),
+        Err(_) => "(with an unreadable name)".into(),
+    }
+}
+
 /// Appends a file as it is now. A log still being written may grow while it is copied:
 /// exactly the length seen at the start goes in (zero-padded should it shrink), so the
 /// archive stays well-formed.
@@ -265,8 +273,8 @@ pub fn unpack(archive: &Path, work_dir: &Path) -> Result<Unpacked> {
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir()) {
             return Err(bad(format!(
-                "entry {:?} is neither a file nor a directory",
-                entry.path().ok()
+                "entry {} is neither a file nor a directory",
+                entry_name(&entry)
             )));
         }
         // `unpack_in` refuses paths that would land outside the directory (`..`, absolute).
@@ -275,8 +283,8 @@ pub fn unpack(archive: &Path, work_dir: &Path) -> Result<Unpacked> {
             .map_err(|e| bad(e.to_string()))?;
         if !inside {
             return Err(bad(format!(
-                "entry {:?} points outside the archive",
-                entry.path().ok()
+                "entry {} points outside the archive",
+                entry_name(&entry)
             )));
         }
     }

@@ -173,11 +173,18 @@ pub async fn revoke_session(
     ctx: &Context,
 ) -> Result<usize> {
     let target = id.to_string();
+    let record = Record::new(ctx, "session.delete", format!("session:{id}"));
     store
-        .delete_sessions(
+        .delete_sessions_audited(
             principal.user.id,
             move |sid| sid == target,
-            Record::new(ctx, "session.delete", format!("session:{id}")),
+            // Another user's session id (or none at all) revokes nothing: not a success.
+            move |n| match n {
+                0 => record
+                    .outcome(crate::audit::Outcome::Failure)
+                    .detail("no session of this user has that id"),
+                n => record.detail(format!("{n} session(s)")),
+            },
         )
         .await
 }

@@ -347,9 +347,23 @@ impl Store {
         which: impl Fn(&str) -> bool + Send + 'static,
         audit: Record,
     ) -> Result<usize> {
+        self.delete_sessions_audited(user_id, which, move |n| {
+            audit.detail(format!("{n} session(s)"))
+        })
+        .await
+    }
+
+    /// Like `delete_sessions`, with the audit record made from how many were removed
+    /// (in the same transaction).
+    pub async fn delete_sessions_audited(
+        &self,
+        user_id: u64,
+        which: impl Fn(&str) -> bool + Send + 'static,
+        audit: impl FnOnce(usize) -> Record + Send + 'static,
+    ) -> Result<usize> {
         self.write(move |tx| {
             let n = delete_sessions_where(tx, |s| s.user_id == user_id && which(&s.id))?;
-            tx.audit(audit.detail(format!("{n} session(s)")))?;
+            tx.audit(audit(n))?;
             Ok(n)
         })
         .await

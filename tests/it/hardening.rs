@@ -830,3 +830,73 @@ steps:
         }
     }
 }
+
+#[test]
+fn restore_errors_name_the_entry_plainly() {
+    let dir = tempdir();
+    let work = dir.path().join("evil");
+    std::fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", work.join("link")).unwrap();
+    let archive = dir.path().join("evil.tar.gz");
+    let (code, _, stderr) = run_cmd(
+        std::process::Command::new("tar")
+            .arg("czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&work)
+            .arg("link"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run_cmd(
+        betcycle(dir.path())
+            .args(["db", "restore"])
+            .arg(&archive)
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("entry \"link\" is neither a file nor a directory"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stderr.contains("Some("), "{stderr}");
+}
+
+#[tokio::test]
+async fn revoking_another_users_session_is_audited_as_a_failure() {
+    use crate::harness::{ADMIN, ADMIN_PASSWORD, add_user, create_token};
+    let dir = tempdir();
+    add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    add_user(dir.path(), "bob", "bob password 123", false);
+    let bob = create_token(dir.path(), "bob", "write");
+    let server = Server::start_admin(dir.path(), &[]);
+    // The admin has a session; bob tries to revoke it by its id.
+    let signed_in = crate::harness::client()
+        .post(format!("{}/api/v1/sessions", server.url))
+        .json(&serde_json::json!({"name": ADMIN, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 201);
+    let id = signed_in.json::<Value>().await.unwrap()["session"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = crate::harness::client()
+        .delete(format!("{}/api/v1/sessions/{id}", server.url))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 404);
+    let entries: Vec<Value> = server
+        .get("/api/v1/audit?action=session.delete&limit=10")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["outcome"], "failure", "{entries:?}");
+    // The admin's session still works.
+    assert_eq!(server.get_json("/api/v1/sessions").await.as_array().map(Vec::len), Some(1));
+}

@@ -32,26 +32,37 @@ async fn kill_9_during_writes_loses_no_committed_record() {
     let server = Server::start_admin(dir.path(), &[]);
     let id = server.get_json("/api/v1/instance").await["instance"]["id"].clone();
 
-    // Keep the store busy with durable writes (every /readyz commits a probe record)
-    // while the process is killed.
-    let url = format!("{}/readyz", server.url);
-    let writer = tokio::spawn(async move {
-        let client = crate::harness::client();
-        let mut ok = 0u32;
-        while client
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ok += 1;
-        }
-        ok
-    });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Keep the store busy with durable writes — teams created as fast as the server takes
+    // them, each name noted once its 201 arrived — while the process is killed.
+    let url = server.url.clone();
+    let token = server.token.clone().unwrap();
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let acknowledged = acknowledged.clone();
+        tokio::spawn(async move {
+            let client = crate::harness::client();
+            for n in 0.. {
+                let name = format!("team-{n:05}");
+                let answered = client
+                    .post(format!("{url}/api/v1/teams"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"name": name}))
+                    .send()
+                    .await;
+                match answered {
+                    Ok(r) if r.status() == 201 => acknowledged.lock().unwrap().push(name),
+                    _ => break,
+                }
+            }
+        })
+    };
+    while acknowledged.lock().unwrap().len() < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.kill();
-    let writes = writer.await.unwrap();
-    assert!(writes > 0, "no writes happened before the kill");
+    writer.await.unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 20, "no writes happened before the kill");
 
     let server = Server::start_admin(dir.path(), &[]);
     let info = server.get_json("/api/v1/instance").await;
@@ -60,6 +71,14 @@ async fn kill_9_during_writes_loses_no_committed_record() {
     assert!(info["recent_starts"][1]["stopped_at"].is_null());
     assert_eq!(info["previous_shutdown_unclean"], true);
     assert_eq!(server.get_json("/readyz").await["ready"], true);
+    // Every write acknowledged before the kill survived it.
+    let teams = server.get_json("/api/v1/teams").await;
+    let names = crate::harness::texts(&teams, "name");
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|n| !names.contains(&n.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     let logs = server.logs().join("\n");
     assert!(logs.contains("did not shut down gracefully"), "{logs}");
 }

@@ -774,7 +774,8 @@ async fn api_triggers_take_a_commit_and_environment_overrides() {
 }
 
 /// A stand-in for a remote service (a forge API, a webhook receiver): answers 201 to
-/// every POST and records its path, headers and JSON body.
+/// every POST and records its path, headers and JSON body (the exact body bytes, as
+/// text, under the pseudo-header `x-recorded-body`, for signature checks).
 pub(crate) async fn recording_server() -> (String, Arc<Mutex<Vec<(String, Value, Value)>>>) {
     use axum::extract::State;
     use axum::http::{HeaderMap, Uri};
@@ -784,9 +785,10 @@ pub(crate) async fn recording_server() -> (String, Arc<Mutex<Vec<(String, Value,
         State(seen): State<Seen>,
         uri: Uri,
         headers: HeaderMap,
-        axum::Json(body): axum::Json<Value>,
+        raw: axum::body::Bytes,
     ) -> axum::http::StatusCode {
-        let headers: serde_json::Map<String, Value> = headers
+        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        let mut headers: serde_json::Map<String, Value> = headers
             .iter()
             .map(|(k, v)| {
                 (
@@ -795,6 +797,10 @@ pub(crate) async fn recording_server() -> (String, Arc<Mutex<Vec<(String, Value,
                 )
             })
             .collect();
+        headers.insert(
+            "x-recorded-body".into(),
+            Value::String(String::from_utf8_lossy(&raw).into_owned()),
+        );
         seen.lock()
             .unwrap()
             .push((uri.path().to_string(), Value::Object(headers), body));
