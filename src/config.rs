@@ -425,7 +425,8 @@ impl Config {
             .map_err(|reason| invalid("shutdown_timeout", &reason))?;
 
         let duration = |key: &'static str| {
-            parse_duration(&get(key).expect("has default").0).map_err(|reason| invalid(key, &reason))
+            parse_duration(&get(key).expect("has default").0)
+                .map_err(|reason| invalid(key, &reason))
         };
         let http = HttpLimits {
             header_read_timeout: duration("http.header_read_timeout")?,

@@ -126,7 +126,10 @@ impl Inbox<'_> {
                 None => "no such project".to_string(),
                 Some(p) => format!("project \"{}\" has no webhook secret yet", p.slug),
             };
-            tracing::warn!(reason = why, "webhook delivery to a hook that cannot verify it");
+            tracing::warn!(
+                reason = why,
+                "webhook delivery to a hook that cannot verify it"
+            );
             let unguessable = crate::auth::secret::random_hex(32);
             webhook::verify(forge, headers, body, &unguessable).map_err(Error::Unauthorized)?;
             return Err(Error::Unauthorized("the signature does not match".into()));
@@ -355,8 +358,8 @@ impl Inbox<'_> {
         let Some(commit) = commit else {
             return Ok(None);
         };
-        let since = delivery.received_at - jiff::SignedDuration::try_from(REPLAY_WINDOW)
-            .expect("a small window");
+        let since = delivery.received_at
+            - jiff::SignedDuration::try_from(REPLAY_WINDOW).expect("a small window");
         Ok(self
             .store
             .project_deliveries(&delivery.project, 200)

@@ -156,7 +156,11 @@ mod tests {
             throttle.record_failure(&Attempt::new("admin", &format!("10.0.0.{i}")), t0);
         }
         // The real admin elsewhere is let in to try.
-        assert!(throttle.check(&Attempt::new("admin", "192.0.2.7"), t0).is_ok());
+        assert!(
+            throttle
+                .check(&Attempt::new("admin", "192.0.2.7"), t0)
+                .is_ok()
+        );
         // An attacking address gets PAIR_ALLOWANCE guesses, then waits.
         let attacker = Attempt::new("admin", "10.0.0.1");
         for _ in 1..PAIR_ALLOWANCE {

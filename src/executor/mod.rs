@@ -192,7 +192,11 @@ impl Masking {
     /// Passes on what is still held back (wrapped base64 lines) for `step`, or for all.
     fn flush(&self, step: Option<&str>) {
         for (step, stderr, text) in self.wrapped.flush(&self.masker, step) {
-            let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
+            let stream = if stderr {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
             self.inner.line(&step, stream, &text);
         }
     }
@@ -505,7 +509,16 @@ async fn run_step(
         };
         let exit = match spec.sandbox.confine(&spec.workspace) {
             Ok(confine) => {
-                process::run(&step.run, &dir, &env, step.timeout, cancel, confine, on_line).await
+                process::run(
+                    &step.run,
+                    &dir,
+                    &env,
+                    step.timeout,
+                    cancel,
+                    confine,
+                    on_line,
+                )
+                .await
             }
             Err(e) => Exit::SpawnFailed(e),
         };
@@ -605,7 +618,11 @@ fn read_reports<T>(
             Ok(report) => reports.push(report),
             Err(e) => warnings.push(format!("{kind} report {path}: {e}")),
         }
-        warnings.extend(found.into_iter().map(|w| format!("{kind} report {path}: {w}")));
+        warnings.extend(
+            found
+                .into_iter()
+                .map(|w| format!("{kind} report {path}: {w}")),
+        );
     }
     if reports.is_empty() && !patterns.is_empty() && warnings.len() == before {
         warnings.push(format!(

@@ -73,7 +73,11 @@ pub async fn run(
     }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
-        Err(e) if confined && e.raw_os_error().is_some_and(|c| c == libc::ENOSYS || c == libc::EPERM) => {
+        Err(e)
+            if confined
+                && e.raw_os_error()
+                    .is_some_and(|c| c == libc::ENOSYS || c == libc::EPERM) =>
+        {
             return Exit::SpawnFailed(super::sandbox::start_failure(&e));
         }
         Err(e) => return Exit::SpawnFailed(format!("cannot start sh in {}: {e}", dir.display())),

@@ -89,8 +89,18 @@ pub struct Confine {
 
 /// The system directories `strict` lets a step read and execute.
 const SYSTEM_DIRS: &[&str] = &[
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt", "/nix", "/proc",
-    "/sys", "/run/current-system",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/etc",
+    "/opt",
+    "/nix",
+    "/proc",
+    "/sys",
+    "/run/current-system",
 ];
 
 /// The Landlock ABI whose rights are handled (best effort on older kernels).
@@ -172,7 +182,11 @@ impl Sandbox {
             .create()
             .map_err(problem)?;
         for (fd, access) in grants {
-            let access = if is_dir(&fd) { access } else { access & file_rights() };
+            let access = if is_dir(&fd) {
+                access
+            } else {
+                access & file_rights()
+            };
             ruleset = ruleset
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(problem)?;
@@ -227,7 +241,12 @@ fn open_path(path: &Path) -> std::io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: `c` is NUL-terminated; these flags take no mode argument.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -298,7 +317,8 @@ pub fn record(registry: Option<&Path>, pgid: i32) -> Recorded {
         return Recorded { path: None };
     };
     let path = dir.join(pgid.to_string());
-    let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, format!("{started}\n")));
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, format!("{started}\n")));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot record a step's process group");
         return Recorded { path: None };
@@ -331,7 +351,11 @@ pub fn kill_leftovers(registry: &Path) -> usize {
         .flatten()
         .filter_map(|e| {
             let pgid = e.file_name().to_str()?.parse::<i32>().ok()?;
-            let started = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+            let started = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
             Some((e.path(), pgid, started))
         })
         .collect();

@@ -79,7 +79,8 @@ struct Idle {
 
 impl Idle {
     fn quiet_ms(&self) -> u64 {
-        (self.started.elapsed().as_millis() as u64).saturating_sub(self.last.load(Ordering::Relaxed))
+        (self.started.elapsed().as_millis() as u64)
+            .saturating_sub(self.last.load(Ordering::Relaxed))
     }
 }
 
@@ -146,8 +147,7 @@ async fn connection(
         None => http(tracked, peer, router, limits, idle, shutdown, grace).await,
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config.get_inner());
-            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await
-            {
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await {
                 Ok(Ok(stream)) => http(stream, peer, router, limits, idle, shutdown, grace).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -165,13 +165,14 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        let mut router = router.clone();
-        async move { router.call(request.map(axum::body::Body::new)).await }
-    });
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let mut router = router.clone();
+            async move { router.call(request.map(axum::body::Body::new)).await }
+        });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

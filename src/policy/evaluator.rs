@@ -121,7 +121,12 @@ impl Evaluator {
     /// Evaluates `gate` on `input` with the set `modules`; what went wrong — the set does
     /// not compile, or it ran past its time or memory limit — is an error in the outcome,
     /// naming the modules.
-    pub async fn evaluate(&self, modules: &[Module], gate: Gate, input: &serde_json::Value) -> Outcome {
+    pub async fn evaluate(
+        &self,
+        modules: &[Module],
+        gate: Gate,
+        input: &serde_json::Value,
+    ) -> Outcome {
         if modules.is_empty() {
             return Outcome::default();
         }

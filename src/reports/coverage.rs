@@ -67,9 +67,9 @@ impl Coverage {
         if reports.len() <= 1 {
             return reports.into_iter().next();
         }
-        let lines = reports.iter().fold((0, 0), |(t, c), r| {
-            (t + r.lines_total, c + r.lines_covered)
-        });
+        let lines = reports
+            .iter()
+            .fold((0, 0), |(t, c), r| (t + r.lines_total, c + r.lines_covered));
         let branched: Vec<&Coverage> = reports
             .iter()
             .filter(|r| r.branches_total.is_some())
@@ -141,9 +141,10 @@ fn lcov(text: &str) -> Result<Coverage, String> {
             f.summary_branches.get_or_insert((0, 0)).1 = number(v)?;
         } else if let Some(v) = line.strip_prefix("DA:") {
             // DA:<line>,<hits>[,<checksum>]
-            let hits = v.split(',').nth(1).ok_or_else(|| {
-                format!("line {}: DA needs <line>,<hits> in \"{line}\"", n + 1)
-            })?;
+            let hits = v
+                .split(',')
+                .nth(1)
+                .ok_or_else(|| format!("line {}: DA needs <line>,<hits> in \"{line}\"", n + 1))?;
             f.da.0 += 1;
             if number(hits)? > 0 {
                 f.da.1 += 1;
@@ -272,12 +273,17 @@ mod tests {
 
     #[test]
     fn lcov_without_summaries_counts_da_and_brda_lines() {
-        let text = "SF:a.c\nDA:1,3\nDA:2,0\nDA:3,1\nDA:4,0\nBRDA:1,0,0,2\nBRDA:1,0,1,-\nend_of_record\n";
+        let text =
+            "SF:a.c\nDA:1,3\nDA:2,0\nDA:3,1\nDA:4,0\nBRDA:1,0,0,2\nBRDA:1,0,1,-\nend_of_record\n";
         let c = parse(text).unwrap();
         assert_eq!((c.lines_total, c.lines_covered, c.percent), (4, 2, 50.0));
         assert_eq!((c.branches_total, c.branches_covered), (Some(2), Some(1)));
         assert_eq!(c.branch_percent, Some(50.0));
-        assert!(parse("SF:a\nLF:1\nLH:2\n").unwrap_err().contains("more lines"));
+        assert!(
+            parse("SF:a\nLF:1\nLH:2\n")
+                .unwrap_err()
+                .contains("more lines")
+        );
     }
 
     #[test]

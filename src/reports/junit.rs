@@ -194,7 +194,10 @@ mod tests {
         let s = super::parse(xml, &mut warnings).unwrap();
         assert_eq!((s.total, s.duration_secs), (3, 0.5));
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("testcase \"a\": time \"NaN\""), "{warnings:?}");
+        assert!(
+            warnings[0].contains("testcase \"a\": time \"NaN\""),
+            "{warnings:?}"
+        );
         let back: TestSummary = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }

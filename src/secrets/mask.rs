@@ -163,8 +163,14 @@ fn render(text: &str, mut ranges: Vec<Range<usize>>) -> String {
 /// that crosses the line break is masked on both sides.
 #[derive(Default)]
 pub struct Wrapped {
-    held: std::sync::Mutex<std::collections::HashMap<(String, bool), (String, Vec<Range<usize>>)>>,
+    held: std::sync::Mutex<std::collections::HashMap<StreamKey, Held>>,
 }
+
+/// (step, whether stderr).
+type StreamKey = (String, bool);
+
+/// A held line and the ranges of it already known to be masked.
+type Held = (String, Vec<Range<usize>>);
 
 /// Lines of this many base64 characters are what `base64` (76), PEM and MIME (64) write.
 fn looks_wrapped(text: &str) -> bool {
@@ -324,7 +330,11 @@ mod tests {
     fn escapes_inside_a_value_do_not_hide_it() {
         let secret = "tok-0123456789abcdefXYZ";
         let m = masker(&[secret]);
-        let coloured = format!("\x1b[1mtoken\x1b[0m: {}\x1b[0m{}", &secret[..12], &secret[12..]);
+        let coloured = format!(
+            "\x1b[1mtoken\x1b[0m: {}\x1b[0m{}",
+            &secret[..12],
+            &secret[12..]
+        );
         assert_eq!(m.mask(&coloured), "token: ***");
         // Colours stay when nothing is hidden.
         assert_eq!(m.mask("\x1b[32mok\x1b[0m"), "\x1b[32mok\x1b[0m");
@@ -355,7 +365,11 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         for (line, chunk) in lines.iter().zip(encoded.as_bytes().chunks(76)) {
             let left = line.replace(MASK, "").len();
-            assert!(left <= 4, "{line} from {}", std::str::from_utf8(chunk).unwrap());
+            assert!(
+                left <= 4,
+                "{line} from {}",
+                std::str::from_utf8(chunk).unwrap()
+            );
         }
         // Ordinary lines pass at once.
         assert_eq!(wrapped.line(&m, "s", false, "hello"), ["hello"]);

@@ -39,8 +39,10 @@ pub(super) fn set_aside(
         reason: reason.to_string(),
         at: jiff::Timestamp::now(),
     };
-    tx.open_table(QUARANTINE)?
-        .insert((table.as_str(), key.as_str()), codec::encode(&entry).as_slice())?;
+    tx.open_table(QUARANTINE)?.insert(
+        (table.as_str(), key.as_str()),
+        codec::encode(&entry).as_slice(),
+    )?;
     Ok(())
 }
 

@@ -269,8 +269,8 @@ impl Store {
                             step.finished_at = Some(now);
                         } else {
                             step.status = Some(crate::executor::StepStatus::Skipped);
-                            step.reason = "not run: the run was interrupted by a server restart"
-                                .into();
+                            step.reason =
+                                "not run: the run was interrupted by a server restart".into();
                         }
                     }
                     failed += 1;

@@ -52,7 +52,10 @@ steps:
     // The run list, the run and the queue still work.
     let list = server.get("/api/v1/projects/demo/runs").await;
     assert_eq!(list.status(), 200);
-    assert_eq!(server.get("/api/v1/projects/demo/runs/1").await.status(), 200);
+    assert_eq!(
+        server.get("/api/v1/projects/demo/runs/1").await.status(),
+        200
+    );
     trigger(&server, "demo").await;
     assert_eq!(
         wait_for(&server, "demo", 2, finished).await["status"],
@@ -163,7 +166,10 @@ steps:
     let server = Server::start_admin(dir.path(), &[]);
     add_project(&server, "other", other, dir.path()).await;
     trigger(&server, "other").await;
-    assert_eq!(wait_for(&server, "other", 1, finished).await["status"], "failed");
+    assert_eq!(
+        wait_for(&server, "other", 1, finished).await["status"],
+        "failed"
+    );
     assert!(dir.path().join("data/workspaces/1/left.txt").exists());
     add_project(&server, "demo", &probe, dir.path()).await;
     trigger(&server, "demo").await;
@@ -212,7 +218,10 @@ steps:
     assert_eq!(run["status"], "succeeded", "{run:#}");
     let log = step_log(&server, "demo", 3, "probe").await;
     assert!(!log.contains("readable:"), "{log}");
-    assert!(log.contains("workspace ok") && log.contains("tools ok"), "{log}");
+    assert!(
+        log.contains("workspace ok") && log.contains("tools ok"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -232,16 +241,16 @@ async fn a_killed_server_leaves_no_step_running_and_runs_each_step_once() {
     server.kill();
     // The re-queued run runs the step again: it must be the only one writing.
     let server = Server::start_admin(dir.path(), &[]);
-    let run = wait_for(&server, "demo", 1, |r| {
-        finished(r) && r["restarts"] == 1
-    })
-    .await;
+    let run = wait_for(&server, "demo", 1, |r| finished(r) && r["restarts"] == 1).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let written = std::fs::read_to_string(&marker).unwrap_or_default();
     assert_eq!(written.lines().count(), 1, "the step ran {written:?}");
     let logs = server.logs().join("\n");
-    assert!(logs.contains("killed steps the previous BetCycle process left running"), "{logs}");
+    assert!(
+        logs.contains("killed steps the previous BetCycle process left running"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
@@ -299,7 +308,8 @@ async fn a_runaway_policy_fails_its_gate_and_cannot_take_the_server_down() {
     let (server, _repo) = demo(dir.path(), "steps:\n  - name: ok\n    run: 'true'\n", &[]).await;
 
     // Each level is 16 copies of the one before: level 7 would be 4 GiB.
-    let mut bomb = String::from("package betcycle.pipeline\nimport rego.v1\ns0 := \"xxxxxxxxxxxxxxxx\"\n");
+    let mut bomb =
+        String::from("package betcycle.pipeline\nimport rego.v1\ns0 := \"xxxxxxxxxxxxxxxx\"\n");
     for n in 1..=7 {
         let p = n - 1;
         bomb.push_str(&format!(
@@ -317,7 +327,11 @@ async fn a_runaway_policy_fails_its_gate_and_cannot_take_the_server_down() {
         message.contains("policy project:demo/bomb.rego exceeded its memory limit"),
         "{message}"
     );
-    assert!(peak_rss_mib(server.pid()) < 200, "server peak RSS {} MiB", peak_rss_mib(server.pid()));
+    assert!(
+        peak_rss_mib(server.pid()) < 200,
+        "server peak RSS {} MiB",
+        peak_rss_mib(server.pid())
+    );
 
     // A loop that runs far past the time limit is stopped at the deadline.
     put_project_policy(
@@ -369,9 +383,15 @@ async fn the_deploy_gate_stays_closed_when_the_repository_cannot_be_fetched() {
     )
     .await;
     trigger(&server, "demo").await;
-    assert_eq!(wait_for(&server, "demo", 1, finished).await["status"], "succeeded");
+    assert_eq!(
+        wait_for(&server, "demo", 1, finished).await["status"],
+        "succeeded"
+    );
     let env = server
-        .request(reqwest::Method::PUT, "/api/v1/projects/demo/environments/qa")
+        .request(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/environments/qa",
+        )
         .json(&serde_json::json!({}))
         .send()
         .await
@@ -387,7 +407,10 @@ async fn the_deploy_gate_stays_closed_when_the_repository_cannot_be_fetched() {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
     };
     let (status, body) = deploy().await;
     assert_eq!(status, 403, "{body}");
@@ -443,7 +466,10 @@ async fn the_event_stream_shows_only_what_the_subscriber_may_see() {
         sse_for(admins, Duration::from_secs(2))
     );
     assert!(theirs.contains("event: connected"), "{theirs}");
-    assert!(!theirs.contains("demo"), "a user without a role saw: {theirs}");
+    assert!(
+        !theirs.contains("demo"),
+        "a user without a role saw: {theirs}"
+    );
     let update = admins
         .lines()
         .find(|l| l.starts_with("data: ") && l.contains("run_updated"))
@@ -495,8 +521,20 @@ async fn github_push(
 async fn a_push_that_cannot_be_fetched_is_retried_and_replays_start_nothing() {
     let dir = tempdir();
     let server = Server::start_admin(dir.path(), &[]);
-    add_project(&server, "demo", "steps:\n  - { name: ok, run: 'true' }\n", dir.path()).await;
-    add_project(&server, "nosecret", "steps:\n  - { name: ok, run: 'true' }\n", dir.path()).await;
+    add_project(
+        &server,
+        "demo",
+        "steps:\n  - { name: ok, run: 'true' }\n",
+        dir.path(),
+    )
+    .await;
+    add_project(
+        &server,
+        "nosecret",
+        "steps:\n  - { name: ok, run: 'true' }\n",
+        dir.path(),
+    )
+    .await;
     let secret = "whsec-hardening-0123456789";
     let set = server
         .request(
@@ -522,7 +560,14 @@ async fn a_push_that_cannot_be_fetched_is_retried_and_replays_start_nothing() {
     std::fs::rename(&repo, dir.path().join("away")).unwrap();
     let (status, body) = github_push(&server, "demo", secret, "delivery-1", &commit).await;
     assert_eq!(status, 503, "{body}");
-    assert!(server.get_json("/api/v1/projects/demo/runs").await.as_array().unwrap().is_empty());
+    assert!(
+        server
+            .get_json("/api/v1/projects/demo/runs")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     // The forge's "Redeliver" sends the same delivery id once it is back: it is built.
     std::fs::rename(dir.path().join("away"), &repo).unwrap();
     let (status, body) = github_push(&server, "demo", secret, "delivery-1", &commit).await;
@@ -532,7 +577,15 @@ async fn a_push_that_cannot_be_fetched_is_retried_and_replays_start_nothing() {
     let (status, body) = github_push(&server, "demo", secret, "delivery-2", &commit).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"], "duplicate");
-    assert_eq!(server.get_json("/api/v1/projects/demo/runs").await.as_array().unwrap().len(), 1);
+    assert_eq!(
+        server
+            .get_json("/api/v1/projects/demo/runs")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// Whether the server closes `stream` within `within` (a read gives end of file or an
@@ -581,7 +634,9 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
 
     // A header line every second never finishes the request: cut off at the deadline.
     let mut slow = connect().await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     assert!(
         closed_within(&mut slow, Duration::from_secs(6), Some(b"X-Slow: 1\r\n")).await,
         "a client trickling headers was never cut off"
@@ -655,7 +710,9 @@ steps:
     let bogus = &run["steps"][1];
     assert!(bogus["coverage"].is_null(), "{bogus:#}");
     assert!(
-        bogus["warnings"].to_string().contains("lines-valid=\\\"-1\\\""),
+        bogus["warnings"]
+            .to_string()
+            .contains("lines-valid=\\\"-1\\\""),
         "{bogus:#}"
     );
 }
@@ -675,7 +732,10 @@ deploy:
 "#;
     let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
     trigger(&server, "demo").await;
-    assert_eq!(wait_for(&server, "demo", 1, finished).await["status"], "succeeded");
+    assert_eq!(
+        wait_for(&server, "demo", 1, finished).await["status"],
+        "succeeded"
+    );
     for env in ["staging", "production"] {
         let put = server
             .request(
@@ -706,10 +766,13 @@ deploy:
     );
     let staged = request("staging").await.unwrap();
     assert_eq!(staged.status(), 201);
-    let d = crate::deploy::wait_deployment(&server, "demo", 1, |d| d["status"] == "succeeded").await;
+    let d =
+        crate::deploy::wait_deployment(&server, "demo", 1, |d| d["status"] == "succeeded").await;
     let timeline = crate::harness::texts(&d["timeline"], "what");
     assert!(
-        timeline.iter().any(|t| t.contains("warning: 1 test(s) failed") && t.contains("calc::divides")),
+        timeline
+            .iter()
+            .any(|t| t.contains("warning: 1 test(s) failed") && t.contains("calc::divides")),
         "{timeline:?}"
     );
 }
@@ -743,11 +806,17 @@ async fn nobody_can_lock_the_administrator_out_by_failing_their_name() {
     assert_eq!(answers[..10], [401; 10]);
     assert_eq!(answers[10..], [429, 429]);
     // The administrator, from an address that is not failing, signs in.
-    assert_eq!(sign_in_from(&server, "127.0.0.3", ADMIN, ADMIN_PASSWORD).await, 201);
+    assert_eq!(
+        sign_in_from(&server, "127.0.0.3", ADMIN, ADMIN_PASSWORD).await,
+        201
+    );
     // Attacker 2 fails it again ten times from ten addresses; each further guess from
     // one of them is refused after a few, and the admin still gets in.
     for i in 10..20 {
-        assert_eq!(sign_in_from(&server, &format!("127.0.1.{i}"), ADMIN, "guess").await, 401);
+        assert_eq!(
+            sign_in_from(&server, &format!("127.0.1.{i}"), ADMIN, "guess").await,
+            401
+        );
     }
     let answers: Vec<u16> = {
         let mut out = Vec::new();
@@ -757,7 +826,10 @@ async fn nobody_can_lock_the_administrator_out_by_failing_their_name() {
         out
     };
     assert_eq!(answers, [401, 401, 429]);
-    assert_eq!(sign_in_from(&server, "127.0.0.3", ADMIN, ADMIN_PASSWORD).await, 201);
+    assert_eq!(
+        sign_in_from(&server, "127.0.0.3", ADMIN, ADMIN_PASSWORD).await,
+        201
+    );
 }
 
 #[tokio::test]
@@ -787,11 +859,19 @@ async fn a_log_that_cannot_be_written_says_so_and_runs_wait_for_disk_space() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let run = server.get_json("/api/v1/projects/demo/runs/2").await;
     assert_eq!(run["status"], "queued", "{run:#}");
-    assert!(server.logs().join("\n").contains("the data disk is nearly full"));
+    assert!(
+        server
+            .logs()
+            .join("\n")
+            .contains("the data disk is nearly full")
+    );
     assert!(server.stop().success());
     // With space again, it runs.
     let server = Server::start_admin(dir.path(), &[]);
-    assert_eq!(wait_for(&server, "demo", 2, finished).await["status"], "succeeded");
+    assert_eq!(
+        wait_for(&server, "demo", 2, finished).await["status"],
+        "succeeded"
+    );
 }
 
 #[tokio::test]
@@ -825,7 +905,10 @@ steps:
         assert!(!log.contains(piece), "{piece} in {log}");
     }
     assert!(log.contains("colour: ***"), "{log}");
-    assert!(log.contains("out: ***") && log.contains("err: ***"), "{log}");
+    assert!(
+        log.contains("out: ***") && log.contains("err: ***"),
+        "{log}"
+    );
     let encoded = base64::engine::general_purpose::STANDARD.encode(secret.repeat(3));
     for chunk in encoded.as_bytes().chunks(76) {
         let chunk = std::str::from_utf8(chunk).unwrap();
@@ -904,5 +987,12 @@ async fn revoking_another_users_session_is_audited_as_a_failure() {
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["outcome"], "failure", "{entries:?}");
     // The admin's session still works.
-    assert_eq!(server.get_json("/api/v1/sessions").await.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        server
+            .get_json("/api/v1/sessions")
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }

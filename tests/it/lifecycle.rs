@@ -62,7 +62,10 @@ async fn kill_9_during_writes_loses_no_committed_record() {
     server.kill();
     writer.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() >= 20, "no writes happened before the kill");
+    assert!(
+        acknowledged.len() >= 20,
+        "no writes happened before the kill"
+    );
 
     let server = Server::start_admin(dir.path(), &[]);
     let info = server.get_json("/api/v1/instance").await;

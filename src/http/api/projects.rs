@@ -170,8 +170,12 @@ pub async fn set_isolation(
                 isolation: Some(isolation),
                 ..ProjectChange::default()
             },
-            Record::new(&signed.audit, "project.isolation", format!("project:{slug}"))
-                .detail(isolation.as_str()),
+            Record::new(
+                &signed.audit,
+                "project.isolation",
+                format!("project:{slug}"),
+            )
+            .detail(isolation.as_str()),
         )
         .await?;
     Ok(Json(project))
