@@ -208,9 +208,9 @@ impl Observer for Masking {
     }
     fn line(&self, step: &str, stream: Stream, text: &str) {
         let stderr = stream == Stream::Stderr;
-        for line in self.wrapped.line(&self.masker, step, stderr, text) {
-            self.inner.line(step, stream, &line);
-        }
+        self.wrapped.line(&self.masker, step, stderr, text, |line| {
+            self.inner.line(step, stream, line)
+        });
     }
     fn step_finished(&self, result: &StepResult) {
         self.flush(Some(&result.name));

@@ -71,6 +71,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// The TLS configuration for new connections: the current certificate (it may be
+/// reloaded), offering only HTTP/1.1 by ALPN (the server speaks no HTTP/2), adjusted once
+/// per loaded certificate.
+#[derive(Clone)]
+struct Tls {
+    config: axum_server::tls_rustls::RustlsConfig,
+    adjusted: Arc<std::sync::Mutex<Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>>>,
+}
+
+impl Tls {
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        let loaded = self.config.get_inner();
+        let mut adjusted = self.adjusted.lock().expect("tls lock");
+        match adjusted.as_ref() {
+            Some((from, to)) if Arc::ptr_eq(from, &loaded) => to.clone(),
+            _ => {
+                let mut config = (*loaded).clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let config = Arc::new(config);
+                *adjusted = Some((loaded, config.clone()));
+                config
+            }
+        }
+    }
+}
+
 /// How long a connection has carried no bytes.
 struct Idle {
     started: Instant,
@@ -96,6 +122,10 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tls = tls.map(|config| Tls {
+        config,
+        adjusted: Default::default(),
+    });
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -130,7 +160,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    tls: Option<Tls>,
     limits: HttpLimits,
     shutdown: CancellationToken,
     grace: Duration,
@@ -145,8 +175,8 @@ async fn connection(
     let idle = Idle { started, last };
     match tls {
         None => http(tracked, peer, router, limits, idle, shutdown, grace).await,
-        Some(config) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.get_inner());
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await {
                 Ok(Ok(stream)) => http(stream, peer, router, limits, idle, shutdown, grace).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -59,6 +59,11 @@ impl Masker {
         }
     }
 
+    /// Whether any value is to be masked yet.
+    fn active(&self) -> bool {
+        self.inner.read().expect("masker lock").matcher.is_some()
+    }
+
     /// Byte ranges of `text` that give a known value away (overlapping ones included).
     fn matches(&self, text: &str) -> Vec<Range<usize>> {
         let inner = self.inner.read().expect("masker lock");
@@ -80,7 +85,7 @@ impl Masker {
     /// control characters is matched without them too; if that finds a value, the line
     /// comes back without them.
     fn mask_with<'a>(&self, text: &'a str, mut extra: Vec<Range<usize>>) -> Cow<'a, str> {
-        if self.inner.read().expect("masker lock").matcher.is_none() {
+        if !self.active() {
             return Cow::Borrowed(text);
         }
         if text.contains(is_control) {
@@ -181,15 +186,25 @@ fn looks_wrapped(text: &str) -> bool {
 }
 
 impl Wrapped {
-    /// Masks `text` (from `stream` of `step`, stderr when `stderr`) and returns the lines
-    /// now ready to pass on, in order: none while a wrapped line is held, or the held line
-    /// and then this one.
-    pub fn line(&self, masker: &Masker, step: &str, stderr: bool, text: &str) -> Vec<String> {
-        let key = (step.to_string(), stderr);
+    /// Masks `text` (from `step`'s stderr when `stderr`, else its stdout) and passes on
+    /// the lines now ready, in order, to `emit`: none while a wrapped line is held, or
+    /// the held line and then this one. Without any value to mask it is `emit(text)`.
+    pub fn line(
+        &self,
+        masker: &Masker,
+        step: &str,
+        stderr: bool,
+        text: &str,
+        mut emit: impl FnMut(&str),
+    ) {
+        if !masker.active() {
+            return emit(text);
+        }
         let mut held = self.held.lock().expect("wrapped lock");
-        let mut out = Vec::new();
         let mut carried = Vec::new();
-        if let Some((previous, mut ranges)) = held.remove(&key) {
+        if !held.is_empty()
+            && let Some((previous, mut ranges)) = held.remove(&(step.to_string(), stderr))
+        {
             let joined = format!("{previous}{text}");
             let cut = previous.len();
             for r in masker.matches(&joined) {
@@ -200,14 +215,13 @@ impl Wrapped {
                     carried.push(r.start.max(cut) - cut..r.end - cut);
                 }
             }
-            out.push(masker.mask_with(&previous, ranges).into_owned());
+            emit(&masker.mask_with(&previous, ranges));
         }
-        if looks_wrapped(text) && masker.inner.read().expect("masker lock").matcher.is_some() {
-            held.insert(key, (text.to_string(), carried));
+        if looks_wrapped(text) {
+            held.insert((step.to_string(), stderr), (text.to_string(), carried));
         } else {
-            out.push(masker.mask_with(text, carried).into_owned());
+            emit(&masker.mask_with(text, carried));
         }
-        out
     }
 
     /// The lines still held for `step` (every step when `None`), masked.
@@ -359,7 +373,8 @@ mod tests {
         let encoded = STANDARD.encode(format!("{secret}{secret}{secret}"));
         let mut lines = Vec::new();
         for chunk in encoded.as_bytes().chunks(76) {
-            lines.extend(wrapped.line(&m, "s", false, std::str::from_utf8(chunk).unwrap()));
+            let chunk = std::str::from_utf8(chunk).unwrap();
+            wrapped.line(&m, "s", false, chunk, |l| lines.push(l.to_string()));
         }
         lines.extend(wrapped.flush(&m, Some("s")).into_iter().map(|(_, _, l)| l));
         assert_eq!(lines.len(), 2, "{lines:?}");
@@ -372,7 +387,9 @@ mod tests {
             );
         }
         // Ordinary lines pass at once.
-        assert_eq!(wrapped.line(&m, "s", false, "hello"), ["hello"]);
+        let mut passed = Vec::new();
+        wrapped.line(&m, "s", false, "hello", |l| passed.push(l.to_string()));
+        assert_eq!(passed, ["hello"]);
     }
 
     #[test]

@@ -547,7 +547,9 @@ async fn a_maintainer_approves_a_deployment_from_the_environments_board() {
         return;
     };
     let dir = tempdir();
-    let target = dir.path().join("live.txt");
+    // Beside the data directory, where a sandboxed deploy may write.
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let target = dir.path().join("out/live.txt");
     // A second administrator pushes and asks for the deployment; the one signed in
     // approves it.
     crate::harness::add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);

@@ -224,23 +224,33 @@ steps:
     );
 }
 
-#[tokio::test]
-async fn a_killed_server_leaves_no_step_running_and_runs_each_step_once() {
-    let dir = tempdir();
+/// A server killed with `kill -9` while run 1's first step (`sleep 4`, then a line
+/// appended to the returned marker file) runs, then started again with `restart`.
+async fn killed_during_a_step(
+    dir: &Path,
+    more_steps: &str,
+    restart: &[&str],
+) -> (Server, std::path::PathBuf) {
     // Beside the data directory: a step may write there (not into the directory that
     // holds the data directory itself).
-    std::fs::create_dir_all(dir.path().join("out")).unwrap();
-    let marker = dir.path().join("out/marker");
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    let marker = dir.join("out/marker");
     let pipeline = format!(
-        "steps:\n  - name: slow\n    run: sleep 4; echo done >> {}\n",
+        "steps:\n  - name: slow\n    run: sleep 4; echo done >> {}\n{more_steps}",
         marker.display()
     );
-    let (server, _repo) = demo(dir.path(), &pipeline, &[]).await;
+    let (server, _repo) = demo(dir, &pipeline, &[]).await;
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 1, running).await;
     server.kill();
+    (Server::start_admin(dir, restart), marker)
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_no_step_running_and_runs_each_step_once() {
+    let dir = tempdir();
+    let (server, marker) = killed_during_a_step(dir.path(), "", &[]).await;
     // The re-queued run runs the step again: it must be the only one writing.
-    let server = Server::start_admin(dir.path(), &[]);
     let run = wait_for(&server, "demo", 1, |r| finished(r) && r["restarts"] == 1).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -256,19 +266,9 @@ async fn a_killed_server_leaves_no_step_running_and_runs_each_step_once() {
 #[tokio::test]
 async fn an_interrupted_run_that_is_not_requeued_gives_every_step_a_final_status() {
     let dir = tempdir();
-    // Beside the data directory: a step may write there (not into the directory that
-    // holds the data directory itself).
-    std::fs::create_dir_all(dir.path().join("out")).unwrap();
-    let marker = dir.path().join("out/marker");
-    let pipeline = format!(
-        "steps:\n  - name: slow\n    run: sleep 4; echo done >> {}\n  - name: after\n    depends_on: [slow]\n    run: true\n",
-        marker.display()
-    );
-    let (server, _repo) = demo(dir.path(), &pipeline, &[]).await;
-    trigger(&server, "demo").await;
-    wait_for(&server, "demo", 1, running).await;
-    server.kill();
-    let server = Server::start_admin(dir.path(), &["--run-max-restarts", "0"]);
+    let after = "  - name: after\n    depends_on: [slow]\n    run: 'true'\n";
+    let (server, marker) =
+        killed_during_a_step(dir.path(), after, &["--run-max-restarts", "0"]).await;
     let run = wait_for(&server, "demo", 1, finished).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     assert_eq!(run["steps"][0]["status"], "failed", "{run:#}");
@@ -707,6 +707,15 @@ steps:
     assert_eq!(test["coverage"]["lines_covered"], 3);
     assert_eq!(test["coverage"]["percent"], 75.0);
     assert_eq!(test["coverage"]["branch_percent"], 50.0);
+    // The run's page shows branch coverage and the skip reasons.
+    let page = server
+        .get("/projects/demo/runs/1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("(branches 50.0%)"), "{page}");
+    assert!(page.contains("skipped: b — needs a GPU"), "{page}");
     let bogus = &run["steps"][1];
     assert!(bogus["coverage"].is_null(), "{bogus:#}");
     assert!(

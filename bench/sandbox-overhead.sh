@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# What the step sandbox costs per step on the server. One release server, one project
+# with N sequential `true` steps; the same pipeline is run ROUNDS times with the
+# project's isolation `off` (the peer, in the same run) and `standard` and `strict`
+# (Landlock rules built before each step's fork and applied in the child). Time per
+# run = the run's `finished_at - started_at` as the server records it.
+#   usage: bench/sandbox-overhead.sh [N] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-50}
+rounds=${2:-5}
+. bench/lib.sh
+bin=$(betcycle_bin)
+dir=$(mktemp -d)
+trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+export GIT_AUTHOR_NAME=b GIT_AUTHOR_EMAIL=b@example.com GIT_COMMITTER_NAME=b GIT_COMMITTER_EMAIL=b@example.com
+mkdir "$dir/repo"
+git -C "$dir/repo" init -q -b main
+{
+  echo "steps:"
+  echo "  - { name: s0, run: 'true' }"
+  for i in $(seq 1 $((n - 1))); do
+    echo "  - { name: s$i, run: 'true', depends_on: [s$((i - 1))] }"
+  done
+} > "$dir/repo/.betcycle.yml"
+git -C "$dir/repo" add -A && git -C "$dir/repo" commit -qm init
+echo "bench password 1" | "$bin" user add admin --admin --password-stdin --data-dir "$dir/data" >/dev/null
+token=$("$bin" token create --user admin --scope admin --data-dir "$dir/data")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+BETCYCLE_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --run-concurrency 1 2>"$dir/server.log" &
+pid=$!
+until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.02; done
+
+python3 - "$port" "$token" "$dir/repo" "$n" "$rounds" <<'PY'
+import json, statistics, sys, time, urllib.request
+port, token, repo, n, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+base = f"http://127.0.0.1:{port}"
+def api(method, path, body=None):
+    req = urllib.request.Request(base + path, method=method,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        data=None if body is None else json.dumps(body).encode())
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read() or b"null")
+def ts(s):
+    secs, _, frac = s.rstrip("Z").partition(".")
+    return time.mktime(time.strptime(secs, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+api("POST", "/api/v1/projects", {"slug": "bench", "repository": repo})
+def run_once():
+    number = api("POST", "/api/v1/projects/bench/runs", {})["number"]
+    while True:
+        run = api("GET", f"/api/v1/projects/bench/runs/{number}")
+        if run["status"] not in ("queued", "running"):
+            assert run["status"] == "succeeded", run
+            # Steps only: from the first step's start to the last step's end.
+            steps = run["steps"]
+            return ts(steps[-1]["finished_at"]) - ts(steps[0]["started_at"])
+        time.sleep(0.02)
+times = {}
+for isolation in ["off", "standard", "strict", "off", "standard", "strict"]:
+    api("PUT", "/api/v1/projects/bench/isolation", {"isolation": isolation})
+    times.setdefault(isolation, []).extend(run_once() for _ in range(rounds))
+off = statistics.median(times["off"])
+print(f"{n} sequential steps per run, medians of {2 * rounds} runs each")
+for isolation in ["off", "standard", "strict"]:
+    t = statistics.median(times[isolation])
+    print(f"{isolation:9} {t*1000:8.1f} ms  {t/n*1000:.2f} ms/step  sandbox cost {(t-off)/n*1000:+.3f} ms/step  ratio {t/off:.2f}")
+PY
