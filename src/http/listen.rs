@@ -77,8 +77,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 #[derive(Clone)]
 struct Tls {
     config: axum_server::tls_rustls::RustlsConfig,
-    adjusted: Arc<std::sync::Mutex<Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>>>,
+    adjusted: Arc<std::sync::Mutex<Option<Adjusted>>>,
 }
+
+/// (the loaded configuration, the same offering HTTP/1.1 only).
+type Adjusted = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
 
 impl Tls {
     fn current(&self) -> Arc<rustls::ServerConfig> {
