@@ -68,7 +68,7 @@ impl Isolation {
 }
 
 /// Where and how a run's local steps are confined.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Sandbox {
     pub isolation: Isolation,
     /// The directory steps may not see (the data directory), as a canonical path.
@@ -77,6 +77,18 @@ pub struct Sandbox {
     pub tmp: Option<PathBuf>,
     /// Where running steps' process groups are recorded (`<data-dir>/processes`).
     pub registry: Option<PathBuf>,
+    /// The rules, once built for the run's first step (every step gets a copy).
+    built: std::sync::Arc<std::sync::Mutex<Option<RulesetCreated>>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("isolation", &self.isolation)
+            .field("hidden", &self.hidden)
+            .field("tmp", &self.tmp)
+            .finish()
+    }
 }
 
 /// What one process start needs from the sandbox: the rules to apply in the child and
@@ -129,6 +141,7 @@ impl Sandbox {
             tmp: Some(tmp),
             registry: Some(data_dir.join("processes")),
             hidden: Some(data_dir),
+            built: Default::default(),
         }
     }
 
@@ -153,45 +166,65 @@ impl Sandbox {
         if self.isolation == Isolation::Off {
             return Ok(None);
         }
+        let mut built = self.built.lock().expect("sandbox lock");
+        if let Some(rules) = built.as_ref() {
+            // The same rules for every step of the run: a copy of the ruleset's handle.
+            return rules
+                .try_clone()
+                .map(Some)
+                .map_err(|e| format!("cannot copy the step sandbox: {e}"));
+        }
         let all = AccessFs::from_all(ABI_USED);
         let read = AccessFs::from_read(ABI_USED);
         let hidden = self.hidden.as_deref();
-        let mut grants: Vec<(OwnedFd, BitFlags<AccessFs>)> = Vec::new();
+        let problem = |e: landlock::RulesetError| format!("cannot build the step sandbox: {e}");
+        let mut ruleset = Some(
+            Ruleset::default()
+                .set_compatibility(CompatLevel::BestEffort)
+                .handle_access(all)
+                .map_err(problem)?
+                .scope(Scope::from_all(ABI_USED))
+                .map_err(problem)?
+                .create()
+                .map_err(problem)?,
+        );
+        // Each rule is added as its path is opened, so only one descriptor is open at a
+        // time however many entries a directory on the way has.
+        let mut add = |fd: OwnedFd, access: BitFlags<AccessFs>| -> Result<(), String> {
+            let access = if is_dir(&fd) {
+                access
+            } else {
+                access & file_rights()
+            };
+            let rules = ruleset.take().expect("present between rules");
+            ruleset = Some(
+                rules
+                    .add_rule(PathBeneath::new(fd, access))
+                    .map_err(problem)?,
+            );
+            Ok(())
+        };
         match self.isolation {
-            Isolation::Standard => grant(Path::new("/"), all, hidden, &mut grants),
+            Isolation::Standard => grant(Path::new("/"), all, hidden, &mut add)?,
             Isolation::Strict => {
                 for dir in SYSTEM_DIRS {
-                    grant(Path::new(dir), read, hidden, &mut grants);
+                    grant(Path::new(dir), read, hidden, &mut add)?;
                 }
-                grant(Path::new("/dev"), all, hidden, &mut grants);
+                grant(Path::new("/dev"), all, hidden, &mut add)?;
             }
             Isolation::Off => unreachable!("handled above"),
         }
         for dir in [Some(workspace), self.tmp.as_deref()].into_iter().flatten() {
             let fd = open_path(dir)
                 .map_err(|e| format!("cannot open {} for the sandbox: {e}", dir.display()))?;
-            grants.push((fd, all));
+            add(fd, all)?;
         }
-        let problem = |e: landlock::RulesetError| format!("cannot build the step sandbox: {e}");
-        let mut ruleset = Ruleset::default()
-            .set_compatibility(CompatLevel::BestEffort)
-            .handle_access(all)
-            .map_err(problem)?
-            .scope(Scope::from_all(ABI_USED))
-            .map_err(problem)?
-            .create()
-            .map_err(problem)?;
-        for (fd, access) in grants {
-            let access = if is_dir(&fd) {
-                access
-            } else {
-                access & file_rights()
-            };
-            ruleset = ruleset
-                .add_rule(PathBeneath::new(fd, access))
-                .map_err(problem)?;
-        }
-        Ok(Some(ruleset))
+        let rules = ruleset.expect("present after the rules");
+        let copy = rules
+            .try_clone()
+            .map_err(|e| format!("cannot copy the step sandbox: {e}"))?;
+        *built = Some(rules);
+        Ok(Some(copy))
     }
 }
 
@@ -210,28 +243,26 @@ fn grant(
     path: &Path,
     access: BitFlags<AccessFs>,
     hidden: Option<&Path>,
-    grants: &mut Vec<(OwnedFd, BitFlags<AccessFs>)>,
-) {
+    add: &mut dyn FnMut(OwnedFd, BitFlags<AccessFs>) -> Result<(), String>,
+) -> Result<(), String> {
     match hidden {
         Some(hidden) if hidden.starts_with(path) => {
             if hidden == path {
-                return;
+                return Ok(());
             }
             let Ok(entries) = std::fs::read_dir(path) else {
-                return;
+                return Ok(());
             };
             for entry in entries.flatten() {
-                grant(&entry.path(), access, Some(hidden), grants);
+                grant(&entry.path(), access, Some(hidden), add)?;
             }
+            Ok(())
         }
-        _ => {
+        _ => match open_path(path) {
             // Not following symlinks: one among the siblings must not lead into `hidden`.
-            if let Ok(fd) = open_path(path)
-                && !is_symlink(&fd)
-            {
-                grants.push((fd, access));
-            }
-        }
+            Ok(fd) if !is_symlink(&fd) => add(fd, access),
+            _ => Ok(()),
+        },
     }
 }
 
