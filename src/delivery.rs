@@ -121,7 +121,7 @@ impl Inbox<'_> {
             Some(p) => self.secrets.project_value(p.id, WEBHOOK_SECRET).await?,
             None => None,
         };
-        let (Some(project), Some(secret)) = (project, secret.clone()) else {
+        let (Some(project), Some(secret)) = (project, secret) else {
             let why = match project {
                 None => "no such project".to_string(),
                 Some(p) => format!("project \"{}\" has no webhook secret yet", p.slug),

@@ -418,12 +418,13 @@ async fn a_webhook_target_is_signed_and_waits_for_its_callback() {
     assert_eq!(body["release"], "demo-1");
     // The signature is HMAC-SHA256 of the body with the secret.
     let signature = headers["x-betcycle-signature-256"].as_str().unwrap();
-    let expected = {
-        use hmac::{KeyInit, Mac};
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"hook-signing-key").unwrap();
-        mac.update(headers["x-recorded-body"].as_str().unwrap().as_bytes());
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let expected = format!(
+        "sha256={}",
+        crate::triggers::sign(
+            "hook-signing-key",
+            headers["x-recorded-body"].as_str().unwrap().as_bytes()
+        )
+    );
     assert_eq!(signature, expected);
     let callback = body["callback_url"].as_str().unwrap().to_string();
     let d = wait_deployment(&server, "demo", 1, |d| d["status"] == "verifying").await;

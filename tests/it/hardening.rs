@@ -128,13 +128,7 @@ async fn add_project(server: &Server, slug: &str, pipeline: &str, root: &Path) {
     let repo = root.join(slug);
     std::fs::create_dir_all(&repo).unwrap();
     crate::run::git_repo(&repo, pipeline);
-    let created = server
-        .request(reqwest::Method::POST, "/api/v1/projects")
-        .json(&serde_json::json!({"slug": slug, "repository": repo.to_str().unwrap()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    crate::runs::project(server, slug, &repo).await;
 }
 
 #[tokio::test]
@@ -480,13 +474,6 @@ async fn the_event_stream_shows_only_what_the_subscriber_may_see() {
     assert_eq!(event["id"], 1);
 }
 
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
 /// POSTs a GitHub push of `commit` to `main` with delivery id `id`, signed with `secret`.
 async fn github_push(
     server: &Server,
@@ -507,7 +494,7 @@ async fn github_push(
         .header("X-GitHub-Delivery", id)
         .header(
             "X-Hub-Signature-256",
-            format!("sha256={}", hmac_hex(secret, &body)),
+            format!("sha256={}", crate::triggers::sign(secret, &body)),
         )
         .body(body)
         .send()

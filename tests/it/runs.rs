@@ -22,7 +22,7 @@ pub(crate) async fn demo(
     (server, repo)
 }
 
-async fn project(server: &Server, slug: &str, repo: &Path) {
+pub(crate) async fn project(server: &Server, slug: &str, repo: &Path) {
     let created = server
         .request(Method::POST, "/api/v1/projects")
         .json(&json!({"slug": slug, "repository": repo.to_str().unwrap()}))

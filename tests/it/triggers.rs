@@ -25,7 +25,7 @@ pub fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> String {
     git(repo, &["rev-parse", "HEAD"])
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
+pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
