@@ -4,12 +4,13 @@
 //! store (migrations), the start record, and only then the listener — so a server that
 //! accepts connections always has a working store.
 
-use crate::auth::secret;
-use crate::auth::throttle::LoginThrottle;
-use crate::config::{Config, Source};
-use crate::error::{Error, Result};
-use crate::events::EventBus;
-use crate::metrics::Metrics;
+use crate::core::config::{Config, Source};
+use crate::core::error::{Error, Result};
+use crate::core::events::EventBus;
+use crate::core::metrics::Metrics;
+use crate::core::workers::{AtShutdown, Workers};
+use crate::identity::secret;
+use crate::identity::throttle::LoginThrottle;
 use crate::store::{self, Store};
 use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,8 @@ pub struct App {
     /// Cancelled on SIGTERM/SIGINT; long-lived work (SSE streams, workers) stops on it.
     pub shutdown: CancellationToken,
     pub login_throttle: Arc<LoginThrottle>,
-    pub runner: Arc<crate::runner::Runner>,
-    pub deployer: Arc<crate::deploy::Deployer>,
+    pub runner: Arc<crate::ci::runner::Runner>,
+    pub deployer: Arc<crate::delivery::Deployer>,
     /// The secret store (sealed by the master key).
     pub secrets: crate::secrets::Secrets,
     /// Stored policies and the decision log.
@@ -45,6 +46,16 @@ pub struct App {
 }
 
 impl App {
+    /// The webhook inbox over this server's store, runner and secrets.
+    pub fn inbox(&self) -> crate::projects::inbox::Inbox<'_> {
+        crate::projects::inbox::Inbox {
+            store: &self.store,
+            runner: &self.runner,
+            secrets: &self.secrets,
+            data_dir: &self.config.data_dir,
+        }
+    }
+
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
     }
@@ -62,17 +73,93 @@ pub async fn serve(mut config: Config) -> Result<()> {
         "cannot create data directory {}",
         config.data_dir.display()
     )))?;
-
     let events = EventBus::new();
+    let store = open_store(&config, events.clone()).await?;
+    // Holding the store, nothing else can be backing up or restoring here.
+    crate::core::backup::sweep_leftovers(&config.data_dir);
+    let listener = bind(&mut config).await?;
+
+    // The key is checked before anything is recorded: a wrong key changes nothing.
+    let master_key = crate::secrets::open_master_key(
+        &config.master_key_file,
+        !config.master_key_file_named,
+        &store,
+    )
+    .await?;
+    let secrets = crate::secrets::Secrets::new(store.clone(), master_key);
+    let adopted = secrets.adopt_project_credentials().await?;
+    if adopted > 0 {
+        tracing::info!(adopted, "moved project credentials into the secret store");
+    }
+    let policies = crate::policy::Policies::new(store.clone());
+    if policies.seed().await? {
+        tracing::info!("installed the starter policies (instance policies starter-*.rego)");
+    }
+
+    let seq = store
+        .record_start(crate::VERSION, std::process::id())
+        .await?;
+    recover(&config, &store).await?;
+    let setup_token_digest = setup_token(&config, &store).await?;
+
+    let (releases, new_releases) = tokio::sync::mpsc::unbounded_channel();
+    let runner = crate::ci::runner::Runner::new(
+        store.clone(),
+        &config,
+        secrets.clone(),
+        releases,
+        policies.clone(),
+    );
+    let deployer = crate::delivery::Deployer::new(
+        store.clone(),
+        secrets.clone(),
+        runner.mirrors.clone(),
+        config.data_dir.clone(),
+        config.public_url.clone(),
+        policies.clone(),
+    );
+    let app = App {
+        secrets,
+        policies,
+        schedules_changed: Arc::new(tokio::sync::Notify::new()),
+        metrics: Arc::new(Metrics::new(store.clone())),
+        config: Arc::new(config),
+        store: store.clone(),
+        events,
+        started_at: Timestamp::now(),
+        started: Instant::now(),
+        shutdown: CancellationToken::new(),
+        login_throttle: Arc::new(LoginThrottle::new(
+            LOGIN_MAX_FAILURES,
+            std::time::Duration::from_secs(LOGIN_WINDOW_SECS),
+        )),
+        setup_token_digest: Arc::new(Mutex::new(setup_token_digest)),
+        runner,
+        deployer,
+    };
+    let workers = start_workers(&app, new_releases);
+    crate::core::systemd::ready(&app.config.public_url);
+
+    crate::http::serve(app.clone(), listener).await?;
+    // Running steps are killed; their runs are re-queued at the next start.
+    workers.stopped().await;
+
+    store.record_stop(seq).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens (and migrates) the store in the data directory.
+async fn open_store(config: &Config, events: EventBus) -> Result<Store> {
     let path = config.data_dir.join(store::FILE_NAME);
     let cache = config.store_cache_size;
-    let bus = events.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path, cache, bus))
+    tokio::task::spawn_blocking(move || Store::open(&path, cache, events))
         .await
-        .map_err(|e| Error::Store(format!("open task failed: {e}")))??;
-    // Holding the store, nothing else can be backing up or restoring here.
-    crate::backup::sweep_leftovers(&config.data_dir);
+        .map_err(|e| Error::Store(format!("open task failed: {e}")))?
+}
 
+/// Binds the listener; a derived `public_url` becomes the address actually bound.
+async fn bind(config: &mut Config) -> Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(Error::io(format!("cannot listen on {}", config.listen)))?;
@@ -91,30 +178,13 @@ pub async fn serve(mut config: Config) -> Result<()> {
         };
         config.public_url = format!("{scheme}://{addr}");
     }
+    Ok(listener)
+}
 
-    // The key is checked before anything is recorded: a wrong key changes nothing.
-    let master_key = crate::secrets::open_master_key(
-        &config.master_key_file,
-        !config.master_key_file_named,
-        &store,
-    )
-    .await?;
-    let secrets = crate::secrets::Secrets::new(store.clone(), master_key);
-    let adopted = secrets.adopt_project_credentials().await?;
-    if adopted > 0 {
-        tracing::info!(adopted, "moved project credentials into the secret store");
-    }
-
-    let policies = crate::policy::Policies::new(store.clone());
-    if policies.seed().await? {
-        tracing::info!("installed the starter policies (instance policies starter-*.rego)");
-    }
-
-    let seq = store
-        .record_start(crate::VERSION, std::process::id())
-        .await?;
-    // Steps a killed server left running go first, so none runs beside its re-run.
-    let killed = crate::executor::sandbox::kill_leftovers(&config.data_dir.join("processes"));
+/// What a previous process left: its surviving steps are killed first (so none runs
+/// beside its re-run), then its interrupted runs are re-queued or failed.
+async fn recover(config: &Config, store: &Store) -> Result<()> {
+    let killed = crate::exec::local::sandbox::kill_leftovers(&config.data_dir.join("processes"));
     if killed > 0 {
         tracing::warn!(
             killed,
@@ -138,96 +208,87 @@ pub async fn serve(mut config: Config) -> Result<()> {
              committed records are intact"
         );
     }
-
-    let setup_token_digest = if store.user_count().await? == 0 {
-        let token = secret::random_hex(16);
-        tracing::warn!(
-            setup_url = %format!("{}/setup?token={token}", config.public_url),
-            "no users yet: open the set-up URL to create the first administrator \
-             (or run `betcycle user add NAME --admin --password-stdin` while the server is stopped)"
-        );
-        Some(secret::digest(&token))
-    } else {
-        None
-    };
-
-    let (releases, mut new_releases) = tokio::sync::mpsc::unbounded_channel();
-    let runner = crate::runner::Runner::new(
-        store.clone(),
-        &config,
-        secrets.clone(),
-        releases,
-        policies.clone(),
-    );
-    let deployer = crate::deploy::Deployer::new(
-        store.clone(),
-        secrets.clone(),
-        runner.mirrors.clone(),
-        config.data_dir.clone(),
-        config.public_url.clone(),
-        policies.clone(),
-    );
-    let app = App {
-        secrets: secrets.clone(),
-        policies,
-        schedules_changed: Arc::new(tokio::sync::Notify::new()),
-        metrics: Arc::new(Metrics::new(store.clone())),
-        config: Arc::new(config),
-        store: store.clone(),
-        events,
-        started_at: Timestamp::now(),
-        started: Instant::now(),
-        shutdown: CancellationToken::new(),
-        login_throttle: Arc::new(LoginThrottle::new(
-            LOGIN_MAX_FAILURES,
-            std::time::Duration::from_secs(LOGIN_WINDOW_SECS),
-        )),
-        setup_token_digest: Arc::new(Mutex::new(setup_token_digest)),
-        runner,
-        deployer: deployer.clone(),
-    };
-    let worker = tokio::spawn(app.runner.clone().work(app.shutdown.clone()));
-    let deploy_worker = tokio::spawn(deployer.clone().work(app.shutdown.clone()));
-    {
-        let (deployer, shutdown) = (deployer.clone(), app.shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    release = new_releases.recv() => match release {
-                        Some(release) => deployer.on_release(release).await,
-                        None => return,
-                    },
-                }
-            }
-        });
-    }
-    let reporter =
-        crate::forge::status::Reporter::new(store.clone(), secrets, app.config.public_url.clone());
-    tokio::spawn(reporter.work(app.events.clone(), app.shutdown.clone()));
-    tokio::spawn(crate::schedule::work(
-        store.clone(),
-        app.runner.clone(),
-        app.schedules_changed.clone(),
-        app.shutdown.clone(),
-    ));
-    tokio::spawn(crate::poll::work(
-        store.clone(),
-        app.runner.clone(),
-        app.shutdown.clone(),
-    ));
-    tokio::spawn(stop_on_signal(app.shutdown.clone()));
-    crate::systemd::spawn_watchdog(store.clone(), app.shutdown.clone());
-    crate::systemd::ready(&app.config.public_url);
-
-    crate::http::serve(app.clone(), listener).await?;
-    // Running steps are killed; their runs are re-queued at the next start.
-    let _ = worker.await;
-    let _ = deploy_worker.await;
-
-    store.record_stop(seq).await?;
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// While no user exists: a one-time set-up token, logged as a URL; its digest is kept.
+async fn setup_token(config: &Config, store: &Store) -> Result<Option<String>> {
+    if store.user_count().await? > 0 {
+        return Ok(None);
+    }
+    let token = secret::random_hex(16);
+    tracing::warn!(
+        setup_url = %format!("{}/setup?token={token}", config.public_url),
+        "no users yet: open the set-up URL to create the first administrator \
+         (or run `betcycle user add NAME --admin --password-stdin` while the server is stopped)"
+    );
+    Ok(Some(secret::digest(&token)))
+}
+
+/// Every background worker of the server. New capabilities add theirs here.
+fn start_workers(
+    app: &App,
+    mut new_releases: tokio::sync::mpsc::UnboundedReceiver<crate::delivery::Release>,
+) -> Workers {
+    let shutdown = &app.shutdown;
+    let mut workers = Workers::new();
+    workers.start(
+        "runs",
+        AtShutdown::Wait,
+        app.runner.clone().work(shutdown.clone()),
+    );
+    workers.start(
+        "deployments",
+        AtShutdown::Wait,
+        app.deployer.clone().work(shutdown.clone()),
+    );
+    let (deployer, stop) = (app.deployer.clone(), shutdown.clone());
+    workers.start("auto-deploy", AtShutdown::Detach, async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                release = new_releases.recv() => match release {
+                    Some(release) => deployer.on_release(release).await,
+                    None => return,
+                },
+            }
+        }
+    });
+    let reporter = crate::projects::forge::status::Reporter::new(
+        app.store.clone(),
+        app.secrets.clone(),
+        app.config.public_url.clone(),
+    );
+    workers.start(
+        "commit-status",
+        AtShutdown::Detach,
+        reporter.work(app.events.clone(), shutdown.clone()),
+    );
+    workers.start(
+        "schedules",
+        AtShutdown::Detach,
+        crate::projects::schedule::work(
+            app.store.clone(),
+            app.runner.clone(),
+            app.schedules_changed.clone(),
+            shutdown.clone(),
+        ),
+    );
+    workers.start(
+        "polling",
+        AtShutdown::Detach,
+        crate::projects::poll::work(app.store.clone(), app.runner.clone(), shutdown.clone()),
+    );
+    workers.start(
+        "signals",
+        AtShutdown::Detach,
+        stop_on_signal(shutdown.clone()),
+    );
+    if let Some(watchdog) = crate::core::systemd::watchdog(app.store.clone(), shutdown.clone()) {
+        workers.start("systemd-watchdog", AtShutdown::Detach, watchdog);
+    }
+    tracing::debug!(workers = ?workers.names(), "workers started");
+    workers
 }
 
 async fn stop_on_signal(token: CancellationToken) {
@@ -244,6 +305,6 @@ async fn stop_on_signal(token: CancellationToken) {
         _ = tokio::signal::ctrl_c() => "SIGINT",
     };
     tracing::info!(signal, "shutting down: finishing in-flight requests");
-    crate::systemd::stopping();
+    crate::core::systemd::stopping();
     token.cancel();
 }

@@ -1,7 +1,7 @@
 //! `betcycle config example|show`.
 
 use super::{ConfigArgs, Failure};
-use crate::config::{self, Config};
+use crate::core::config::{self, Config};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 

@@ -1,13 +1,13 @@
 //! `betcycle db backup|restore|check`: backups of the store and the files that go with it
-//! (see `crate::backup`). `backup` works with the server running — it then downloads the
+//! (see `crate::core::backup`). `backup` works with the server running — it then downloads the
 //! backup from the server's API, since only one process may open the store — or stopped;
 //! `restore` and `check` need the server stopped (`check --backup FILE` does not).
 
 use super::{ConfigArgs, Failure};
-use crate::backup;
-use crate::config::Config;
-use crate::events::EventBus;
-use crate::seal::MasterKey;
+use crate::core::backup;
+use crate::core::config::Config;
+use crate::core::events::EventBus;
+use crate::secrets::seal::MasterKey;
 use crate::store::{self, Store};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -169,7 +169,7 @@ fn write_backup(
 ) -> Result<backup::Manifest, Failure> {
     let store = match Store::open(path, config.store_cache_size, EventBus::new()) {
         Ok(store) => store,
-        Err(crate::error::Error::StoreLocked { .. }) => {
+        Err(crate::core::error::Error::StoreLocked { .. }) => {
             return download_backup(config, partial, include_key, None, env);
         }
         Err(e) => return Err(Failure::Runtime(e.to_string())),
@@ -228,7 +228,7 @@ async fn download(api: &super::project::Api, to: &Path) -> Result<(), Failure> {
             Failure::Runtime(format!(
                 "cannot reach {}: {}",
                 api.server(),
-                crate::outbound::describe(&e)
+                crate::core::outbound::describe(&e)
             ))
         })?;
     if !response.status().is_success() {
@@ -265,7 +265,7 @@ fn check_data_dir(config: &Config) -> Result<ExitCode, Failure> {
         )));
     }
     let report = store::check_file(&path).map_err(|e| match e {
-        crate::error::Error::StoreLocked { .. } => Failure::Runtime(format!(
+        crate::core::error::Error::StoreLocked { .. } => Failure::Runtime(format!(
             "{e}; `db check` needs the server stopped (or check a backup: betcycle db check --backup FILE)"
         )),
         other => Failure::Runtime(other.to_string()),

@@ -2,7 +2,7 @@
 //! `HEALTHCHECK` where there is no shell or curl.
 
 use super::{ConfigArgs, Failure};
-use crate::config::Config;
+use crate::core::config::Config;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ pub struct Healthcheck {
     #[arg(long, value_name = "URL")]
     url: Option<String>,
     /// Give up after this long.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::core::config::parse_duration)]
     timeout: Duration,
     #[command(flatten)]
     config: ConfigArgs,
@@ -47,7 +47,7 @@ impl Healthcheck {
             .build()
             .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
         let outcome = runtime.block_on(async {
-            let client = crate::outbound::client_builder()
+            let client = crate::core::outbound::client_builder()
                 .timeout(self.timeout)
                 .tls_danger_accept_invalid_certs(local_tls)
                 .build()
@@ -56,7 +56,7 @@ impl Healthcheck {
                 .get(&url)
                 .send()
                 .await
-                .map_err(|e| crate::outbound::describe(&e))?;
+                .map_err(|e| crate::core::outbound::describe(&e))?;
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             if status.is_success() {

@@ -18,7 +18,7 @@ mod trigger;
 mod user;
 mod validate;
 
-use crate::config::{Inputs, OPTIONS};
+use crate::core::config::{Inputs, OPTIONS};
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

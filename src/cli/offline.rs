@@ -3,8 +3,8 @@
 //! running, these verbs say so and exit 1.
 
 use super::{ConfigArgs, Failure};
-use crate::config::Config;
-use crate::events::EventBus;
+use crate::core::config::Config;
+use crate::core::events::EventBus;
 use crate::store::Store;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -40,7 +40,7 @@ where
     }
     let store = Store::open(&path, config.store_cache_size, EventBus::new()).map_err(|e| {
         Failure::Runtime(match e {
-            crate::error::Error::StoreLocked { .. } => {
+            crate::core::error::Error::StoreLocked { .. } => {
                 format!("{e}; stop the server first, or use the API")
             }
             other => other.to_string(),
@@ -66,9 +66,9 @@ pub fn password_from_stdin() -> Result<String, Failure> {
     Ok(password)
 }
 
-pub fn runtime_err(e: crate::error::Error) -> Failure {
+pub fn runtime_err(e: crate::core::error::Error) -> Failure {
     match e {
-        crate::error::Error::Invalid(m) => Failure::Usage(m),
+        crate::core::error::Error::Invalid(m) => Failure::Usage(m),
         other => Failure::Runtime(other.to_string()),
     }
 }

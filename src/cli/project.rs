@@ -54,7 +54,7 @@ impl Api {
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
             .trim_end_matches('/')
             .to_string();
-        let client = crate::outbound::client_builder()
+        let client = crate::core::outbound::client_builder()
             .connect_timeout(Duration::from_secs(10))
             // Per read, not in total: a backup download may take minutes.
             .read_timeout(Duration::from_secs(60))
@@ -93,7 +93,7 @@ impl Api {
             Failure::Runtime(format!(
                 "cannot reach {}: {}",
                 self.server,
-                crate::outbound::describe(&e)
+                crate::core::outbound::describe(&e)
             ))
         })?;
         let status = response.status();

@@ -3,9 +3,9 @@
 //! 1 failed). The working copy itself is the workspace.
 
 use super::Failure;
-use crate::executor::process::{PASSTHROUGH_ENV, Stream};
-use crate::executor::{self, Observer, RunSpec, StepResult, StepStatus};
-use crate::pipeline::Trigger;
+use crate::ci::pipeline::Trigger;
+use crate::exec::local::process::{PASSTHROUGH_ENV, Stream};
+use crate::exec::{self, Observer, RunSpec, StepResult, StepStatus};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,15 +97,14 @@ impl Run {
         let file = dir.join(&self.file);
         let text = std::fs::read_to_string(&file)
             .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", file.display())))?;
-        let pipeline = crate::pipeline::parse(&self.file.display().to_string(), &text).map_err(
-            |problems| {
+        let pipeline = crate::ci::pipeline::parse(&self.file.display().to_string(), &text)
+            .map_err(|problems| {
                 let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 Failure::Runtime(format!(
                     "the pipeline file has problems:\n{}",
                     lines.join("\n")
                 ))
-            },
-        )?;
+            })?;
         if let Some(only) = &self.step
             && !pipeline
                 .steps
@@ -160,9 +159,9 @@ impl Run {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             only: self.step,
             reuse: BTreeMap::new(),
-            secrets: std::sync::Arc::new(crate::executor::EnvSecrets(env)),
+            secrets: std::sync::Arc::new(crate::exec::EnvSecrets(env)),
             // The developer's own machine and repository: nothing to hide.
-            sandbox: crate::executor::sandbox::Sandbox::none(),
+            sandbox: crate::exec::local::sandbox::Sandbox::none(),
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -177,7 +176,7 @@ impl Run {
                     on_interrupt.cancel();
                 }
             });
-            executor::run(spec, Arc::new(Terminal), cancel).await
+            exec::run(spec, Arc::new(Terminal), cancel).await
         });
         summary(&results);
         if let Some(path) = &self_report {
@@ -215,7 +214,7 @@ fn summary(results: &[StepResult]) {
             for case in t
                 .cases
                 .iter()
-                .filter(|c| c.outcome == crate::reports::junit::TestOutcome::Failed)
+                .filter(|c| c.outcome == crate::ci::reports::junit::TestOutcome::Failed)
             {
                 println!("  failed: {} {}", case.name, case.message);
             }

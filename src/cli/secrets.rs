@@ -28,7 +28,7 @@ impl SecretsVerb {
                 &path,
                 &old,
                 &store,
-                &crate::audit::Context::cli(),
+                &crate::identity::audit::Context::cli(),
             )
             .await
             .map_err(runtime_err)?;

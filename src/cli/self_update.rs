@@ -59,7 +59,7 @@ impl SelfUpdate {
             let newer = updater.is_update_available().map_err(|e| {
                 Failure::Runtime(format!(
                     "cannot check for releases: {}",
-                    crate::outbound::describe(&e)
+                    crate::core::outbound::describe(&e)
                 ))
             })?;
             match newer {
@@ -74,7 +74,7 @@ impl SelfUpdate {
         let status = updater.update().map_err(|e| {
             Failure::Runtime(format!(
                 "update failed, nothing replaced: {}",
-                crate::outbound::describe(&e)
+                crate::core::outbound::describe(&e)
             ))
         })?;
         if status.is_updated() {

@@ -1,7 +1,7 @@
 //! `betcycle serve`: the appliance.
 
 use super::{ConfigArgs, Failure};
-use crate::config::Config;
+use crate::core::config::Config;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -16,7 +16,7 @@ impl Serve {
         // Validate everything before touching the disk: a bad value creates nothing.
         let (config, warnings) =
             Config::load(&self.config.inputs(env)).map_err(|e| Failure::Usage(e.to_string()))?;
-        let _guard = crate::logging::init(&config.log).map_err(Failure::Runtime)?;
+        let _guard = crate::core::logging::init(&config.log).map_err(Failure::Runtime)?;
         for warning in warnings {
             tracing::warn!("{warning}");
         }

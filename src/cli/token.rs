@@ -2,8 +2,8 @@
 
 use super::offline::{runtime_err, with_store};
 use super::{ConfigArgs, Failure};
-use crate::audit::Context;
-use crate::auth::{Scope, accounts};
+use crate::identity::audit::Context;
+use crate::identity::{Scope, accounts};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub enum TokenVerb {
         #[arg(long, value_parser = |s: &str| s.parse::<Scope>())]
         scope: Scope,
         /// Lifetime such as 30d; no expiry when omitted.
-        #[arg(long, value_parser = crate::config::parse_duration)]
+        #[arg(long, value_parser = crate::core::config::parse_duration)]
         expires: Option<Duration>,
         /// A name to recognise the token by.
         #[arg(long, default_value = "cli")]

@@ -3,8 +3,8 @@
 
 use super::offline::{password_from_stdin, runtime_err, with_store};
 use super::{ConfigArgs, Failure};
-use crate::audit::Context;
-use crate::auth::accounts;
+use crate::identity::accounts;
+use crate::identity::audit::Context;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 

@@ -16,7 +16,7 @@ impl Validate {
     pub fn run(self) -> Result<ExitCode, Failure> {
         let text = std::fs::read_to_string(&self.file)
             .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", self.file.display())))?;
-        match crate::pipeline::parse(&self.file.display().to_string(), &text) {
+        match crate::ci::pipeline::parse(&self.file.display().to_string(), &text) {
             Ok(pipeline) => {
                 let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
                 println!(

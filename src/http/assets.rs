@@ -2,6 +2,7 @@
 //! hash (`/static/app.css?v=…`); such requests are cached for a year, others revalidate
 //! with the ETag.
 
+use crate::http::routes::{Route, route};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -67,4 +68,11 @@ pub async fn serve(
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     response_headers.insert(header::CONTENT_TYPE, mime);
     Ok((response_headers, file.data.into_owned()).into_response())
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Public;
+    use axum::http::Method as M;
+    vec![route(M::GET, "/static/{*path}", Public, serve)]
 }

@@ -7,8 +7,8 @@
 use super::error::ServerError;
 use super::middleware::RequestMeta;
 use crate::app::App;
-use crate::audit::{self, Outcome, Record};
-use crate::auth::{Credential, Need, Principal, secret};
+use crate::identity::audit::{self, Outcome, Record};
+use crate::identity::{Credential, Need, Principal, secret};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
@@ -273,4 +273,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Anyone {
             principal,
         })
     }
+}
+
+/// The `Set-Cookie` value for a session (empty value and `max_age` 0 to clear it).
+pub fn session_cookie(app: &crate::app::App, value: &str, max_age: u64) -> axum::http::HeaderValue {
+    let secure = if app.https() { "; Secure" } else { "" };
+    axum::http::HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .expect("cookie value is hex")
+}
+
+/// The request's `User-Agent`, or "".
+pub fn user_agent(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }

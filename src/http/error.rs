@@ -3,7 +3,7 @@
 //! return [`ServerError`]; the `observe` middleware adds the request id and picks the
 //! format. Internal causes are logged, never sent.
 
-use crate::error::Error;
+use crate::core::error::Error;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

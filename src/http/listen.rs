@@ -5,7 +5,7 @@
 //! a time is cut off), and an idle deadline (`http.idle_timeout`: a connection that
 //! carries no bytes either way is closed; a request in progress is let finish).
 
-use crate::config::HttpLimits;
+use crate::core::config::HttpLimits;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;

@@ -8,12 +8,13 @@ pub mod auth;
 mod error;
 mod listen;
 mod middleware;
+pub mod present;
 pub mod routes;
 pub mod tls;
 mod ui;
 
 use crate::app::App;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 

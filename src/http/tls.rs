@@ -1,8 +1,8 @@
 //! HTTPS with rustls (ring provider): certificate and key from PEM files, re-read when
 //! either file changes so a renewed certificate takes effect without a restart.
 
-use crate::config::TlsConfig;
-use crate::error::{Error, Result};
+use crate::core::config::TlsConfig;
+use crate::core::error::{Error, Result};
 use axum_server::tls_rustls::RustlsConfig;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;

@@ -72,7 +72,7 @@ fn digest(modules: &[Module]) -> String {
             hasher.update(part);
         }
     }
-    crate::auth::secret::hex(&hasher.finalize())
+    crate::identity::secret::hex(&hasher.finalize())
 }
 
 impl Evaluator {

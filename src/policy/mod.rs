@@ -280,11 +280,19 @@ pub fn starter() -> Vec<Module> {
     vec![
         Module {
             name: "starter-deploy.rego".into(),
-            source: include_str!("../../policies/starter/deploy.rego").into(),
+            source: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/policies/starter/deploy.rego"
+            ))
+            .into(),
         },
         Module {
             name: "starter-terraform.rego".into(),
-            source: include_str!("../../policies/starter/terraform.rego").into(),
+            source: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/policies/starter/terraform.rego"
+            ))
+            .into(),
         },
     ]
 }

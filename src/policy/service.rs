@@ -2,8 +2,8 @@
 //! commit, evaluation at a gate, and the decision log.
 
 use super::{Decision, Gate, Module, Policy, check_module, check_name};
-use crate::audit::{Context, Record};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
+use crate::identity::audit::{Context, Record};
 use crate::store::Store;
 use std::path::Path;
 
@@ -91,7 +91,7 @@ impl Policies {
     /// The repository's modules under `.betcycle/policies/` at `commit`; an error when the
     /// mirror cannot say (the gate then stays closed, never open).
     pub async fn repository_modules(mirror: &Path, commit: &str) -> Result<Vec<Module>> {
-        let listing = crate::git::git(
+        let listing = crate::core::git::git(
             &[
                 "ls-tree",
                 "--name-only",
@@ -108,7 +108,7 @@ impl Policies {
         })?;
         let mut modules = Vec::new();
         for path in listing.lines().filter(|p| p.ends_with(".rego")) {
-            if let Some(source) = crate::git::read_file(mirror, commit, path).await? {
+            if let Some(source) = crate::core::git::read_file(mirror, commit, path).await? {
                 modules.push(Module {
                     name: format!("repository/{path}"),
                     source,
@@ -156,6 +156,60 @@ impl Policies {
                 duration_us: took.as_micros() as u64,
             })
             .await
+    }
+}
+
+/// A gate's answer: the recorded decision, why it refuses (if it does) and its warnings.
+pub struct Verdict {
+    pub decision: u64,
+    pub refusal: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Policies {
+    /// The one way a gate is passed: evaluates `what` with the server's policies and the
+    /// repository's `repository` modules, records the decision, and says whether the gate
+    /// refuses (denies always; evaluation errors unless `fail_open`).
+    pub async fn gate(
+        &self,
+        what: Subject<'_>,
+        input: serde_json::Value,
+        repository: Vec<Module>,
+        fail_open: bool,
+    ) -> Result<Verdict> {
+        let decision = self.evaluate(what, input, repository).await?;
+        Ok(Verdict {
+            decision: decision.id,
+            refusal: decision.refusal(fail_open),
+            warnings: decision.warnings.into_iter().map(|w| w.msg).collect(),
+        })
+    }
+
+    /// The repository's own policies at `commit`, read from its mirror. A commit that was
+    /// built is there: read it, fetching only when it is missing (a mirror removed
+    /// meanwhile). When they cannot be read the gate stays closed (`Unavailable`) — a forge
+    /// outage must not loosen it.
+    pub async fn repository_modules_of(
+        mirrors: &crate::core::git::Mirrors,
+        project: &crate::projects::Project,
+        commit: &str,
+        gate: Gate,
+    ) -> Result<Vec<Module>> {
+        let mirror = mirrors.path(project.id);
+        if let Ok(modules) = Self::repository_modules(&mirror, commit).await {
+            return Ok(modules);
+        }
+        let read = match mirrors.fetch_locked(project.id, &project.repository).await {
+            Ok(mirror) => Self::repository_modules(&mirror, commit).await,
+            Err(e) => Err(e),
+        };
+        read.map_err(|e| {
+            Error::Unavailable(format!(
+                "the {} gate cannot read the repository's policies at {}, so it stays closed: {e}",
+                gate.as_str(),
+                &commit[..commit.len().min(12)]
+            ))
+        })
     }
 }
 

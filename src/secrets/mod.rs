@@ -1,5 +1,5 @@
 //! Secrets: values pipelines and deployments need (tokens, passwords) that nobody should
-//! see again once they are set. Each version of each secret is sealed (see [`crate::seal`])
+//! see again once they are set. Each version of each secret is sealed (see [`crate::secrets::seal`])
 //! under its own data key, bound to its scope, name and version; values are write-only —
 //! nothing here returns a value except [`Secrets::reveal`] (to a run's step, recorded) and
 //! [`Secrets::project_value`] (to BetCycle itself: webhook verification, commit statuses).
@@ -8,10 +8,12 @@
 //! specific one (environment, then project, then instance).
 
 pub mod mask;
+pub mod seal;
+pub mod views;
 
-use crate::audit::{Context, Record};
-use crate::error::{Error, Result};
-use crate::seal::{MasterKey, Sealed};
+use crate::core::error::{Error, Result};
+use crate::identity::audit::{Context, Record};
+use crate::secrets::seal::{MasterKey, Sealed};
 use crate::store::Store;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -487,7 +489,7 @@ impl Secrets {
     /// audit log before a value is returned.
     pub async fn reveal(
         &self,
-        run: &crate::run::Run,
+        run: &crate::ci::run::Run,
         project: u64,
         environment: Option<&str>,
         step: &str,

@@ -3,9 +3,9 @@
 
 use super::tables::{AUDIT, META};
 use super::{Store, WriteTx, codec};
-use crate::audit::{self, Broken, Entry, Filter, GENESIS, Record};
-use crate::auth::secret;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
+use crate::identity::audit::{self, Broken, Entry, Filter, GENESIS, Record};
+use crate::identity::secret;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 

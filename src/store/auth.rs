@@ -5,9 +5,9 @@ use super::tables::{
     API_TOKEN_DIGESTS, API_TOKENS, ROLE_BINDINGS, SESSIONS, TEAM_NAMES, TEAMS, USER_NAMES, USERS,
 };
 use super::{Store, WriteTx, codec};
-use crate::audit::Record;
-use crate::auth::{ApiToken, RoleBinding, Session, Subject, Team, User, UserView};
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
+use crate::identity::audit::Record;
+use crate::identity::{ApiToken, RoleBinding, Session, Subject, Team, User, UserView};
 use jiff::Timestamp;
 use redb::{
     ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -557,7 +557,7 @@ impl Store {
         &self,
         project: &str,
         subject: Subject,
-        role: Option<crate::auth::Role>,
+        role: Option<crate::identity::Role>,
         audit: Record,
     ) -> Result<()> {
         let project = project.to_string();
@@ -592,7 +592,7 @@ impl Store {
         &self,
         project: &str,
         user: &User,
-    ) -> Result<Option<crate::auth::Role>> {
+    ) -> Result<Option<crate::identity::Role>> {
         let (project, user) = (project.to_string(), user.clone());
         self.read(move |db| {
             let tx = db.begin_read()?;
@@ -606,7 +606,7 @@ impl Store {
                 bindings.push(codec::decode::<RoleBinding>(ROLE_BINDINGS, v.value())?);
             }
             let teams: Vec<Team> = all(&tx, TEAMS)?;
-            Ok(crate::auth::project_role(&user, &teams, &bindings))
+            Ok(crate::identity::project_role(&user, &teams, &bindings))
         })
         .await
     }

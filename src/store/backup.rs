@@ -8,8 +8,8 @@
 
 use super::tables::{self, with_all_tables};
 use super::{Store, migrations};
-use crate::error::{Error, Result};
-use crate::seal::Sealed;
+use crate::core::error::{Error, Result};
+use crate::secrets::seal::Sealed;
 use redb::{
     Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, TableHandle, Value,
@@ -271,22 +271,28 @@ fn decode_as_server(table: &str, bytes: &[u8]) -> std::result::Result<(), String
     type Decoder = fn(&[u8]) -> std::result::Result<(), String>;
     use tables::*;
     let decoders: [(&str, Decoder); 19] = [
-        (STARTS.name(), typed::<crate::instance::Start>),
-        (USERS.name(), typed::<crate::auth::User>),
-        (SESSIONS.name(), typed::<crate::auth::Session>),
-        (API_TOKENS.name(), typed::<crate::auth::ApiToken>),
-        (TEAMS.name(), typed::<crate::auth::Team>),
-        (ROLE_BINDINGS.name(), typed::<crate::auth::RoleBinding>),
-        (PROJECTS.name(), typed::<crate::project::Project>),
-        (RUNS.name(), typed::<crate::run::Run>),
+        (STARTS.name(), typed::<crate::core::instance::Start>),
+        (USERS.name(), typed::<crate::identity::User>),
+        (SESSIONS.name(), typed::<crate::identity::Session>),
+        (API_TOKENS.name(), typed::<crate::identity::ApiToken>),
+        (TEAMS.name(), typed::<crate::identity::Team>),
+        (ROLE_BINDINGS.name(), typed::<crate::identity::RoleBinding>),
+        (PROJECTS.name(), typed::<crate::projects::Project>),
+        (RUNS.name(), typed::<crate::ci::run::Run>),
         (PROJECT_CREDENTIALS.name(), typed::<Sealed>),
-        (DELIVERIES.name(), typed::<crate::delivery::Delivery>),
-        (SCHEDULES.name(), typed::<crate::schedule::Schedule>),
-        (POLL_STATES.name(), typed::<crate::poll::PollState>),
+        (DELIVERIES.name(), typed::<crate::projects::inbox::Delivery>),
+        (
+            SCHEDULES.name(),
+            typed::<crate::projects::schedule::Schedule>,
+        ),
+        (
+            POLL_STATES.name(),
+            typed::<crate::projects::poll::PollState>,
+        ),
         (SECRETS.name(), typed::<crate::secrets::Secret>),
-        (ENVIRONMENTS.name(), typed::<crate::deploy::Environment>),
-        (RELEASES.name(), typed::<crate::deploy::Release>),
-        (DEPLOYMENTS.name(), typed::<crate::deploy::Deployment>),
+        (ENVIRONMENTS.name(), typed::<crate::delivery::Environment>),
+        (RELEASES.name(), typed::<crate::delivery::Release>),
+        (DEPLOYMENTS.name(), typed::<crate::delivery::Deployment>),
         (POLICIES.name(), typed::<crate::policy::Policy>),
         (POLICY_DECISIONS.name(), typed::<crate::policy::Decision>),
         (QUARANTINE.name(), typed::<super::Quarantined>),
@@ -335,7 +341,7 @@ fn first_missing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventBus;
+    use crate::core::events::EventBus;
 
     #[tokio::test]
     async fn a_snapshot_copies_every_table_and_checks_clean() {

@@ -2,7 +2,7 @@
 //! in a newer one (`#[serde(default)]` on added fields) and unknown fields from a newer one
 //! are ignored. A record that does not decode is reported with its table, never a panic.
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

@@ -6,10 +6,10 @@ use super::tables::{
     PROJECT_RELEASES, RELEASES,
 };
 use super::{Store, WriteTx, codec, quarantine};
-use crate::audit::Record;
-use crate::deploy::{Deployment, DeploymentStatus, Environment, Release};
-use crate::error::{Error, Result};
-use crate::events::Event;
+use crate::core::error::{Error, Result};
+use crate::core::events::Event;
+use crate::delivery::{Deployment, DeploymentStatus, Environment, Release};
+use crate::identity::audit::Record;
 use redb::{ReadableDatabase, ReadableTable};
 
 fn load(tx: &WriteTx, id: u64) -> Result<Deployment> {

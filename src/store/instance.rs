@@ -3,9 +3,9 @@
 use super::Store;
 use super::codec;
 use super::tables::{META, STARTS};
-use crate::error::{Error, Result};
-use crate::events::Event;
-use crate::instance::{Instance, InstanceInfo, Start};
+use crate::core::error::{Error, Result};
+use crate::core::events::Event;
+use crate::core::instance::{Instance, InstanceInfo, Start};
 use redb::{ReadableDatabase, ReadableTable};
 
 /// How many starts `instance_info` returns.

@@ -4,8 +4,8 @@
 
 use super::codec;
 use super::tables::*;
-use crate::error::Result;
-use crate::instance::Instance;
+use crate::core::error::Result;
+use crate::core::instance::Instance;
 use redb::WriteTransaction;
 
 pub struct Migration {

@@ -21,8 +21,8 @@ mod secrets;
 pub mod tables;
 mod trigger;
 
-use crate::error::{Error, Result};
-use crate::events::{Event, EventBus};
+use crate::core::error::{Error, Result};
+use crate::core::events::{Event, EventBus};
 use redb::{Database, ReadableDatabase, WriteTransaction};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -326,8 +326,8 @@ mod tests {
 
     #[tokio::test]
     async fn project_roles_come_from_user_and_team_bindings() {
-        use crate::audit::{Context, Record};
-        use crate::auth::{Role, Subject};
+        use crate::identity::audit::{Context, Record};
+        use crate::identity::{Role, Subject};
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), &EventBus::new()).unwrap();
         let ctx = Context::default();
@@ -391,7 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_left_running_are_requeued_once_then_failed() {
-        use crate::run::{Run, RunStatus};
+        use crate::ci::run::{Run, RunStatus};
         let dir = tempfile::tempdir().unwrap();
         let bus = EventBus::new();
         let run = Run {
@@ -420,11 +420,14 @@ mod tests {
             schedule: None,
             secrets: Vec::new(),
         };
-        let ctx = crate::audit::Context::default();
+        let ctx = crate::identity::audit::Context::default();
         {
             let store = open(dir.path(), &bus).unwrap();
             let created = store
-                .create_run(run, crate::audit::Record::new(&ctx, "run.create", "p"))
+                .create_run(
+                    run,
+                    crate::identity::audit::Record::new(&ctx, "run.create", "p"),
+                )
                 .await
                 .unwrap();
             assert_eq!((created.id, created.number), (1, 1));

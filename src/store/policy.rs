@@ -2,8 +2,8 @@
 
 use super::tables::{META, POLICIES, POLICY_DECISIONS, PROJECT_DECISIONS};
 use super::{Store, codec};
-use crate::audit::Record;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
+use crate::identity::audit::Record;
 use crate::policy::{Decision, Gate, Policy, PolicyVersion};
 use redb::{ReadableDatabase, ReadableTable};
 

@@ -3,10 +3,10 @@
 
 use super::tables::{POLL_STATES, PROJECT_SLUGS, PROJECTS, ROLE_BINDINGS, SCHEDULES};
 use super::{Store, codec};
-use crate::audit::Record;
-use crate::auth::{Role, RoleBinding, Team, User};
-use crate::error::{Error, Result};
-use crate::project::{self, Project, ProjectChange};
+use crate::core::error::{Error, Result};
+use crate::identity::audit::Record;
+use crate::identity::{Role, RoleBinding, Team, User};
+use crate::projects::{self, Project, ProjectChange};
 use redb::{ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
 
@@ -34,15 +34,15 @@ impl Store {
                 slug: slug.clone(),
                 name: slug.clone(),
                 repository: String::new(),
-                default_branch: project::DEFAULT_BRANCH.into(),
-                pipeline_path: project::DEFAULT_PIPELINE.into(),
+                default_branch: projects::DEFAULT_BRANCH.into(),
+                pipeline_path: projects::DEFAULT_PIPELINE.into(),
                 owner_team: None,
                 created_at: jiff::Timestamp::now(),
                 forge: None,
                 poll_interval: None,
                 isolation: Default::default(),
             };
-            project::apply(&mut project, change).map_err(Error::Invalid)?;
+            projects::apply(&mut project, change).map_err(Error::Invalid)?;
             tx.open_table(PROJECTS)?
                 .insert(id, codec::encode(&project).as_slice())?;
             tx.open_table(PROJECT_SLUGS)?
@@ -114,7 +114,7 @@ impl Store {
                     });
                 }
             };
-            project::apply(&mut project, change).map_err(Error::Invalid)?;
+            projects::apply(&mut project, change).map_err(Error::Invalid)?;
             projects.insert(id, codec::encode(&project).as_slice())?;
             drop(projects);
             tx.audit(audit)?;
@@ -143,7 +143,8 @@ impl Store {
             let mut doomed = Vec::new();
             for item in schedules.iter()? {
                 let (k, v) = item?;
-                let schedule: crate::schedule::Schedule = codec::decode(SCHEDULES, v.value())?;
+                let schedule: crate::projects::schedule::Schedule =
+                    codec::decode(SCHEDULES, v.value())?;
                 if schedule.project == slug {
                     doomed.push(k.value());
                 }
@@ -213,7 +214,7 @@ impl Store {
             Ok(by_project
                 .into_iter()
                 .filter_map(|(p, bindings)| {
-                    crate::auth::project_role(&user, &teams, &bindings).map(|r| (p, r))
+                    crate::identity::project_role(&user, &teams, &bindings).map(|r| (p, r))
                 })
                 .collect())
         })

@@ -5,7 +5,7 @@
 
 use super::tables::QUARANTINE;
 use super::{Store, WriteTx, codec};
-use crate::error::Result;
+use crate::core::error::Result;
 use redb::{ReadableDatabase, ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 

@@ -3,10 +3,10 @@
 
 use super::tables::{PROJECT_RUNS, RUN_QUEUE, RUNS, RUNS_RUNNING};
 use super::{Store, WriteTx, codec, quarantine};
-use crate::audit::Record;
-use crate::error::{Error, Result};
-use crate::events::Event;
-use crate::run::{Run, RunStatus};
+use crate::ci::run::{Run, RunStatus};
+use crate::core::error::{Error, Result};
+use crate::core::events::Event;
+use crate::identity::audit::Record;
 use redb::{ReadableDatabase, ReadableTable};
 
 pub(super) fn load(tx: &WriteTx, id: u64) -> Result<Run> {
@@ -247,10 +247,10 @@ impl Store {
                         run.restarts
                     );
                     for step in run.steps.iter_mut() {
-                        *step = crate::run::StepRecord {
+                        *step = crate::ci::run::StepRecord {
                             name: step.name.clone(),
                             needs: step.needs.clone(),
-                            ..crate::run::StepRecord::pending()
+                            ..crate::ci::run::StepRecord::pending()
                         };
                     }
                     tx.open_table(RUN_QUEUE)?.insert(id, ())?;
@@ -264,11 +264,11 @@ impl Store {
                     // never ran.
                     for step in run.steps.iter_mut().filter(|s| s.status.is_none()) {
                         if step.started_at.is_some() {
-                            step.status = Some(crate::executor::StepStatus::Failed);
+                            step.status = Some(crate::exec::StepStatus::Failed);
                             step.reason = "interrupted by a server restart".into();
                             step.finished_at = Some(now);
                         } else {
-                            step.status = Some(crate::executor::StepStatus::Skipped);
+                            step.status = Some(crate::exec::StepStatus::Skipped);
                             step.reason =
                                 "not run: the run was interrupted by a server restart".into();
                         }

@@ -3,9 +3,9 @@
 
 use super::tables::{META, PROJECT_CREDENTIALS, SECRETS};
 use super::{Store, WriteTx, codec};
-use crate::audit::Record;
-use crate::error::Result;
-use crate::seal::Sealed;
+use crate::core::error::Result;
+use crate::identity::audit::Record;
+use crate::secrets::seal::Sealed;
 use crate::secrets::{Scope, Secret, SecretRead};
 use redb::{ReadableDatabase, ReadableTable};
 

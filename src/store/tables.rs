@@ -6,52 +6,52 @@
 use redb::TableDefinition;
 
 /// Key: setting name (`schema_version`, `instance`, `readiness_probe`).
-/// Value: JSON — a number for `schema_version`, an [`crate::instance::Instance`] for
+/// Value: JSON — a number for `schema_version`, an [`crate::core::instance::Instance`] for
 /// `instance`, a timestamp for `readiness_probe`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// Key: start sequence number, from 1. Value: JSON [`crate::instance::Start`].
+/// Key: start sequence number, from 1. Value: JSON [`crate::core::instance::Start`].
 pub const STARTS: TableDefinition<u64, &[u8]> = TableDefinition::new("starts-1");
 
-/// Key: user id, from 1. Value: JSON [`crate::auth::User`].
+/// Key: user id, from 1. Value: JSON [`crate::identity::User`].
 pub const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users-1");
 
 /// Key: user name. Value: user id. Index of `USERS`, written in the same transaction.
 pub const USER_NAMES: TableDefinition<&str, u64> = TableDefinition::new("user-names-1");
 
-/// Key: SHA-256 (hex) of a session cookie value. Value: JSON [`crate::auth::Session`].
+/// Key: SHA-256 (hex) of a session cookie value. Value: JSON [`crate::identity::Session`].
 pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions-1");
 
-/// Key: API token id, from 1. Value: JSON [`crate::auth::ApiToken`].
+/// Key: API token id, from 1. Value: JSON [`crate::identity::ApiToken`].
 pub const API_TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("api-tokens-1");
 
 /// Key: SHA-256 (hex) of an API token secret. Value: token id. Index of `API_TOKENS`.
 pub const API_TOKEN_DIGESTS: TableDefinition<&str, u64> =
     TableDefinition::new("api-token-digests-1");
 
-/// Key: team id, from 1. Value: JSON [`crate::auth::Team`].
+/// Key: team id, from 1. Value: JSON [`crate::identity::Team`].
 pub const TEAMS: TableDefinition<u64, &[u8]> = TableDefinition::new("teams-1");
 
 /// Key: team name. Value: team id. Index of `TEAMS`.
 pub const TEAM_NAMES: TableDefinition<&str, u64> = TableDefinition::new("team-names-1");
 
 /// Key: (project slug, subject as `user:ID` or `team:ID`).
-/// Value: JSON [`crate::auth::RoleBinding`].
+/// Value: JSON [`crate::identity::RoleBinding`].
 pub const ROLE_BINDINGS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("role-bindings-1");
 
 /// Key: audit sequence number, from 1. Value: `<SHA-256 hex of body>\n<body>`, where the
-/// body is the JSON [`crate::audit::Entry`]. Not the usual JSON record: the hash covers the
+/// body is the JSON [`crate::identity::audit::Entry`]. Not the usual JSON record: the hash covers the
 /// body's exact bytes. The chain's head (`{seq, hash}`) is `audit_head` in `META`.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
 
-/// Key: project id, from 1. Value: JSON [`crate::project::Project`].
+/// Key: project id, from 1. Value: JSON [`crate::projects::Project`].
 pub const PROJECTS: TableDefinition<u64, &[u8]> = TableDefinition::new("projects-1");
 
 /// Key: project slug. Value: project id. Index of `PROJECTS`.
 pub const PROJECT_SLUGS: TableDefinition<&str, u64> = TableDefinition::new("project-slugs-1");
 
-/// Key: run id, from 1 (in creation order). Value: JSON [`crate::run::Run`].
+/// Key: run id, from 1 (in creation order). Value: JSON [`crate::ci::run::Run`].
 pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs-1");
 
 /// Key: (project slug, run number). Value: run id. Index of `RUNS` per project.
@@ -65,13 +65,13 @@ pub const RUN_QUEUE: TableDefinition<u64, ()> = TableDefinition::new("run-queue-
 pub const RUNS_RUNNING: TableDefinition<u64, ()> = TableDefinition::new("runs-running-1");
 
 /// Key: (project id, credential name: `webhook_secret`, `forge_token`).
-/// Value: JSON [`crate::seal::Sealed`] — never the plaintext. Legacy: since schema 6 these
+/// Value: JSON [`crate::secrets::seal::Sealed`] — never the plaintext. Legacy: since schema 6 these
 /// are project secrets (`WEBHOOK_SECRET`, `FORGE_TOKEN` in `SECRETS`); the server moves any
 /// left here at start.
 pub const PROJECT_CREDENTIALS: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("project-credentials-1");
 
-/// Key: delivery id, from 1 (in arrival order). Value: JSON [`crate::delivery::Delivery`].
+/// Key: delivery id, from 1 (in arrival order). Value: JSON [`crate::projects::inbox::Delivery`].
 /// The payload itself is a file: `<data-dir>/deliveries/<sha256>.json`.
 pub const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries-1");
 
@@ -83,10 +83,10 @@ pub const PROJECT_DELIVERIES: TableDefinition<(&str, u64), ()> =
 /// delivery the forge sends again.
 pub const DELIVERY_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivery-ids-1");
 
-/// Key: schedule id, from 1. Value: JSON [`crate::schedule::Schedule`].
+/// Key: schedule id, from 1. Value: JSON [`crate::projects::schedule::Schedule`].
 pub const SCHEDULES: TableDefinition<u64, &[u8]> = TableDefinition::new("schedules-1");
 
-/// Key: project id. Value: JSON [`crate::poll::PollState`] — the refs last seen and when to
+/// Key: project id. Value: JSON [`crate::projects::poll::PollState`] — the refs last seen and when to
 /// look again.
 pub const POLL_STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("poll-states-1");
 
@@ -95,18 +95,18 @@ pub const POLL_STATES: TableDefinition<u64, &[u8]> = TableDefinition::new("poll-
 /// name and version; never a plaintext value.
 pub const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secrets-1");
 
-/// Key: (project slug, environment name). Value: JSON [`crate::deploy::Environment`].
+/// Key: (project slug, environment name). Value: JSON [`crate::delivery::Environment`].
 pub const ENVIRONMENTS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("environments-1");
 
-/// Key: release id, from 1. Value: JSON [`crate::deploy::Release`] — never changed.
+/// Key: release id, from 1. Value: JSON [`crate::delivery::Release`] — never changed.
 pub const RELEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("releases-1");
 
 /// Key: (project slug, release number). Value: release id. Index of `RELEASES`.
 pub const PROJECT_RELEASES: TableDefinition<(&str, u64), u64> =
     TableDefinition::new("project-releases-1");
 
-/// Key: deployment id, from 1. Value: JSON [`crate::deploy::Deployment`].
+/// Key: deployment id, from 1. Value: JSON [`crate::delivery::Deployment`].
 pub const DEPLOYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deployments-1");
 
 /// Key: (project slug, deployment number). Value: deployment id. Index of `DEPLOYMENTS`.

@@ -2,11 +2,11 @@
 
 use super::tables::{DELIVERIES, DELIVERY_IDS, POLL_STATES, PROJECT_DELIVERIES, SCHEDULES};
 use super::{Store, codec};
-use crate::audit::Record;
-use crate::delivery::Delivery;
-use crate::error::{Error, Result};
-use crate::poll::PollState;
-use crate::schedule::Schedule;
+use crate::core::error::{Error, Result};
+use crate::identity::audit::Record;
+use crate::projects::inbox::Delivery;
+use crate::projects::poll::PollState;
+use crate::projects::schedule::Schedule;
 use redb::{ReadableDatabase, ReadableTable};
 
 impl Store {
@@ -28,7 +28,7 @@ impl Store {
                 let failed = match tx.open_table(DELIVERIES)?.get(first)? {
                     Some(v) => {
                         codec::decode::<Delivery>(DELIVERIES, v.value())?.outcome
-                            == crate::delivery::Outcome::Failed
+                            == crate::projects::inbox::Outcome::Failed
                     }
                     None => true,
                 };

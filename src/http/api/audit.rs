@@ -3,8 +3,9 @@
 //! (at most 500).
 
 use crate::app::App;
-use crate::audit::{Entry, Filter};
 use crate::http::ServerResult;
+use crate::http::routes::{Route, route};
+use crate::identity::audit::{Entry, Filter};
 use axum::Json;
 use axum::extract::{Query, State};
 
@@ -13,4 +14,11 @@ pub async fn list(
     Query(filter): Query<Filter>,
 ) -> ServerResult<Json<Vec<Entry>>> {
     Ok(Json(app.store.audit_entries(filter).await?))
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Admin;
+    use axum::http::Method as M;
+    vec![route(M::GET, "/api/v1/audit", Admin, list)]
 }

@@ -6,14 +6,15 @@
 //! `DELETE /api/v1/tokens/{id}`.
 
 use crate::app::App;
-use crate::audit::Record;
-use crate::auth::{Credential, Scope, SessionView, TokenView, User, UserView, accounts};
 use crate::http::ServerResult;
-use crate::http::auth::{Anyone, SESSION_COOKIE, Signed};
+use crate::http::auth::{Anyone, Signed};
 use crate::http::error::ServerError;
+use crate::http::routes::{Route, route};
+use crate::identity::audit::Record;
+use crate::identity::{Credential, Scope, SessionView, TokenView, User, UserView, accounts};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -66,15 +67,6 @@ pub struct SignInResponse {
     pub csrf_token: String,
 }
 
-/// The `Set-Cookie` value for a session (empty value and `max_age` 0 to clear it).
-pub fn session_cookie(app: &App, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if app.https() { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-    ))
-    .expect("cookie value is hex")
-}
-
 pub async fn sign_in(
     State(app): State<App>,
     anyone: Anyone,
@@ -87,11 +79,15 @@ pub async fn sign_in(
         &req.name,
         &req.password,
         app.config.session_lifetime,
-        user_agent(&headers),
+        crate::http::auth::user_agent(&headers),
         &anyone.audit,
     )
     .await?;
-    let cookie = session_cookie(&app, &signed.cookie, app.config.session_lifetime.as_secs());
+    let cookie = crate::http::auth::session_cookie(
+        &app,
+        &signed.cookie,
+        app.config.session_lifetime.as_secs(),
+    );
     let body = SignInResponse {
         csrf_token: signed.session.csrf_token.clone(),
         user: view(signed.user, Vec::new()),
@@ -103,13 +99,6 @@ pub async fn sign_in(
         Json(body),
     )
         .into_response())
-}
-
-pub fn user_agent(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 pub async fn sign_out(State(app): State<App>, signed: Signed) -> ServerResult<Response> {
@@ -131,7 +120,10 @@ pub async fn sign_out(State(app): State<App>, signed: Signed) -> ServerResult<Re
         .await?;
     Ok((
         StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, session_cookie(&app, "", 0))],
+        [(
+            header::SET_COOKIE,
+            crate::http::auth::session_cookie(&app, "", 0),
+        )],
     )
         .into_response())
 }
@@ -237,21 +229,12 @@ pub struct CreatedToken {
     pub record: TokenView,
 }
 
-pub fn parse_expiry(value: Option<&str>) -> Result<Option<std::time::Duration>, ServerError> {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v) => crate::config::parse_duration(v)
-            .map(Some)
-            .map_err(|e| ServerError::BadRequest(format!("invalid expires_in \"{v}\": {e}"))),
-    }
-}
-
 pub async fn create_token(
     State(app): State<App>,
     signed: Signed,
     Json(req): Json<TokenRequest>,
 ) -> ServerResult<(StatusCode, Json<CreatedToken>)> {
-    let expires = parse_expiry(req.expires_in.as_deref())?;
+    let expires = accounts::parse_expiry(req.expires_in.as_deref())?;
     let (token, record) = accounts::create_token(
         &app.store,
         &signed.principal.user,
@@ -296,4 +279,28 @@ pub async fn revoke_token(
         )
         .await?;
     Ok(Json(token.view()))
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Public, User};
+    use axum::http::Method as M;
+    vec![
+        route(M::POST, "/api/v1/setup", Public, setup),
+        route(M::POST, "/api/v1/sessions", Public, sign_in),
+        route(M::GET, "/api/v1/sessions", User, list_sessions),
+        route(M::DELETE, "/api/v1/sessions/current", User, sign_out),
+        route(
+            M::POST,
+            "/api/v1/sessions/revoke-others",
+            User,
+            revoke_other_sessions,
+        ),
+        route(M::DELETE, "/api/v1/sessions/{id}", User, revoke_session),
+        route(M::GET, "/api/v1/me", User, me),
+        route(M::PUT, "/api/v1/me/password", User, change_password),
+        route(M::GET, "/api/v1/tokens", User, list_tokens),
+        route(M::POST, "/api/v1/tokens", User, create_token),
+        route(M::DELETE, "/api/v1/tokens/{id}", User, revoke_token),
+    ]
 }

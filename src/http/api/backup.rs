@@ -1,12 +1,13 @@
 //! `GET /api/v1/backup` (administrators): a backup archive of the running server, made
-//! while it keeps taking writes (see `crate::backup`). Never carries the master key.
+//! while it keeps taking writes (see `crate::core::backup`). Never carries the master key.
 
 use crate::app::App;
-use crate::audit::Record;
-use crate::backup::{self, KeyInBackup};
-use crate::error::Error;
+use crate::core::backup::{self, KeyInBackup};
+use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
+use crate::identity::audit::Record;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -57,4 +58,11 @@ pub async fn download(State(app): State<App>, signed: Signed) -> ServerResult<im
         ],
         body,
     ))
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Admin;
+    use axum::http::Method as M;
+    vec![route(M::GET, "/api/v1/backup", Admin, download)]
 }

@@ -8,6 +8,7 @@
 
 use crate::app::App;
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -26,14 +27,14 @@ const ROLES_FRESH: Duration = Duration::from_secs(5);
 /// The projects a subscriber may see, refreshed when older than `ROLES_FRESH`.
 struct Visible {
     app: App,
-    principal: crate::auth::Principal,
+    principal: crate::identity::Principal,
     projects: std::collections::HashSet<String>,
     checked: Option<std::time::Instant>,
 }
 
 impl Visible {
-    async fn may_see(&mut self, event: &crate::events::Event) -> bool {
-        use crate::events::Event as E;
+    async fn may_see(&mut self, event: &crate::core::events::Event) -> bool {
+        use crate::core::events::Event as E;
         let project = match event {
             E::InstanceStarted { .. } => return true,
             E::RunUpdated { project, .. } | E::DeploymentUpdated { project, .. } => project,
@@ -43,7 +44,7 @@ impl Visible {
         }
         if self.checked.is_none_or(|t| t.elapsed() >= ROLES_FRESH) {
             // On a failed lookup nothing is shown until the next one works.
-            self.projects = super::projects::visible(&self.app, &self.principal)
+            self.projects = crate::projects::visible(&self.app.store, &self.principal)
                 .await
                 .map(|views| views.into_iter().map(|v| v.project.slug).collect())
                 .unwrap_or_default();
@@ -102,4 +103,11 @@ pub async fn stream(State(app): State<App>, signed: Signed) -> impl IntoResponse
         [("x-accel-buffering", "no")],
         Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)),
     )
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::User;
+    use axum::http::Method as M;
+    vec![route(M::GET, "/api/v1/events", User, stream)]
 }

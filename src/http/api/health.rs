@@ -2,7 +2,8 @@
 //! failing checks otherwise).
 
 use crate::app::App;
-use crate::health::{self, Readiness};
+use crate::core::health::{self, Readiness};
+use crate::http::routes::{Route, route};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,4 +26,14 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Readiness>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(readiness))
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Public;
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/healthz", Public, healthz),
+        route(M::GET, "/readyz", Public, readyz),
+    ]
 }

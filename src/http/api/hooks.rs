@@ -6,14 +6,14 @@
 //! `POST /api/v1/projects/{slug}/deliveries/{id}/redeliver`. The webhook secret is the
 //! project secret `WEBHOOK_SECRET` (see `secrets.rs`).
 
-use super::projects::find;
 use super::runs::ListQuery;
 use crate::app::App;
-use crate::delivery::{Delivery, Inbox, Receipt};
-use crate::forge::webhook::Headers;
 use crate::http::ServerResult;
 use crate::http::auth::{Anyone, Signed};
 use crate::http::error::ServerError;
+use crate::http::routes::{Route, body_limit, route};
+use crate::projects::forge::webhook::Headers;
+use crate::projects::inbox::{Delivery, Receipt};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -22,15 +22,6 @@ use serde::Serialize;
 
 /// The largest payload accepted (GitHub caps deliveries at 25 MB).
 pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
-
-pub fn inbox(app: &App) -> Inbox<'_> {
-    Inbox {
-        store: &app.store,
-        runner: &app.runner,
-        secrets: &app.secrets,
-        data_dir: &app.config.data_dir,
-    }
-}
 
 #[derive(Serialize)]
 pub struct ReceiptView {
@@ -85,7 +76,8 @@ pub async fn receive(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let receipt = inbox(&app)
+    let receipt = app
+        .inbox()
         .receive(project.as_ref(), &headers, &body, &anyone.audit.source)
         .await
         .inspect_err(|e| {
@@ -99,7 +91,7 @@ pub async fn list(
     Path(slug): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ServerResult<Json<Vec<Delivery>>> {
-    find(&app, &slug).await?;
+    crate::projects::find(&app.store, &slug).await?;
     Ok(Json(app.store.project_deliveries(&slug, q.limit()).await?))
 }
 
@@ -107,7 +99,7 @@ pub async fn show(
     State(app): State<App>,
     Path((slug, id)): Path<(String, u64)>,
 ) -> ServerResult<Json<Delivery>> {
-    find(&app, &slug).await?;
+    crate::projects::find(&app.store, &slug).await?;
     app.store
         .delivery(id)
         .await?
@@ -123,14 +115,38 @@ pub async fn redeliver(
     signed: Signed,
     Path((slug, id)): Path<(String, u64)>,
 ) -> ServerResult<(StatusCode, Json<ReceiptView>)> {
-    let project = find(&app, &slug).await?;
-    let receipt = inbox(&app).redeliver(&project, id, &signed.audit).await?;
+    let project = crate::projects::find(&app.store, &slug).await?;
+    let receipt = app.inbox().redeliver(&project, id, &signed.audit).await?;
     Ok(respond(receipt))
 }
 
-pub fn webhook_url(app: &App, slug: &str) -> String {
-    format!(
-        "{}/api/v1/hooks/{slug}",
-        app.config.public_url.trim_end_matches('/')
-    )
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Project, Public};
+    use crate::identity::Role::{Maintainer, Viewer};
+    use axum::http::Method as M;
+    vec![
+        body_limit(
+            route(M::POST, "/api/v1/hooks/{slug}", Public, receive),
+            MAX_PAYLOAD,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/deliveries",
+            Project(Viewer),
+            list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/deliveries/{id}",
+            Project(Viewer),
+            show,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/deliveries/{id}/redeliver",
+            Project(Maintainer),
+            redeliver,
+        ),
+    ]
 }

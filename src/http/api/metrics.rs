@@ -2,16 +2,18 @@
 //! (Prometheus does), the classic text format otherwise.
 
 use crate::app::App;
+use crate::http::routes::{Route, route};
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 
 /// Recomputes the DORA gauges of every project's environments (30 days).
-async fn refresh_dora(app: &App) -> crate::error::Result<()> {
+async fn refresh_dora(app: &App) -> crate::core::error::Result<()> {
     for project in app.store.list_projects().await? {
         for environment in app.store.environments(&project.slug).await? {
             let dora =
-                super::deploy::dora_of(app, &project.slug, Some(&environment.name), 30).await?;
+                crate::delivery::board::dora_of(app, &project.slug, Some(&environment.name), 30)
+                    .await?;
             app.metrics.set_dora(&project.slug, &dora);
         }
     }
@@ -41,4 +43,11 @@ pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoRes
         "text/plain; version=0.0.4; charset=utf-8"
     };
     ([(header::CONTENT_TYPE, content_type)], body)
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Public;
+    use axum::http::Method as M;
+    vec![route(M::GET, "/metrics", Public, metrics)]
 }

@@ -4,12 +4,12 @@
 //! the same under `/api/v1/projects/{slug}/policies` (maintainers change),
 //! `GET /api/v1/projects/{slug}/decisions[/{id}]`.
 
-use super::projects::project_of;
 use crate::app::App;
-use crate::audit::Record;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
+use crate::identity::audit::Record;
 use crate::policy::{Decision, Policy};
 use axum::Json;
 use axum::body::Bytes;
@@ -28,7 +28,7 @@ pub async fn scope_of(app: &App, slug: Option<&str>) -> Result<String> {
     match slug {
         None => Ok("instance".into()),
         Some(slug) => {
-            project_of(app, slug).await?;
+            crate::projects::find(&app.store, slug).await?;
             Ok(format!("project:{slug}"))
         }
     }
@@ -139,7 +139,7 @@ pub async fn decisions(
     Path(slug): Path<String>,
     Query(q): Query<DecisionQuery>,
 ) -> ServerResult<Json<Vec<Decision>>> {
-    project_of(&app, &slug).await?;
+    crate::projects::find(&app.store, &slug).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(app.store.decisions(&slug, q.subject, limit).await?))
 }
@@ -157,4 +157,53 @@ pub async fn decision(
             what: format!("decision {id} of project \"{slug}\""),
         })?;
     Ok(Json(d))
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Admin, Project, User};
+    use crate::identity::Role::{Maintainer, Viewer};
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/api/v1/policies", User, list),
+        route(M::GET, "/api/v1/policies/{name}", User, show),
+        route(M::PUT, "/api/v1/policies/{name}", Admin, put),
+        route(M::DELETE, "/api/v1/policies/{name}", Admin, delete),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/policies",
+            Project(Viewer),
+            list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/policies/{name}",
+            Project(Viewer),
+            show,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/policies/{name}",
+            Project(Maintainer),
+            put,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/policies/{name}",
+            Project(Maintainer),
+            delete,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/decisions",
+            Project(Viewer),
+            decisions,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/decisions/{id}",
+            Project(Viewer),
+            decision,
+        ),
+    ]
 }

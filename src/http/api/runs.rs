@@ -4,12 +4,12 @@
 //! `POST /api/v1/projects/{slug}/runs/{number}/cancel`,
 //! `GET /api/v1/projects/{slug}/runs/{number}/steps/{step}/log`.
 
-use super::projects::find;
 use crate::app::App;
+use crate::ci::run::Run;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
-use crate::run::Run;
+use crate::http::routes::{Route, route};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -35,16 +35,16 @@ pub async fn trigger(
     Path(slug): Path<String>,
     Json(req): Json<TriggerRequest>,
 ) -> ServerResult<(StatusCode, Json<Run>)> {
-    let project = find(&app, &slug).await?;
-    crate::pipeline::check_env_names(&req.env).map_err(ServerError::BadRequest)?;
+    let project = crate::projects::find(&app.store, &slug).await?;
+    crate::ci::pipeline::check_env_names(&req.env).map_err(ServerError::BadRequest)?;
     if let Some(commit) = &req.commit
-        && !crate::git::is_commit(commit)
+        && !crate::core::git::is_commit(commit)
     {
         return Err(ServerError::BadRequest(format!(
             "commit \"{commit}\" is not a full 40-digit commit id"
         )));
     }
-    let spec = crate::runner::TriggerSpec {
+    let spec = crate::ci::runner::TriggerSpec {
         event: "api".into(),
         git_ref: req.git_ref,
         commit: req.commit,
@@ -74,22 +74,15 @@ pub async fn list(
     Path(slug): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ServerResult<Json<Vec<Run>>> {
-    find(&app, &slug).await?;
+    crate::projects::find(&app.store, &slug).await?;
     Ok(Json(app.store.project_runs(&slug, q.limit()).await?))
-}
-
-pub async fn by_number(app: &App, slug: &str, number: u64) -> ServerResult<Run> {
-    app.store
-        .run_by_number(slug, number)
-        .await?
-        .ok_or_else(|| ServerError::NotFound(format!("run {slug}#{number} not found")))
 }
 
 pub async fn show(
     State(app): State<App>,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Json<Run>> {
-    Ok(Json(by_number(&app, &slug, number).await?))
+    Ok(Json(crate::ci::run::find(&app.store, &slug, number).await?))
 }
 
 pub async fn cancel(
@@ -97,33 +90,8 @@ pub async fn cancel(
     signed: Signed,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Json<Run>> {
-    let run = by_number(&app, &slug, number).await?;
+    let run = crate::ci::run::find(&app.store, &slug, number).await?;
     Ok(Json(app.runner.cancel(&run, &signed.audit).await?))
-}
-
-/// The index of `step` (a name, or an index) in `run`.
-pub fn step_index(run: &Run, step: &str) -> ServerResult<usize> {
-    run.steps
-        .iter()
-        .position(|s| s.name == step)
-        .or_else(|| step.parse::<usize>().ok().filter(|i| *i < run.steps.len()))
-        .ok_or_else(|| {
-            ServerError::NotFound(format!(
-                "run {}#{} has no step \"{step}\"",
-                run.project, run.number
-            ))
-        })
-}
-
-/// A log line as HTML: escaped, with ANSI colours as styled spans.
-pub fn log_html(text: &str) -> String {
-    ansi_to_html::convert(text).unwrap_or_else(|_| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-            .replace('\'', "&#39;")
-    })
 }
 
 #[derive(Deserialize)]
@@ -138,7 +106,7 @@ fn line_event(number: u64, stderr: bool, text: &str) -> axum::response::sse::Eve
         .event("line")
         .id(number.to_string())
         .data(
-            serde_json::json!({"n": number, "stderr": stderr, "html": log_html(text)}).to_string(),
+            serde_json::json!({"n": number, "stderr": stderr, "html": crate::http::present::log_html(text)}).to_string(),
         )
 }
 
@@ -159,12 +127,12 @@ pub async fn stream(
     Query(q): Query<StreamQuery>,
     headers: axum::http::HeaderMap,
 ) -> ServerResult<impl IntoResponse> {
-    use crate::runner::LiveEvent;
+    use crate::ci::runner::LiveEvent;
     use futures_util::StreamExt;
     use tokio::sync::broadcast::error::RecvError;
 
-    let run = by_number(&app, &slug, number).await?;
-    let index = step_index(&run, &step)?;
+    let run = crate::ci::run::find(&app.store, &slug, number).await?;
+    let index = run.step_index(&step)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -184,7 +152,7 @@ pub async fn stream(
     for (i, line) in text.lines().enumerate() {
         let n = i as u64 + 1;
         if n > after {
-            let (stderr, text) = crate::runner::parse_log_line(line);
+            let (stderr, text) = crate::ci::runner::parse_log_line(line);
             events.push(line_event(n, stderr, text));
             last = n;
         }
@@ -240,15 +208,15 @@ pub async fn log(
     State(app): State<App>,
     Path((slug, number, step)): Path<(String, u64, String)>,
 ) -> ServerResult<impl IntoResponse> {
-    let run = by_number(&app, &slug, number).await?;
-    let index = step_index(&run, &step)?;
+    let run = crate::ci::run::find(&app.store, &slug, number).await?;
+    let index = run.step_index(&step)?;
     let path = app.runner.log_path(run.id, index);
     let text = match tokio::fs::read_to_string(&path).await {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => {
             return Err(
-                crate::error::Error::io(format!("cannot read {}", path.display()))(e).into(),
+                crate::core::error::Error::io(format!("cannot read {}", path.display()))(e).into(),
             );
         }
     };
@@ -260,7 +228,7 @@ pub async fn artifact(
     State(app): State<App>,
     Path((slug, number, sha256)): Path<(String, u64, String)>,
 ) -> ServerResult<axum::response::Response> {
-    let run = by_number(&app, &slug, number).await?;
+    let run = crate::ci::run::find(&app.store, &slug, number).await?;
     let artifact = run
         .steps
         .iter()
@@ -308,10 +276,67 @@ pub async fn rerun(
     Path((slug, number)): Path<(String, u64)>,
     Json(req): Json<RerunRequest>,
 ) -> ServerResult<(StatusCode, Json<Run>)> {
-    let previous = by_number(&app, &slug, number).await?;
+    let previous = crate::ci::run::find(&app.store, &slug, number).await?;
     let run = app
         .runner
         .rerun(&previous, req.failed_only, &signed.audit)
         .await?;
     Ok((StatusCode::CREATED, Json(run)))
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Project;
+    use crate::identity::Role::{Developer, Viewer};
+    use axum::http::Method as M;
+    vec![
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs",
+            Project(Viewer),
+            list,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/runs",
+            Project(Developer),
+            trigger,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs/{number}",
+            Project(Viewer),
+            show,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/runs/{number}/cancel",
+            Project(Developer),
+            cancel,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log",
+            Project(Viewer),
+            log,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/runs/{number}/rerun",
+            Project(Developer),
+            rerun,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream",
+            Project(Viewer),
+            stream,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}",
+            Project(Viewer),
+            artifact,
+        ),
+    ]
 }

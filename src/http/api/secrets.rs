@@ -6,17 +6,17 @@
 //! `/api/v1/projects/{slug}/` and `/api/v1/projects/{slug}/environments/{environment}/`
 //! (project maintainers).
 
-use super::projects::project_of;
 use crate::app::App;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::secrets::{Scope, Secret};
+use crate::http::routes::{Route, route};
+use crate::secrets::Scope;
+use crate::secrets::views::{SecretView, scope_of};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The path of any secret route; absent parts select a wider scope.
 #[derive(Deserialize)]
@@ -26,85 +26,17 @@ pub struct SecretPath {
     pub name: Option<String>,
 }
 
-/// The scope a path names.
-pub async fn scope_of(app: &App, slug: Option<&str>, environment: Option<&str>) -> Result<Scope> {
-    let Some(slug) = slug else {
-        return Ok(Scope::Instance);
-    };
-    let project = project_of(app, slug).await?.id;
-    Ok(match environment {
-        None => Scope::Project { project },
-        Some(environment) => {
-            crate::pipeline::deploy::check_environment_name(environment).map_err(Error::Invalid)?;
-            Scope::Environment {
-                project,
-                environment: environment.to_string(),
-            }
-        }
-    })
-}
-
-#[derive(Serialize)]
-pub struct VersionView {
-    pub version: u64,
-    pub created_by: String,
-    pub created_at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub restored_from: Option<u64>,
-}
-
-/// A secret as clients see it: no value, ever.
-#[derive(Serialize)]
-pub struct SecretView {
-    pub name: String,
-    /// `instance`, `project` or `environment`.
-    pub scope: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
-    /// The current version.
-    pub version: u64,
-    pub updated_by: String,
-    pub updated_at: Timestamp,
-    /// The kept versions, newest first.
-    pub versions: Vec<VersionView>,
-}
-
-impl From<Secret> for SecretView {
-    fn from(secret: Secret) -> Self {
-        let current = secret.current();
-        let (scope, environment) = match &secret.scope {
-            Scope::Instance => ("instance", None),
-            Scope::Project { .. } => ("project", None),
-            Scope::Environment { environment, .. } => ("environment", Some(environment.clone())),
-        };
-        Self {
-            scope,
-            environment,
-            version: current.version,
-            updated_by: current.created_by.clone(),
-            updated_at: current.created_at,
-            versions: secret
-                .versions
-                .iter()
-                .rev()
-                .map(|v| VersionView {
-                    version: v.version,
-                    created_by: v.created_by.clone(),
-                    created_at: v.created_at,
-                    restored_from: v.restored_from,
-                })
-                .collect(),
-            name: secret.name,
-        }
-    }
-}
-
 fn name_of(path: &SecretPath) -> &str {
     path.name.as_deref().unwrap_or_default()
 }
 
 async fn scope(app: &App, path: &SecretPath) -> Result<Scope> {
-    scope_of(app, path.slug.as_deref(), path.environment.as_deref()).await
+    scope_of(
+        &app.store,
+        path.slug.as_deref(),
+        path.environment.as_deref(),
+    )
+    .await
 }
 
 pub async fn list(
@@ -188,4 +120,78 @@ pub async fn delete(
         .delete(scope, name_of(&path), &signed.audit)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Admin, Project};
+    use crate::identity::Role::Maintainer;
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/api/v1/secrets", Admin, list),
+        route(M::GET, "/api/v1/secrets/{name}", Admin, show),
+        route(M::PUT, "/api/v1/secrets/{name}", Admin, set),
+        route(M::DELETE, "/api/v1/secrets/{name}", Admin, delete),
+        route(M::POST, "/api/v1/secrets/{name}/restore", Admin, restore),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/secrets",
+            Project(Maintainer),
+            list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Project(Maintainer),
+            show,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Project(Maintainer),
+            set,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Project(Maintainer),
+            delete,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/secrets/{name}/restore",
+            Project(Maintainer),
+            restore,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets",
+            Project(Maintainer),
+            list,
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+            Project(Maintainer),
+            show,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+            Project(Maintainer),
+            set,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+            Project(Maintainer),
+            delete,
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore",
+            Project(Maintainer),
+            restore,
+        ),
+    ]
 }

@@ -5,15 +5,17 @@
 //! `DELETE /api/v1/teams/{name}`, `PUT|DELETE /api/v1/teams/{name}/members/{user}`.
 
 use crate::app::App;
-use crate::audit::Record;
-use crate::auth::{Team, UserView, accounts, validate_name};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
+use crate::http::routes::{Route, route};
+use crate::identity::audit::Record;
+use crate::identity::views::{TeamView, team_views};
+use crate::identity::{UserView, accounts, validate_name};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 pub async fn list(State(app): State<App>) -> ServerResult<Json<Vec<UserView>>> {
     Ok(Json(app.store.list_users().await?))
@@ -87,32 +89,8 @@ pub async fn reset_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
-pub struct TeamView {
-    pub id: u64,
-    pub name: String,
-    pub members: Vec<String>,
-}
-
-pub async fn team_views(app: &App) -> ServerResult<Vec<TeamView>> {
-    let users = app.store.list_users().await?;
-    let teams = app.store.list_teams().await?;
-    Ok(teams
-        .into_iter()
-        .map(|t: Team| TeamView {
-            members: users
-                .iter()
-                .filter(|u| t.members.contains(&u.id))
-                .map(|u| u.name.clone())
-                .collect(),
-            id: t.id,
-            name: t.name,
-        })
-        .collect())
-}
-
 pub async fn list_teams(State(app): State<App>) -> ServerResult<Json<Vec<TeamView>>> {
-    Ok(Json(team_views(&app).await?))
+    Ok(Json(team_views(&app.store).await?))
 }
 
 #[derive(Deserialize)]
@@ -191,4 +169,36 @@ async fn set_membership(
         .set_team_member(team, user, member, record)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Admin, User};
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/api/v1/users", Admin, list),
+        route(M::POST, "/api/v1/users", Admin, create),
+        route(M::PATCH, "/api/v1/users/{name}", Admin, update),
+        route(
+            M::PUT,
+            "/api/v1/users/{name}/password",
+            Admin,
+            reset_password,
+        ),
+        route(M::GET, "/api/v1/teams", User, list_teams),
+        route(M::POST, "/api/v1/teams", Admin, create_team),
+        route(M::DELETE, "/api/v1/teams/{name}", Admin, delete_team),
+        route(
+            M::PUT,
+            "/api/v1/teams/{name}/members/{user}",
+            Admin,
+            add_member,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/teams/{name}/members/{user}",
+            Admin,
+            remove_member,
+        ),
+    ]
 }

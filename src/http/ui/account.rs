@@ -3,11 +3,12 @@
 use super::sign_in::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
-use crate::audit::Record;
-use crate::auth::{ApiToken, Scope, Session, accounts};
 use crate::http::ServerResult;
-use crate::http::api::auth::parse_expiry;
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
+use crate::identity::accounts::parse_expiry;
+use crate::identity::audit::Record;
+use crate::identity::{ApiToken, Scope, Session, accounts};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -125,10 +126,7 @@ pub async fn create_token(
             )
             .await
         }
-        Err(e) => Err(crate::error::Error::Invalid(match e {
-            crate::http::ServerError::BadRequest(m) => m,
-            _ => "invalid expiry".into(),
-        })),
+        Err(e) => Err(e),
     };
     match result {
         Ok((secret, _)) => Ok(account_page(&app, &signed, None, None, Some(secret))
@@ -173,4 +171,28 @@ pub async fn revoke_other_sessions(
 ) -> ServerResult<Redirect> {
     accounts::revoke_other_sessions(&app.store, &signed.principal, &signed.audit).await?;
     Ok(Redirect::to("/account?done=sessions-revoked"))
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::User;
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/account", User, page),
+        route(M::POST, "/account/password", User, change_password),
+        route(M::POST, "/account/tokens", User, create_token),
+        route(M::POST, "/account/tokens/{id}/revoke", User, revoke_token),
+        route(
+            M::POST,
+            "/account/sessions/{id}/revoke",
+            User,
+            revoke_session,
+        ),
+        route(
+            M::POST,
+            "/account/sessions/revoke-others",
+            User,
+            revoke_other_sessions,
+        ),
+    ]
 }

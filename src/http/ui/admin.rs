@@ -3,12 +3,13 @@
 use super::sign_in::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
-use crate::audit::{Entry, Filter, Record};
-use crate::auth::{UserView, accounts, validate_name};
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::http::ServerResult;
-use crate::http::api::users::{TeamView, team_views};
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
+use crate::identity::audit::{Entry, Filter, Record};
+use crate::identity::views::{TeamView, team_views};
+use crate::identity::{UserView, accounts, validate_name};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -153,7 +154,7 @@ async fn teams_page_with(
 ) -> ServerResult<Html<String>> {
     render(&TeamsPage {
         layout: Layout::new("Teams", "security", Some(&signed.principal)),
-        teams: team_views(app).await?,
+        teams: team_views(&app.store).await?,
         users: app.store.list_users().await?,
         done,
         error,
@@ -171,7 +172,7 @@ pub async fn teams_page(
 async fn team_result(
     app: &App,
     signed: &Signed,
-    result: crate::error::Result<()>,
+    result: crate::core::error::Result<()>,
     done: &str,
 ) -> ServerResult<Response> {
     match result {
@@ -289,4 +290,26 @@ pub async fn audit_page(
         target: filter.target,
         older,
     })
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Admin;
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/security/users", Admin, users_page),
+        route(M::POST, "/security/users", Admin, create_user),
+        route(M::POST, "/security/users/{name}", Admin, update_user),
+        route(M::GET, "/security/teams", Admin, teams_page),
+        route(M::POST, "/security/teams", Admin, create_team),
+        route(M::POST, "/security/teams/{name}/members", Admin, add_member),
+        route(
+            M::POST,
+            "/security/teams/{name}/members/{user}/remove",
+            Admin,
+            remove_member,
+        ),
+        route(M::POST, "/security/teams/{name}/delete", Admin, delete_team),
+        route(M::GET, "/security/audit", Admin, audit_page),
+    ]
 }

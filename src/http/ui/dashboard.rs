@@ -3,10 +3,11 @@
 
 use super::{Layout, human_duration, render};
 use crate::app::App;
-use crate::health::{self, Check};
+use crate::core::health::{self, Check};
+use crate::core::instance;
 use crate::http::ServerResult;
-use crate::http::api::instance;
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
@@ -43,7 +44,7 @@ async fn status_panel(app: &App) -> ServerResult<StatusPanel> {
         app.config.health_min_free_disk,
     )
     .await;
-    let memory = crate::metrics::process_stats()
+    let memory = crate::core::metrics::process_stats()
         .map(|p| size(p.rss_bytes as u64))
         .unwrap_or_else(|| "unknown".into());
     Ok(StatusPanel {
@@ -79,4 +80,14 @@ pub async fn page(State(app): State<App>, signed: Signed) -> ServerResult<Html<S
 
 pub async fn status(State(app): State<App>) -> ServerResult<Html<String>> {
     render(&status_panel(&app).await?)
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::User;
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/", User, page),
+        route(M::GET, "/dashboard/status", User, status),
+    ]
 }

@@ -5,13 +5,14 @@
 use super::sign_in::form_failed;
 use super::{Layout, render};
 use crate::app::App;
-use crate::auth::Role;
-use crate::deploy::dora::Dora;
-use crate::deploy::{Deployment, Protection, Release};
-use crate::error::Error;
+use crate::core::error::Error;
+use crate::delivery::board::{EnvironmentChange, EnvironmentView, board, deployment_of};
+use crate::delivery::dora::Dora;
+use crate::delivery::{Deployment, Protection, Release};
 use crate::http::ServerResult;
-use crate::http::api::deploy::{EnvironmentChange, EnvironmentView, board, deployment_of};
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
+use crate::identity::Role;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -66,7 +67,7 @@ impl DoraView {
             })
             .collect();
         let human =
-            |s: Option<f64>| s.map_or("—".to_string(), |s| crate::deploy::human(s as u64));
+            |s: Option<f64>| s.map_or("—".to_string(), |s| crate::delivery::human(s as u64));
         Self {
             lead_time: human(dora.change_lead_time_seconds),
             recovery: human(dora.recovery_time_seconds),
@@ -176,7 +177,7 @@ async fn render_board(
     let (environments, mut deployments) = board(app, slug).await?;
     deployments.truncate(50);
     let role = super::project_role(app, signed, slug).await?;
-    let dora = crate::http::api::deploy::dora_of(app, slug, None, 30).await?;
+    let dora = crate::delivery::board::dora_of(app, slug, None, 30).await?;
     render(&BoardPage {
         layout: Layout::new(
             format!("{slug}: environments"),
@@ -239,7 +240,7 @@ pub async fn deploy(
     Path(slug): Path<String>,
     Form(form): Form<DeployForm>,
 ) -> ServerResult<Response> {
-    let result = crate::http::api::deploy::request(
+    let result = crate::delivery::board::request(
         &app,
         &slug,
         &form.environment,
@@ -260,7 +261,7 @@ async fn environment_action(
     promote: bool,
 ) -> ServerResult<Response> {
     let result = async {
-        let project = crate::http::api::projects::project_of(app, slug).await?;
+        let project = crate::projects::find(&app.store, slug).await?;
         if promote {
             app.deployer
                 .promote(&project, environment, &signed.audit)
@@ -382,7 +383,7 @@ pub async fn save_environment(
             approval_webhook: Some(form.approval_webhook),
             production: None,
         };
-        crate::http::api::deploy::put_environment(&app, &slug, &name, change, &signed.audit).await
+        crate::delivery::board::put_environment(&app, &slug, &name, change, &signed.audit).await
     }
     .await
     .map(|_| board_url(&slug, "saved"));
@@ -414,14 +415,14 @@ async fn deployment_panel(
     number: u64,
 ) -> ServerResult<DeploymentPanel> {
     let d = deployment_of(app, slug, number).await?;
-    let text = crate::http::api::deploy::log_text(app, &d).await?;
+    let text = crate::delivery::board::log_text(app, &d).await?;
     let log = text
         .lines()
         .map(|l| {
-            let (stderr, text) = crate::runner::parse_log_line(l);
+            let (stderr, text) = crate::ci::runner::parse_log_line(l);
             super::runs::LogLine {
                 stderr,
-                html: crate::http::api::runs::log_html(text),
+                html: crate::http::present::log_html(text),
             }
         })
         .collect();
@@ -461,4 +462,61 @@ pub async fn deployment_only(
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Html<String>> {
     render(&deployment_panel(&app, &signed, &slug, number).await?)
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Project;
+    use crate::identity::Role::{Developer, Maintainer, Viewer};
+    use axum::http::Method as M;
+    vec![
+        route(
+            M::GET,
+            "/projects/{slug}/environments",
+            Project(Viewer),
+            page,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/environments",
+            Project(Maintainer),
+            save_environment,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/environments/{environment}/promote",
+            Project(Developer),
+            promote,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/environments/{environment}/rollback",
+            Project(Developer),
+            rollback,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/deployments",
+            Project(Developer),
+            deploy,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/deployments/{number}",
+            Project(Viewer),
+            deployment,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/deployments/{number}/panel",
+            Project(Viewer),
+            deployment_only,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/deployments/{number}/decide",
+            Project(Developer),
+            decide,
+        ),
+    ]
 }

@@ -17,7 +17,7 @@ mod triggers;
 use super::assets;
 use super::error::{ErrorInfo, ServerError, ServerResult};
 use super::routes::{Route, route};
-use crate::auth::{Credential, Need, Principal};
+use crate::identity::{Credential, Need, Principal};
 use askama::Template;
 use axum::http::{Method, StatusCode};
 use axum::response::Html;
@@ -25,246 +25,25 @@ use axum::response::Html;
 pub use areas::{AREAS, Area};
 
 pub fn routes() -> Vec<Route> {
-    use crate::auth::Role::{Developer, Maintainer, Viewer};
     use Method as M;
-    use Need::{Admin, Project, Public, User};
-    let mut routes = vec![
-        route(M::GET, "/", User, dashboard::page),
-        route(M::GET, "/dashboard/status", User, dashboard::status),
-        route(M::GET, "/login", Public, sign_in::login_page),
-        route(M::POST, "/login", Public, sign_in::login),
-        route(M::POST, "/logout", User, sign_in::logout),
-        route(M::GET, "/setup", Public, sign_in::setup_page),
-        route(M::POST, "/setup", Public, sign_in::setup),
-        route(M::GET, "/account", User, account::page),
-        route(M::POST, "/account/password", User, account::change_password),
-        route(M::POST, "/account/tokens", User, account::create_token),
-        route(
-            M::POST,
-            "/account/tokens/{id}/revoke",
-            User,
-            account::revoke_token,
-        ),
-        route(
-            M::POST,
-            "/account/sessions/{id}/revoke",
-            User,
-            account::revoke_session,
-        ),
-        route(
-            M::POST,
-            "/account/sessions/revoke-others",
-            User,
-            account::revoke_other_sessions,
-        ),
-        route(M::GET, "/security/users", Admin, admin::users_page),
-        route(M::POST, "/security/users", Admin, admin::create_user),
-        route(M::POST, "/security/users/{name}", Admin, admin::update_user),
-        route(M::GET, "/security/teams", Admin, admin::teams_page),
-        route(M::POST, "/security/teams", Admin, admin::create_team),
-        route(
-            M::POST,
-            "/security/teams/{name}/members",
-            Admin,
-            admin::add_member,
-        ),
-        route(
-            M::POST,
-            "/security/teams/{name}/members/{user}/remove",
-            Admin,
-            admin::remove_member,
-        ),
-        route(
-            M::POST,
-            "/security/teams/{name}/delete",
-            Admin,
-            admin::delete_team,
-        ),
-        route(M::GET, "/security/audit", Admin, admin::audit_page),
-        route(M::GET, "/settings/backup", Admin, settings::backup_page),
-        route(M::GET, "/policies", User, policies::page),
-        route(M::POST, "/policies", Admin, policies::upload),
-        route(M::POST, "/policies/{name}/delete", Admin, policies::delete),
-        route(M::GET, "/security/secrets", Admin, secrets::page),
-        route(M::POST, "/security/secrets", Admin, secrets::set),
-        route(
-            M::POST,
-            "/security/secrets/{name}/delete",
-            Admin,
-            secrets::delete,
-        ),
-        route(
-            M::POST,
-            "/security/secrets/{name}/restore",
-            Admin,
-            secrets::restore,
-        ),
-        route(M::GET, "/projects", User, projects::list),
-        route(M::POST, "/projects", Admin, projects::create),
-        route(M::GET, "/projects/{slug}", Project(Viewer), projects::show),
-        route(
-            M::POST,
-            "/projects/{slug}/settings",
-            Project(Maintainer),
-            projects::settings,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/members",
-            Project(Maintainer),
-            projects::add_member,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/members/{subject}/remove",
-            Project(Maintainer),
-            projects::remove_member,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/runs",
-            Project(Developer),
-            runs::trigger,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/runs/{number}",
-            Project(Viewer),
-            runs::page,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/runs/{number}/panel",
-            Project(Viewer),
-            runs::panel_only,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/runs/{number}/cancel",
-            Project(Developer),
-            runs::cancel,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/runs/{number}/rerun",
-            Project(Developer),
-            runs::rerun,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/triggers",
-            Project(Viewer),
-            triggers::show,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/webhook-secret",
-            Project(Maintainer),
-            triggers::webhook_secret,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/environments",
-            Project(Viewer),
-            deploy::page,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/environments",
-            Project(Maintainer),
-            deploy::save_environment,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/environments/{environment}/promote",
-            Project(Developer),
-            deploy::promote,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/environments/{environment}/rollback",
-            Project(Developer),
-            deploy::rollback,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/deployments",
-            Project(Developer),
-            deploy::deploy,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/deployments/{number}",
-            Project(Viewer),
-            deploy::deployment,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/deployments/{number}/panel",
-            Project(Viewer),
-            deploy::deployment_only,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/deployments/{number}/decide",
-            Project(Developer),
-            deploy::decide,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/secrets",
-            Project(Maintainer),
-            secrets::page,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/secrets",
-            Project(Maintainer),
-            secrets::set,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/secrets/{name}/delete",
-            Project(Maintainer),
-            secrets::delete,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/secrets/{name}/restore",
-            Project(Maintainer),
-            secrets::restore,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/forge",
-            Project(Maintainer),
-            triggers::forge,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/schedules",
-            Project(Maintainer),
-            triggers::add_schedule,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/schedules/{id}/delete",
-            Project(Maintainer),
-            triggers::remove_schedule,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/deliveries/{id}/redeliver",
-            Project(Maintainer),
-            triggers::redeliver,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/runs/{number}/steps/{step}",
-            Project(Viewer),
-            runs::step,
-        ),
-    ];
+    use Need::User;
+    let mut routes: Vec<Route> = [
+        dashboard::routes(),
+        sign_in::routes(),
+        account::routes(),
+        admin::routes(),
+        settings::routes(),
+        policies::routes(),
+        secrets::routes(),
+        projects::routes(),
+        runs::routes(),
+        triggers::routes(),
+        deploy::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
     // Areas with screens of their own register them above.
     for area in AREAS
         .iter()
@@ -339,19 +118,18 @@ async fn project_role(
     app: &crate::app::App,
     signed: &super::auth::Signed,
     slug: &str,
-) -> ServerResult<Option<crate::auth::Role>> {
+) -> ServerResult<Option<crate::identity::Role>> {
     if signed.principal.user.admin {
-        return Ok(Some(crate::auth::Role::Maintainer));
+        return Ok(Some(crate::identity::Role::Maintainer));
     }
     Ok(app.store.project_role(slug, &signed.principal.user).await?)
 }
 
 /// Renders a template, turning a rendering failure into an internal error.
 fn render(template: &impl Template) -> ServerResult<Html<String>> {
-    template
-        .render()
-        .map(Html)
-        .map_err(|e| ServerError::Internal(crate::error::Error::Invalid(format!("template: {e}"))))
+    template.render().map(Html).map_err(|e| {
+        ServerError::Internal(crate::core::error::Error::Invalid(format!("template: {e}")))
+    })
 }
 
 #[derive(Template)]

@@ -5,9 +5,10 @@
 use super::sign_in::form_failed;
 use super::{Layout, render};
 use crate::app::App;
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
 use crate::policy::Policy;
 use askama::Template;
 use axum::Form;
@@ -148,7 +149,7 @@ pub async fn delete(
         .delete_policy(
             "instance",
             &name,
-            crate::audit::Record::new(
+            crate::identity::audit::Record::new(
                 &signed.audit,
                 "policy.delete",
                 format!("policy:instance/{name}"),
@@ -159,4 +160,15 @@ pub async fn delete(
         Ok(()) => Ok(Redirect::to("/policies?done=deleted").into_response()),
         Err(e) => failed(&app, &signed, e).await,
     }
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Admin, User};
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/policies", User, page),
+        route(M::POST, "/policies", Admin, upload),
+        route(M::POST, "/policies/{name}/delete", Admin, delete),
+    ]
 }

@@ -4,14 +4,16 @@
 use super::sign_in::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
-use crate::audit::Record;
-use crate::auth::Role;
-use crate::error::Error;
+use crate::ci::run::Run;
+use crate::core::error::Error;
 use crate::http::ServerResult;
-use crate::http::api::projects::{Member, ProjectView, bind_member, find, member_views, visible};
 use crate::http::auth::Signed;
-use crate::project::{Project, ProjectChange};
-use crate::run::Run;
+use crate::http::routes::{Route, route};
+use crate::identity::Role;
+use crate::identity::audit::Record;
+use crate::projects::{
+    Member, Project, ProjectChange, ProjectView, bind_member, member_views, visible,
+};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -39,7 +41,7 @@ async fn list_page(
 ) -> ServerResult<Html<String>> {
     render(&ProjectsPage {
         layout: Layout::new("Projects", "projects", Some(&signed.principal)),
-        projects: visible(app, &signed.principal).await?,
+        projects: visible(&app.store, &signed.principal).await?,
         admin: signed.principal.user.admin,
         error,
     })
@@ -88,11 +90,11 @@ async fn project_page(
     done: Option<&'static str>,
     error: Option<String>,
 ) -> ServerResult<Html<String>> {
-    let project = find(app, slug).await?;
+    let project = crate::projects::find(&app.store, slug).await?;
     let role = super::project_role(app, signed, slug).await?;
     render(&ProjectPage {
         layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
-        members: member_views(app, slug).await?,
+        members: member_views(&app.store, slug).await?,
         runs: app.store.project_runs(slug, 20).await?,
         maintainer: role >= Some(Role::Maintainer),
         developer: role >= Some(Role::Developer),
@@ -157,7 +159,7 @@ pub async fn add_member(
     Form(form): Form<MemberForm>,
 ) -> ServerResult<Response> {
     let result = bind_member(
-        &app,
+        &app.store,
         &slug,
         form.subject.trim(),
         Some(form.role),
@@ -172,6 +174,36 @@ pub async fn remove_member(
     signed: Signed,
     Path((slug, who)): Path<(String, String)>,
 ) -> ServerResult<Response> {
-    let result = bind_member(&app, &slug, &who, None, &signed.audit).await;
+    let result = bind_member(&app.store, &slug, &who, None, &signed.audit).await;
     after(&app, &signed, &slug, result, "members-updated").await
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Admin, Project, User};
+    use crate::identity::Role::{Maintainer, Viewer};
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/projects", User, list),
+        route(M::POST, "/projects", Admin, create),
+        route(M::GET, "/projects/{slug}", Project(Viewer), show),
+        route(
+            M::POST,
+            "/projects/{slug}/settings",
+            Project(Maintainer),
+            settings,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/members",
+            Project(Maintainer),
+            add_member,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/members/{subject}/remove",
+            Project(Maintainer),
+            remove_member,
+        ),
+    ]
 }

@@ -3,11 +3,11 @@
 
 use super::{Layout, render};
 use crate::app::App;
+use crate::ci::run::Run;
 use crate::http::ServerResult;
-use crate::http::api::runs::by_number;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
-use crate::run::Run;
+use crate::http::routes::{Route, route};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, State};
@@ -49,7 +49,7 @@ struct RunPage {
 const PAGE_LOG_LINES: usize = 2000;
 
 async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerResult<RunPanel> {
-    let run = by_number(app, slug, number).await?;
+    let run = crate::ci::run::find(&app.store, slug, number).await?;
     let mut logs = Vec::new();
     for index in 0..run.steps.len() {
         let text = tokio::fs::read_to_string(app.runner.log_path(run.id, index))
@@ -60,18 +60,18 @@ async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerRes
         let log = lines[skip..]
             .iter()
             .map(|l| {
-                let (stderr, text) = crate::runner::parse_log_line(l);
+                let (stderr, text) = crate::ci::runner::parse_log_line(l);
                 LogLine {
                     stderr,
-                    html: crate::http::api::runs::log_html(text),
+                    html: crate::http::present::log_html(text),
                 }
             })
             .collect();
         logs.push(StepView { index, log });
     }
     let developer =
-        super::project_role(app, signed, slug).await? >= Some(crate::auth::Role::Developer);
-    let commit_url = crate::http::api::projects::find(app, slug)
+        super::project_role(app, signed, slug).await? >= Some(crate::identity::Role::Developer);
+    let commit_url = crate::projects::find(&app.store, slug)
         .await?
         .forge
         .map(|f| f.commit_url(&run.commit));
@@ -135,7 +135,7 @@ pub fn env_lines(text: &str) -> Result<std::collections::BTreeMap<String, String
             .ok_or_else(|| format!("environment line {}: expected NAME=value", i + 1))?;
         env.insert(name.trim().to_string(), value.to_string());
     }
-    crate::pipeline::check_env_names(&env)?;
+    crate::ci::pipeline::check_env_names(&env)?;
     Ok(env)
 }
 
@@ -145,8 +145,8 @@ pub async fn trigger(
     Path(slug): Path<String>,
     Form(form): Form<TriggerForm>,
 ) -> ServerResult<Redirect> {
-    let project = crate::http::api::projects::find(&app, &slug).await?;
-    let spec = crate::runner::TriggerSpec {
+    let project = crate::projects::find(&app.store, &slug).await?;
+    let spec = crate::ci::runner::TriggerSpec {
         event: "manual".into(),
         git_ref: Some(form.git_ref),
         env: env_lines(&form.env).map_err(ServerError::BadRequest)?,
@@ -165,7 +165,7 @@ pub async fn cancel(
     signed: Signed,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Redirect> {
-    let run = by_number(&app, &slug, number).await?;
+    let run = crate::ci::run::find(&app.store, &slug, number).await?;
     app.runner.cancel(&run, &signed.audit).await?;
     Ok(Redirect::to(&format!("/projects/{slug}/runs/{number}")))
 }
@@ -182,7 +182,7 @@ pub async fn rerun(
     Path((slug, number)): Path<(String, u64)>,
     Form(form): Form<RerunForm>,
 ) -> ServerResult<Redirect> {
-    let previous = by_number(&app, &slug, number).await?;
+    let previous = crate::ci::run::find(&app.store, &slug, number).await?;
     let run = app
         .runner
         .rerun(&previous, form.failed_only.is_some(), &signed.audit)
@@ -207,8 +207,8 @@ pub async fn step(
     signed: Signed,
     Path((slug, number, step)): Path<(String, u64, String)>,
 ) -> ServerResult<Html<String>> {
-    let run = by_number(&app, &slug, number).await?;
-    let index = crate::http::api::runs::step_index(&run, &step)?;
+    let run = crate::ci::run::find(&app.store, &slug, number).await?;
+    let index = run.step_index(&step)?;
     render(&StepPage {
         layout: Layout::new(
             format!("{slug} #{number} {}", run.steps[index].name),
@@ -218,4 +218,49 @@ pub async fn step(
         run,
         index,
     })
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Project;
+    use crate::identity::Role::{Developer, Viewer};
+    use axum::http::Method as M;
+    vec![
+        route(
+            M::POST,
+            "/projects/{slug}/runs",
+            Project(Developer),
+            trigger,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/runs/{number}",
+            Project(Viewer),
+            page,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/runs/{number}/panel",
+            Project(Viewer),
+            panel_only,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/runs/{number}/cancel",
+            Project(Developer),
+            cancel,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/runs/{number}/rerun",
+            Project(Developer),
+            rerun,
+        ),
+        route(
+            M::GET,
+            "/projects/{slug}/runs/{number}/steps/{step}",
+            Project(Viewer),
+            step,
+        ),
+    ]
 }

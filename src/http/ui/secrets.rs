@@ -5,11 +5,12 @@
 use super::sign_in::form_failed;
 use super::{Layout, render};
 use crate::app::App;
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::http::ServerResult;
-use crate::http::api::secrets::{SecretView, scope_of};
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
 use crate::secrets::Scope;
+use crate::secrets::views::{SecretView, scope_of};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -84,7 +85,7 @@ async fn render_page(
     done: Option<&'static str>,
     error: Option<String>,
 ) -> ServerResult<Html<String>> {
-    let scope = scope_of(app, slug, environment.as_deref()).await?;
+    let scope = scope_of(&app.store, slug, environment.as_deref()).await?;
     let environments = match &scope {
         Scope::Project { project } | Scope::Environment { project, .. } => {
             app.store.secret_environments(*project).await?
@@ -182,7 +183,7 @@ async fn apply(
     change: Change,
 ) -> ServerResult<Response> {
     let result = async {
-        let scope = scope_of(app, path.slug.as_deref(), environment.as_deref()).await?;
+        let scope = scope_of(&app.store, path.slug.as_deref(), environment.as_deref()).await?;
         let audit = &signed.audit;
         Ok::<_, Error>(match change {
             Change::Set { name, value } => {
@@ -255,4 +256,41 @@ pub async fn delete(
         name: path.name.clone().unwrap_or_default(),
     };
     apply(&app, &signed, &path, nonempty(form.environment), change).await
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Admin, Project};
+    use crate::identity::Role::Maintainer;
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/security/secrets", Admin, page),
+        route(M::POST, "/security/secrets", Admin, set),
+        route(M::POST, "/security/secrets/{name}/delete", Admin, delete),
+        route(M::POST, "/security/secrets/{name}/restore", Admin, restore),
+        route(
+            M::GET,
+            "/projects/{slug}/secrets",
+            Project(Maintainer),
+            page,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/secrets",
+            Project(Maintainer),
+            set,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/secrets/{name}/delete",
+            Project(Maintainer),
+            delete,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/secrets/{name}/restore",
+            Project(Maintainer),
+            restore,
+        ),
+    ]
 }

@@ -5,6 +5,7 @@ use super::{Layout, render};
 use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
+use crate::http::routes::{Route, route};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
@@ -27,4 +28,11 @@ pub async fn backup_page(State(app): State<App>, signed: Signed) -> ServerResult
         master_key_id: app.secrets.master_key_id(),
         master_key_file: app.config.master_key_file.display().to_string(),
     })
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Admin;
+    use axum::http::Method as M;
+    vec![route(M::GET, "/settings/backup", Admin, backup_page)]
 }

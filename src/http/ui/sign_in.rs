@@ -2,12 +2,13 @@
 
 use super::{Layout, render};
 use crate::app::App;
-use crate::auth::accounts;
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::http::ServerResult;
-use crate::http::api::auth::{session_cookie, user_agent};
 use crate::http::auth::{Anyone, Signed};
+use crate::http::auth::{session_cookie, user_agent};
 use crate::http::error::ServerError;
+use crate::http::routes::{Route, route};
+use crate::identity::accounts;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Query, State};
@@ -166,7 +167,7 @@ pub async fn logout(State(app): State<App>, signed: Signed) -> ServerResult<Resp
             .delete_sessions(
                 signed.principal.user.id,
                 move |sid| sid == id,
-                crate::audit::Record::new(
+                crate::identity::audit::Record::new(
                     &signed.audit,
                     "session.delete",
                     format!("user:{}", signed.principal.user.name),
@@ -261,4 +262,17 @@ pub async fn setup(
     .await?;
     let cookie = session_cookie(&app, &signed.cookie, app.config.session_lifetime.as_secs());
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::{Public, User};
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/login", Public, login_page),
+        route(M::POST, "/login", Public, login),
+        route(M::POST, "/logout", User, logout),
+        route(M::GET, "/setup", Public, setup_page),
+        route(M::POST, "/setup", Public, setup),
+    ]
 }

@@ -5,17 +5,17 @@
 use super::sign_in::form_failed;
 use super::{Layout, render};
 use crate::app::App;
-use crate::audit::Record;
-use crate::auth::Role;
-use crate::delivery::Delivery;
-use crate::error::Error;
-use crate::forge::status::FORGE_TOKEN;
+use crate::core::error::Error;
 use crate::http::ServerResult;
-use crate::http::api::projects::{ProjectDetail, detail};
-use crate::http::api::schedules::{ScheduleView, create_schedule, delete_schedule, of_project};
 use crate::http::auth::Signed;
-use crate::project::{ProjectChange, WEBHOOK_SECRET};
-use crate::schedule::ScheduleChange;
+use crate::http::routes::{Route, route};
+use crate::identity::Role;
+use crate::identity::audit::Record;
+use crate::projects::forge::status::FORGE_TOKEN;
+use crate::projects::inbox::Delivery;
+use crate::projects::schedule::ScheduleChange;
+use crate::projects::schedules::{ScheduleView, create_schedule, delete_schedule, of_project};
+use crate::projects::{ProjectChange, ProjectDetail, WEBHOOK_SECRET, detail};
 use crate::secrets::Scope;
 use askama::Template;
 use axum::Form;
@@ -129,8 +129,8 @@ pub async fn webhook_secret(
     signed: Signed,
     Path(slug): Path<String>,
 ) -> ServerResult<Html<String>> {
-    let project = crate::http::api::projects::project_of(&app, &slug).await?;
-    let value = crate::auth::secret::random_hex(32);
+    let project = crate::projects::find(&app.store, &slug).await?;
+    let value = crate::identity::secret::random_hex(32);
     app.secrets
         .set(
             Scope::Project {
@@ -187,7 +187,7 @@ pub async fn forge(
         .await
         .map(drop);
     if result.is_ok() && !form.forge_token.trim().is_empty() {
-        result = match crate::http::api::projects::project_of(&app, &slug).await {
+        result = match crate::projects::find(&app.store, &slug).await {
             Ok(project) => app
                 .secrets
                 .set(
@@ -257,10 +257,51 @@ pub async fn redeliver(
     signed: Signed,
     Path((slug, id)): Path<(String, u64)>,
 ) -> ServerResult<Response> {
-    let project = crate::http::api::projects::find(&app, &slug).await?;
-    let result = crate::http::api::hooks::inbox(&app)
+    let project = crate::projects::find(&app.store, &slug).await?;
+    let result = app
+        .inbox()
         .redeliver(&project, id, &signed.audit)
         .await
         .map(drop);
     after(&app, &signed, &slug, result, "redelivered").await
+}
+
+/// The routes this file answers, with who may call them (see `http::routes`).
+pub fn routes() -> Vec<Route> {
+    use crate::identity::Need::Project;
+    use crate::identity::Role::{Maintainer, Viewer};
+    use axum::http::Method as M;
+    vec![
+        route(M::GET, "/projects/{slug}/triggers", Project(Viewer), show),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/webhook-secret",
+            Project(Maintainer),
+            webhook_secret,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/forge",
+            Project(Maintainer),
+            forge,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/schedules",
+            Project(Maintainer),
+            add_schedule,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/schedules/{id}/delete",
+            Project(Maintainer),
+            remove_schedule,
+        ),
+        route(
+            M::POST,
+            "/projects/{slug}/triggers/deliveries/{id}/redeliver",
+            Project(Maintainer),
+            redeliver,
+        ),
+    ]
 }

@@ -1,0 +1,44 @@
+//! Deploy targets: where a deployment goes. Each kind of `deploy:` target in the
+//! pipeline file implements [`Target`]; the worker only asks for `deploy`. `exec` and
+//! `webhook` are here; the `service` target (supervised processes behind the built-in
+//! proxy) and `kubernetes` plug in the same way.
+
+mod exec;
+mod webhook;
+
+use super::{Deployer, Deployment, Release};
+use crate::ci::pipeline::deploy::Target as TargetDef;
+use crate::core::error::{Error, Result};
+use crate::projects::Project;
+use std::future::Future;
+use std::pin::Pin;
+use tokio_util::sync::CancellationToken;
+
+/// One deployment, as a target sees it.
+pub struct Job<'a> {
+    pub deployer: &'a Deployer,
+    pub deployment: &'a Deployment,
+    pub release: &'a Release,
+    pub project: &'a Project,
+    /// Cancelled at shutdown; the target stops and the deployment is left for the next
+    /// start to mark failed.
+    pub shutdown: &'a CancellationToken,
+}
+
+/// A kind of deploy target. `deploy` returns once the release is live there (the
+/// deployment then succeeds) or with why it is not (it fails).
+pub trait Target: Send + Sync {
+    fn deploy<'a>(&'a self, job: Job<'a>) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+}
+
+/// The implementation for a target as the pipeline file declares it.
+pub fn of(def: &TargetDef) -> Result<&dyn Target> {
+    match def {
+        TargetDef::Exec(t) => Ok(t),
+        TargetDef::Webhook(t) => Ok(t),
+        TargetDef::Service(_) | TargetDef::Kubernetes(_) => Err(Error::Invalid(
+            "the service and kubernetes targets are not built yet in this version of BetCycle"
+                .into(),
+        )),
+    }
+}

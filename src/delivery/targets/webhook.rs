@@ -1,0 +1,168 @@
+//! The `webhook` target: a signed POST, then — with `callback` — a wait for the
+//! one-time callback URL.
+
+use super::{Job, Target};
+use crate::ci::pipeline::deploy::WebhookTarget;
+use crate::core::error::{Error, Result};
+use crate::delivery::deployer::LogFile;
+use crate::delivery::model::*;
+use std::pin::Pin;
+use tokio::sync::oneshot;
+
+impl Target for WebhookTarget {
+    fn deploy<'a>(&'a self, job: Job<'a>) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(deploy(self, job))
+    }
+}
+
+/// `webhook`: a signed POST; then, with `callback`, a wait for the one-time URL.
+async fn deploy(t: &WebhookTarget, job: Job<'_>) -> Result<()> {
+    let Job {
+        deployer,
+        deployment: d,
+        release,
+        project,
+        shutdown,
+    } = job;
+    let log = LogFile::create(&deployer.log_path(d.id))?;
+    let secret = match &t.secret {
+        Some(name) => deployer
+            .reveal(d, project.id, &[(name.clone(), name.clone())])
+            .await?
+            .pop()
+            .map(|(_, v)| v),
+        None => None,
+    };
+    let (callback_url, waiter) = if t.callback {
+        let token = crate::identity::secret::random_hex(32);
+        deployer
+            .store
+            .set_deploy_callback(crate::identity::secret::digest(&token), d.id)
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        deployer
+            .waiting
+            .lock()
+            .expect("deployer lock")
+            .insert(d.id, tx);
+        (
+            Some(format!(
+                "{}/api/v1/deployments/callback/{token}",
+                deployer.public_url.trim_end_matches('/')
+            )),
+            Some(rx),
+        )
+    } else {
+        (None, None)
+    };
+    let body = serde_json::to_vec(&serde_json::json!({
+        "event": "deploy",
+        "project": d.project,
+        "environment": d.environment,
+        "deployment": d.number,
+        "release": release.label(),
+        "release_number": release.number,
+        "commit": release.commit,
+        "branch": release.branch,
+        "artifacts": release.artifacts,
+        "callback_url": callback_url,
+    }))
+    .expect("JSON");
+    let mut request = deployer
+        .http
+        .post(&t.url)
+        .header("content-type", "application/json")
+        .header("x-betcycle-event", "deploy")
+        .header("x-betcycle-delivery", format!("{}-{}", d.project, d.number))
+        .timeout(t.timeout());
+    if let Some(secret) = &secret {
+        request = request.header(
+            "x-betcycle-signature-256",
+            format!(
+                "sha256={}",
+                hex::encode(crate::identity::secret::hmac_sha256(
+                    secret.as_bytes(),
+                    &body
+                ))
+            ),
+        );
+    }
+    log.write_line(false, &format!("POST {}", t.url));
+    let answer = tokio::select! {
+        answer = request.body(body).send() => answer,
+        () = shutdown.cancelled() => return Err(Error::Invalid("shut down".into())),
+    };
+    let answer =
+        answer.map_err(|e| Error::Invalid(format!("the webhook could not be reached: {e}")));
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            deployer
+                .waiting
+                .lock()
+                .expect("deployer lock")
+                .remove(&d.id);
+            return Err(e);
+        }
+    };
+    let status = answer.status();
+    log.write_line(!status.is_success(), &format!("answered {status}"));
+    if !status.is_success() {
+        deployer
+            .waiting
+            .lock()
+            .expect("deployer lock")
+            .remove(&d.id);
+        return Err(Error::Invalid(format!("the webhook answered {status}")));
+    }
+    let Some(waiter) = waiter else {
+        deployer
+            .set_status(
+                d.id,
+                DeploymentStatus::Verifying,
+                "verifying: the webhook answered 2xx",
+            )
+            .await?;
+        return Ok(());
+    };
+    deployer
+        .set_status(
+            d.id,
+            DeploymentStatus::Verifying,
+            "verifying: waiting for the callback",
+        )
+        .await?;
+    let result = tokio::select! {
+        r = tokio::time::timeout(t.timeout(), waiter) => r,
+        () = shutdown.cancelled() => return Err(Error::Invalid("shut down".into())),
+    };
+    deployer
+        .waiting
+        .lock()
+        .expect("deployer lock")
+        .remove(&d.id);
+    match result {
+        Ok(Ok(r)) => {
+            log.write_line(
+                !r.succeeded,
+                &format!(
+                    "callback: {} {}",
+                    if r.succeeded { "succeeded" } else { "failed" },
+                    r.message
+                ),
+            );
+            if r.succeeded {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "the target reported failure: {}",
+                    r.message
+                )))
+            }
+        }
+        _ => Err(Error::Invalid(format!(
+            "no callback within {} s",
+            t.timeout().as_secs()
+        ))),
+    }
+}
