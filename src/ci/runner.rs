@@ -665,7 +665,7 @@ impl Runner {
                 withheld: run.pull_request.as_ref().is_some_and(|pr| pr.fork),
                 run: run.clone(),
             }),
-            sandbox: crate::exec::local::sandbox::Sandbox::on_server(
+            executor: crate::exec::local::Local::on_server(
                 &self.data_dir,
                 project.isolation,
                 &format!("run-{}", run.id),

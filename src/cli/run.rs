@@ -161,7 +161,7 @@ impl Run {
             reuse: BTreeMap::new(),
             secrets: std::sync::Arc::new(crate::exec::EnvSecrets(env)),
             // The developer's own machine and repository: nothing to hide.
-            sandbox: crate::exec::local::sandbox::Sandbox::none(),
+            executor: crate::exec::local::Local::unconfined(),
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()

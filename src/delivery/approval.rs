@@ -49,13 +49,7 @@ impl Deployer {
         comment: String,
         audit: &Context,
     ) -> Result<Deployment> {
-        let d = self
-            .store
-            .deployment(project, number)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("deployment {number} of project \"{project}\""),
-            })?;
+        let d = self.deployment(project, number).await?;
         if d.status != DeploymentStatus::AwaitingApproval {
             return Err(Error::Conflict(format!(
                 "deployment {number} is {}, not awaiting approval",
@@ -64,25 +58,16 @@ impl Deployer {
         }
         let me = format!("user:{}", user.name);
         let release = self.store.release(project, d.release_number).await?;
-        if approve && same_person(&d.requested_by, &me) {
-            return Err(Error::Forbidden(
-                "you requested this deployment; someone else must approve it".into(),
-            ));
-        }
-        if approve && release.as_ref().is_some_and(|r| same_person(&r.actor, &me)) {
-            return Err(Error::Forbidden(
-                "you pushed this release's commit; someone else must approve it".into(),
-            ));
-        }
-        let (env, previous, _) = self.environment(project, &d.environment).await?;
-        self.check_approver(project, &env.protection.approvers, user)
+        let (env, previous) = self
+            .check_decider(&d, release.as_ref(), user, &me, approve)
             .await?;
-        if d.approvals.iter().any(|a| a.by == me) {
-            return Err(Error::Conflict(format!(
-                "{me} already decided on deployment {number}"
-            )));
-        }
         let now = Timestamp::now();
+        let approval = Approval {
+            by: me,
+            approved: approve,
+            comment,
+            at: now,
+        };
         // A freeze may have begun while it waited.
         let blocked = if approve {
             env.protection.check_time(&d.environment, now).err()
@@ -91,135 +76,109 @@ impl Deployer {
         };
         // With this approval it may start: the deploy gate decides again, now with the
         // approvals in its input. A refusal cancels the deployment.
-        let mut verdict: Option<(u64, Option<String>, Vec<String>)> = None;
-        if approve
-            && blocked.is_none()
-            && d.approvals_given() + 1 >= d.required_approvals
-            && let Some(release) = &release
-        {
-            let mut approvals = d.approvals.clone();
-            approvals.push(Approval {
-                by: me.clone(),
-                approved: true,
-                comment: comment.clone(),
-                at: now,
-            });
-            let input = self
-                .gate_input(
-                    "start",
-                    &env,
-                    previous.as_ref(),
-                    release,
-                    &approvals,
-                    &d.requested_by,
-                )
-                .await?;
-            let repository = match self.store.project(project).await? {
-                Some(p) => {
-                    crate::policy::Policies::repository_modules_of(
-                        &self.mirrors,
-                        &p,
-                        &release.commit,
-                        crate::policy::Gate::Deploy,
-                    )
-                    .await?
-                }
-                None => Vec::new(),
-            };
-            let gate = self
-                .policies
-                .gate(
-                    crate::policy::Subject {
-                        project,
-                        gate: crate::policy::Gate::Deploy,
-                        subject: format!("deployment {number}"),
-                        stage: "start",
-                    },
-                    input,
-                    repository,
-                    env.protection.policy_fail_open,
-                )
-                .await?;
-            verdict = Some((gate.decision, gate.refusal, gate.warnings));
-        }
-        let comment_for = comment.clone();
+        let verdict = match &release {
+            Some(release)
+                if approve
+                    && blocked.is_none()
+                    && d.approvals_given() + 1 >= d.required_approvals =>
+            {
+                let gate = self.gate_last_approval(&d, &env, previous.as_ref(), release, &approval);
+                Some(gate.await?)
+            }
+            _ => None,
+        };
+        let said = if approval.comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", approval.comment)
+        };
+        let action = if approve {
+            "deployment.approve"
+        } else {
+            "deployment.reject"
+        };
+        let record = Record::new(audit, action, format!("project:{project}"))
+            .detail(format!("deployment #{number}{said}"));
         let updated = self
             .store
             .update_deployment(
                 d.id,
-                move |d| {
-                    if d.status != DeploymentStatus::AwaitingApproval {
-                        return Err(Error::Conflict(format!(
-                            "deployment {} is {}, not awaiting approval",
-                            d.number,
-                            d.status.as_str()
-                        )));
-                    }
-                    d.approvals.push(Approval {
-                        by: me.clone(),
-                        approved: approve,
-                        comment: comment_for.clone(),
-                        at: now,
-                    });
-                    let said = if comment_for.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {comment_for}")
-                    };
-                    if !approve {
-                        d.status = DeploymentStatus::Cancelled;
-                        d.message = format!("rejected by {me}{said}");
-                        d.note(&me, format!("rejected{said}"));
-                    } else {
-                        d.note(&me, format!("approved{said}"));
-                        if let Some((id, _, warnings)) = &verdict {
-                            d.decisions.push(*id);
-                            for w in warnings {
-                                d.note("policy", format!("warning: {w}"));
-                            }
-                        }
-                        if d.approvals_given() >= d.required_approvals {
-                            match (&blocked, verdict.as_ref().and_then(|v| v.1.as_ref())) {
-                                (Some(why), _) => {
-                                    d.note("betcycle", format!("approved, but not queued: {why}"))
-                                }
-                                (None, Some(why)) => {
-                                    d.status = DeploymentStatus::Cancelled;
-                                    d.message = why.clone();
-                                    d.note("policy", why.clone());
-                                }
-                                (None, None) => {
-                                    d.status = DeploymentStatus::Queued;
-                                    d.note("betcycle", "queued");
-                                }
-                            }
-                        }
-                    }
-                    Ok(())
-                },
-                Some(
-                    Record::new(
-                        audit,
-                        if approve {
-                            "deployment.approve"
-                        } else {
-                            "deployment.reject"
-                        },
-                        format!("project:{project}"),
-                    )
-                    .detail(format!(
-                        "deployment #{number}{}",
-                        if comment.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {comment}")
-                        }
-                    )),
-                ),
+                move |d| record_decision(d, approval, blocked, verdict),
+                Some(record),
             )
             .await?;
         self.wake.notify_one();
         Ok(updated)
+    }
+
+    /// Whether `user` (`me`) may decide on `d`: not the requester nor the pusher when
+    /// approving, an eligible approver, and only once. Returns the environment and the
+    /// one before it.
+    async fn check_decider(
+        &self,
+        d: &Deployment,
+        release: Option<&Release>,
+        user: &User,
+        me: &str,
+        approve: bool,
+    ) -> Result<(Environment, Option<Environment>)> {
+        if approve && same_person(&d.requested_by, me) {
+            return Err(Error::Forbidden(
+                "you requested this deployment; someone else must approve it".into(),
+            ));
+        }
+        if approve && release.is_some_and(|r| same_person(&r.actor, me)) {
+            return Err(Error::Forbidden(
+                "you pushed this release's commit; someone else must approve it".into(),
+            ));
+        }
+        let (env, previous, _) = self.environment(&d.project, &d.environment).await?;
+        self.check_approver(&d.project, &env.protection.approvers, user)
+            .await?;
+        if d.approvals.iter().any(|a| a.by == me) {
+            return Err(Error::Conflict(format!(
+                "{me} already decided on deployment {}",
+                d.number
+            )));
+        }
+        Ok((env, previous))
+    }
+
+    /// The deploy gate at the start stage, with `approval` added to those given.
+    async fn gate_last_approval(
+        &self,
+        d: &Deployment,
+        env: &Environment,
+        previous: Option<&Environment>,
+        release: &Release,
+        approval: &Approval,
+    ) -> Result<crate::policy::Verdict> {
+        let mut approvals = d.approvals.clone();
+        approvals.push(approval.clone());
+        let input = self
+            .gate_input("start", env, previous, release, &approvals, &d.requested_by)
+            .await?;
+        let repository = match self.store.project(&d.project).await? {
+            Some(p) => {
+                crate::policy::Policies::repository_modules_of(
+                    &self.mirrors,
+                    &p,
+                    &release.commit,
+                    crate::policy::Gate::Deploy,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        let subject = crate::policy::Subject {
+            project: &d.project,
+            gate: crate::policy::Gate::Deploy,
+            subject: format!("deployment {}", d.number),
+            stage: "start",
+        };
+        self.policies
+            .gate(subject, input, repository, env.protection.policy_fail_open)
+            .await
     }
 
     /// Whether `user` may approve in an environment with these `approvers`.
@@ -297,4 +256,57 @@ fn same_person(actor: &str, user: &str) -> bool {
         || actor
             .strip_prefix(user)
             .is_some_and(|rest| rest.starts_with(' '))
+}
+
+/// Applies a decision to the deployment record (inside its write transaction, so a
+/// decision that raced another one is refused).
+fn record_decision(
+    d: &mut Deployment,
+    approval: Approval,
+    blocked: Option<String>,
+    verdict: Option<crate::policy::Verdict>,
+) -> Result<()> {
+    if d.status != DeploymentStatus::AwaitingApproval {
+        return Err(Error::Conflict(format!(
+            "deployment {} is {}, not awaiting approval",
+            d.number,
+            d.status.as_str()
+        )));
+    }
+    let me = approval.by.clone();
+    let said = if approval.comment.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", approval.comment)
+    };
+    let approve = approval.approved;
+    d.approvals.push(approval);
+    if !approve {
+        d.status = DeploymentStatus::Cancelled;
+        d.message = format!("rejected by {me}{said}");
+        d.note(&me, format!("rejected{said}"));
+        return Ok(());
+    }
+    d.note(&me, format!("approved{said}"));
+    if let Some(verdict) = &verdict {
+        d.decisions.push(verdict.decision);
+        for w in &verdict.warnings {
+            d.note("policy", format!("warning: {w}"));
+        }
+    }
+    if d.approvals_given() >= d.required_approvals {
+        match (blocked, verdict.and_then(|v| v.refusal)) {
+            (Some(why), _) => d.note("betcycle", format!("approved, but not queued: {why}")),
+            (None, Some(why)) => {
+                d.status = DeploymentStatus::Cancelled;
+                d.message = why.clone();
+                d.note("policy", why);
+            }
+            (None, None) => {
+                d.status = DeploymentStatus::Queued;
+                d.note("betcycle", "queued");
+            }
+        }
+    }
+    Ok(())
 }

@@ -92,6 +92,21 @@ impl Deployer {
             })
     }
 
+    /// Drops the callback waiter of deployment `id` (it failed or stopped waiting).
+    pub(super) fn forget_callback(&self, id: u64) {
+        self.waiting.lock().expect("deployer lock").remove(&id);
+    }
+
+    /// Deployment `number` of `project`, or `NotFound`.
+    pub(super) async fn deployment(&self, project: &str, number: u64) -> Result<Deployment> {
+        self.store
+            .deployment(project, number)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("deployment {number} of project \"{project}\""),
+            })
+    }
+
     /// The deployment whose release is live in `environment` now (the latest that
     /// succeeded), if any.
     pub async fn live(&self, project: &str, environment: &str) -> Result<Option<Deployment>> {
@@ -178,13 +193,7 @@ impl Deployer {
 
     /// Cancels a deployment that has not started.
     pub async fn cancel(&self, project: &str, number: u64, audit: &Context) -> Result<Deployment> {
-        let d = self
-            .store
-            .deployment(project, number)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("deployment {number} of project \"{project}\""),
-            })?;
+        let d = self.deployment(project, number).await?;
         let actor = audit.actor.clone();
         self.store
             .update_deployment(

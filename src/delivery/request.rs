@@ -32,32 +32,9 @@ impl Deployer {
         }
         let now = Timestamp::now();
         if reason != Reason::Rollback {
-            let p = &env.protection;
-            let soak = match &previous {
-                Some(prev) if p.soak.is_some() => {
-                    let live = self.live(&project.slug, &prev.name).await?;
-                    let since = live
-                        .filter(|d| d.release == release.id)
-                        .and_then(|d| d.finished_at);
-                    p.check_soak(&prev.name, since, now)
-                }
-                _ => Ok(()),
-            };
-            if let Err(why) = p
-                .check_branch(environment, release.branch.as_deref())
-                .and_then(|()| p.check_time(environment, now))
-                .and(soak)
-            {
-                return Err(Error::Forbidden(why));
-            }
+            self.check_protections(&env, previous.as_ref(), &release, now)
+                .await?;
         }
-        let repository = crate::policy::Policies::repository_modules_of(
-            &self.mirrors,
-            project,
-            &release.commit,
-            crate::policy::Gate::Deploy,
-        )
-        .await?;
         let since = self
             .live(&project.slug, environment)
             .await?
@@ -69,50 +46,20 @@ impl Deployer {
         )
         .await;
         let needs_approval = env.protection.required_approvals > 0 && reason != Reason::Rollback;
-        // The deploy gate: at the request, and — when nothing is left to wait for — at the
-        // start too. A rollback restores what was there and is not gated.
-        let mut decisions = Vec::new();
-        let mut warnings = Vec::new();
-        if reason != Reason::Rollback {
-            let stages: &[&str] = if needs_approval {
-                &["request"]
-            } else {
-                &["request", "start"]
-            };
-            // The same input for both stages but for `stage`.
-            let mut input = self
-                .gate_input(
-                    "request",
-                    &env,
-                    previous.as_ref(),
-                    &release,
-                    &[],
-                    &actor.actor,
-                )
-                .await?;
-            for stage in stages {
-                input["stage"] = serde_json::Value::from(*stage);
-                let verdict = self
-                    .policies
-                    .gate(
-                        crate::policy::Subject {
-                            project: &project.slug,
-                            gate: crate::policy::Gate::Deploy,
-                            subject: format!("release {} to {environment}", release.number),
-                            stage,
-                        },
-                        input.clone(),
-                        repository.clone(),
-                        env.protection.policy_fail_open,
-                    )
-                    .await?;
-                if let Some(why) = verdict.refusal {
-                    return Err(Error::Forbidden(why));
-                }
-                decisions.push(verdict.decision);
-                warnings.extend(verdict.warnings);
-            }
-        }
+        // A rollback restores what was there and is not gated.
+        let (decisions, warnings) = if reason == Reason::Rollback {
+            (Vec::new(), Vec::new())
+        } else {
+            self.gate_request(
+                project,
+                &env,
+                previous.as_ref(),
+                &release,
+                actor,
+                needs_approval,
+            )
+            .await?
+        };
         let mut deployment = Deployment {
             id: 0,
             project: project.slug.clone(),
@@ -144,29 +91,8 @@ impl Deployer {
             secrets: Vec::new(),
             decisions,
         };
-        deployment.note(
-            &actor.actor,
-            match reason {
-                Reason::Auto => format!(
-                    "requested automatically: run #{} is green",
-                    release.run_number
-                ),
-                Reason::Manual => "requested".to_string(),
-                Reason::Promotion => format!(
-                    "promoted from {}",
-                    previous
-                        .as_ref()
-                        .map_or("the previous environment", |p| p.name.as_str())
-                ),
-                Reason::Rollback => format!(
-                    "rollback to release {}{}",
-                    release.number,
-                    rollback_of
-                        .map(|d| format!(" (undoes deployment {d})"))
-                        .unwrap_or_default()
-                ),
-            },
-        );
+        let why = requested_because(reason, &release, previous.as_ref(), rollback_of);
+        deployment.note(&actor.actor, why);
         for warning in warnings {
             deployment.note("policy", format!("warning: {warning}"));
         }
@@ -176,22 +102,96 @@ impl Deployer {
                 format!("awaiting {} approval(s)", env.protection.required_approvals),
             );
         }
-        let deployment = self
-            .store
-            .create_deployment(
-                deployment,
-                Record::new(
-                    actor,
-                    "deployment.request",
-                    format!("project:{}", project.slug),
-                ),
-            )
-            .await?;
+        let record = Record::new(
+            actor,
+            "deployment.request",
+            format!("project:{}", project.slug),
+        );
+        let deployment = self.store.create_deployment(deployment, record).await?;
         if needs_approval && let Some(url) = &env.approval_webhook {
             self.announce_approval(url.clone(), &deployment, &release);
         }
         self.wake.notify_one();
         Ok(deployment)
+    }
+
+    /// The environment's branch, time-window, freeze and soak protections for `release`.
+    async fn check_protections(
+        &self,
+        env: &Environment,
+        previous: Option<&Environment>,
+        release: &Release,
+        now: Timestamp,
+    ) -> Result<()> {
+        let p = &env.protection;
+        let soak = match previous {
+            Some(prev) if p.soak.is_some() => {
+                let live = self.live(&env.project, &prev.name).await?;
+                let since = live
+                    .filter(|d| d.release == release.id)
+                    .and_then(|d| d.finished_at);
+                p.check_soak(&prev.name, since, now)
+            }
+            _ => Ok(()),
+        };
+        p.check_branch(&env.name, release.branch.as_deref())
+            .and_then(|()| p.check_time(&env.name, now))
+            .and(soak)
+            .map_err(Error::Forbidden)
+    }
+
+    /// The deploy gate at a request, and — when no approval is left to wait for — at the
+    /// start too: the decisions made and their warnings, or the refusal.
+    async fn gate_request(
+        &self,
+        project: &crate::projects::Project,
+        env: &Environment,
+        previous: Option<&Environment>,
+        release: &Release,
+        actor: &Context,
+        needs_approval: bool,
+    ) -> Result<(Vec<u64>, Vec<String>)> {
+        let repository = crate::policy::Policies::repository_modules_of(
+            &self.mirrors,
+            project,
+            &release.commit,
+            crate::policy::Gate::Deploy,
+        )
+        .await?;
+        let stages: &[&str] = if needs_approval {
+            &["request"]
+        } else {
+            &["request", "start"]
+        };
+        // The same input for both stages but for `stage`.
+        let mut input = self
+            .gate_input("request", env, previous, release, &[], &actor.actor)
+            .await?;
+        let (mut decisions, mut warnings) = (Vec::new(), Vec::new());
+        for stage in stages {
+            input["stage"] = serde_json::Value::from(*stage);
+            let subject = crate::policy::Subject {
+                project: &project.slug,
+                gate: crate::policy::Gate::Deploy,
+                subject: format!("release {} to {}", release.number, env.name),
+                stage,
+            };
+            let verdict = self
+                .policies
+                .gate(
+                    subject,
+                    input.clone(),
+                    repository.clone(),
+                    env.protection.policy_fail_open,
+                )
+                .await?;
+            if let Some(why) = verdict.refusal {
+                return Err(Error::Forbidden(why));
+            }
+            decisions.push(verdict.decision);
+            warnings.extend(verdict.warnings);
+        }
+        Ok((decisions, warnings))
     }
 
     /// The deploy gate's input (documented in docs/policies.md).
@@ -382,4 +382,31 @@ async fn release_notes(mirror: &std::path::Path, since: Option<&str>, commit: &s
         .await
         .map(|out| out.lines().map(str::to_string).collect())
         .unwrap_or_default()
+}
+
+/// The first note on a new deployment: why it was requested.
+fn requested_because(
+    reason: Reason,
+    release: &Release,
+    previous: Option<&Environment>,
+    rollback_of: Option<u64>,
+) -> String {
+    match reason {
+        Reason::Auto => format!(
+            "requested automatically: run #{} is green",
+            release.run_number
+        ),
+        Reason::Manual => "requested".to_string(),
+        Reason::Promotion => format!(
+            "promoted from {}",
+            previous.map_or("the previous environment", |p| p.name.as_str())
+        ),
+        Reason::Rollback => format!(
+            "rollback to release {}{}",
+            release.number,
+            rollback_of
+                .map(|d| format!(" (undoes deployment {d})"))
+                .unwrap_or_default()
+        ),
+    }
 }

@@ -11,8 +11,7 @@ use crate::ci::reports::junit::{self, TestSummary};
 use crate::secrets::mask::Masker;
 use globset::{Glob, GlobSetBuilder};
 use jiff::Timestamp;
-use local::process::{self, Exit, Stream};
-use local::sandbox;
+use local::process::{Exit, Stream};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -162,8 +161,39 @@ pub struct RunSpec {
     pub reuse: BTreeMap<String, StepResult>,
     /// Where the steps' `secrets:` come from.
     pub secrets: Arc<dyn SecretSource>,
-    /// How steps are confined, and where their processes are recorded.
-    pub sandbox: sandbox::Sandbox,
+    /// Where the run's processes run (and how they are confined).
+    pub executor: Arc<dyn Executor>,
+}
+
+/// One process for an [`Executor`]: a step attempt, a service or a readiness probe.
+pub struct Process {
+    pub script: String,
+    /// The run's workspace (what the process may use) and the directory it starts in.
+    pub workspace: PathBuf,
+    pub dir: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<std::time::Duration>,
+    pub cancel: CancellationToken,
+    /// Called for every line of output as it arrives.
+    pub on_line: OnLine,
+}
+
+pub type OnLine = Arc<dyn Fn(Stream, &str) + Send + Sync>;
+
+/// A started process: resolves to how it ended.
+pub type Spawned = std::pin::Pin<Box<dyn Future<Output = Exit> + Send + 'static>>;
+
+/// Where a run's processes run. [`local::Local`] runs them on this host; containers,
+/// remote agents and Kubernetes implement the same three calls. The scheduler above it
+/// (order, parallelism, retries, services, reports, artifacts, masking) is the same for
+/// every executor.
+pub trait Executor: Send + Sync {
+    /// Variables this executor sets for every process (e.g. `TMPDIR`).
+    fn env(&self) -> BTreeMap<String, String>;
+    /// Starts `process`; an error says why it cannot be started at all.
+    fn spawn(&self, process: Process) -> Result<Spawned, String>;
+    /// After the run: removes what the executor made for it.
+    fn clean_up(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 impl RunSpec {
@@ -174,9 +204,7 @@ impl RunSpec {
         env.extend(self.pipeline.env.clone());
         env.extend(extra.clone());
         env.extend(self.context.clone());
-        if let Some(tmp) = &self.sandbox.tmp {
-            env.insert("TMPDIR".into(), tmp.display().to_string());
-        }
+        env.extend(self.executor.env());
         env
     }
 }
@@ -229,9 +257,9 @@ pub async fn run(
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
 ) -> Vec<StepResult> {
-    let sandbox = spec.sandbox.clone();
+    let executor = spec.executor.clone();
     let results = run_confined(spec, observer, cancel).await;
-    sandbox.clean_up().await;
+    executor.clean_up().await;
     results
 }
 
@@ -290,21 +318,20 @@ async fn start_services(
     let mut tasks = Vec::new();
     for service in &spec.pipeline.services {
         let env = spec.env(&service.env);
-        let confine = spec.sandbox.confine(&spec.workspace)?;
         let label = format!("service {}", service.name);
-        let on_line = {
+        let on_line: OnLine = {
             let (observer, label) = (observer.clone(), label.clone());
-            move |stream, text: &str| observer.line(&label, stream, text)
+            Arc::new(move |stream, text: &str| observer.line(&label, stream, text))
         };
-        let (run, dir, stop_it, service_env) = (
-            service.run.clone(),
-            spec.workspace.clone(),
-            stop.clone(),
-            env.clone(),
-        );
-        let task = tokio::spawn(async move {
-            process::run(&run, &dir, &service_env, None, &stop_it, confine, on_line).await
-        });
+        let task = tokio::spawn(spec.executor.spawn(Process {
+            script: service.run.clone(),
+            workspace: spec.workspace.clone(),
+            dir: spec.workspace.clone(),
+            env: env.clone(),
+            timeout: None,
+            cancel: stop.clone(),
+            on_line,
+        })?);
         if let Some(ready) = &service.ready {
             let deadline = tokio::time::Instant::now() + SERVICE_READY_TIMEOUT;
             loop {
@@ -314,16 +341,18 @@ async fn start_services(
                         service.name
                     ));
                 }
-                let probe = process::run(
-                    ready,
-                    &spec.workspace,
-                    &env,
-                    Some(std::time::Duration::from_secs(5)),
-                    stop,
-                    spec.sandbox.confine(&spec.workspace)?,
-                    |_, _| {},
-                )
-                .await;
+                let probe = spec
+                    .executor
+                    .spawn(Process {
+                        script: ready.clone(),
+                        workspace: spec.workspace.clone(),
+                        dir: spec.workspace.clone(),
+                        env: env.clone(),
+                        timeout: Some(std::time::Duration::from_secs(5)),
+                        cancel: stop.clone(),
+                        on_line: Arc::new(|_, _| {}),
+                    })?
+                    .await;
                 if probe == Exit::Code(0) {
                     break;
                 }
@@ -503,23 +532,21 @@ async fn run_step(
     let mut attempts = 0;
     let (status, exit_code, reason) = loop {
         attempts += 1;
-        let on_line = {
+        let on_line: OnLine = {
             let (observer, name) = (observer.clone(), step.name.clone());
-            move |stream, text: &str| observer.line(&name, stream, text)
+            Arc::new(move |stream, text: &str| observer.line(&name, stream, text))
         };
-        let exit = match spec.sandbox.confine(&spec.workspace) {
-            Ok(confine) => {
-                process::run(
-                    &step.run,
-                    &dir,
-                    &env,
-                    step.timeout,
-                    cancel,
-                    confine,
-                    on_line,
-                )
-                .await
-            }
+        let process = Process {
+            script: step.run.clone(),
+            workspace: spec.workspace.clone(),
+            dir: dir.clone(),
+            env: env.clone(),
+            timeout: step.timeout,
+            cancel: cancel.clone(),
+            on_line,
+        };
+        let exit = match spec.executor.spawn(process) {
+            Ok(spawned) => spawned.await,
             Err(e) => Exit::SpawnFailed(e),
         };
         let outcome = match exit {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-pub use service::{Policies, Subject};
+pub use service::{Policies, Subject, Verdict};
 pub use store_model::*;
 
 /// Where a policy applies.

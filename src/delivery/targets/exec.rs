@@ -91,7 +91,7 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
         only: None,
         reuse: BTreeMap::new(),
         secrets: Arc::new(Given(values)),
-        sandbox: exec::local::sandbox::Sandbox::on_server(
+        executor: exec::local::Local::on_server(
             &deployer.data_dir,
             project.isolation,
             &format!("deployment-{}", d.id),
