@@ -91,9 +91,8 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
 }
 
 impl Run {
-    pub fn run(self, env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
-        let dir = std::path::absolute(&self.dir)
-            .map_err(|e| Failure::Usage(format!("invalid --dir {}: {e}", self.dir.display())))?;
+    /// The pipeline file, parsed; `--step` must name one of its steps.
+    fn pipeline(&self, dir: &std::path::Path) -> Result<crate::ci::pipeline::Pipeline, Failure> {
         let file = dir.join(&self.file);
         let text = std::fs::read_to_string(&file)
             .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", file.display())))?;
@@ -118,27 +117,20 @@ impl Run {
             )));
         }
 
+        Ok(pipeline)
+    }
+
+    pub fn run(self, env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
+        let dir = std::path::absolute(&self.dir)
+            .map_err(|e| Failure::Usage(format!("invalid --dir {}: {e}", self.dir.display())))?;
+        let pipeline = self.pipeline(&dir)?;
+
         let self_report = self.report.clone();
         let branch = self
             .branch
             .clone()
             .or_else(|| git(&dir, &["rev-parse", "--abbrev-ref", "HEAD"]));
-        let commit = git(&dir, &["rev-parse", "HEAD"]).unwrap_or_default();
-        let project = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let context = BTreeMap::from([
-            ("BETCYCLE_RUN_ID".to_string(), "local".to_string()),
-            ("BETCYCLE_PROJECT".to_string(), project),
-            ("BETCYCLE_COMMIT".to_string(), commit),
-            (
-                "BETCYCLE_BRANCH".to_string(),
-                branch.clone().unwrap_or_default(),
-            ),
-            ("BETCYCLE_EVENT".to_string(), self.event.clone()),
-            ("BETCYCLE_WORKSPACE".to_string(), dir.display().to_string()),
-        ]);
+        let context = context(&dir, branch.as_deref(), &self.event);
         let passthrough = env
             .iter()
             .filter(|(k, _)| PASSTHROUGH_ENV.contains(&k.as_str()))
@@ -190,6 +182,26 @@ impl Run {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The `BETCYCLE_*` variables of a local run.
+fn context(dir: &std::path::Path, branch: Option<&str>, event: &str) -> BTreeMap<String, String> {
+    let commit = git(dir, &["rev-parse", "HEAD"]).unwrap_or_default();
+    let project = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    BTreeMap::from([
+        ("BETCYCLE_RUN_ID".to_string(), "local".to_string()),
+        ("BETCYCLE_PROJECT".to_string(), project),
+        ("BETCYCLE_COMMIT".to_string(), commit),
+        (
+            "BETCYCLE_BRANCH".to_string(),
+            branch.unwrap_or_default().to_string(),
+        ),
+        ("BETCYCLE_EVENT".to_string(), event.to_string()),
+        ("BETCYCLE_WORKSPACE".to_string(), dir.display().to_string()),
+    ])
 }
 
 fn summary(results: &[StepResult]) {

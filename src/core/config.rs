@@ -252,7 +252,7 @@ const OTHER_ENV: &[&str] = &[
     "BETCYCLE_CONFIG",
     "BETCYCLE_TOKEN",
     "BETCYCLE_SERVER",
-    "BETCYCLE_BROWSER_TESTS",
+    "BETCYCLE_PROMTOOL",
     "BETCYCLE_MANAGED_BY",
 ];
 
@@ -379,180 +379,174 @@ impl Config {
             Some(path) => read_file(path)?,
             None => BTreeMap::new(),
         };
-
         let mut raw = Vec::with_capacity(OPTIONS.len());
         for opt in OPTIONS {
             raw.push((opt, resolve(opt, inputs, &file_values)?));
         }
-        let get = |key: &str| -> Option<&(String, Source)> {
-            raw.iter()
-                .find(|(opt, _)| opt.key == key)
-                .and_then(|(_, v)| v.as_ref())
-        };
-        let invalid = |key: &'static str, reason: &str| {
-            let (value, source) = get(key).cloned().expect("validated options have values");
-            ConfigError::Invalid {
-                key,
-                value,
-                from: source,
-                reason: reason.to_string(),
-            }
-        };
+        let r = Resolved(raw);
 
-        let data_dir = std::path::absolute(&get("data_dir").expect("has default").0)
-            .map_err(|e| invalid("data_dir", &e.to_string()))?;
-        let listen: SocketAddr = get("listen")
-            .expect("has default")
-            .0
+        let data_dir = r.path("data_dir")?;
+        let listen: SocketAddr = r
+            .value("listen")
             .parse()
-            .map_err(|_| invalid("listen", "expected HOST:PORT such as 127.0.0.1:8080"))?;
-        let public_url = match get("public_url") {
+            .map_err(|_| r.invalid("listen", "expected HOST:PORT such as 127.0.0.1:8080"))?;
+        let public_url = match r.get("public_url") {
             Some((value, _)) => {
                 let url = url::Url::parse(value)
-                    .map_err(|e| invalid("public_url", &format!("not a URL ({e})")))?;
+                    .map_err(|e| r.invalid("public_url", &format!("not a URL ({e})")))?;
                 if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                    return Err(invalid(
+                    return Err(r.invalid(
                         "public_url",
                         "expected an http:// or https:// URL with a host",
                     ));
                 }
                 value.trim_end_matches('/').to_string()
             }
-            None if get("tls.cert").is_some() => format!("https://{listen}"),
+            None if r.get("tls.cert").is_some() => format!("https://{listen}"),
             None => format!("http://{listen}"),
         };
-        let shutdown_timeout = parse_duration(&get("shutdown_timeout").expect("has default").0)
-            .map_err(|reason| invalid("shutdown_timeout", &reason))?;
-
-        let duration = |key: &'static str| {
-            parse_duration(&get(key).expect("has default").0)
-                .map_err(|reason| invalid(key, &reason))
-        };
         let http = HttpLimits {
-            header_read_timeout: duration("http.header_read_timeout")?,
-            idle_timeout: duration("http.idle_timeout")?,
-            max_connections: match get("http.max_connections")
-                .expect("has default")
-                .0
-                .parse::<usize>()
-            {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(invalid(
-                        "http.max_connections",
-                        "expected a whole number of at least 1",
-                    ));
-                }
-            },
+            header_read_timeout: r.duration("http.header_read_timeout")?,
+            idle_timeout: r.duration("http.idle_timeout")?,
+            max_connections: r.at_least_one("http.max_connections")?,
         };
-        let session_lifetime = parse_duration(&get("session_lifetime").expect("has default").0)
-            .map_err(|reason| invalid("session_lifetime", &reason))?;
-        let run_concurrency = match get("run_concurrency") {
-            Some((value, _)) => match value.parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(invalid(
-                        "run_concurrency",
-                        "expected a whole number of at least 1",
-                    ));
-                }
-            },
+        let run_concurrency = match r.get("run_concurrency") {
+            Some(_) => r.at_least_one("run_concurrency")?,
             None => std::thread::available_parallelism().map_or(2, |n| n.get()),
         };
-        let run_max_restarts = get("run_max_restarts")
-            .expect("has default")
-            .0
+        let run_max_restarts = r
+            .value("run_max_restarts")
             .parse::<u32>()
-            .map_err(|_| invalid("run_max_restarts", "expected a whole number such as 1"))?;
-        let workspace_retention =
-            parse_duration(&get("workspace_retention").expect("has default").0)
-                .map_err(|reason| invalid("workspace_retention", &reason))?;
-        let tls = match (get("tls.cert"), get("tls.key")) {
-            (Some((cert, _)), Some((key, _))) => Some(TlsConfig {
-                cert: std::path::absolute(cert).map_err(|e| invalid("tls.cert", &e.to_string()))?,
-                key: std::path::absolute(key).map_err(|e| invalid("tls.key", &e.to_string()))?,
+            .map_err(|_| r.invalid("run_max_restarts", "expected a whole number such as 1"))?;
+        let tls = match (r.get("tls.cert"), r.get("tls.key")) {
+            (Some(_), Some(_)) => Some(TlsConfig {
+                cert: r.path("tls.cert")?,
+                key: r.path("tls.key")?,
             }),
-            (Some(_), None) => return Err(invalid("tls.cert", "tls.key must be set too")),
-            (None, Some(_)) => return Err(invalid("tls.key", "tls.cert must be set too")),
+            (Some(_), None) => return Err(r.invalid("tls.cert", "tls.key must be set too")),
+            (None, Some(_)) => return Err(r.invalid("tls.key", "tls.cert must be set too")),
             (None, None) => None,
         };
-
-        let level = get("log.level").expect("has default").0.clone();
-        tracing_subscriber::EnvFilter::builder()
-            .parse(&level)
-            .map_err(|e| invalid("log.level", &e.to_string()))?;
-        let format = match get("log.format").expect("has default").0.as_str() {
-            "auto" => LogFormat::Auto,
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(invalid("log.format", "expected auto, text or json")),
-        };
-        let log_dir = match get("log.dir") {
-            Some((dir, _)) => {
-                std::path::absolute(dir).map_err(|e| invalid("log.dir", &e.to_string()))?
-            }
-            None => data_dir.join("logs"),
-        };
-        let max_files = get("log.max_files")
-            .expect("has default")
-            .0
-            .parse::<usize>()
-            .map_err(|_| invalid("log.max_files", "expected a whole number such as 14"))?;
-        let step_max_size = parse_size(&get("log.step_max_size").expect("has default").0)
-            .map_err(|reason| invalid("log.step_max_size", &reason))?;
-        let store_cache_size = parse_size(&get("store.cache_size").expect("has default").0)
-            .map_err(|reason| invalid("store.cache_size", &reason))?;
-        let health_min_free_disk = parse_size(&get("health.min_free_disk").expect("has default").0)
-            .map_err(|reason| invalid("health.min_free_disk", &reason))?;
-
-        let (master_key_file, master_key_file_named) = match get("master_key_file") {
-            Some((file, _)) => (
-                std::path::absolute(file)
-                    .map_err(|e| invalid("master_key_file", &e.to_string()))?,
-                true,
-            ),
+        let log = r.log(&data_dir)?;
+        let (master_key_file, master_key_file_named) = match r.get("master_key_file") {
+            Some(_) => (r.path("master_key_file")?, true),
             None => (data_dir.join(crate::secrets::seal::MASTER_KEY_FILE), false),
         };
-        let derived = |key: &str| match key {
+        let sources = r.sources(|key| match key {
             "public_url" => public_url.clone(),
             "run_concurrency" => run_concurrency.to_string(),
-            "log.dir" => log_dir.display().to_string(),
+            "log.dir" => log.dir.display().to_string(),
             "master_key_file" => master_key_file.display().to_string(),
             _ => String::new(),
-        };
-        let sources = raw
-            .iter()
-            .map(|(opt, value)| match value {
-                Some((value, source)) => (opt.key, value.clone(), source.clone()),
-                None => (opt.key, derived(opt.key), Source::Derived),
-            })
-            .collect();
-
+        });
         let config = Config {
             data_dir,
             listen,
             public_url,
             master_key_file,
             master_key_file_named,
-            shutdown_timeout,
+            shutdown_timeout: r.duration("shutdown_timeout")?,
             http,
-            session_lifetime,
+            session_lifetime: r.duration("session_lifetime")?,
             run_concurrency,
             run_max_restarts,
-            workspace_retention,
+            workspace_retention: r.duration("workspace_retention")?,
             tls,
-            log: LogConfig {
-                level,
-                format,
-                dir: log_dir,
-                max_files,
-                step_max_size,
-            },
-            store_cache_size,
-            health_min_free_disk,
+            log,
+            store_cache_size: r.size("store.cache_size")?,
+            health_min_free_disk: r.size("health.min_free_disk")?,
             sources,
         };
         Ok((config, unknown_env_warnings(&inputs.env)))
+    }
+}
+
+/// Every option with the value and source it resolved to (`None`: derived, unset).
+struct Resolved(Vec<(&'static OptionSpec, Option<(String, Source)>)>);
+
+impl Resolved {
+    fn get(&self, key: &str) -> Option<&(String, Source)> {
+        self.0
+            .iter()
+            .find(|(opt, _)| opt.key == key)
+            .and_then(|(_, v)| v.as_ref())
+    }
+
+    /// The value of an option that has a default.
+    fn value(&self, key: &str) -> &str {
+        &self.get(key).expect("has default").0
+    }
+
+    fn invalid(&self, key: &'static str, reason: &str) -> ConfigError {
+        let (value, source) = self
+            .get(key)
+            .cloned()
+            .expect("validated options have values");
+        ConfigError::Invalid {
+            key,
+            value,
+            from: source,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn duration(&self, key: &'static str) -> Result<std::time::Duration, ConfigError> {
+        parse_duration(self.value(key)).map_err(|reason| self.invalid(key, &reason))
+    }
+
+    fn size(&self, key: &'static str) -> Result<u64, ConfigError> {
+        parse_size(self.value(key)).map_err(|reason| self.invalid(key, &reason))
+    }
+
+    fn path(&self, key: &'static str) -> Result<PathBuf, ConfigError> {
+        std::path::absolute(self.value(key)).map_err(|e| self.invalid(key, &e.to_string()))
+    }
+
+    fn at_least_one(&self, key: &'static str) -> Result<usize, ConfigError> {
+        match self.value(key).parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(self.invalid(key, "expected a whole number of at least 1")),
+        }
+    }
+
+    /// The `log.*` options (the log directory defaults to `<data-dir>/logs`).
+    fn log(&self, data_dir: &Path) -> Result<LogConfig, ConfigError> {
+        let level = self.value("log.level").to_string();
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&level)
+            .map_err(|e| self.invalid("log.level", &e.to_string()))?;
+        let format = match self.value("log.format") {
+            "auto" => LogFormat::Auto,
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(self.invalid("log.format", "expected auto, text or json")),
+        };
+        let dir = match self.get("log.dir") {
+            Some(_) => self.path("log.dir")?,
+            None => data_dir.join("logs"),
+        };
+        let max_files = self
+            .value("log.max_files")
+            .parse::<usize>()
+            .map_err(|_| self.invalid("log.max_files", "expected a whole number such as 14"))?;
+        Ok(LogConfig {
+            level,
+            format,
+            dir,
+            max_files,
+            step_max_size: self.size("log.step_max_size")?,
+        })
+    }
+
+    /// Where each option's value came from; derived ones show the value `derived` gives.
+    fn sources(&self, derived: impl Fn(&str) -> String) -> Vec<(&'static str, String, Source)> {
+        self.0
+            .iter()
+            .map(|(opt, value)| match value {
+                Some((value, source)) => (opt.key, value.clone(), source.clone()),
+                None => (opt.key, derived(opt.key), Source::Derived),
+            })
+            .collect()
     }
 }
 

@@ -429,6 +429,44 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// A new deployment of `release` to `environment`, requested by `actor` now: queued,
+    /// or awaiting `required_approvals` when there are any.
+    pub fn of(
+        release: &Release,
+        environment: &str,
+        reason: Reason,
+        actor: &str,
+        required_approvals: u32,
+    ) -> Deployment {
+        Deployment {
+            id: 0,
+            project: release.project.clone(),
+            number: 0,
+            environment: environment.to_string(),
+            release: release.id,
+            release_number: release.number,
+            commit: release.commit.clone(),
+            status: if required_approvals > 0 {
+                DeploymentStatus::AwaitingApproval
+            } else {
+                DeploymentStatus::Queued
+            },
+            reason,
+            requested_by: actor.to_string(),
+            requested_at: Timestamp::now(),
+            required_approvals,
+            approvals: Vec::new(),
+            started_at: None,
+            finished_at: None,
+            message: String::new(),
+            rollback_of: None,
+            notes: Vec::new(),
+            timeline: Vec::new(),
+            secrets: Vec::new(),
+            decisions: Vec::new(),
+        }
+    }
+
     pub fn note(&mut self, actor: &str, what: impl Into<String>) {
         self.timeline.push(Entry {
             at: Timestamp::now(),

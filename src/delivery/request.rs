@@ -60,36 +60,17 @@ impl Deployer {
             )
             .await?
         };
+        let approvals = if needs_approval {
+            env.protection.required_approvals
+        } else {
+            0
+        };
         let mut deployment = Deployment {
-            id: 0,
-            project: project.slug.clone(),
-            number: 0,
-            environment: environment.to_string(),
-            release: release.id,
-            release_number: release.number,
-            commit: release.commit.clone(),
-            status: if needs_approval {
-                DeploymentStatus::AwaitingApproval
-            } else {
-                DeploymentStatus::Queued
-            },
-            reason,
-            requested_by: actor.actor.clone(),
             requested_at: now,
-            required_approvals: if needs_approval {
-                env.protection.required_approvals
-            } else {
-                0
-            },
-            approvals: Vec::new(),
-            started_at: None,
-            finished_at: None,
-            message: String::new(),
             rollback_of,
             notes,
-            timeline: Vec::new(),
-            secrets: Vec::new(),
             decisions,
+            ..Deployment::of(&release, environment, reason, &actor.actor, approvals)
         };
         let why = requested_because(reason, &release, previous.as_ref(), rollback_of);
         deployment.note(&actor.actor, why);

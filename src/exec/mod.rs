@@ -409,24 +409,7 @@ async fn run_steps(
                 continue;
             }
             started[i] = true;
-            let skip = if !selected[i] {
-                Some("not selected".to_string())
-            } else if let Some(d) = needs.iter().find(|d| {
-                !results[**d]
-                    .as_ref()
-                    .expect("done")
-                    .status
-                    .lets_dependents_run()
-            }) {
-                Some(format!(
-                    "dependency \"{}\" did not succeed",
-                    spec.pipeline.steps[*d].name
-                ))
-            } else if cancel.is_cancelled() {
-                Some("the run was cancelled".to_string())
-            } else {
-                step.when.check(&spec.trigger).err()
-            };
+            let skip = why_skip(&spec, i, &needs, &results, &selected, &cancel);
             if skip.is_none()
                 && let Some(previous) = spec.reuse.get(&step.name)
             {
@@ -506,28 +489,13 @@ async fn run_step(
 
     observer.step_started(&step.name);
     let started_at = Timestamp::now();
-    if !step.secrets.is_empty() {
-        match spec.secrets.reveal(step).await {
-            Ok(revealed) => {
-                // Masked before the step can print anything.
-                for (name, value) in revealed.env {
-                    masker.add(&value);
-                    env.insert(name, value);
-                }
-                if let Some(notice) = revealed.notice {
-                    observer.line(&step.name, Stream::Stderr, &format!("betcycle: {notice}"));
-                }
-            }
-            Err(reason) => {
-                observer.line(&step.name, Stream::Stderr, &format!("betcycle: {reason}"));
-                return StepResult {
-                    status: StepStatus::Failed,
-                    started_at: Some(started_at),
-                    finished_at: Some(Timestamp::now()),
-                    ..skipped(&step.name, reason)
-                };
-            }
-        }
+    if let Err(reason) = reveal_into(spec, step, &observer, masker, &mut env).await {
+        return StepResult {
+            status: StepStatus::Failed,
+            started_at: Some(started_at),
+            finished_at: Some(Timestamp::now()),
+            ..skipped(&step.name, reason)
+        };
     }
     let mut attempts = 0;
     let (status, exit_code, reason) = loop {
@@ -549,25 +517,7 @@ async fn run_step(
             Ok(spawned) => spawned.await,
             Err(e) => Exit::SpawnFailed(e),
         };
-        let outcome = match exit {
-            Exit::Code(0) => (StepStatus::Succeeded, Some(0), String::new()),
-            Exit::Code(code) if step.allow_failure => (
-                StepStatus::FailedAllowed,
-                Some(code),
-                format!("exit code {code} (allowed to fail)"),
-            ),
-            Exit::Code(code) => (StepStatus::Failed, Some(code), format!("exit code {code}")),
-            Exit::TimedOut => {
-                let limit = step.timeout.unwrap_or_default().as_secs();
-                (
-                    StepStatus::TimedOut,
-                    None,
-                    format!("timed out after {limit} s"),
-                )
-            }
-            Exit::Cancelled => (StepStatus::Cancelled, None, "cancelled".into()),
-            Exit::SpawnFailed(e) => (StepStatus::Failed, None, e),
-        };
+        let outcome = outcome_of(step, exit);
         let retryable = matches!(
             outcome.0,
             StepStatus::Failed | StepStatus::FailedAllowed | StepStatus::TimedOut
@@ -587,25 +537,7 @@ async fn run_step(
     };
 
     let mut warnings = Vec::new();
-    let tests = read_reports(
-        &spec.workspace,
-        &step.reports.junit.to_vec(),
-        "JUnit",
-        junit::parse,
-        &mut warnings,
-    )
-    .into_iter()
-    .reduce(|mut sum, t| {
-        sum.add(t);
-        sum
-    });
-    let coverage = Coverage::sum(read_reports(
-        &spec.workspace,
-        &step.reports.coverage.to_vec(),
-        "coverage",
-        |text, _| coverage::parse(text),
-        &mut warnings,
-    ));
+    let (tests, coverage) = reports_of(&spec.workspace, step, &mut warnings);
     let artifacts = collect_artifacts(&spec.workspace, &step.artifacts, &mut warnings);
     StepResult {
         name: step.name.clone(),
@@ -620,6 +552,118 @@ async fn run_step(
         artifacts,
         warnings,
     }
+}
+
+/// Reveals the step's `secrets:` into `env`, each value added to the run's masker before
+/// the step can print anything.
+async fn reveal_into(
+    spec: &RunSpec,
+    step: &Step,
+    observer: &Arc<dyn Observer>,
+    masker: &Masker,
+    env: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    if step.secrets.is_empty() {
+        return Ok(());
+    }
+    match spec.secrets.reveal(step).await {
+        Ok(revealed) => {
+            for (name, value) in revealed.env {
+                masker.add(&value);
+                env.insert(name, value);
+            }
+            if let Some(notice) = revealed.notice {
+                observer.line(&step.name, Stream::Stderr, &format!("betcycle: {notice}"));
+            }
+            Ok(())
+        }
+        Err(reason) => {
+            observer.line(&step.name, Stream::Stderr, &format!("betcycle: {reason}"));
+            Err(reason)
+        }
+    }
+}
+
+/// A step attempt's status, exit code and reason from how its process ended.
+fn outcome_of(step: &Step, exit: Exit) -> (StepStatus, Option<i32>, String) {
+    match exit {
+        Exit::Code(0) => (StepStatus::Succeeded, Some(0), String::new()),
+        Exit::Code(code) if step.allow_failure => (
+            StepStatus::FailedAllowed,
+            Some(code),
+            format!("exit code {code} (allowed to fail)"),
+        ),
+        Exit::Code(code) => (StepStatus::Failed, Some(code), format!("exit code {code}")),
+        Exit::TimedOut => {
+            let limit = step.timeout.unwrap_or_default().as_secs();
+            (
+                StepStatus::TimedOut,
+                None,
+                format!("timed out after {limit} s"),
+            )
+        }
+        Exit::Cancelled => (StepStatus::Cancelled, None, "cancelled".into()),
+        Exit::SpawnFailed(e) => (StepStatus::Failed, None, e),
+    }
+}
+
+/// The step's JUnit and coverage reports, summed over the files its patterns match.
+fn reports_of(
+    workspace: &Path,
+    step: &Step,
+    warnings: &mut Vec<String>,
+) -> (Option<TestSummary>, Option<Coverage>) {
+    let tests = read_reports(
+        workspace,
+        &step.reports.junit.to_vec(),
+        "JUnit",
+        junit::parse,
+        warnings,
+    )
+    .into_iter()
+    .reduce(|mut sum, t| {
+        sum.add(t);
+        sum
+    });
+    let coverage = Coverage::sum(read_reports(
+        workspace,
+        &step.reports.coverage.to_vec(),
+        "coverage",
+        |text, _| coverage::parse(text),
+        warnings,
+    ));
+    (tests, coverage)
+}
+
+/// Why step `i` does not run (not selected, a dependency that did not succeed, the run
+/// cancelled, its `when` filter), or `None`.
+fn why_skip(
+    spec: &RunSpec,
+    i: usize,
+    needs: &[usize],
+    results: &[Option<StepResult>],
+    selected: &[bool],
+    cancel: &CancellationToken,
+) -> Option<String> {
+    if !selected[i] {
+        return Some("not selected".to_string());
+    }
+    if let Some(d) = needs.iter().find(|d| {
+        !results[**d]
+            .as_ref()
+            .expect("done")
+            .status
+            .lets_dependents_run()
+    }) {
+        return Some(format!(
+            "dependency \"{}\" did not succeed",
+            spec.pipeline.steps[*d].name
+        ));
+    }
+    if cancel.is_cancelled() {
+        return Some("the run was cancelled".to_string());
+    }
+    spec.pipeline.steps[i].when.check(&spec.trigger).err()
 }
 
 /// Reads and parses every report file matching `patterns`; a missing or bad file

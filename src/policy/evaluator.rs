@@ -163,41 +163,9 @@ impl Evaluator {
             gate,
             input: input.clone(),
         };
-        let exchange = async {
-            let mut line = serde_json::to_vec(&request).expect("requests serialise");
-            line.push(b'\n');
-            worker.stdin.write_all(&line).await?;
-            worker.stdin.flush().await?;
-            let mut answer = String::new();
-            worker.stdout.read_line(&mut answer).await?;
-            Ok::<_, std::io::Error>(answer)
-        };
-        let answer = tokio::time::timeout(self.limit, exchange).await;
-        let response = match answer {
-            Ok(Ok(answer)) if !answer.is_empty() => serde_json::from_str::<Response>(&answer)
-                .map_err(|e| format!("policy worker answered nonsense: {e}")),
-            Ok(Ok(_)) | Ok(Err(_)) => {
-                // The worker died mid-evaluation: the kernel refused it memory (Rust
-                // aborts on a failed allocation) or it crashed.
-                let status = worker.child.wait().await.ok();
-                use std::os::unix::process::ExitStatusExt;
-                let signal = status.and_then(|s| s.signal());
-                return failed(match signal {
-                    Some(libc::SIGABRT) | Some(libc::SIGKILL) | Some(libc::SIGSEGV) => format!(
-                        "policy {names} exceeded its memory limit ({} MiB) and was stopped",
-                        MEMORY_LIMIT / (1024 * 1024)
-                    ),
-                    _ => format!("policy {names} stopped its evaluator ({status:?})"),
-                });
-            }
-            Err(_) => {
-                let _ = worker.child.start_kill();
-                let _ = worker.child.wait().await;
-                return failed(format!(
-                    "policy {names} exceeded its time limit ({} ms) and was stopped",
-                    TIME_LIMIT.as_millis()
-                ));
-            }
+        let response = match exchange(&mut worker, &request, self.limit).await {
+            Ok(response) => response,
+            Err(stopped) => return failed(stopped.say(&names)),
         };
         let outcome = match response {
             Ok(Response::Outcome(mut outcome)) => {
@@ -218,6 +186,62 @@ impl Evaluator {
         };
         self.idle.lock().expect("evaluator lock").push(worker);
         outcome
+    }
+}
+
+/// How a worker stopped without answering.
+enum Stopped {
+    /// It died: the kernel refused it memory (Rust aborts on a failed allocation), or it
+    /// crashed.
+    Died(Option<std::process::ExitStatus>),
+    /// It ran past the deadline and was killed.
+    Late,
+}
+
+impl Stopped {
+    fn say(&self, names: &str) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Stopped::Died(status) => match status.and_then(|s| s.signal()) {
+                Some(libc::SIGABRT) | Some(libc::SIGKILL) | Some(libc::SIGSEGV) => format!(
+                    "policy {names} exceeded its memory limit ({} MiB) and was stopped",
+                    MEMORY_LIMIT / (1024 * 1024)
+                ),
+                _ => format!("policy {names} stopped its evaluator ({status:?})"),
+            },
+            Stopped::Late => format!(
+                "policy {names} exceeded its time limit ({} ms) and was stopped",
+                TIME_LIMIT.as_millis()
+            ),
+        }
+    }
+}
+
+/// Sends `request` to `worker` and reads its answer within `limit`; a worker that dies or
+/// runs late is reaped.
+async fn exchange(
+    worker: &mut Worker,
+    request: &Request,
+    limit: std::time::Duration,
+) -> Result<Result<Response, String>, Stopped> {
+    let talk = async {
+        let mut line = serde_json::to_vec(request).expect("requests serialise");
+        line.push(b'\n');
+        worker.stdin.write_all(&line).await?;
+        worker.stdin.flush().await?;
+        let mut answer = String::new();
+        worker.stdout.read_line(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(limit, talk).await {
+        Ok(Ok(answer)) if !answer.is_empty() => Ok(serde_json::from_str::<Response>(&answer)
+            .map_err(|e| format!("policy worker answered nonsense: {e}"))),
+        Ok(Ok(_)) | Ok(Err(_)) => Err(Stopped::Died(worker.child.wait().await.ok())),
+        Err(_) => {
+            let _ = worker.child.start_kill();
+            let _ = worker.child.wait().await;
+            Err(Stopped::Late)
+        }
     }
 }
 

@@ -242,52 +242,12 @@ impl Inbox<'_> {
                 return Err(Error::Invalid(problem));
             }
         };
-        let (spec, who) = match hook {
-            Hook::Ping => {
-                let d = finish(
-                    Outcome::Ignored,
-                    "ping: the webhook works".into(),
-                    Vec::new(),
-                )
-                .await?;
-                return Ok(Receipt::Ignored(d));
-            }
-            Hook::Ignored(reason) => {
+        let (spec, who) = match trigger_of(hook, id) {
+            Ok(trigger) => trigger,
+            Err(reason) => {
                 let d = finish(Outcome::Ignored, reason, Vec::new()).await?;
                 return Ok(Receipt::Ignored(d));
             }
-            Hook::Push(push) => (
-                TriggerSpec {
-                    event: if push.is_tag() { "tag" } else { "push" }.into(),
-                    git_ref: Some(push.git_ref.clone()),
-                    commit: Some(push.after.clone()),
-                    before: push.before.clone(),
-                    changed_paths: push.changed_paths.clone(),
-                    delivery: Some(id),
-                    message: format!("{} pushed to {}", push.pusher, push.git_ref),
-                    ..TriggerSpec::default()
-                },
-                push.pusher,
-            ),
-            Hook::PullRequest(pr) => (
-                TriggerSpec {
-                    event: "pull_request".into(),
-                    git_ref: Some(pr.head_ref.clone()),
-                    commit: Some(pr.head_commit.clone()),
-                    delivery: Some(id),
-                    message: format!(
-                        "pull request #{} {} ({} → {}){}",
-                        pr.number,
-                        pr.action,
-                        pr.head_branch,
-                        pr.base_branch,
-                        if pr.fork { ", from a fork" } else { "" }
-                    ),
-                    pull_request: Some(pr.clone()),
-                    ..TriggerSpec::default()
-                },
-                pr.author,
-            ),
         };
         let (git_ref, commit) = (spec.git_ref.clone(), spec.commit.clone());
         if delivery.redelivery_of.is_none()
@@ -375,5 +335,46 @@ impl Inbox<'_> {
                     && d.git_ref.as_deref() == git_ref
             })
             .map(|d| d.id))
+    }
+}
+
+/// What a parsed delivery asks for: the run to trigger and who caused it, or why it is
+/// ignored.
+fn trigger_of(hook: Hook, delivery: u64) -> std::result::Result<(TriggerSpec, String), String> {
+    match hook {
+        Hook::Ping => Err("ping: the webhook works".into()),
+        Hook::Ignored(reason) => Err(reason),
+        Hook::Push(push) => Ok((
+            TriggerSpec {
+                event: if push.is_tag() { "tag" } else { "push" }.into(),
+                git_ref: Some(push.git_ref.clone()),
+                commit: Some(push.after.clone()),
+                before: push.before.clone(),
+                changed_paths: push.changed_paths.clone(),
+                delivery: Some(delivery),
+                message: format!("{} pushed to {}", push.pusher, push.git_ref),
+                ..TriggerSpec::default()
+            },
+            push.pusher,
+        )),
+        Hook::PullRequest(pr) => Ok((
+            TriggerSpec {
+                event: "pull_request".into(),
+                git_ref: Some(pr.head_ref.clone()),
+                commit: Some(pr.head_commit.clone()),
+                delivery: Some(delivery),
+                message: format!(
+                    "pull request #{} {} ({} → {}){}",
+                    pr.number,
+                    pr.action,
+                    pr.head_branch,
+                    pr.base_branch,
+                    if pr.fork { ", from a fork" } else { "" }
+                ),
+                pull_request: Some(pr.clone()),
+                ..TriggerSpec::default()
+            },
+            pr.author,
+        )),
     }
 }

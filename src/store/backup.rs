@@ -6,7 +6,7 @@
 //! on, so the copy holds exactly the records committed before the snapshot began, however
 //! busy the server is — a byte copy of the live file could not promise that.
 
-use super::tables::{self, with_all_tables};
+use super::tables;
 use super::{Store, migrations};
 use crate::core::error::{Error, Result};
 use crate::secrets::seal::Sealed;
@@ -41,17 +41,14 @@ pub struct CheckReport {
 }
 
 /// A table of JSON records by id, which index tables point into.
-type RecordTable = TableDefinition<'static, u64, &'static [u8]>;
+type RecordTable = super::records::Records;
 
 /// Most problems one check lists; past that the database needs a person, not a longer list.
 const MAX_PROBLEMS: usize = 20;
 
 /// The name of every table this binary knows.
 pub fn table_names() -> Vec<&'static str> {
-    macro_rules! names {
-        ($($t:ident),*) => { vec![$(tables::$t.name()),*] };
-    }
-    with_all_tables!(names)
+    tables::ALL.to_vec()
 }
 
 impl Store {
@@ -76,10 +73,19 @@ impl Store {
                 .create(&dest)
                 .map_err(|e| Error::Store(format!("cannot create {}: {e}", dest.display())))?;
             let mut records = 0;
-            macro_rules! copy_all {
-                ($($t:ident),*) => { $( records += copy_table(&src, &out, tables::$t)?; )* };
+            struct Copy<'a>(&'a ReadTransaction, &'a Database, u64);
+            impl tables::Visit<Error> for Copy<'_> {
+                fn table<K: Key + 'static, V: Value + 'static>(
+                    &mut self,
+                    def: TableDefinition<'static, K, V>,
+                ) -> Result<()> {
+                    self.2 += copy_table(self.0, self.1, def)?;
+                    Ok(())
+                }
             }
-            with_all_tables!(copy_all);
+            let mut copy = Copy(&src, &out, 0);
+            tables::visit_all(&mut copy)?;
+            records += copy.2;
             let schema_version = super::schema_version_in(&src)?;
             Ok(Snapshot {
                 schema_version,
@@ -161,10 +167,16 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
                 .push(format!("table {} is not one BetCycle makes", handle.name()));
         }
     }
-    macro_rules! check_all {
-        ($($t:ident),*) => { $( check_table(&tx, tables::$t, &mut report)?; )* };
+    struct Check<'a>(&'a ReadTransaction, &'a mut CheckReport);
+    impl tables::Visit<Error> for Check<'_> {
+        fn table<K: Key + 'static, V: Value + 'static>(
+            &mut self,
+            def: TableDefinition<'static, K, V>,
+        ) -> Result<()> {
+            check_table(self.0, def, self.1)
+        }
     }
-    with_all_tables!(check_all);
+    tables::visit_all(&mut Check(&tx, &mut report))?;
     use tables::*;
     let indexes: [(&str, Vec<u64>, RecordTable); 7] = [
         ("user-names-1", values(&tx, USER_NAMES)?, USERS),
@@ -348,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("live.redb"), 1 << 20, EventBus::new()).unwrap();
         store.record_start("1.0", 7).await.unwrap();
-        // Every table the migrations create is one `with_all_tables!` lists.
+        // Every table the migrations create is one `tables!` declares.
         let live = store
             .read(|db| {
                 let tx = db.begin_read()?;
@@ -362,7 +374,7 @@ mod tests {
         for name in &live {
             assert!(
                 table_names().contains(&name.as_str()),
-                "{name} is missing from with_all_tables!"
+                "{name} is missing from the tables! declaration"
             );
         }
         let copy = dir.path().join("copy.redb");

@@ -1,6 +1,7 @@
 //! Stored environments, releases and deployments, the deploy queue and the per-environment
 //! lock. Every deployment change publishes `DeploymentUpdated` after it commits.
 
+use super::records;
 use super::tables::{
     DEPLOY_CALLBACKS, DEPLOY_QUEUE, DEPLOYMENTS, DEPLOYS_ACTIVE, ENVIRONMENTS, PROJECT_DEPLOYMENTS,
     PROJECT_RELEASES, RELEASES,
@@ -162,18 +163,13 @@ impl Store {
     pub async fn release(&self, project: &str, number: u64) -> Result<Option<Release>> {
         let project = project.to_string();
         self.read(move |db| {
-            let tx = db.begin_read()?;
-            let Some(id) = tx
-                .open_table(PROJECT_RELEASES)?
-                .get((project.as_str(), number))?
-                .map(|v| v.value())
-            else {
-                return Ok(None);
-            };
-            match tx.open_table(RELEASES)?.get(id)? {
-                Some(v) => Ok(Some(codec::decode(RELEASES, v.value())?)),
-                None => Ok(None),
-            }
+            records::by_number(
+                &db.begin_read()?,
+                PROJECT_RELEASES,
+                RELEASES,
+                &project,
+                number,
+            )
         })
         .await
     }
@@ -182,22 +178,13 @@ impl Store {
     pub async fn releases(&self, project: &str, limit: usize) -> Result<Vec<Release>> {
         let project = project.to_string();
         self.read(move |db| {
-            let tx = db.begin_read()?;
-            let (index, releases) = (tx.open_table(PROJECT_RELEASES)?, tx.open_table(RELEASES)?);
-            let mut out = Vec::new();
-            for item in index
-                .range((project.as_str(), 0)..=(project.as_str(), u64::MAX))?
-                .rev()
-                .take(limit)
-            {
-                let id = item?.1.value();
-                if let Some(v) = releases.get(id)?
-                    && let Some(r) = quarantine::decode_listed(RELEASES, id, v.value())
-                {
-                    out.push(r);
-                }
-            }
-            Ok(out)
+            records::newest(
+                &db.begin_read()?,
+                PROJECT_RELEASES,
+                RELEASES,
+                &project,
+                limit,
+            )
         })
         .await
     }
@@ -259,30 +246,14 @@ impl Store {
         let project = project.to_string();
         self.read(move |db| {
             let tx = db.begin_read()?;
-            let Some(id) = tx
-                .open_table(PROJECT_DEPLOYMENTS)?
-                .get((project.as_str(), number))?
-                .map(|v| v.value())
-            else {
-                return Ok(None);
-            };
-            match tx.open_table(DEPLOYMENTS)?.get(id)? {
-                Some(v) => Ok(Some(codec::decode(DEPLOYMENTS, v.value())?)),
-                None => Ok(None),
-            }
+            records::by_number(&tx, PROJECT_DEPLOYMENTS, DEPLOYMENTS, &project, number)
         })
         .await
     }
 
     pub async fn deployment_by_id(&self, id: u64) -> Result<Option<Deployment>> {
-        self.read(move |db| {
-            let tx = db.begin_read()?;
-            match tx.open_table(DEPLOYMENTS)?.get(id)? {
-                Some(v) => Ok(Some(codec::decode(DEPLOYMENTS, v.value())?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.read(move |db| records::by_id(&db.begin_read()?, DEPLOYMENTS, id))
+            .await
     }
 
     /// A project's deployments, newest first.
@@ -290,24 +261,7 @@ impl Store {
         let project = project.to_string();
         self.read(move |db| {
             let tx = db.begin_read()?;
-            let (index, table) = (
-                tx.open_table(PROJECT_DEPLOYMENTS)?,
-                tx.open_table(DEPLOYMENTS)?,
-            );
-            let mut out = Vec::new();
-            for item in index
-                .range((project.as_str(), 0)..=(project.as_str(), u64::MAX))?
-                .rev()
-                .take(limit)
-            {
-                let id = item?.1.value();
-                if let Some(v) = table.get(id)?
-                    && let Some(d) = quarantine::decode_listed(DEPLOYMENTS, id, v.value())
-                {
-                    out.push(d);
-                }
-            }
-            Ok(out)
+            records::newest(&tx, PROJECT_DEPLOYMENTS, DEPLOYMENTS, &project, limit)
         })
         .await
     }

@@ -16,6 +16,7 @@ mod migrations;
 mod policy;
 mod project;
 mod quarantine;
+mod records;
 mod run;
 mod secrets;
 pub mod tables;
@@ -23,7 +24,7 @@ mod trigger;
 
 use crate::core::error::{Error, Result};
 use crate::core::events::{Event, EventBus};
-use redb::{Database, ReadableDatabase, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, WriteTransaction};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tables::META;
@@ -156,8 +157,11 @@ impl Store {
     {
         let inner = self.inner.clone();
         let (value, events) = blocking(move || {
+            let mut tx = inner.db.begin_write()?;
+            // Stated, not assumed: a write that returned survives `kill -9`.
+            tx.set_durability(Durability::Immediate)?;
             let tx = WriteTx {
-                tx: inner.db.begin_write()?,
+                tx,
                 events: Default::default(),
             };
             let value = f(&tx)?;
@@ -243,7 +247,8 @@ store_errors!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 #[cfg(test)]

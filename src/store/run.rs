@@ -1,6 +1,7 @@
 //! Stored runs, the queue and the running set. Every status change publishes a
 //! `RunUpdated` event after it commits.
 
+use super::records;
 use super::tables::{PROJECT_RUNS, RUN_QUEUE, RUNS, RUNS_RUNNING};
 use super::{Store, WriteTx, codec, quarantine};
 use crate::ci::run::{Run, RunStatus};
@@ -169,32 +170,15 @@ impl Store {
     }
 
     pub async fn run(&self, id: u64) -> Result<Option<Run>> {
-        self.read(move |db| {
-            let tx = db.begin_read()?;
-            match tx.open_table(RUNS)?.get(id)? {
-                Some(v) => Ok(Some(codec::decode(RUNS, v.value())?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.read(move |db| records::by_id(&db.begin_read()?, RUNS, id))
+            .await
     }
 
     /// Run `number` of a project.
     pub async fn run_by_number(&self, project: &str, number: u64) -> Result<Option<Run>> {
         let project = project.to_string();
         self.read(move |db| {
-            let tx = db.begin_read()?;
-            let Some(id) = tx
-                .open_table(PROJECT_RUNS)?
-                .get((project.as_str(), number))?
-                .map(|v| v.value())
-            else {
-                return Ok(None);
-            };
-            match tx.open_table(RUNS)?.get(id)? {
-                Some(v) => Ok(Some(codec::decode(RUNS, v.value())?)),
-                None => Ok(None),
-            }
+            records::by_number(&db.begin_read()?, PROJECT_RUNS, RUNS, &project, number)
         })
         .await
     }
@@ -202,28 +186,8 @@ impl Store {
     /// A project's runs, newest first.
     pub async fn project_runs(&self, project: &str, limit: usize) -> Result<Vec<Run>> {
         let project = project.to_string();
-        self.read(move |db| {
-            let tx = db.begin_read()?;
-            let index = tx.open_table(PROJECT_RUNS)?;
-            let runs = tx.open_table(RUNS)?;
-            let mut out = Vec::new();
-            for item in index
-                .range((project.as_str(), 0)..=(project.as_str(), u64::MAX))?
-                .rev()
-            {
-                let id = item?.1.value();
-                if let Some(v) = runs.get(id)?
-                    && let Some(run) = quarantine::decode_listed(RUNS, id, v.value())
-                {
-                    out.push(run);
-                }
-                if out.len() == limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |db| records::newest(&db.begin_read()?, PROJECT_RUNS, RUNS, &project, limit))
+            .await
     }
 
     /// After a restart: every run left `running` is re-queued if it was interrupted fewer

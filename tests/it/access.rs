@@ -259,6 +259,115 @@ const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Every route that only reads, with what it requires; checked against `betcycle routes`
+/// like [`CHANGING_ROUTES`].
+const READ_ROUTES: &[(&str, &str)] = &[
+    ("/healthz", "public"),
+    ("/readyz", "public"),
+    ("/metrics", "public"),
+    ("/static/{*path}", "public"),
+    ("/api/v1/sessions", "user"),
+    ("/api/v1/me", "user"),
+    ("/api/v1/tokens", "user"),
+    ("/api/v1/users", "admin"),
+    ("/api/v1/teams", "user"),
+    ("/api/v1/audit", "admin"),
+    ("/api/v1/backup", "admin"),
+    ("/api/v1/projects", "user"),
+    ("/api/v1/projects/{slug}", "project:viewer"),
+    ("/api/v1/projects/{slug}/members", "project:viewer"),
+    ("/api/v1/projects/{slug}/runs", "project:viewer"),
+    ("/api/v1/projects/{slug}/runs/{number}", "project:viewer"),
+    (
+        "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log",
+        "project:viewer",
+    ),
+    (
+        "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream",
+        "project:viewer",
+    ),
+    (
+        "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}",
+        "project:viewer",
+    ),
+    ("/api/v1/projects/{slug}/deliveries", "project:viewer"),
+    ("/api/v1/projects/{slug}/deliveries/{id}", "project:viewer"),
+    ("/api/v1/projects/{slug}/schedules", "project:viewer"),
+    ("/api/v1/projects/{slug}/environments", "project:viewer"),
+    ("/api/v1/projects/{slug}/releases", "project:viewer"),
+    (
+        "/api/v1/projects/{slug}/releases/{number}",
+        "project:viewer",
+    ),
+    ("/api/v1/projects/{slug}/deployments", "project:viewer"),
+    (
+        "/api/v1/projects/{slug}/deployments/{number}",
+        "project:viewer",
+    ),
+    (
+        "/api/v1/projects/{slug}/deployments/{number}/log",
+        "project:viewer",
+    ),
+    ("/api/v1/projects/{slug}/dora", "project:viewer"),
+    ("/api/v1/policies", "user"),
+    ("/api/v1/policies/{name}", "user"),
+    ("/api/v1/projects/{slug}/policies", "project:viewer"),
+    ("/api/v1/projects/{slug}/policies/{name}", "project:viewer"),
+    ("/api/v1/projects/{slug}/decisions", "project:viewer"),
+    ("/api/v1/projects/{slug}/decisions/{id}", "project:viewer"),
+    ("/api/v1/secrets", "admin"),
+    ("/api/v1/secrets/{name}", "admin"),
+    ("/api/v1/projects/{slug}/secrets", "project:maintainer"),
+    (
+        "/api/v1/projects/{slug}/secrets/{name}",
+        "project:maintainer",
+    ),
+    (
+        "/api/v1/projects/{slug}/environments/{environment}/secrets",
+        "project:maintainer",
+    ),
+    (
+        "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
+        "project:maintainer",
+    ),
+    ("/api/v1/instance", "user"),
+    ("/api/v1/events", "user"),
+    ("/", "user"),
+    ("/dashboard/status", "user"),
+    ("/login", "public"),
+    ("/setup", "public"),
+    ("/account", "user"),
+    ("/security/users", "admin"),
+    ("/security/teams", "admin"),
+    ("/security/audit", "admin"),
+    ("/settings/backup", "admin"),
+    ("/policies", "user"),
+    ("/security/secrets", "admin"),
+    ("/projects/{slug}/secrets", "project:maintainer"),
+    ("/projects", "user"),
+    ("/projects/{slug}", "project:viewer"),
+    ("/projects/{slug}/runs/{number}", "project:viewer"),
+    ("/projects/{slug}/runs/{number}/panel", "project:viewer"),
+    (
+        "/projects/{slug}/runs/{number}/steps/{step}",
+        "project:viewer",
+    ),
+    ("/projects/{slug}/triggers", "project:viewer"),
+    ("/projects/{slug}/environments", "project:viewer"),
+    ("/projects/{slug}/deployments/{number}", "project:viewer"),
+    (
+        "/projects/{slug}/deployments/{number}/panel",
+        "project:viewer",
+    ),
+    ("/runs", "user"),
+    ("/environments", "user"),
+    ("/catalog", "user"),
+    ("/monitoring", "user"),
+    ("/security", "user"),
+    ("/cost", "user"),
+    ("/settings", "user"),
+];
+
 const DEV_PASSWORD: &str = "developer password 1";
 
 /// A server with ADMIN and a non-admin `dev`; returns dev's write and read tokens.
@@ -286,15 +395,8 @@ async fn send(server: &Server, method: &str, path: &str, token: Option<&str>) ->
 #[tokio::test]
 async fn every_changing_route_is_declared_and_enforced() {
     let dir = tempdir();
-    let (code, stdout, _) = run(betcycle(dir.path()).arg("routes"));
-    assert_eq!(code, 0);
-    let served: BTreeSet<(String, String, String)> = stdout
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].to_string(), f[1].to_string(), f[2].to_string())
-        })
+    let served: BTreeSet<(String, String, String)> = served_routes(dir.path())
+        .into_iter()
         .filter(|(m, _, _)| m != "GET")
         .collect();
     let declared: BTreeSet<(String, String, String)> = CHANGING_ROUTES
@@ -329,15 +431,7 @@ async fn every_changing_route_is_declared_and_enforced() {
         .unwrap();
     assert_eq!(granted.status(), 204);
     for (method, pattern, need) in CHANGING_ROUTES {
-        let path = pattern
-            .replace("{id}", "1")
-            .replace("{name}", "nobody")
-            .replace("{environment}", "staging")
-            .replace("{user}", "nobody")
-            .replace("{slug}", "demo")
-            .replace("{subject}", "user:dev")
-            .replace("{number}", "1")
-            .replace("{token}", "unknown");
+        let path = concrete(pattern);
         let anonymous = send(&server, method, &path, None).await;
         match *need {
             // A webhook's credential is its signature, checked by the handler.
@@ -410,6 +504,151 @@ async fn every_changing_route_is_declared_and_enforced() {
             .iter()
             .any(|e| e["actor"].as_str().unwrap().starts_with("user:dev"))
     );
+}
+
+/// The routes `betcycle routes` prints: (method, path, need).
+fn served_routes(root: &std::path::Path) -> BTreeSet<(String, String, String)> {
+    let (code, stdout, _) = run(betcycle(root).arg("routes"));
+    assert_eq!(code, 0);
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// A route pattern with its parameters filled in for project `demo`.
+fn concrete(pattern: &str) -> String {
+    pattern
+        .replace("{id}", "1")
+        .replace("{name}", "nobody")
+        .replace("{environment}", "staging")
+        .replace("{user}", "nobody")
+        .replace("{slug}", "demo")
+        .replace("{subject}", "user:dev")
+        .replace("{number}", "1")
+        .replace("{step}", "0")
+        .replace("{sha256}", &"0".repeat(64))
+        .replace("{token}", "unknown")
+        .replace("{*path}", "app.css")
+}
+
+#[tokio::test]
+async fn every_read_route_is_declared_and_enforced_and_roles_are_told_apart() {
+    let dir = tempdir();
+    let served: BTreeSet<(String, String)> = served_routes(dir.path())
+        .into_iter()
+        .filter(|(m, _, _)| m == "GET")
+        .map(|(_, p, n)| (p, n))
+        .collect();
+    let declared: BTreeSet<(String, String)> = READ_ROUTES
+        .iter()
+        .map(|(p, n)| (p.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(served, declared, "GET routes served vs READ_ROUTES");
+
+    add_user(dir.path(), "outsider", DEV_PASSWORD, false);
+    let outsider = create_token(dir.path(), "outsider", "write");
+    let (server, dev_write, dev_read) = server_with_dev(dir.path());
+    let repository = dir.path().join("no-repository");
+    let (status, _) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects",
+            json!({"slug": "demo", "repository": repository.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let grant = |role: &'static str| {
+        let server = &server;
+        async move {
+            let (status, _) = server
+                .send_json(
+                    Method::PUT,
+                    "/api/v1/projects/demo/members/user:dev",
+                    json!({"role": role}),
+                )
+                .await;
+            assert_eq!(status, 204, "granting {role}");
+        }
+    };
+    grant("viewer").await;
+    for (pattern, need) in READ_ROUTES {
+        let path = concrete(pattern);
+        let anonymous = send(&server, "GET", &path, None).await;
+        let as_dev = send(&server, "GET", &path, Some(&dev_read)).await;
+        match *need {
+            "public" => assert_ne!(anonymous, 401, "GET {pattern} is public"),
+            "user" => {
+                assert_eq!(anonymous, 401, "GET {pattern} anonymous");
+                assert!(
+                    !matches!(as_dev.as_u16(), 401 | 403),
+                    "GET {pattern} as dev: {as_dev}"
+                );
+            }
+            "admin" => {
+                assert_eq!(anonymous, 401, "GET {pattern} anonymous");
+                assert_eq!(as_dev, 403, "GET {pattern} as a non-admin");
+            }
+            "project:viewer" => {
+                assert_eq!(anonymous, 401, "GET {pattern} anonymous");
+                assert_eq!(
+                    send(&server, "GET", &path, Some(&outsider)).await,
+                    403,
+                    "GET {pattern} without a role on the project"
+                );
+                assert!(
+                    !matches!(as_dev.as_u16(), 401 | 403),
+                    "GET {pattern} as a viewer: {as_dev}"
+                );
+            }
+            "project:maintainer" => {
+                assert_eq!(anonymous, 401, "GET {pattern} anonymous");
+                assert_eq!(as_dev, 403, "GET {pattern} as a viewer");
+            }
+            other => panic!("unknown need {other}"),
+        }
+    }
+
+    // A developer may do what developers do, never what needs a maintainer.
+    grant("developer").await;
+    for (method, pattern, need) in CHANGING_ROUTES {
+        let path = concrete(pattern);
+        match *need {
+            "project:maintainer" => assert_eq!(
+                send(&server, method, &path, Some(&dev_write)).await,
+                403,
+                "{method} {pattern} as a developer"
+            ),
+            "project:developer" => {
+                let status = send(&server, method, &path, Some(&dev_write)).await;
+                assert!(
+                    !matches!(status.as_u16(), 401 | 403),
+                    "{method} {pattern} as a developer: {status}"
+                );
+                assert_eq!(
+                    send(&server, method, &path, Some(&outsider)).await,
+                    403,
+                    "{method} {pattern} without a role on the project"
+                );
+            }
+            _ => {}
+        }
+    }
+    // A maintainer may do both (membership changes aside: they would remove dev).
+    grant("maintainer").await;
+    for (method, pattern, need) in CHANGING_ROUTES {
+        if need.starts_with("project:") && !pattern.contains("/members/") {
+            let status = send(&server, method, &concrete(pattern), Some(&dev_write)).await;
+            assert!(
+                !matches!(status.as_u16(), 401 | 403),
+                "{method} {pattern} as a maintainer: {status}"
+            );
+        }
+    }
 }
 
 fn setup_token(server: &Server) -> String {

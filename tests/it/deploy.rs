@@ -3,14 +3,16 @@
 //! its requester may not give, a failed release rolled back, DORA numbers checked by
 //! hand, a freeze that blocks with its reason, and a webhook target with a callback.
 
-use crate::harness::{ADMIN, ADMIN_PASSWORD, Server, add_user, client, create_token, tempdir};
+use crate::harness::{
+    ADMIN, ADMIN_PASSWORD, Server, add_user, client, create_token, eventually, tempdir,
+};
 use crate::run::git;
 use crate::runs::{demo, trigger, wait_for};
 use crate::triggers::{recording_server, statuses_for};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn pipeline(target_dir: &Path) -> String {
     format!(
@@ -43,37 +45,22 @@ pub(crate) async fn wait_deployment(
     number: u64,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = server
-            .get(&format!("/api/v1/projects/{slug}/deployments/{number}"))
-            .await;
-        let d: Value = response.json().await.unwrap_or(Value::Null);
-        if done(&d) {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment {number} never got there: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let path = format!("/api/v1/projects/{slug}/deployments/{number}");
+    let (path, done) = (&path, &done);
+    eventually(
+        Duration::from_secs(30),
+        &format!("deployment {number} never got there"),
+        || async move {
+            let d: Value = server.get(path).await.json().await.unwrap_or(Value::Null);
+            if done(&d) { Ok(d) } else { Err(d.to_string()) }
+        },
+    )
+    .await
 }
 
 fn finished(d: &Value) -> bool {
     ["succeeded", "failed", "rolled_back", "cancelled"]
         .contains(&d["status"].as_str().unwrap_or(""))
-}
-
-async fn send(server: &Server, method: Method, path: &str, body: Value) -> (u16, Value) {
-    let response = server
-        .request(method, path)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 fn seconds_between(from: &Value, to: &Value) -> f64 {
@@ -118,15 +105,15 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
 
     // Environments: staging deploys green main builds by itself; production needs one
     // approval and announces the request.
-    let (status, staging) = send(
-        &server,
-        Method::PUT,
-        "/api/v1/projects/demo/environments/staging",
-        json!({"auto_deploy": true, "protection": {"branches": ["main"]}}),
-    )
-    .await;
+    let (status, staging) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/projects/demo/environments/staging",
+            json!({"auto_deploy": true, "protection": {"branches": ["main"]}}),
+        )
+        .await;
     assert_eq!(status, 201, "{staging}");
-    let (status, production) = send(&server, Method::PUT, "/api/v1/projects/demo/environments/production",
+    let (status, production) = server.send_json(Method::PUT, "/api/v1/projects/demo/environments/production",
         json!({"protection": {"required_approvals": 1, "branches": ["main"]}, "approval_webhook": approvals_url})).await;
     assert_eq!(status, 201, "{production}");
     assert_eq!(
@@ -136,13 +123,13 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
         ),
         (Some(0), Some(1))
     );
-    let (status, bad) = send(
-        &server,
-        Method::PUT,
-        "/api/v1/projects/demo/environments/qa",
-        json!({"protection": {"branches": ["["], "approvers": ["boss"]}}),
-    )
-    .await;
+    let (status, bad) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/projects/demo/environments/qa",
+            json!({"protection": {"branches": ["["], "approvers": ["boss"]}}),
+        )
+        .await;
     assert_eq!(status, 400, "{bad}");
 
     // A green run makes release 1, which goes to staging on its own.
@@ -185,13 +172,13 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
     );
 
     // Promotion to production waits for an approval, announced to the webhook.
-    let (status, d2) = send(
-        &server,
-        Method::POST,
-        "/api/v1/projects/demo/environments/staging/promote",
-        json!({}),
-    )
-    .await;
+    let (status, d2) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/environments/staging/promote",
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 201, "{d2}");
     assert_eq!(
         (
@@ -206,13 +193,13 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
     assert_eq!(announced[0].2["deployment"], 2);
     assert_eq!(announced[0].2["environment"], "production");
     // The requester (who also pushed the commit) may not approve it.
-    let (status, refused) = send(
-        &server,
-        Method::POST,
-        "/api/v1/projects/demo/deployments/2/approve",
-        json!({"comment": "lgtm"}),
-    )
-    .await;
+    let (status, refused) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/deployments/2/approve",
+            json!({"comment": "lgtm"}),
+        )
+        .await;
     assert_eq!(status, 403, "{refused}");
     assert!(
         refused["message"]
@@ -261,13 +248,13 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
         (d3["environment"].as_str(), d3["status"].as_str()),
         (Some("staging"), Some("failed"))
     );
-    let (status, d4) = send(
-        &server,
-        Method::POST,
-        "/api/v1/projects/demo/deployments",
-        json!({"environment": "production", "release": 2}),
-    )
-    .await;
+    let (status, d4) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/deployments",
+            json!({"environment": "production", "release": 2}),
+        )
+        .await;
     assert_eq!(status, 201, "{d4}");
     assert!(
         d4["notes"][0].as_str().unwrap().ends_with("a bad change"),
@@ -294,13 +281,13 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
     );
 
     // One action restores release 1 and marks the bad deployment rolled back.
-    let (status, d5) = send(
-        &server,
-        Method::POST,
-        "/api/v1/projects/demo/environments/production/rollback",
-        json!({}),
-    )
-    .await;
+    let (status, d5) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/environments/production/rollback",
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 201, "{d5}");
     assert_eq!(
         (
@@ -350,16 +337,16 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
 
     // A freeze blocks a deployment, saying why and until when; nothing is recorded.
     let now = jiff::Timestamp::now();
-    let (status, _) = send(&server, Method::PUT, "/api/v1/projects/demo/environments/production",
+    let (status, _) = server.send_json(Method::PUT, "/api/v1/projects/demo/environments/production",
         json!({"protection": {"required_approvals": 1, "freezes": [{"from": (now - jiff::SignedDuration::from_hours(1)).to_string(), "until": (now + jiff::SignedDuration::from_hours(2)).to_string(), "reason": "holiday freeze"}]}})).await;
     assert_eq!(status, 200);
-    let (status, blocked) = send(
-        &server,
-        Method::POST,
-        "/api/v1/projects/demo/deployments",
-        json!({"environment": "production", "release": 1}),
-    )
-    .await;
+    let (status, blocked) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/deployments",
+            json!({"environment": "production", "release": 1}),
+        )
+        .await;
     assert_eq!(status, 403, "{blocked}");
     let message = blocked["message"].as_str().unwrap();
     assert!(
@@ -386,31 +373,31 @@ async fn a_webhook_target_is_signed_and_waits_for_its_callback() {
         "steps:\n  - {{ name: build, run: 'true' }}\ndeploy:\n  preview: {{ target: {{ kind: webhook, url: \"{hook}/deploy\", secret: HOOK_KEY, callback: true, timeout: 30s }} }}\n"
     );
     let (server, _) = demo(dir.path(), &pipeline, &[]).await;
-    let (status, _) = send(
-        &server,
-        Method::PUT,
-        "/api/v1/projects/demo/secrets/HOOK_KEY",
-        json!({"value": "hook-signing-key"}),
-    )
-    .await;
+    let (status, _) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/projects/demo/secrets/HOOK_KEY",
+            json!({"value": "hook-signing-key"}),
+        )
+        .await;
     assert_eq!(status, 201);
-    let (status, _) = send(
-        &server,
-        Method::PUT,
-        "/api/v1/projects/demo/environments/preview",
-        json!({}),
-    )
-    .await;
+    let (status, _) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/projects/demo/environments/preview",
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 201);
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
-    let (status, d) = send(
-        &server,
-        Method::POST,
-        "/api/v1/projects/demo/deployments",
-        json!({"environment": "preview"}),
-    )
-    .await;
+    let (status, d) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/deployments",
+            json!({"environment": "preview"}),
+        )
+        .await;
     assert_eq!(status, 201, "{d}");
     let calls = statuses_for(&seen, 1).await;
     let (path, headers, body) = &calls[0];
@@ -478,20 +465,20 @@ async fn the_cli_deploys_promotes_approves_and_rolls_back() {
     );
     let (server, _) = demo(dir.path(), &pipeline, &[]).await;
     let admin = server.token.clone().unwrap();
-    send(
-        &server,
-        Method::PUT,
-        "/api/v1/projects/demo/environments/staging",
-        json!({}),
-    )
-    .await;
-    send(
-        &server,
-        Method::PUT,
-        "/api/v1/projects/demo/environments/production",
-        json!({"protection": {"required_approvals": 1}}),
-    )
-    .await;
+    server
+        .send_json(
+            Method::PUT,
+            "/api/v1/projects/demo/environments/staging",
+            json!({}),
+        )
+        .await;
+    server
+        .send_json(
+            Method::PUT,
+            "/api/v1/projects/demo/environments/production",
+            json!({"protection": {"required_approvals": 1}}),
+        )
+        .await;
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     let cli = |token: &str, args: &[&str]| {

@@ -225,6 +225,21 @@ impl Server {
             .unwrap()
     }
 
+    /// Sends `body` as JSON: the status and the JSON answer (`Null` when there is none).
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = self.request(method, path).json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.get(path).await;
         assert!(
@@ -283,4 +298,24 @@ pub fn texts<'a>(items: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
                 .unwrap_or_else(|| panic!("{field} is not a string in {item}"))
         })
         .collect()
+}
+
+/// Tries `attempt` every 50 ms until it gives `Ok`, and returns that; fails the test
+/// with `what` and the last `Err` (what was seen instead) after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "{what} (not within {within:?}): {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

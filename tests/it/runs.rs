@@ -1,7 +1,7 @@
 //! Runs on the server: triggered through the API on a real git repository, executed by
 //! the worker, recorded step by step, cancelled, and recovered after restarts.
 
-use crate::harness::{Server, betcycle, run as run_cmd, tempdir};
+use crate::harness::{Server, betcycle, eventually, run as run_cmd, tempdir};
 use crate::run::{DAG, git_repo, gone, millis};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -51,22 +51,23 @@ pub(crate) async fn wait_for(
     number: u64,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = server
-            .get(&format!("/api/v1/projects/{slug}/runs/{number}"))
-            .await;
-        let status = response.status();
-        let run: Value = response.json().await.unwrap_or(Value::Null);
-        if status == 200 && done(&run) {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run {slug}#{number} did not get there ({status}): {run:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let path = format!("/api/v1/projects/{slug}/runs/{number}");
+    let (path, done) = (&path, &done);
+    eventually(
+        Duration::from_secs(30),
+        &format!("run {slug}#{number} did not get there"),
+        || async move {
+            let response = server.get(path).await;
+            let status = response.status();
+            let run: Value = response.json().await.unwrap_or(Value::Null);
+            if status == 200 && done(&run) {
+                Ok(run)
+            } else {
+                Err(format!("({status}) {run:#}"))
+            }
+        },
+    )
+    .await
 }
 
 fn finished(run: &Value) -> bool {
@@ -529,12 +530,17 @@ async fn a_failed_runs_workspace_is_kept_until_its_retention_passes() {
 
     // With the retention passed, the sweep at start-up removes it.
     let _server = Server::start_admin(dir.path(), &["--workspace-retention", "0s"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while workspace.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the kept workspace was not swept"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let workspace = &workspace;
+    eventually(
+        Duration::from_secs(10),
+        "the kept workspace was swept",
+        || async move {
+            if workspace.exists() {
+                Err("it is still there".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
 }

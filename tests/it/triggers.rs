@@ -3,7 +3,7 @@
 //! cron schedules across downtime, concurrency groups, polling, trigger parameters, and
 //! commit statuses reported to a stand-in forge (a small real HTTP server that records).
 
-use crate::harness::{Server, tempdir};
+use crate::harness::{Server, eventually, tempdir};
 use crate::run::{git, git_repo};
 use crate::runs::{demo, wait_for};
 use hmac::{Hmac, KeyInit, Mac};
@@ -675,11 +675,15 @@ async fn polling_starts_runs_for_new_commits_and_backs_off_on_errors() {
         .unwrap();
     assert_eq!(patched.status(), 200);
     // The first poll records what is there and starts nothing.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.get_json("/api/v1/projects/demo").await["poll"]["last_checked"].is_null() {
-        assert!(Instant::now() < deadline, "no poll happened");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let polled = &server;
+    eventually(Duration::from_secs(20), "a poll happened", || async move {
+        let project = polled.get_json("/api/v1/projects/demo").await;
+        match project["poll"]["last_checked"].is_null() {
+            true => Err(project["poll"].to_string()),
+            false => Ok(()),
+        }
+    })
+    .await;
     assert!(runs(&server, "demo").await.is_empty());
     git(&repo, &["checkout", "-q", "-b", "topic"]);
     let head = commit(&repo, &[("x.txt", "x")], "x");
@@ -702,18 +706,19 @@ async fn polling_starts_runs_for_new_commits_and_backs_off_on_errors() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let poll = loop {
-        let poll = server.get_json("/api/v1/projects/gone").await["poll"].clone();
-        if poll["failures"].as_u64().unwrap_or(0) >= 2 {
-            break poll;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "polling did not fail twice: {poll}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let polled = &server;
+    let poll = eventually(
+        Duration::from_secs(20),
+        "polling failed twice",
+        || async move {
+            let poll = polled.get_json("/api/v1/projects/gone").await["poll"].clone();
+            match poll["failures"].as_u64().unwrap_or(0) >= 2 {
+                true => Ok(poll),
+                false => Err(poll.to_string()),
+            }
+        },
+    )
+    .await;
     assert!(
         poll["last_error"]
             .as_str()

@@ -294,7 +294,40 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
         );
     }
 
-    // Expand matrices; remember which expanded steps each written name stands for.
+    let (mut steps, by_name) = expand_steps(&mut c, &raw);
+    link_needs(&mut c, &raw, &mut steps, &by_name);
+    check_cycle(&mut c, &raw, &steps);
+    let services = services_of(&mut c, &raw);
+    if let Some(concurrency) = &raw.concurrency
+        && let Err(message) = Concurrency::check_group(&concurrency.group.value)
+    {
+        c.at(concurrency.group.referenced, "concurrency.group", message);
+    }
+
+    let deploy = deploy_of(&mut c, &raw);
+
+    if !c.problems.is_empty() {
+        c.problems.sort_by_key(|p| (p.line, p.column));
+        return Err(c.problems);
+    }
+    Ok(Pipeline {
+        env: raw.env,
+        steps: steps.into_iter().map(|(_, s)| s).collect(),
+        services,
+        concurrency: raw.concurrency.map(|c| Concurrency {
+            group: c.group.value,
+            cancel_in_progress: c.cancel_in_progress,
+        }),
+        deploy,
+    })
+}
+
+/// Which expanded steps (by index) each written step name stands for.
+type ByName = HashMap<String, Vec<usize>>;
+
+/// Steps with their matrices expanded, and which expanded steps each written name
+/// stands for.
+fn expand_steps(c: &mut Checker, raw: &File) -> (Vec<(usize, Step)>, ByName) {
     let mut steps: Vec<(usize, Step)> = Vec::new();
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, def) in raw.steps.iter().enumerate() {
@@ -316,7 +349,7 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
             continue;
         }
         let mut expanded = Vec::new();
-        for values in expand_matrix(&mut c, &here, def) {
+        for values in expand_matrix(c, &here, def) {
             let step_name = if values.is_empty() {
                 name.clone()
             } else {
@@ -324,12 +357,16 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
                 format!("{name} ({})", label.join(", "))
             };
             expanded.push(steps.len());
-            steps.push((i, step(&mut c, &here, def, step_name, values)));
+            steps.push((i, step(c, &here, def, step_name, values)));
         }
         by_name.insert(name, expanded);
     }
 
-    // Dependencies, by written name.
+    (steps, by_name)
+}
+
+/// Each step's `needs`, from its `depends_on` by written name.
+fn link_needs(c: &mut Checker, raw: &File, steps: &mut [(usize, Step)], by_name: &ByName) {
     let names: Vec<String> = raw
         .steps
         .iter()
@@ -362,6 +399,10 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
         step.needs.sort_unstable();
         step.needs.dedup();
     }
+}
+
+/// A dependency cycle, reported once (only when nothing else is wrong).
+fn check_cycle(c: &mut Checker, raw: &File, steps: &[(usize, Step)]) {
     if c.problems.is_empty()
         && let Some(cycle) = find_cycle(
             &steps
@@ -378,7 +419,9 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
             format!("dependency cycle: {} → {}", names.join(" → "), names[0]),
         );
     }
+}
 
+fn services_of(c: &mut Checker, raw: &File) -> Vec<Service> {
     let mut services = Vec::new();
     for (i, s) in raw.services.iter().enumerate() {
         let name = s.name.value.trim().to_string();
@@ -397,12 +440,10 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
         });
     }
 
-    if let Some(concurrency) = &raw.concurrency
-        && let Err(message) = Concurrency::check_group(&concurrency.group.value)
-    {
-        c.at(concurrency.group.referenced, "concurrency.group", message);
-    }
+    services
+}
 
+fn deploy_of(c: &mut Checker, raw: &File) -> BTreeMap<String, deploy::DeployDef> {
     let mut deploy = BTreeMap::new();
     if let Some(section) = &raw.deploy {
         match deploy::parse(&section.value) {
@@ -415,20 +456,7 @@ fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
         }
     }
 
-    if !c.problems.is_empty() {
-        c.problems.sort_by_key(|p| (p.line, p.column));
-        return Err(c.problems);
-    }
-    Ok(Pipeline {
-        env: raw.env,
-        steps: steps.into_iter().map(|(_, s)| s).collect(),
-        services,
-        concurrency: raw.concurrency.map(|c| Concurrency {
-            group: c.group.value,
-            cancel_in_progress: c.cancel_in_progress,
-        }),
-        deploy,
-    })
+    deploy
 }
 
 /// Every combination of a step's matrix values (one empty combination without a matrix).
@@ -482,28 +510,62 @@ fn step(
             "run must not be empty",
         );
     }
-    let timeout =
-        def.timeout
-            .as_ref()
-            .and_then(|t| match crate::core::config::parse_duration(&t.value) {
-                Ok(d) if !d.is_zero() => Some(d),
-                Ok(_) => {
-                    c.at(
-                        t.referenced,
-                        format!("{here}.timeout"),
-                        "timeout must be more than zero",
-                    );
-                    None
-                }
-                Err(e) => {
-                    c.at(
-                        t.referenced,
-                        format!("{here}.timeout"),
-                        format!("invalid timeout \"{}\": {e}", t.value),
-                    );
-                    None
-                }
-            });
+    let timeout = timeout_of(c, here, def);
+    check_paths(c, here, def);
+    let when = def
+        .when
+        .as_ref()
+        .map(|w| check_when(c, here, def, w))
+        .unwrap_or_default();
+    let mut env = def.env.clone();
+    for (k, v) in &matrix {
+        env.insert(format!("MATRIX_{}", k.to_uppercase()), v.clone());
+    }
+    Step {
+        name,
+        run: def.run.clone(),
+        env,
+        needs: Vec::new(),
+        when,
+        timeout,
+        retry: def.retry,
+        allow_failure: def.allow_failure,
+        workdir: def.workdir.as_ref().map(|w| w.value.clone()),
+        artifacts: def.artifacts.iter().map(|a| a.value.clone()).collect(),
+        reports: def.reports.clone(),
+        secrets: def.secrets.iter().map(SecretDef::pair).collect(),
+        matrix,
+    }
+}
+
+/// The step's `timeout`, checked (more than zero, a duration).
+fn timeout_of(c: &mut Checker, here: &str, def: &StepDef) -> Option<Duration> {
+    def.timeout
+        .as_ref()
+        .and_then(|t| match crate::core::config::parse_duration(&t.value) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                c.at(
+                    t.referenced,
+                    format!("{here}.timeout"),
+                    "timeout must be more than zero",
+                );
+                None
+            }
+            Err(e) => {
+                c.at(
+                    t.referenced,
+                    format!("{here}.timeout"),
+                    format!("invalid timeout \"{}\": {e}", t.value),
+                );
+                None
+            }
+        })
+}
+
+/// The step's paths — `workdir`, `artifacts`, `reports` — are relative and inside the
+/// workspace, and its patterns are valid globs.
+fn check_paths(c: &mut Checker, here: &str, def: &StepDef) {
     if let Some(w) = &def.workdir
         && !inside_workspace(&w.value)
     {
@@ -546,30 +608,6 @@ fn step(
                 );
             }
         }
-    }
-    let when = def
-        .when
-        .as_ref()
-        .map(|w| check_when(c, here, def, w))
-        .unwrap_or_default();
-    let mut env = def.env.clone();
-    for (k, v) in &matrix {
-        env.insert(format!("MATRIX_{}", k.to_uppercase()), v.clone());
-    }
-    Step {
-        name,
-        run: def.run.clone(),
-        env,
-        needs: Vec::new(),
-        when,
-        timeout,
-        retry: def.retry,
-        allow_failure: def.allow_failure,
-        workdir: def.workdir.as_ref().map(|w| w.value.clone()),
-        artifacts: def.artifacts.iter().map(|a| a.value.clone()).collect(),
-        reports: def.reports.clone(),
-        secrets: def.secrets.iter().map(SecretDef::pair).collect(),
-        matrix,
     }
 }
 

@@ -31,44 +31,13 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
         shutdown,
     } = job;
     let root = deployer.data_dir.join("deployments").join(d.id.to_string());
-    let workspace = root.join("workspace");
-    let mirror = deployer
-        .mirrors
-        .fetch_locked(project.id, &project.repository)
-        .await?;
-    git::checkout(&mirror, &project.repository, &release.commit, &workspace).await?;
-    let artifacts = root.join("artifacts");
-    for a in &release.artifacts {
-        let from = crate::ci::runner::artifact_path_in(&deployer.data_dir, &a.sha256);
-        let to = artifacts.join(&a.path);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(Error::io(format!("cannot create {}", parent.display())))?;
-        }
-        std::fs::copy(&from, &to).map_err(Error::io(format!("cannot copy artifact {}", a.path)))?;
-    }
+    let (workspace, artifacts) = (root.join("workspace"), root.join("artifacts"));
+    prepare(deployer, project, release, &workspace, &artifacts).await?;
     let values = deployer.reveal(d, project.id, &t.secret_pairs()).await?;
     let mut context = Deployer::variables(d, release);
     context.insert("BETCYCLE_ARTIFACTS".into(), artifacts.display().to_string());
     context.insert("BETCYCLE_WORKSPACE".into(), workspace.display().to_string());
-    let step = Step {
-        name: "deploy".into(),
-        run: t.run.clone(),
-        env: t.env.clone(),
-        needs: Vec::new(),
-        when: When::default(),
-        timeout: Some(t.timeout()),
-        retry: 0,
-        allow_failure: false,
-        workdir: None,
-        artifacts: Vec::new(),
-        reports: Default::default(),
-        secrets: values
-            .iter()
-            .map(|(env, _)| (env.clone(), env.clone()))
-            .collect(),
-        matrix: BTreeMap::new(),
-    };
+    let step = step_of(t, &values);
     let spec = RunSpec {
         pipeline: Pipeline {
             env: BTreeMap::new(),
@@ -119,6 +88,54 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
             "the deploy command failed: {}",
             result.reason
         )))
+    }
+}
+
+/// Checks the release's commit out into `workspace` and copies its artifacts under
+/// `artifacts`.
+async fn prepare(
+    deployer: &Deployer,
+    project: &crate::projects::Project,
+    release: &Release,
+    workspace: &std::path::Path,
+    artifacts: &std::path::Path,
+) -> Result<()> {
+    let mirror = deployer
+        .mirrors
+        .fetch_locked(project.id, &project.repository)
+        .await?;
+    git::checkout(&mirror, &project.repository, &release.commit, workspace).await?;
+    for a in &release.artifacts {
+        let from = crate::ci::runner::artifact_path_in(&deployer.data_dir, &a.sha256);
+        let to = artifacts.join(&a.path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(Error::io(format!("cannot create {}", parent.display())))?;
+        }
+        std::fs::copy(&from, &to).map_err(Error::io(format!("cannot copy artifact {}", a.path)))?;
+    }
+    Ok(())
+}
+
+/// The deploy command as the one step of a pipeline.
+fn step_of(t: &ExecTarget, values: &[(String, String)]) -> Step {
+    Step {
+        name: "deploy".into(),
+        run: t.run.clone(),
+        env: t.env.clone(),
+        needs: Vec::new(),
+        when: When::default(),
+        timeout: Some(t.timeout()),
+        retry: 0,
+        allow_failure: false,
+        workdir: None,
+        artifacts: Vec::new(),
+        reports: Default::default(),
+        secrets: values
+            .iter()
+            .map(|(env, _)| (env.clone(), env.clone()))
+            .collect(),
+        matrix: BTreeMap::new(),
     }
 }
 
