@@ -4,6 +4,13 @@
 //! same code for its runs.
 
 pub mod local;
+mod reports;
+mod services;
+mod step;
+
+use reports::*;
+use services::*;
+use step::*;
 
 use crate::ci::pipeline::{Pipeline, Step, Trigger};
 use crate::ci::reports::coverage::{self, Coverage};
@@ -246,9 +253,6 @@ impl Observer for Masking {
     }
 }
 
-/// How long services may take to become ready.
-const SERVICE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Starts the pipeline's services, runs every step, stops the services; returns the
 /// step results in pipeline order. If a service does not become ready, no step runs and
 /// each fails with the reason.
@@ -307,152 +311,6 @@ async fn run_confined(
     // Services' held lines (steps flush their own when they finish).
     masking.flush(None);
     results
-}
-
-/// Starts every service and waits for its `ready` command to succeed.
-async fn start_services(
-    spec: &RunSpec,
-    observer: &Arc<dyn Observer>,
-    stop: &CancellationToken,
-) -> Result<Vec<tokio::task::JoinHandle<Exit>>, String> {
-    let mut tasks = Vec::new();
-    for service in &spec.pipeline.services {
-        let env = spec.env(&service.env);
-        let label = format!("service {}", service.name);
-        let on_line: OnLine = {
-            let (observer, label) = (observer.clone(), label.clone());
-            Arc::new(move |stream, text: &str| observer.line(&label, stream, text))
-        };
-        let task = tokio::spawn(spec.executor.spawn(Process {
-            script: service.run.clone(),
-            workspace: spec.workspace.clone(),
-            dir: spec.workspace.clone(),
-            env: env.clone(),
-            timeout: None,
-            cancel: stop.clone(),
-            on_line,
-        })?);
-        if let Some(ready) = &service.ready {
-            let deadline = tokio::time::Instant::now() + SERVICE_READY_TIMEOUT;
-            loop {
-                if task.is_finished() {
-                    return Err(format!(
-                        "service \"{}\" exited before it was ready",
-                        service.name
-                    ));
-                }
-                let probe = spec
-                    .executor
-                    .spawn(Process {
-                        script: ready.clone(),
-                        workspace: spec.workspace.clone(),
-                        dir: spec.workspace.clone(),
-                        env: env.clone(),
-                        timeout: Some(std::time::Duration::from_secs(5)),
-                        cancel: stop.clone(),
-                        on_line: Arc::new(|_, _| {}),
-                    })?
-                    .await;
-                if probe == Exit::Code(0) {
-                    break;
-                }
-                if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
-                    return Err(format!(
-                        "service \"{}\" did not become ready within {} s (`{ready}` kept failing)",
-                        service.name,
-                        SERVICE_READY_TIMEOUT.as_secs()
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-        }
-        tasks.push(task);
-    }
-    Ok(tasks)
-}
-
-/// Runs every step, independent ones in parallel.
-async fn run_steps(
-    spec: Arc<RunSpec>,
-    masking: Arc<Masking>,
-    cancel: CancellationToken,
-) -> Vec<StepResult> {
-    let observer: Arc<dyn Observer> = masking.clone();
-    let n = spec.pipeline.steps.len();
-    let selected: Vec<bool> = spec
-        .pipeline
-        .steps
-        .iter()
-        .map(|s| match &spec.only {
-            None => true,
-            Some(only) => s.name == *only || s.name.starts_with(&format!("{only} (")),
-        })
-        .collect();
-    let mut results: Vec<Option<StepResult>> = vec![None; n];
-    let mut running = JoinSet::new();
-    let mut started = vec![false; n];
-
-    loop {
-        // Start every step whose dependencies are done, up to the parallelism.
-        for i in 0..n {
-            if started[i] || running.len() >= spec.parallelism.max(1) {
-                continue;
-            }
-            let step = &spec.pipeline.steps[i];
-            let needs: Vec<usize> = step
-                .needs
-                .iter()
-                .copied()
-                .filter(|d| selected[*d])
-                .collect();
-            if needs.iter().any(|d| results[*d].is_none()) {
-                continue;
-            }
-            started[i] = true;
-            let skip = why_skip(&spec, i, &needs, &results, &selected, &cancel);
-            if skip.is_none()
-                && let Some(previous) = spec.reuse.get(&step.name)
-            {
-                observer.step_finished(previous);
-                results[i] = Some(previous.clone());
-                continue;
-            }
-            if let Some(reason) = skip {
-                let result = skipped(&step.name, reason);
-                if selected[i] {
-                    observer.step_finished(&result);
-                }
-                results[i] = Some(result);
-                continue;
-            }
-            let (spec, observer, masking, cancel) = (
-                spec.clone(),
-                observer.clone(),
-                masking.clone(),
-                cancel.clone(),
-            );
-            running.spawn(async move {
-                (
-                    i,
-                    run_step(&spec, i, observer, &masking.masker, &cancel).await,
-                )
-            });
-        }
-        match running.join_next().await {
-            Some(Ok((i, result))) => {
-                observer.step_finished(&result);
-                results[i] = Some(result);
-            }
-            Some(Err(e)) => panic!("a step task failed: {e}"),
-            None => break,
-        }
-    }
-    results
-        .into_iter()
-        .zip(selected)
-        .filter(|(_, selected)| *selected)
-        .map(|(r, _)| r.expect("every step finished"))
-        .collect()
 }
 
 fn skipped(name: &str, reason: String) -> StepResult {
@@ -554,87 +412,6 @@ async fn run_step(
     }
 }
 
-/// Reveals the step's `secrets:` into `env`, each value added to the run's masker before
-/// the step can print anything.
-async fn reveal_into(
-    spec: &RunSpec,
-    step: &Step,
-    observer: &Arc<dyn Observer>,
-    masker: &Masker,
-    env: &mut BTreeMap<String, String>,
-) -> Result<(), String> {
-    if step.secrets.is_empty() {
-        return Ok(());
-    }
-    match spec.secrets.reveal(step).await {
-        Ok(revealed) => {
-            for (name, value) in revealed.env {
-                masker.add(&value);
-                env.insert(name, value);
-            }
-            if let Some(notice) = revealed.notice {
-                observer.line(&step.name, Stream::Stderr, &format!("betcycle: {notice}"));
-            }
-            Ok(())
-        }
-        Err(reason) => {
-            observer.line(&step.name, Stream::Stderr, &format!("betcycle: {reason}"));
-            Err(reason)
-        }
-    }
-}
-
-/// A step attempt's status, exit code and reason from how its process ended.
-fn outcome_of(step: &Step, exit: Exit) -> (StepStatus, Option<i32>, String) {
-    match exit {
-        Exit::Code(0) => (StepStatus::Succeeded, Some(0), String::new()),
-        Exit::Code(code) if step.allow_failure => (
-            StepStatus::FailedAllowed,
-            Some(code),
-            format!("exit code {code} (allowed to fail)"),
-        ),
-        Exit::Code(code) => (StepStatus::Failed, Some(code), format!("exit code {code}")),
-        Exit::TimedOut => {
-            let limit = step.timeout.unwrap_or_default().as_secs();
-            (
-                StepStatus::TimedOut,
-                None,
-                format!("timed out after {limit} s"),
-            )
-        }
-        Exit::Cancelled => (StepStatus::Cancelled, None, "cancelled".into()),
-        Exit::SpawnFailed(e) => (StepStatus::Failed, None, e),
-    }
-}
-
-/// The step's JUnit and coverage reports, summed over the files its patterns match.
-fn reports_of(
-    workspace: &Path,
-    step: &Step,
-    warnings: &mut Vec<String>,
-) -> (Option<TestSummary>, Option<Coverage>) {
-    let tests = read_reports(
-        workspace,
-        &step.reports.junit.to_vec(),
-        "JUnit",
-        junit::parse,
-        warnings,
-    )
-    .into_iter()
-    .reduce(|mut sum, t| {
-        sum.add(t);
-        sum
-    });
-    let coverage = Coverage::sum(read_reports(
-        workspace,
-        &step.reports.coverage.to_vec(),
-        "coverage",
-        |text, _| coverage::parse(text),
-        warnings,
-    ));
-    (tests, coverage)
-}
-
 /// Why step `i` does not run (not selected, a dependency that did not succeed, the run
 /// cancelled, its `when` filter), or `None`.
 fn why_skip(
@@ -664,101 +441,6 @@ fn why_skip(
         return Some("the run was cancelled".to_string());
     }
     spec.pipeline.steps[i].when.check(&spec.trigger).err()
-}
-
-/// Reads and parses every report file matching `patterns`; a missing or bad file
-/// becomes a warning.
-fn read_reports<T>(
-    workspace: &Path,
-    patterns: &[String],
-    kind: &str,
-    parse: fn(&str, &mut Vec<String>) -> Result<T, String>,
-    warnings: &mut Vec<String>,
-) -> Vec<T> {
-    let (mut reports, before) = (Vec::new(), warnings.len());
-    for path in matching_files(workspace, patterns) {
-        let text = match std::fs::read_to_string(workspace.join(&path)) {
-            Ok(text) => text,
-            Err(e) => {
-                warnings.push(format!("{kind} report {path}: cannot read it: {e}"));
-                continue;
-            }
-        };
-        let mut found = Vec::new();
-        match parse(&text, &mut found) {
-            Ok(report) => reports.push(report),
-            Err(e) => warnings.push(format!("{kind} report {path}: {e}")),
-        }
-        warnings.extend(
-            found
-                .into_iter()
-                .map(|w| format!("{kind} report {path}: {w}")),
-        );
-    }
-    if reports.is_empty() && !patterns.is_empty() && warnings.len() == before {
-        warnings.push(format!(
-            "{kind} report {}: no such file",
-            patterns.join(", ")
-        ));
-    }
-    reports
-}
-
-/// Workspace-relative paths of the files matching any of `patterns`, sorted (`.git`
-/// is never searched).
-fn matching_files(workspace: &Path, patterns: &[String]) -> Vec<String> {
-    if patterns.is_empty() {
-        return Vec::new();
-    }
-    let mut builder = GlobSetBuilder::new();
-    for p in patterns {
-        builder.add(Glob::new(p).expect("validated when the pipeline was parsed"));
-    }
-    let set = builder.build().expect("validated patterns");
-    let mut found: Vec<String> = walkdir::WalkDir::new(workspace)
-        .into_iter()
-        .filter_entry(|e| e.file_name() != ".git")
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            if !entry.file_type().is_file() {
-                return None;
-            }
-            let relative = entry.path().strip_prefix(workspace).ok()?;
-            let relative = relative.to_string_lossy().to_string();
-            set.is_match(&relative).then_some(relative)
-        })
-        .collect();
-    found.sort();
-    found
-}
-
-/// Files in the workspace matching any of `patterns`, with size and SHA-256.
-fn collect_artifacts(
-    workspace: &Path,
-    patterns: &[String],
-    warnings: &mut Vec<String>,
-) -> Vec<Artifact> {
-    if patterns.is_empty() {
-        return Vec::new();
-    }
-    let mut found = Vec::new();
-    for relative in matching_files(workspace, patterns) {
-        match digest_file(&workspace.join(&relative)) {
-            Ok((size, sha256)) => found.push(Artifact {
-                path: relative,
-                size,
-                sha256,
-            }),
-            Err(e) => warnings.push(format!("artifact {relative}: cannot read it: {e}")),
-        }
-    }
-    if found.is_empty() {
-        warnings.push(format!(
-            "no files match the artifact patterns {}",
-            patterns.join(", ")
-        ));
-    }
-    found
 }
 
 /// A file's size and SHA-256 (hex), read in 64 KiB pieces.

@@ -167,15 +167,6 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
                 .push(format!("table {} is not one BetCycle makes", handle.name()));
         }
     }
-    struct Check<'a>(&'a ReadTransaction, &'a mut CheckReport);
-    impl tables::Visit<Error> for Check<'_> {
-        fn table<K: Key + 'static, V: Value + 'static>(
-            &mut self,
-            def: TableDefinition<'static, K, V>,
-        ) -> Result<()> {
-            check_table(self.0, def, self.1)
-        }
-    }
     tables::visit_all(&mut Check(&tx, &mut report))?;
     use tables::*;
     let indexes: [(&str, Vec<u64>, RecordTable); 7] = [
@@ -235,6 +226,18 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
 }
 
 /// Counts a table's records and, for JSON-valued tables, decodes each one.
+/// Checks every table it visits (see [`check_table`]).
+struct Check<'a>(&'a ReadTransaction, &'a mut CheckReport);
+
+impl tables::Visit<Error> for Check<'_> {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        def: TableDefinition<'static, K, V>,
+    ) -> Result<()> {
+        check_table(self.0, def, self.1)
+    }
+}
+
 fn check_table<K: Key + 'static, V: Value + 'static>(
     tx: &ReadTransaction,
     def: TableDefinition<K, V>,

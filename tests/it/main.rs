@@ -2,12 +2,14 @@
 //! server started on 127.0.0.1:0 in a temp data directory, or a CLI verb.
 
 mod access;
+mod accounts;
 mod backup;
 mod browser;
 mod cli;
 mod console;
 mod deploy;
 mod hardening;
+mod hardening_more;
 mod harness;
 mod health;
 mod lifecycle;
@@ -16,6 +18,7 @@ mod policy;
 mod projects;
 mod run;
 mod runs;
+mod schedules;
 mod secrets;
 mod ship;
 mod triggers;

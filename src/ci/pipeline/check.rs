@@ -1,0 +1,381 @@
+//! The checks `parse` runs on a pipeline file, part by part: steps with their matrices,
+//! dependencies and cycles, paths and patterns, `when` filters, services, `deploy:`.
+//! Each problem is reported with its line, column and field path.
+
+use super::model::{File, SecretDef, StepDef};
+use super::*;
+
+/// Which expanded steps (by index) each written step name stands for.
+pub(super) type ByName = HashMap<String, Vec<usize>>;
+
+/// Steps with their matrices expanded, and which expanded steps each written name
+/// stands for.
+pub(super) fn expand_steps(c: &mut Checker, raw: &File) -> (Vec<(usize, Step)>, ByName) {
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, def) in raw.steps.iter().enumerate() {
+        let here = format!("steps[{i}]");
+        let name = def.name.value.trim().to_string();
+        if name.is_empty() || name.len() > 100 || name.contains('\n') {
+            c.at(
+                def.name.referenced,
+                format!("{here}.name"),
+                "a step name needs 1 to 100 characters on one line",
+            );
+        }
+        if by_name.contains_key(&name) {
+            c.at(
+                def.name.referenced,
+                format!("{here}.name"),
+                format!("duplicate step name \"{name}\""),
+            );
+            continue;
+        }
+        let mut expanded = Vec::new();
+        for values in expand_matrix(c, &here, def) {
+            let step_name = if values.is_empty() {
+                name.clone()
+            } else {
+                let label: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{name} ({})", label.join(", "))
+            };
+            expanded.push(steps.len());
+            steps.push((i, step(c, &here, def, step_name, values)));
+        }
+        by_name.insert(name, expanded);
+    }
+
+    (steps, by_name)
+}
+
+/// Each step's `needs`, from its `depends_on` by written name.
+pub(super) fn link_needs(
+    c: &mut Checker,
+    raw: &File,
+    steps: &mut [(usize, Step)],
+    by_name: &ByName,
+) {
+    let names: Vec<String> = raw
+        .steps
+        .iter()
+        .map(|d| d.name.value.trim().to_string())
+        .collect();
+    for (index, (def_index, step)) in steps.iter_mut().enumerate() {
+        let def = &raw.steps[*def_index];
+        for (j, dep) in def.depends_on.iter().enumerate() {
+            let dep_name = dep.value.trim();
+            let path = format!("steps[{def_index}].depends_on[{j}]");
+            match by_name.get(dep_name) {
+                None => {
+                    let hint = did_you_mean(dep_name, names.iter().map(String::as_str));
+                    c.at(
+                        dep.referenced,
+                        path,
+                        format!("unknown step \"{dep_name}\"{hint}"),
+                    );
+                }
+                Some(targets) if targets.contains(&index) => {
+                    c.at(
+                        dep.referenced,
+                        path,
+                        format!("step \"{dep_name}\" depends on itself"),
+                    );
+                }
+                Some(targets) => step.needs.extend(targets.iter().copied()),
+            }
+        }
+        step.needs.sort_unstable();
+        step.needs.dedup();
+    }
+}
+
+/// A dependency cycle, reported once (only when nothing else is wrong).
+pub(super) fn check_cycle(c: &mut Checker, raw: &File, steps: &[(usize, Step)]) {
+    if c.problems.is_empty()
+        && let Some(cycle) = find_cycle(
+            &steps
+                .iter()
+                .map(|(_, s)| s.needs.clone())
+                .collect::<Vec<_>>(),
+        )
+    {
+        let (def_index, _) = steps[cycle[0]];
+        let names: Vec<&str> = cycle.iter().map(|i| steps[*i].1.name.as_str()).collect();
+        c.at(
+            raw.steps[def_index].name.referenced,
+            format!("steps[{def_index}].depends_on"),
+            format!("dependency cycle: {} → {}", names.join(" → "), names[0]),
+        );
+    }
+}
+
+pub(super) fn services_of(c: &mut Checker, raw: &File) -> Vec<Service> {
+    let mut services = Vec::new();
+    for (i, s) in raw.services.iter().enumerate() {
+        let name = s.name.value.trim().to_string();
+        if services.iter().any(|o: &Service| o.name == name) {
+            c.at(
+                s.name.referenced,
+                format!("services[{i}].name"),
+                format!("duplicate service name \"{name}\""),
+            );
+        }
+        services.push(Service {
+            name,
+            run: s.run.clone(),
+            env: s.env.clone(),
+            ready: s.ready.clone(),
+        });
+    }
+
+    services
+}
+
+pub(super) fn deploy_of(c: &mut Checker, raw: &File) -> BTreeMap<String, deploy::DeployDef> {
+    let mut deploy = BTreeMap::new();
+    if let Some(section) = &raw.deploy {
+        match deploy::parse(&section.value) {
+            Ok(parsed) => deploy = parsed,
+            Err(problems) => {
+                for (path, message) in problems {
+                    c.at(section.referenced, path, message);
+                }
+            }
+        }
+    }
+
+    deploy
+}
+
+/// Every combination of a step's matrix values (one empty combination without a matrix).
+pub(super) fn expand_matrix(
+    c: &mut Checker,
+    here: &str,
+    def: &StepDef,
+) -> Vec<BTreeMap<String, String>> {
+    let Some(matrix) = &def.matrix else {
+        return vec![BTreeMap::new()];
+    };
+    let mut combos = vec![BTreeMap::new()];
+    for (key, values) in &matrix.value {
+        if values.is_empty() {
+            c.at(
+                matrix.referenced,
+                format!("{here}.matrix.{key}"),
+                "a matrix variable needs at least one value",
+            );
+            return Vec::new();
+        }
+        combos = combos
+            .into_iter()
+            .flat_map(|combo| {
+                values.iter().map(move |v| {
+                    let mut next = combo.clone();
+                    next.insert(key.clone(), v.clone());
+                    next
+                })
+            })
+            .collect();
+        if combos.len() > MAX_MATRIX {
+            c.at(
+                matrix.referenced,
+                format!("{here}.matrix"),
+                format!("a matrix may expand to at most {MAX_MATRIX} steps"),
+            );
+            return Vec::new();
+        }
+    }
+    combos
+}
+
+pub(super) fn step(
+    c: &mut Checker,
+    here: &str,
+    def: &StepDef,
+    name: String,
+    matrix: BTreeMap<String, String>,
+) -> Step {
+    if def.run.trim().is_empty() {
+        c.at(
+            def.name.referenced,
+            format!("{here}.run"),
+            "run must not be empty",
+        );
+    }
+    let timeout = timeout_of(c, here, def);
+    check_paths(c, here, def);
+    let when = def
+        .when
+        .as_ref()
+        .map(|w| check_when(c, here, def, w))
+        .unwrap_or_default();
+    let mut env = def.env.clone();
+    for (k, v) in &matrix {
+        env.insert(format!("MATRIX_{}", k.to_uppercase()), v.clone());
+    }
+    Step {
+        name,
+        run: def.run.clone(),
+        env,
+        needs: Vec::new(),
+        when,
+        timeout,
+        retry: def.retry,
+        allow_failure: def.allow_failure,
+        workdir: def.workdir.as_ref().map(|w| w.value.clone()),
+        artifacts: def.artifacts.iter().map(|a| a.value.clone()).collect(),
+        reports: def.reports.clone(),
+        secrets: def.secrets.iter().map(SecretDef::pair).collect(),
+        matrix,
+    }
+}
+
+/// The step's `timeout`, checked (more than zero, a duration).
+pub(super) fn timeout_of(c: &mut Checker, here: &str, def: &StepDef) -> Option<Duration> {
+    def.timeout
+        .as_ref()
+        .and_then(|t| match crate::core::config::parse_duration(&t.value) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                c.at(
+                    t.referenced,
+                    format!("{here}.timeout"),
+                    "timeout must be more than zero",
+                );
+                None
+            }
+            Err(e) => {
+                c.at(
+                    t.referenced,
+                    format!("{here}.timeout"),
+                    format!("invalid timeout \"{}\": {e}", t.value),
+                );
+                None
+            }
+        })
+}
+
+/// The step's paths — `workdir`, `artifacts`, `reports` — are relative and inside the
+/// workspace, and its patterns are valid globs.
+pub(super) fn check_paths(c: &mut Checker, here: &str, def: &StepDef) {
+    if let Some(w) = &def.workdir
+        && !inside_workspace(&w.value)
+    {
+        c.at(
+            w.referenced,
+            format!("{here}.workdir"),
+            "workdir must be a relative path inside the workspace",
+        );
+    }
+    for (j, a) in def.artifacts.iter().enumerate() {
+        if !inside_workspace(&a.value) {
+            c.at(
+                a.referenced,
+                format!("{here}.artifacts[{j}]"),
+                "artifact patterns are relative to the workspace",
+            );
+        } else if let Err(e) = Glob::new(&a.value) {
+            c.at(
+                a.referenced,
+                format!("{here}.artifacts[{j}]"),
+                format!("invalid pattern: {e}"),
+            );
+        }
+    }
+    for (kind, patterns) in [
+        ("junit", def.reports.junit.to_vec()),
+        ("coverage", def.reports.coverage.to_vec()),
+    ] {
+        for (j, p) in patterns.iter().enumerate() {
+            let problem = if !inside_workspace(p) {
+                Some("report paths are relative to the workspace".to_string())
+            } else {
+                Glob::new(p).err().map(|e| format!("invalid pattern: {e}"))
+            };
+            if let Some(problem) = problem {
+                c.at(
+                    def.name.referenced,
+                    format!("{here}.reports.{kind}[{j}]"),
+                    problem,
+                );
+            }
+        }
+    }
+}
+
+pub(super) fn check_when(c: &mut Checker, here: &str, def: &StepDef, w: &model::WhenDef) -> When {
+    let at = def.name.referenced;
+    let event = w.event.to_vec();
+    for e in &event {
+        if !EVENTS.contains(&e.as_str()) {
+            let hint = did_you_mean(e, EVENTS.iter().copied());
+            c.at(
+                at,
+                format!("{here}.when.event"),
+                format!(
+                    "unknown event \"{e}\"{hint}; events are {}",
+                    EVENTS.join(", ")
+                ),
+            );
+        }
+    }
+    let globs = |c: &mut Checker, field: &str, list: &OneOrMany| {
+        let list = list.to_vec();
+        for p in &list {
+            if let Err(e) = Glob::new(p) {
+                c.at(
+                    at,
+                    format!("{here}.when.{field}"),
+                    format!("invalid pattern \"{p}\": {e}"),
+                );
+            }
+        }
+        list
+    };
+    When {
+        branch: globs(c, "branch", &w.branch),
+        event,
+        paths: globs(c, "paths", &w.paths),
+    }
+}
+
+/// A cycle in the dependency graph, as step indices, if there is one.
+pub(super) fn find_cycle(needs: &[Vec<usize>]) -> Option<Vec<usize>> {
+    // 0 unvisited, 1 on the current path, 2 done.
+    fn visit(
+        n: usize,
+        needs: &[Vec<usize>],
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        state[n] = 1;
+        path.push(n);
+        for &m in &needs[n] {
+            match state[m] {
+                1 => {
+                    let start = path.iter().position(|&p| p == m).expect("on path");
+                    let mut cycle = path[start..].to_vec();
+                    cycle.reverse();
+                    return Some(cycle);
+                }
+                0 => {
+                    if let Some(cycle) = visit(m, needs, state, path) {
+                        return Some(cycle);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        state[n] = 2;
+        None
+    }
+    let mut state = vec![0u8; needs.len()];
+    (0..needs.len()).find_map(|n| {
+        if state[n] == 0 {
+            visit(n, needs, &mut state, &mut Vec::new())
+        } else {
+            None
+        }
+    })
+}

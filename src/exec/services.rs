@@ -1,0 +1,69 @@
+//! A run's `services:`: started before the steps, each waited for until its `ready`
+//! command succeeds, stopped after the last step.
+
+use super::*;
+
+/// How long services may take to become ready.
+pub(super) const SERVICE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Starts every service and waits for its `ready` command to succeed.
+pub(super) async fn start_services(
+    spec: &RunSpec,
+    observer: &Arc<dyn Observer>,
+    stop: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<Exit>>, String> {
+    let mut tasks = Vec::new();
+    for service in &spec.pipeline.services {
+        let env = spec.env(&service.env);
+        let label = format!("service {}", service.name);
+        let on_line: OnLine = {
+            let (observer, label) = (observer.clone(), label.clone());
+            Arc::new(move |stream, text: &str| observer.line(&label, stream, text))
+        };
+        let task = tokio::spawn(spec.executor.spawn(Process {
+            script: service.run.clone(),
+            workspace: spec.workspace.clone(),
+            dir: spec.workspace.clone(),
+            env: env.clone(),
+            timeout: None,
+            cancel: stop.clone(),
+            on_line,
+        })?);
+        if let Some(ready) = &service.ready {
+            let deadline = tokio::time::Instant::now() + SERVICE_READY_TIMEOUT;
+            loop {
+                if task.is_finished() {
+                    return Err(format!(
+                        "service \"{}\" exited before it was ready",
+                        service.name
+                    ));
+                }
+                let probe = spec
+                    .executor
+                    .spawn(Process {
+                        script: ready.clone(),
+                        workspace: spec.workspace.clone(),
+                        dir: spec.workspace.clone(),
+                        env: env.clone(),
+                        timeout: Some(std::time::Duration::from_secs(5)),
+                        cancel: stop.clone(),
+                        on_line: Arc::new(|_, _| {}),
+                    })?
+                    .await;
+                if probe == Exit::Code(0) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                    return Err(format!(
+                        "service \"{}\" did not become ready within {} s (`{ready}` kept failing)",
+                        service.name,
+                        SERVICE_READY_TIMEOUT.as_secs()
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+        tasks.push(task);
+    }
+    Ok(tasks)
+}
