@@ -2,7 +2,7 @@
 //! hash (`/static/app.css?v=…`); such requests are cached for a year, others revalidate
 //! with the ETag.
 
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -73,6 +73,7 @@ pub async fn serve(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Public;
-    use axum::http::Method as M;
-    vec![route(M::GET, "/static/{*path}", Public, serve)]
+    routes![
+        GET "/static/{*path}" Public => serve,
+    ]
 }

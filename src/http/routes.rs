@@ -10,6 +10,19 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
+/// Rows of routes, one per line: `METHOD "path" need => handler`.
+macro_rules! routes {
+    ($($method:ident $path:literal $need:expr => $handler:expr),* $(,)?) => {
+        vec![$($crate::http::routes::route(
+            axum::http::Method::$method,
+            $path,
+            $need,
+            $handler,
+        )),*]
+    };
+}
+pub(crate) use routes;
+
 pub struct Route {
     pub method: Method,
     pub path: String,

@@ -4,7 +4,7 @@
 
 use crate::app::App;
 use crate::http::ServerResult;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::audit::{Entry, Filter};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -19,6 +19,7 @@ pub async fn list(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Admin;
-    use axum::http::Method as M;
-    vec![route(M::GET, "/api/v1/audit", Admin, list)]
+    routes![
+        GET "/api/v1/audit" Admin => list,
+    ]
 }

@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::{Anyone, Signed};
 use crate::http::error::ServerError;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
 use crate::identity::{Credential, Scope, SessionView, TokenView, User, UserView, accounts};
 use axum::Json;
@@ -284,23 +284,17 @@ pub async fn revoke_token(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Public, User};
-    use axum::http::Method as M;
-    vec![
-        route(M::POST, "/api/v1/setup", Public, setup),
-        route(M::POST, "/api/v1/sessions", Public, sign_in),
-        route(M::GET, "/api/v1/sessions", User, list_sessions),
-        route(M::DELETE, "/api/v1/sessions/current", User, sign_out),
-        route(
-            M::POST,
-            "/api/v1/sessions/revoke-others",
-            User,
-            revoke_other_sessions,
-        ),
-        route(M::DELETE, "/api/v1/sessions/{id}", User, revoke_session),
-        route(M::GET, "/api/v1/me", User, me),
-        route(M::PUT, "/api/v1/me/password", User, change_password),
-        route(M::GET, "/api/v1/tokens", User, list_tokens),
-        route(M::POST, "/api/v1/tokens", User, create_token),
-        route(M::DELETE, "/api/v1/tokens/{id}", User, revoke_token),
+    routes![
+        POST "/api/v1/setup" Public => setup,
+        POST "/api/v1/sessions" Public => sign_in,
+        GET "/api/v1/sessions" User => list_sessions,
+        DELETE "/api/v1/sessions/current" User => sign_out,
+        POST "/api/v1/sessions/revoke-others" User => revoke_other_sessions,
+        DELETE "/api/v1/sessions/{id}" User => revoke_session,
+        GET "/api/v1/me" User => me,
+        PUT "/api/v1/me/password" User => change_password,
+        GET "/api/v1/tokens" User => list_tokens,
+        POST "/api/v1/tokens" User => create_token,
+        DELETE "/api/v1/tokens/{id}" User => revoke_token,
     ]
 }

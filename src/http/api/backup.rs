@@ -6,7 +6,7 @@ use crate::core::backup::{self, KeyInBackup};
 use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
 use axum::extract::State;
 use axum::http::header;
@@ -63,6 +63,7 @@ pub async fn download(State(app): State<App>, signed: Signed) -> ServerResult<im
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Admin;
-    use axum::http::Method as M;
-    vec![route(M::GET, "/api/v1/backup", Admin, download)]
+    routes![
+        GET "/api/v1/backup" Admin => download,
+    ]
 }

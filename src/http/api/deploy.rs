@@ -17,7 +17,7 @@ use crate::delivery::board::{
 use crate::delivery::{Deployment, Environment, Release};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -286,103 +286,22 @@ pub async fn dora(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Project, Public};
     use crate::identity::Role::{Developer, Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/environments",
-            Project(Viewer),
-            environments,
-        ),
-        route(
-            M::PUT,
-            "/api/v1/projects/{slug}/environments/{environment}",
-            Project(Maintainer),
-            update_environment,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/projects/{slug}/environments/{environment}",
-            Project(Maintainer),
-            delete_environment,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/environments/{environment}/promote",
-            Project(Developer),
-            promote,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/environments/{environment}/rollback",
-            Project(Developer),
-            rollback,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/releases",
-            Project(Viewer),
-            releases,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/releases/{number}",
-            Project(Viewer),
-            release,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/deployments",
-            Project(Viewer),
-            deployments,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/deployments",
-            Project(Developer),
-            create,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/deployments/{number}",
-            Project(Viewer),
-            deployment,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/deployments/{number}/log",
-            Project(Viewer),
-            log,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/deployments/{number}/approve",
-            Project(Developer),
-            approve,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/deployments/{number}/reject",
-            Project(Developer),
-            reject,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/deployments/{number}/cancel",
-            Project(Developer),
-            cancel,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/dora",
-            Project(Viewer),
-            dora,
-        ),
-        route(
-            M::POST,
-            "/api/v1/deployments/callback/{token}",
-            Public,
-            callback,
-        ),
+    routes![
+        GET "/api/v1/projects/{slug}/environments" Project(Viewer) => environments,
+        PUT "/api/v1/projects/{slug}/environments/{environment}" Project(Maintainer) => update_environment,
+        DELETE "/api/v1/projects/{slug}/environments/{environment}" Project(Maintainer) => delete_environment,
+        POST "/api/v1/projects/{slug}/environments/{environment}/promote" Project(Developer) => promote,
+        POST "/api/v1/projects/{slug}/environments/{environment}/rollback" Project(Developer) => rollback,
+        GET "/api/v1/projects/{slug}/releases" Project(Viewer) => releases,
+        GET "/api/v1/projects/{slug}/releases/{number}" Project(Viewer) => release,
+        GET "/api/v1/projects/{slug}/deployments" Project(Viewer) => deployments,
+        POST "/api/v1/projects/{slug}/deployments" Project(Developer) => create,
+        GET "/api/v1/projects/{slug}/deployments/{number}" Project(Viewer) => deployment,
+        GET "/api/v1/projects/{slug}/deployments/{number}/log" Project(Viewer) => log,
+        POST "/api/v1/projects/{slug}/deployments/{number}/approve" Project(Developer) => approve,
+        POST "/api/v1/projects/{slug}/deployments/{number}/reject" Project(Developer) => reject,
+        POST "/api/v1/projects/{slug}/deployments/{number}/cancel" Project(Developer) => cancel,
+        GET "/api/v1/projects/{slug}/dora" Project(Viewer) => dora,
+        POST "/api/v1/deployments/callback/{token}" Public => callback,
     ]
 }

@@ -8,7 +8,7 @@
 
 use crate::app::App;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -108,6 +108,7 @@ pub async fn stream(State(app): State<App>, signed: Signed) -> impl IntoResponse
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::User;
-    use axum::http::Method as M;
-    vec![route(M::GET, "/api/v1/events", User, stream)]
+    routes![
+        GET "/api/v1/events" User => stream,
+    ]
 }

@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::core::health::{self, Readiness};
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -31,9 +31,8 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Readiness>) {
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Public;
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/healthz", Public, healthz),
-        route(M::GET, "/readyz", Public, readyz),
+    routes![
+        GET "/healthz" Public => healthz,
+        GET "/readyz" Public => readyz,
     ]
 }

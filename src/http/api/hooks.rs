@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::{Anyone, Signed};
 use crate::http::error::ServerError;
-use crate::http::routes::{Route, body_limit, route};
+use crate::http::routes::{Route, body_limit, routes};
 use crate::projects::forge::webhook::Headers;
 use crate::projects::inbox::{Delivery, Receipt};
 use axum::Json;
@@ -124,29 +124,14 @@ pub async fn redeliver(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Project, Public};
     use crate::identity::Role::{Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        body_limit(
-            route(M::POST, "/api/v1/hooks/{slug}", Public, receive),
-            MAX_PAYLOAD,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/deliveries",
-            Project(Viewer),
-            list,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/deliveries/{id}",
-            Project(Viewer),
-            show,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/deliveries/{id}/redeliver",
-            Project(Maintainer),
-            redeliver,
-        ),
-    ]
+    let mut routes = routes![
+        POST "/api/v1/hooks/{slug}" Public => receive,
+        GET "/api/v1/projects/{slug}/deliveries" Project(Viewer) => list,
+        GET "/api/v1/projects/{slug}/deliveries/{id}" Project(Viewer) => show,
+        POST "/api/v1/projects/{slug}/deliveries/{id}/redeliver" Project(Maintainer) => redeliver,
+    ];
+    // Deliveries are large (GitHub's cap is 25 MB).
+    let receive = routes.remove(0);
+    routes.insert(0, body_limit(receive, MAX_PAYLOAD));
+    routes
 }

@@ -3,7 +3,7 @@
 use crate::app::App;
 use crate::core::instance::{InstanceView, view};
 use crate::http::ServerResult;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use axum::Json;
 use axum::extract::State;
 
@@ -14,6 +14,7 @@ pub async fn show(State(app): State<App>) -> ServerResult<Json<InstanceView>> {
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::User;
-    use axum::http::Method as M;
-    vec![route(M::GET, "/api/v1/instance", User, show)]
+    routes![
+        GET "/api/v1/instance" User => show,
+    ]
 }

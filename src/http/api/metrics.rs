@@ -2,7 +2,7 @@
 //! (Prometheus does), the classic text format otherwise.
 
 use crate::app::App;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
@@ -48,6 +48,7 @@ pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoRes
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Public;
-    use axum::http::Method as M;
-    vec![route(M::GET, "/metrics", Public, metrics)]
+    routes![
+        GET "/metrics" Public => metrics,
+    ]
 }

@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::core::error::{Error, Result};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
 use crate::policy::{Decision, Policy};
 use axum::Json;
@@ -163,47 +163,16 @@ pub async fn decision(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Admin, Project, User};
     use crate::identity::Role::{Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/api/v1/policies", User, list),
-        route(M::GET, "/api/v1/policies/{name}", User, show),
-        route(M::PUT, "/api/v1/policies/{name}", Admin, put),
-        route(M::DELETE, "/api/v1/policies/{name}", Admin, delete),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/policies",
-            Project(Viewer),
-            list,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/policies/{name}",
-            Project(Viewer),
-            show,
-        ),
-        route(
-            M::PUT,
-            "/api/v1/projects/{slug}/policies/{name}",
-            Project(Maintainer),
-            put,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/projects/{slug}/policies/{name}",
-            Project(Maintainer),
-            delete,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/decisions",
-            Project(Viewer),
-            decisions,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/decisions/{id}",
-            Project(Viewer),
-            decision,
-        ),
+    routes![
+        GET "/api/v1/policies" User => list,
+        GET "/api/v1/policies/{name}" User => show,
+        PUT "/api/v1/policies/{name}" Admin => put,
+        DELETE "/api/v1/policies/{name}" Admin => delete,
+        GET "/api/v1/projects/{slug}/policies" Project(Viewer) => list,
+        GET "/api/v1/projects/{slug}/policies/{name}" Project(Viewer) => show,
+        PUT "/api/v1/projects/{slug}/policies/{name}" Project(Maintainer) => put,
+        DELETE "/api/v1/projects/{slug}/policies/{name}" Project(Maintainer) => delete,
+        GET "/api/v1/projects/{slug}/decisions" Project(Viewer) => decisions,
+        GET "/api/v1/projects/{slug}/decisions/{id}" Project(Viewer) => decision,
     ]
 }

@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::Role;
 use crate::identity::audit::Record;
 use crate::projects::{
@@ -148,41 +148,15 @@ pub async fn remove_member(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Admin, Project, User};
     use crate::identity::Role::{Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/api/v1/projects", User, list),
-        route(M::POST, "/api/v1/projects", Admin, create),
-        route(M::GET, "/api/v1/projects/{slug}", Project(Viewer), show),
-        route(
-            M::PATCH,
-            "/api/v1/projects/{slug}",
-            Project(Maintainer),
-            update,
-        ),
-        route(M::DELETE, "/api/v1/projects/{slug}", Admin, delete),
-        route(
-            M::PUT,
-            "/api/v1/projects/{slug}/isolation",
-            Admin,
-            set_isolation,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/members",
-            Project(Viewer),
-            members,
-        ),
-        route(
-            M::PUT,
-            "/api/v1/projects/{slug}/members/{subject}",
-            Project(Maintainer),
-            set_member,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/projects/{slug}/members/{subject}",
-            Project(Maintainer),
-            remove_member,
-        ),
+    routes![
+        GET "/api/v1/projects" User => list,
+        POST "/api/v1/projects" Admin => create,
+        GET "/api/v1/projects/{slug}" Project(Viewer) => show,
+        PATCH "/api/v1/projects/{slug}" Project(Maintainer) => update,
+        DELETE "/api/v1/projects/{slug}" Admin => delete,
+        PUT "/api/v1/projects/{slug}/isolation" Admin => set_isolation,
+        GET "/api/v1/projects/{slug}/members" Project(Viewer) => members,
+        PUT "/api/v1/projects/{slug}/members/{subject}" Project(Maintainer) => set_member,
+        DELETE "/api/v1/projects/{slug}/members/{subject}" Project(Maintainer) => remove_member,
     ]
 }

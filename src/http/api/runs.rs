@@ -9,7 +9,7 @@ use crate::ci::run::Run;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -288,55 +288,14 @@ pub async fn rerun(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Project;
     use crate::identity::Role::{Developer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/runs",
-            Project(Viewer),
-            list,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/runs",
-            Project(Developer),
-            trigger,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/runs/{number}",
-            Project(Viewer),
-            show,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/runs/{number}/cancel",
-            Project(Developer),
-            cancel,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log",
-            Project(Viewer),
-            log,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/runs/{number}/rerun",
-            Project(Developer),
-            rerun,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream",
-            Project(Viewer),
-            stream,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}",
-            Project(Viewer),
-            artifact,
-        ),
+    routes![
+        GET "/api/v1/projects/{slug}/runs" Project(Viewer) => list,
+        POST "/api/v1/projects/{slug}/runs" Project(Developer) => trigger,
+        GET "/api/v1/projects/{slug}/runs/{number}" Project(Viewer) => show,
+        POST "/api/v1/projects/{slug}/runs/{number}/cancel" Project(Developer) => cancel,
+        GET "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log" Project(Viewer) => log,
+        POST "/api/v1/projects/{slug}/runs/{number}/rerun" Project(Developer) => rerun,
+        GET "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream" Project(Viewer) => stream,
+        GET "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}" Project(Viewer) => artifact,
     ]
 }

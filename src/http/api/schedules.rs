@@ -6,7 +6,7 @@
 use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::projects::schedule::ScheduleChange;
 use crate::projects::schedules::{
     self, ScheduleView, create_schedule, delete_schedule, of_project,
@@ -56,31 +56,10 @@ pub async fn delete(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Project;
     use crate::identity::Role::{Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/schedules",
-            Project(Viewer),
-            list,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/schedules",
-            Project(Maintainer),
-            create,
-        ),
-        route(
-            M::PATCH,
-            "/api/v1/projects/{slug}/schedules/{id}",
-            Project(Maintainer),
-            update,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/projects/{slug}/schedules/{id}",
-            Project(Maintainer),
-            delete,
-        ),
+    routes![
+        GET "/api/v1/projects/{slug}/schedules" Project(Viewer) => list,
+        POST "/api/v1/projects/{slug}/schedules" Project(Maintainer) => create,
+        PATCH "/api/v1/projects/{slug}/schedules/{id}" Project(Maintainer) => update,
+        DELETE "/api/v1/projects/{slug}/schedules/{id}" Project(Maintainer) => delete,
     ]
 }

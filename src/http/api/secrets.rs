@@ -10,7 +10,7 @@ use crate::app::App;
 use crate::core::error::{Error, Result};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::secrets::Scope;
 use crate::secrets::views::{SecretView, scope_of};
 use axum::Json;
@@ -126,72 +126,21 @@ pub async fn delete(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Admin, Project};
     use crate::identity::Role::Maintainer;
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/api/v1/secrets", Admin, list),
-        route(M::GET, "/api/v1/secrets/{name}", Admin, show),
-        route(M::PUT, "/api/v1/secrets/{name}", Admin, set),
-        route(M::DELETE, "/api/v1/secrets/{name}", Admin, delete),
-        route(M::POST, "/api/v1/secrets/{name}/restore", Admin, restore),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/secrets",
-            Project(Maintainer),
-            list,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/secrets/{name}",
-            Project(Maintainer),
-            show,
-        ),
-        route(
-            M::PUT,
-            "/api/v1/projects/{slug}/secrets/{name}",
-            Project(Maintainer),
-            set,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/projects/{slug}/secrets/{name}",
-            Project(Maintainer),
-            delete,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/secrets/{name}/restore",
-            Project(Maintainer),
-            restore,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/environments/{environment}/secrets",
-            Project(Maintainer),
-            list,
-        ),
-        route(
-            M::GET,
-            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
-            Project(Maintainer),
-            show,
-        ),
-        route(
-            M::PUT,
-            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
-            Project(Maintainer),
-            set,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}",
-            Project(Maintainer),
-            delete,
-        ),
-        route(
-            M::POST,
-            "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore",
-            Project(Maintainer),
-            restore,
-        ),
+    routes![
+        GET "/api/v1/secrets" Admin => list,
+        GET "/api/v1/secrets/{name}" Admin => show,
+        PUT "/api/v1/secrets/{name}" Admin => set,
+        DELETE "/api/v1/secrets/{name}" Admin => delete,
+        POST "/api/v1/secrets/{name}/restore" Admin => restore,
+        GET "/api/v1/projects/{slug}/secrets" Project(Maintainer) => list,
+        GET "/api/v1/projects/{slug}/secrets/{name}" Project(Maintainer) => show,
+        PUT "/api/v1/projects/{slug}/secrets/{name}" Project(Maintainer) => set,
+        DELETE "/api/v1/projects/{slug}/secrets/{name}" Project(Maintainer) => delete,
+        POST "/api/v1/projects/{slug}/secrets/{name}/restore" Project(Maintainer) => restore,
+        GET "/api/v1/projects/{slug}/environments/{environment}/secrets" Project(Maintainer) => list,
+        GET "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" Project(Maintainer) => show,
+        PUT "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" Project(Maintainer) => set,
+        DELETE "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" Project(Maintainer) => delete,
+        POST "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore" Project(Maintainer) => restore,
     ]
 }

@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
 use crate::identity::views::{TeamView, team_views};
 use crate::identity::{UserView, accounts, validate_name};
@@ -174,31 +174,15 @@ async fn set_membership(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Admin, User};
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/api/v1/users", Admin, list),
-        route(M::POST, "/api/v1/users", Admin, create),
-        route(M::PATCH, "/api/v1/users/{name}", Admin, update),
-        route(
-            M::PUT,
-            "/api/v1/users/{name}/password",
-            Admin,
-            reset_password,
-        ),
-        route(M::GET, "/api/v1/teams", User, list_teams),
-        route(M::POST, "/api/v1/teams", Admin, create_team),
-        route(M::DELETE, "/api/v1/teams/{name}", Admin, delete_team),
-        route(
-            M::PUT,
-            "/api/v1/teams/{name}/members/{user}",
-            Admin,
-            add_member,
-        ),
-        route(
-            M::DELETE,
-            "/api/v1/teams/{name}/members/{user}",
-            Admin,
-            remove_member,
-        ),
+    routes![
+        GET "/api/v1/users" Admin => list,
+        POST "/api/v1/users" Admin => create,
+        PATCH "/api/v1/users/{name}" Admin => update,
+        PUT "/api/v1/users/{name}/password" Admin => reset_password,
+        GET "/api/v1/teams" User => list_teams,
+        POST "/api/v1/teams" Admin => create_team,
+        DELETE "/api/v1/teams/{name}" Admin => delete_team,
+        PUT "/api/v1/teams/{name}/members/{user}" Admin => add_member,
+        DELETE "/api/v1/teams/{name}/members/{user}" Admin => remove_member,
     ]
 }

@@ -1,11 +1,11 @@
 //! My account: password, sessions and API tokens.
 
-use super::sign_in::form_failed;
+use super::form::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::accounts::parse_expiry;
 use crate::identity::audit::Record;
 use crate::identity::{ApiToken, Scope, Session, accounts};
@@ -16,7 +16,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 #[derive(Template)]
-#[template(path = "account.html")]
+#[template(path = "identity/account.html")]
 struct AccountPage {
     layout: Layout,
     name: String,
@@ -176,23 +176,12 @@ pub async fn revoke_other_sessions(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::User;
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/account", User, page),
-        route(M::POST, "/account/password", User, change_password),
-        route(M::POST, "/account/tokens", User, create_token),
-        route(M::POST, "/account/tokens/{id}/revoke", User, revoke_token),
-        route(
-            M::POST,
-            "/account/sessions/{id}/revoke",
-            User,
-            revoke_session,
-        ),
-        route(
-            M::POST,
-            "/account/sessions/revoke-others",
-            User,
-            revoke_other_sessions,
-        ),
+    routes![
+        GET "/account" User => page,
+        POST "/account/password" User => change_password,
+        POST "/account/tokens" User => create_token,
+        POST "/account/tokens/{id}/revoke" User => revoke_token,
+        POST "/account/sessions/{id}/revoke" User => revoke_session,
+        POST "/account/sessions/revoke-others" User => revoke_other_sessions,
     ]
 }

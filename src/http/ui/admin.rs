@@ -1,12 +1,12 @@
 //! Administration screens: users, teams and the audit log.
 
-use super::sign_in::form_failed;
+use super::form::form_failed;
 use super::{Layout, done_message, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::audit::{Entry, Filter, Record};
 use crate::identity::views::{TeamView, team_views};
 use crate::identity::{UserView, accounts, validate_name};
@@ -22,7 +22,7 @@ pub struct DoneQuery {
 }
 
 #[derive(Template)]
-#[template(path = "users.html")]
+#[template(path = "identity/users.html")]
 struct UsersPage {
     layout: Layout,
     users: Vec<UserView>,
@@ -137,7 +137,7 @@ pub async fn update_user(
 }
 
 #[derive(Template)]
-#[template(path = "teams.html")]
+#[template(path = "identity/teams.html")]
 struct TeamsPage {
     layout: Layout,
     teams: Vec<TeamView>,
@@ -262,7 +262,7 @@ pub async fn delete_team(
 }
 
 #[derive(Template)]
-#[template(path = "audit.html")]
+#[template(path = "identity/audit.html")]
 struct AuditPage {
     layout: Layout,
     entries: Vec<Entry>,
@@ -295,21 +295,15 @@ pub async fn audit_page(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Admin;
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/security/users", Admin, users_page),
-        route(M::POST, "/security/users", Admin, create_user),
-        route(M::POST, "/security/users/{name}", Admin, update_user),
-        route(M::GET, "/security/teams", Admin, teams_page),
-        route(M::POST, "/security/teams", Admin, create_team),
-        route(M::POST, "/security/teams/{name}/members", Admin, add_member),
-        route(
-            M::POST,
-            "/security/teams/{name}/members/{user}/remove",
-            Admin,
-            remove_member,
-        ),
-        route(M::POST, "/security/teams/{name}/delete", Admin, delete_team),
-        route(M::GET, "/security/audit", Admin, audit_page),
+    routes![
+        GET "/security/users" Admin => users_page,
+        POST "/security/users" Admin => create_user,
+        POST "/security/users/{name}" Admin => update_user,
+        GET "/security/teams" Admin => teams_page,
+        POST "/security/teams" Admin => create_team,
+        POST "/security/teams/{name}/members" Admin => add_member,
+        POST "/security/teams/{name}/members/{user}/remove" Admin => remove_member,
+        POST "/security/teams/{name}/delete" Admin => delete_team,
+        GET "/security/audit" Admin => audit_page,
     ]
 }

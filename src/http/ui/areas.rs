@@ -118,7 +118,7 @@ pub const AREAS: &[Area] = &[
 ];
 
 #[derive(Template)]
-#[template(path = "area.html")]
+#[template(path = "core/area.html")]
 struct AreaPage {
     layout: Layout,
     area: &'static Area,

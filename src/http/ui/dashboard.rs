@@ -7,20 +7,20 @@ use crate::core::health::{self, Check};
 use crate::core::instance;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 
 #[derive(Template)]
-#[template(path = "dashboard.html")]
+#[template(path = "core/dashboard.html")]
 struct DashboardPage {
     layout: Layout,
     status: StatusPanel,
 }
 
 #[derive(Template)]
-#[template(path = "_status.html")]
+#[template(path = "core/_status.html")]
 struct StatusPanel {
     version: &'static str,
     uptime: String,
@@ -85,9 +85,8 @@ pub async fn status(State(app): State<App>) -> ServerResult<Html<String>> {
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::User;
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/", User, page),
-        route(M::GET, "/dashboard/status", User, status),
+    routes![
+        GET "/" User => page,
+        GET "/dashboard/status" User => status,
     ]
 }

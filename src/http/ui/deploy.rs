@@ -2,7 +2,7 @@
 //! for approval, deploy/promote/rollback, settings, DORA charts) and a deployment's page
 //! (timeline, approvals, release notes, log), which refreshes itself while it is active.
 
-use super::sign_in::form_failed;
+use super::form::{self};
 use super::{Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
@@ -11,12 +11,12 @@ use crate::delivery::dora::Dora;
 use crate::delivery::{Deployment, Protection, Release};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::Role;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, Response};
 use serde::Deserialize;
 
 /// One bar of the deployments-per-day chart, in SVG units.
@@ -85,7 +85,7 @@ impl DoraView {
 }
 
 #[derive(Template)]
-#[template(path = "environments.html")]
+#[template(path = "delivery/environments.html")]
 struct BoardPage {
     layout: Layout,
     slug: String,
@@ -212,15 +212,10 @@ async fn after(
     slug: &str,
     result: Result<String, Error>,
 ) -> ServerResult<Response> {
-    match result {
-        Ok(to) => Ok(Redirect::to(&to).into_response()),
-        Err(e) => {
-            form_failed(e, |message| {
-                render_board(app, signed, slug, None, Some(message))
-            })
-            .await
-        }
-    }
+    form::finish(result, |message| {
+        render_board(app, signed, slug, None, Some(message))
+    })
+    .await
 }
 
 fn board_url(slug: &str, done: &str) -> String {
@@ -391,7 +386,7 @@ pub async fn save_environment(
 }
 
 #[derive(Template)]
-#[template(path = "_deployment.html")]
+#[template(path = "delivery/_deployment.html")]
 struct DeploymentPanel {
     d: Deployment,
     decisions: Vec<crate::policy::Decision>,
@@ -402,7 +397,7 @@ struct DeploymentPanel {
 }
 
 #[derive(Template)]
-#[template(path = "deployment.html")]
+#[template(path = "delivery/deployment.html")]
 struct DeploymentPage {
     layout: Layout,
     panel: DeploymentPanel,
@@ -468,55 +463,14 @@ pub async fn deployment_only(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Project;
     use crate::identity::Role::{Developer, Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(
-            M::GET,
-            "/projects/{slug}/environments",
-            Project(Viewer),
-            page,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/environments",
-            Project(Maintainer),
-            save_environment,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/environments/{environment}/promote",
-            Project(Developer),
-            promote,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/environments/{environment}/rollback",
-            Project(Developer),
-            rollback,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/deployments",
-            Project(Developer),
-            deploy,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/deployments/{number}",
-            Project(Viewer),
-            deployment,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/deployments/{number}/panel",
-            Project(Viewer),
-            deployment_only,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/deployments/{number}/decide",
-            Project(Developer),
-            decide,
-        ),
+    routes![
+        GET "/projects/{slug}/environments" Project(Viewer) => page,
+        POST "/projects/{slug}/environments" Project(Maintainer) => save_environment,
+        POST "/projects/{slug}/environments/{environment}/promote" Project(Developer) => promote,
+        POST "/projects/{slug}/environments/{environment}/rollback" Project(Developer) => rollback,
+        POST "/projects/{slug}/deployments" Project(Developer) => deploy,
+        GET "/projects/{slug}/deployments/{number}" Project(Viewer) => deployment,
+        GET "/projects/{slug}/deployments/{number}/panel" Project(Viewer) => deployment_only,
+        POST "/projects/{slug}/deployments/{number}/decide" Project(Developer) => decide,
     ]
 }

@@ -6,6 +6,7 @@ mod admin;
 mod areas;
 mod dashboard;
 mod deploy;
+mod form;
 mod policies;
 mod projects;
 mod runs;
@@ -133,7 +134,7 @@ fn render(template: &impl Template) -> ServerResult<Html<String>> {
 }
 
 #[derive(Template)]
-#[template(path = "error.html")]
+#[template(path = "core/error.html")]
 struct ErrorPage<'a> {
     layout: Layout,
     status: u16,
@@ -179,9 +180,18 @@ mod tests {
     /// rely on them (the browser would silently ignore them).
     #[test]
     fn templates_need_no_inline_styles_or_scripts() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/templates");
-        for entry in std::fs::read_dir(dir).unwrap() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/templates");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&root).unwrap() {
             let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                files.push(path);
+            }
+        }
+        assert!(files.len() > 20, "templates found: {}", files.len());
+        for path in files {
             let text = std::fs::read_to_string(&path).unwrap();
             for (n, line) in text.lines().enumerate() {
                 let at = format!("{}:{}", path.display(), n + 1);

@@ -2,13 +2,13 @@
 //! and a diff between versions; administrators upload new versions and delete. The
 //! starter policies are there from the first start.
 
-use super::sign_in::form_failed;
+use super::form::form_failed;
 use super::{Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::policy::Policy;
 use askama::Template;
 use axum::Form;
@@ -17,7 +17,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 #[derive(Template)]
-#[template(path = "policies.html")]
+#[template(path = "policy/policies.html")]
 struct PoliciesPage {
     layout: Layout,
     policies: Vec<Policy>,
@@ -165,10 +165,9 @@ pub async fn delete(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Admin, User};
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/policies", User, page),
-        route(M::POST, "/policies", Admin, upload),
-        route(M::POST, "/policies/{name}/delete", Admin, delete),
+    routes![
+        GET "/policies" User => page,
+        POST "/policies" Admin => upload,
+        POST "/policies/{name}/delete" Admin => delete,
     ]
 }

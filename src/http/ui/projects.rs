@@ -1,14 +1,14 @@
 //! Projects: the list (administrators create projects here) and a project's page with
 //! its settings and members.
 
-use super::sign_in::form_failed;
+use super::form::{self, form_failed};
 use super::{Layout, done_message, render};
 use crate::app::App;
 use crate::ci::run::Run;
 use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::Role;
 use crate::identity::audit::Record;
 use crate::projects::{
@@ -26,7 +26,7 @@ pub struct DoneQuery {
 }
 
 #[derive(Template)]
-#[template(path = "projects.html")]
+#[template(path = "projects/projects.html")]
 struct ProjectsPage {
     layout: Layout,
     projects: Vec<ProjectView>,
@@ -71,7 +71,7 @@ pub async fn create(
 }
 
 #[derive(Template)]
-#[template(path = "project.html")]
+#[template(path = "projects/project.html")]
 struct ProjectPage {
     layout: Layout,
     project: Project,
@@ -120,15 +120,11 @@ async fn after(
     result: Result<(), Error>,
     done: &str,
 ) -> ServerResult<Response> {
-    match result {
-        Ok(()) => Ok(Redirect::to(&format!("/projects/{slug}?done={done}")).into_response()),
-        Err(e) => {
-            form_failed(e, |message| {
-                project_page(app, signed, slug, None, Some(message))
-            })
-            .await
-        }
-    }
+    let to = result.map(|()| format!("/projects/{slug}?done={done}"));
+    form::finish(to, |message| {
+        project_page(app, signed, slug, None, Some(message))
+    })
+    .await
 }
 
 pub async fn settings(
@@ -182,28 +178,12 @@ pub async fn remove_member(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Admin, Project, User};
     use crate::identity::Role::{Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/projects", User, list),
-        route(M::POST, "/projects", Admin, create),
-        route(M::GET, "/projects/{slug}", Project(Viewer), show),
-        route(
-            M::POST,
-            "/projects/{slug}/settings",
-            Project(Maintainer),
-            settings,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/members",
-            Project(Maintainer),
-            add_member,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/members/{subject}/remove",
-            Project(Maintainer),
-            remove_member,
-        ),
+    routes![
+        GET "/projects" User => list,
+        POST "/projects" Admin => create,
+        GET "/projects/{slug}" Project(Viewer) => show,
+        POST "/projects/{slug}/settings" Project(Maintainer) => settings,
+        POST "/projects/{slug}/members" Project(Maintainer) => add_member,
+        POST "/projects/{slug}/members/{subject}/remove" Project(Maintainer) => remove_member,
     ]
 }

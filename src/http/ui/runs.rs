@@ -7,7 +7,7 @@ use crate::ci::run::Run;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, State};
@@ -26,7 +26,7 @@ pub struct StepView {
 }
 
 #[derive(Template)]
-#[template(path = "_run.html")]
+#[template(path = "ci/_run.html")]
 struct RunPanel {
     run: Run,
     /// The commit's page on the project's forge, when it has one.
@@ -39,7 +39,7 @@ struct RunPanel {
 }
 
 #[derive(Template)]
-#[template(path = "run.html")]
+#[template(path = "ci/run.html")]
 struct RunPage {
     layout: Layout,
     panel: RunPanel,
@@ -194,7 +194,7 @@ pub async fn rerun(
 }
 
 #[derive(Template)]
-#[template(path = "step.html")]
+#[template(path = "ci/step.html")]
 struct StepPage {
     layout: Layout,
     run: Run,
@@ -224,43 +224,12 @@ pub async fn step(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Project;
     use crate::identity::Role::{Developer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(
-            M::POST,
-            "/projects/{slug}/runs",
-            Project(Developer),
-            trigger,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/runs/{number}",
-            Project(Viewer),
-            page,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/runs/{number}/panel",
-            Project(Viewer),
-            panel_only,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/runs/{number}/cancel",
-            Project(Developer),
-            cancel,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/runs/{number}/rerun",
-            Project(Developer),
-            rerun,
-        ),
-        route(
-            M::GET,
-            "/projects/{slug}/runs/{number}/steps/{step}",
-            Project(Viewer),
-            step,
-        ),
+    routes![
+        POST "/projects/{slug}/runs" Project(Developer) => trigger,
+        GET "/projects/{slug}/runs/{number}" Project(Viewer) => page,
+        GET "/projects/{slug}/runs/{number}/panel" Project(Viewer) => panel_only,
+        POST "/projects/{slug}/runs/{number}/cancel" Project(Developer) => cancel,
+        POST "/projects/{slug}/runs/{number}/rerun" Project(Developer) => rerun,
+        GET "/projects/{slug}/runs/{number}/steps/{step}" Project(Viewer) => step,
     ]
 }

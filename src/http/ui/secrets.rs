@@ -2,23 +2,23 @@
 //! `/projects/{slug}/secrets?environment=NAME` (a project's or one of its environments',
 //! maintainers). Values can be set, never seen.
 
-use super::sign_in::form_failed;
+use super::form::{self};
 use super::{Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::secrets::Scope;
 use crate::secrets::views::{SecretView, scope_of};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, Response};
 use serde::Deserialize;
 
 #[derive(Template)]
-#[template(path = "secrets.html")]
+#[template(path = "secrets/secrets.html")]
 struct SecretsPage {
     layout: Layout,
     /// The project, for a project's page.
@@ -140,31 +140,28 @@ async fn after(
     environment: Option<String>,
     result: Result<&'static str, Error>,
 ) -> ServerResult<Response> {
-    match result {
-        Ok(done) => {
-            let base = match &path.slug {
-                Some(slug) => format!("/projects/{slug}/secrets"),
-                None => "/security/secrets".into(),
-            };
-            let environment = environment
-                .map(|e| format!("environment={e}&"))
-                .unwrap_or_default();
-            Ok(Redirect::to(&format!("{base}?{environment}done={done}")).into_response())
-        }
-        Err(e) => {
-            form_failed(e, |message| {
-                render_page(
-                    app,
-                    signed,
-                    path.slug.as_deref(),
-                    environment.clone(),
-                    None,
-                    Some(message),
-                )
-            })
-            .await
-        }
-    }
+    let to = result.map(|done| {
+        let base = match &path.slug {
+            Some(slug) => format!("/projects/{slug}/secrets"),
+            None => "/security/secrets".into(),
+        };
+        let query = environment
+            .as_ref()
+            .map(|e| format!("environment={e}&"))
+            .unwrap_or_default();
+        format!("{base}?{query}done={done}")
+    });
+    form::finish(to, |message| {
+        render_page(
+            app,
+            signed,
+            path.slug.as_deref(),
+            environment.clone(),
+            None,
+            Some(message),
+        )
+    })
+    .await
 }
 
 /// What a form asks for.
@@ -262,35 +259,14 @@ pub async fn delete(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Admin, Project};
     use crate::identity::Role::Maintainer;
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/security/secrets", Admin, page),
-        route(M::POST, "/security/secrets", Admin, set),
-        route(M::POST, "/security/secrets/{name}/delete", Admin, delete),
-        route(M::POST, "/security/secrets/{name}/restore", Admin, restore),
-        route(
-            M::GET,
-            "/projects/{slug}/secrets",
-            Project(Maintainer),
-            page,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/secrets",
-            Project(Maintainer),
-            set,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/secrets/{name}/delete",
-            Project(Maintainer),
-            delete,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/secrets/{name}/restore",
-            Project(Maintainer),
-            restore,
-        ),
+    routes![
+        GET "/security/secrets" Admin => page,
+        POST "/security/secrets" Admin => set,
+        POST "/security/secrets/{name}/delete" Admin => delete,
+        POST "/security/secrets/{name}/restore" Admin => restore,
+        GET "/projects/{slug}/secrets" Project(Maintainer) => page,
+        POST "/projects/{slug}/secrets" Project(Maintainer) => set,
+        POST "/projects/{slug}/secrets/{name}/delete" Project(Maintainer) => delete,
+        POST "/projects/{slug}/secrets/{name}/restore" Project(Maintainer) => restore,
     ]
 }

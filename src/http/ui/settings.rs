@@ -5,13 +5,13 @@ use super::{Layout, render};
 use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 
 #[derive(Template)]
-#[template(path = "backup.html")]
+#[template(path = "core/backup.html")]
 struct BackupPage {
     layout: Layout,
     data_dir: String,
@@ -33,6 +33,7 @@ pub async fn backup_page(State(app): State<App>, signed: Signed) -> ServerResult
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Admin;
-    use axum::http::Method as M;
-    vec![route(M::GET, "/settings/backup", Admin, backup_page)]
+    routes![
+        GET "/settings/backup" Admin => backup_page,
+    ]
 }

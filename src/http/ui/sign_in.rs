@@ -1,74 +1,19 @@
 //! Sign-in, sign-out and first-run set-up screens.
 
+use super::form::{form_error, with_status};
 use super::{Layout, render};
 use crate::app::App;
-use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::{Anyone, Signed};
 use crate::http::auth::{session_cookie, user_agent};
-use crate::http::error::ServerError;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::accounts;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-
-/// A form error to show on the page: its status, message and Retry-After.
-pub struct FormError {
-    pub status: StatusCode,
-    pub message: String,
-    pub retry_after: Option<u64>,
-}
-
-/// Splits errors a person can act on (shown on the form) from internal ones.
-pub fn form_error(e: Error) -> Result<FormError, ServerError> {
-    let status = match &e {
-        Error::Invalid(_) => StatusCode::BAD_REQUEST,
-        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) => StatusCode::FORBIDDEN,
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::Conflict(_) => StatusCode::CONFLICT,
-        Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-        _ => return Err(ServerError::Internal(e)),
-    };
-    let retry_after = match &e {
-        Error::Throttled { retry_after_secs } => Some(*retry_after_secs),
-        _ => None,
-    };
-    Ok(FormError {
-        status,
-        message: e.to_string(),
-        retry_after,
-    })
-}
-
-/// A failed form: its page rendered again by `page` with the error's message, under the
-/// error's status. Internal errors go to the error page instead.
-pub async fn form_failed<F, Fut>(e: Error, page: F) -> ServerResult<Response>
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ServerResult<axum::response::Html<String>>>,
-{
-    let error = form_error(e)?;
-    with_status(page(error.message.clone()).await, &error)
-}
-
-/// Renders a page for a failed form with the error's status.
-pub fn with_status(
-    page: ServerResult<axum::response::Html<String>>,
-    error: &FormError,
-) -> ServerResult<Response> {
-    let mut response = (error.status, page?).into_response();
-    if let Some(secs) = error.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    Ok(response)
-}
 
 /// Only same-site paths, so `?next=` cannot send people elsewhere.
 fn safe_next(next: Option<&str>) -> String {
@@ -79,7 +24,7 @@ fn safe_next(next: Option<&str>) -> String {
 }
 
 #[derive(Template)]
-#[template(path = "login.html")]
+#[template(path = "identity/login.html")]
 struct LoginPage {
     layout: Layout,
     next: String,
@@ -183,7 +128,7 @@ pub async fn logout(State(app): State<App>, signed: Signed) -> ServerResult<Resp
 }
 
 #[derive(Template)]
-#[template(path = "setup.html")]
+#[template(path = "identity/setup.html")]
 struct SetupPage {
     layout: Layout,
     token: String,
@@ -267,12 +212,11 @@ pub async fn setup(
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::{Public, User};
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/login", Public, login_page),
-        route(M::POST, "/login", Public, login),
-        route(M::POST, "/logout", User, logout),
-        route(M::GET, "/setup", Public, setup_page),
-        route(M::POST, "/setup", Public, setup),
+    routes![
+        GET "/login" Public => login_page,
+        POST "/login" Public => login,
+        POST "/logout" User => logout,
+        GET "/setup" Public => setup_page,
+        POST "/setup" Public => setup,
     ]
 }

@@ -2,13 +2,13 @@
 //! re-delivery), the forge link and token for commit statuses, polling, and cron
 //! schedules.
 
-use super::sign_in::form_failed;
+use super::form::{self};
 use super::{Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::routes::{Route, route};
+use crate::http::routes::{Route, routes};
 use crate::identity::Role;
 use crate::identity::audit::Record;
 use crate::projects::forge::status::FORGE_TOKEN;
@@ -20,11 +20,11 @@ use crate::secrets::Scope;
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, Response};
 use serde::Deserialize;
 
 #[derive(Template)]
-#[template(path = "triggers.html")]
+#[template(path = "projects/triggers.html")]
 struct TriggersPage {
     layout: Layout,
     project: ProjectDetail,
@@ -110,17 +110,11 @@ async fn after(
     result: Result<(), Error>,
     done: &str,
 ) -> ServerResult<Response> {
-    match result {
-        Ok(()) => {
-            Ok(Redirect::to(&format!("/projects/{slug}/triggers?done={done}")).into_response())
-        }
-        Err(e) => {
-            form_failed(e, |message| {
-                page(app, signed, slug, None, None, Some(message))
-            })
-            .await
-        }
-    }
+    let to = result.map(|()| format!("/projects/{slug}/triggers?done={done}"));
+    form::finish(to, |message| {
+        page(app, signed, slug, None, None, Some(message))
+    })
+    .await
 }
 
 /// Generates a new webhook secret and shows it once.
@@ -270,38 +264,12 @@ pub async fn redeliver(
 pub fn routes() -> Vec<Route> {
     use crate::identity::Need::Project;
     use crate::identity::Role::{Maintainer, Viewer};
-    use axum::http::Method as M;
-    vec![
-        route(M::GET, "/projects/{slug}/triggers", Project(Viewer), show),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/webhook-secret",
-            Project(Maintainer),
-            webhook_secret,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/forge",
-            Project(Maintainer),
-            forge,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/schedules",
-            Project(Maintainer),
-            add_schedule,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/schedules/{id}/delete",
-            Project(Maintainer),
-            remove_schedule,
-        ),
-        route(
-            M::POST,
-            "/projects/{slug}/triggers/deliveries/{id}/redeliver",
-            Project(Maintainer),
-            redeliver,
-        ),
+    routes![
+        GET "/projects/{slug}/triggers" Project(Viewer) => show,
+        POST "/projects/{slug}/triggers/webhook-secret" Project(Maintainer) => webhook_secret,
+        POST "/projects/{slug}/triggers/forge" Project(Maintainer) => forge,
+        POST "/projects/{slug}/triggers/schedules" Project(Maintainer) => add_schedule,
+        POST "/projects/{slug}/triggers/schedules/{id}/delete" Project(Maintainer) => remove_schedule,
+        POST "/projects/{slug}/triggers/deliveries/{id}/redeliver" Project(Maintainer) => redeliver,
     ]
 }
