@@ -387,12 +387,7 @@ async fn audit_log_records_changes_and_verify_names_an_altered_or_removed_entry(
             .any(|e| e["action"] == "session.create" && e["outcome"] == "failure")
     );
     assert!(all.iter().any(|e| e["action"] == "team.create"));
-    let page = server
-        .get("/security/audit?action=team.")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/security/audit?action=team.").await;
     assert!(page.contains("team:web") && !page.contains("user:carol"));
 
     let data = server.data_dir.clone();

@@ -154,11 +154,8 @@ async fn a_backup_taken_under_writes_restores_every_record_committed_before_it()
         );
     }
     let log = server
-        .get("/api/v1/projects/demo/runs/1/steps/build/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/build/log")
+        .await;
     assert!(log.contains("backup marker 4711"), "{log}");
     let bits = server
         .get(&format!(

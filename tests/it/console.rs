@@ -34,7 +34,7 @@ async fn dashboard_shows_version_uptime_store_and_health() {
     }
     // The status panel refreshes itself through htmx.
     assert!(page.contains("hx-get=\"/dashboard/status\""));
-    let partial = server.get("/dashboard/status").await.text().await.unwrap();
+    let partial = server.get_text("/dashboard/status").await;
     assert!(partial.contains("data-stat=\"health\">Ready<"));
     assert!(
         !partial.contains("<html"),
@@ -71,7 +71,7 @@ async fn areas_not_built_yet_say_so() {
 async fn assets_carry_etags_and_hashed_urls_are_immutable() {
     let dir = tempdir();
     let server = Server::start_admin(dir.path(), &[]);
-    let page = server.get("/").await.text().await.unwrap();
+    let page = server.get_text("/").await;
     let href = page
         .split("href=\"")
         .find_map(|s| s.strip_prefix("/static/app.css?v="))

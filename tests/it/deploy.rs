@@ -161,11 +161,8 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
         "demo-1"
     );
     let log = server
-        .get("/api/v1/projects/demo/deployments/1/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/deployments/1/log")
+        .await;
     assert!(
         log.contains("deploying demo-1") && log.contains(" o done"),
         "{log}"
@@ -327,7 +324,7 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
         (dora["recovery_time_seconds"].as_f64().unwrap() - recovery).abs() < 0.002,
         "{dora} vs {recovery}"
     );
-    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains(
             "betcycle_dora_change_fail_rate{project=\"demo\",environment=\"production\"} 0.5"
@@ -441,11 +438,8 @@ async fn a_webhook_target_is_signed_and_waits_for_its_callback() {
     let d = wait_deployment(&server, "demo", 1, finished).await;
     assert_eq!(d["status"], "succeeded", "{d}");
     let log = server
-        .get("/api/v1/projects/demo/deployments/1/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/deployments/1/log")
+        .await;
     assert!(log.contains("callback: succeeded all pods ready"), "{log}");
     server.stop();
 }

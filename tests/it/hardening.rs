@@ -115,13 +115,10 @@ async fn a_record_that_does_not_decode_is_set_aside_and_the_queue_goes_on() {
 
 pub(crate) async fn step_log(server: &Server, slug: &str, number: u64, step: &str) -> String {
     server
-        .get(&format!(
+        .get_text(&format!(
             "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log"
         ))
         .await
-        .text()
-        .await
-        .unwrap()
 }
 
 pub(crate) async fn add_project(server: &Server, slug: &str, pipeline: &str, root: &Path) {

@@ -2,7 +2,7 @@
 //! masking gaps, restore errors, session revocation.
 
 use crate::hardening::*;
-use crate::harness::{Server, betcycle, run as run_cmd, tempdir};
+use crate::harness::{Server, betcycle, message_of, run as run_cmd, tempdir};
 use crate::runs::{demo, trigger, wait_for};
 use serde_json::Value;
 use std::time::Duration;
@@ -43,12 +43,7 @@ steps:
     assert_eq!(test["coverage"]["percent"], 75.0);
     assert_eq!(test["coverage"]["branch_percent"], 50.0);
     // The run's page shows branch coverage and the skip reasons.
-    let page = server
-        .get("/projects/demo/runs/1")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/projects/demo/runs/1").await;
     assert!(page.contains("(branches 50.0%)"), "{page}");
     assert!(page.contains("skipped: b — needs a GPU"), "{page}");
     let bogus = &run["steps"][1];
@@ -100,10 +95,7 @@ deploy:
     };
     let refused = request("production").await.unwrap();
     assert_eq!(refused.status(), 403);
-    let message = refused.json::<Value>().await.unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = message_of(refused).await;
     assert_eq!(
         message,
         "denied by policy: 1 test(s) failed in the release's run: test: calc::divides — division by zero"

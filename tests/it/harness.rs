@@ -240,6 +240,11 @@ impl Server {
         )
     }
 
+    /// The body of `GET path` as text (a console page, a log).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.get(path).await.text().await.unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.get(path).await;
         assert!(
@@ -318,4 +323,10 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The `message` of an error answer.
+pub async fn message_of(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["message"].as_str().unwrap_or_default().to_string()
 }

@@ -136,7 +136,7 @@ async fn the_binary_copied_alone_serves_the_console_and_assets() {
     let token = create_token(dir.path(), ADMIN, "read");
     let mut server = Server::start_with(betcycle_at(&bin, dir.path()), dir.path(), &[]);
     server.token = Some(token);
-    let page = server.get("/").await.text().await.unwrap();
+    let page = server.get_text("/").await;
     assert!(page.contains("<h1>Dashboard</h1>"));
     for asset in ["app.css", "htmx.min.js", "favicon.svg"] {
         let response = server.get(&format!("/static/{asset}")).await;

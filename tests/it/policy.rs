@@ -2,7 +2,7 @@
 //! Terraform plans), and the server's policies gating deployments, uploaded through the
 //! API with syntax errors refused, every evaluation in the decision log.
 
-use crate::harness::{betcycle, run as run_cmd, tempdir};
+use crate::harness::{betcycle, message_of, run as run_cmd, tempdir};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -126,10 +126,7 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let message = bad.json::<Value>().await.unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = message_of(bad).await;
     let at: Vec<&str> = message.splitn(4, ':').collect();
     assert_eq!(at[0], "friday.rego", "{message}");
     assert!(
@@ -176,10 +173,7 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
         .await
         .unwrap();
     assert_eq!(refused.status(), 403);
-    let message = refused.json::<Value>().await.unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = message_of(refused).await;
     assert_eq!(
         message,
         "denied by policy: production takes releases from main or release/* only, not from feature/x"
@@ -262,22 +256,12 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
 
     // The console: decisions on the deployment and run pages; a new version uploaded from
     // the policies page, with its history and the diff from the one before.
-    let page = server
-        .get("/projects/demo/deployments/1")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/projects/demo/deployments/1").await;
     assert!(
         page.contains("Policy decisions") && page.contains("watch the dashboards"),
         "deployment page"
     );
-    let page = server
-        .get("/projects/demo/runs/2")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/projects/demo/runs/2").await;
     assert!(page.contains("data-decision="), "run page");
     let uploaded = server
         .request(Method::POST, "/policies")
@@ -289,12 +273,7 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
         .await
         .unwrap();
     assert!(uploaded.status().is_success() || uploaded.status().is_redirection());
-    let page = server
-        .get("/policies?name=care.rego")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/policies?name=care.rego").await;
     assert!(
         page.contains("version 2") && page.contains(">v1</a>"),
         "history"

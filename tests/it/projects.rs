@@ -177,9 +177,9 @@ async fn project_roles_decide_who_sees_and_changes_a_project() {
     );
 
     // The console shows the same.
-    let page = server.get("/projects/api").await.text().await.unwrap();
+    let page = server.get_text("/projects/api").await;
     assert!(page.contains("Public API") && page.contains("team:ops") && page.contains("trunk"));
-    let list = server.get("/projects").await.text().await.unwrap();
+    let list = server.get_text("/projects").await;
     assert!(list.contains("href=\"/projects/api\""));
 
     // Deleting the project removes its members; the changes are audited.

@@ -133,21 +133,15 @@ async fn a_triggered_run_executes_the_dag_and_records_steps_tests_coverage_and_a
     assert_eq!(missing.status(), 404);
 
     let log = server
-        .get("/api/v1/projects/demo/runs/1/steps/lint/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/lint/log")
+        .await;
     assert!(
         log.lines().any(|l| l.ends_with(" e style problem")),
         "{log}"
     );
     let log = server
-        .get("/api/v1/projects/demo/runs/1/steps/prepare/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/prepare/log")
+        .await;
     let commit = run["commit"].as_str().unwrap();
     assert!(
         log.contains(&format!("hello from main at {commit}")),
@@ -290,11 +284,8 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
     let log = server
-        .get("/api/v1/projects/demo/runs/1/steps/prepare/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/prepare/log")
+        .await;
     assert!(log.contains("bonjour from main"), "{log}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("queued demo#1 at "), "{stdout}");
@@ -324,12 +315,7 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
     assert!(stderr.contains("BETCYCLE_TOKEN"));
 
     // The run page shows steps, results, artifacts and logs.
-    let page = server
-        .get("/projects/demo/runs/1")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/projects/demo/runs/1").await;
     for expected in [
         "data-run-status>succeeded<",
         "data-step=\"package\"",
@@ -342,7 +328,7 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
     ] {
         assert!(page.contains(expected), "run page lacks {expected}");
     }
-    let project_page = server.get("/projects/demo").await.text().await.unwrap();
+    let project_page = server.get_text("/projects/demo").await;
     assert!(project_page.contains("href=\"/projects/demo/runs/1\">#1</a>"));
 }
 
@@ -359,11 +345,8 @@ async fn step_output_beyond_the_cap_is_dropped_with_a_notice() {
     let run = wait_for(&server, "demo", 1, finished).await;
     assert_eq!(run["status"], "succeeded");
     let log = server
-        .get("/api/v1/projects/demo/runs/1/steps/chatty/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/chatty/log")
+        .await;
     let lines: Vec<&str> = log.lines().collect();
     assert!(lines.len() < 40, "{} lines kept", lines.len());
     assert!(lines[0].ends_with(" o line 1"));
@@ -418,11 +401,8 @@ async fn re_running_failed_steps_keeps_the_steps_that_succeeded() {
     );
     assert!(second["steps"][1]["reused_from"].is_null());
     let log = server
-        .get("/api/v1/projects/demo/runs/2/steps/build/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/2/steps/build/log")
+        .await;
     assert!(
         log.contains(" o built"),
         "the kept step's log comes along: {log}"

@@ -157,11 +157,8 @@ async fn api_triggers_take_a_commit_and_environment_overrides() {
     assert_eq!(run["commit"], first.as_str());
     assert_eq!(run["branch"], "main");
     let log = server
-        .get("/api/v1/projects/demo/runs/1/steps/greet/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/greet/log")
+        .await;
     assert!(log.contains(&format!("override at {first}")), "{log}");
     for (body, expected) in [
         (json!({"env": {"BETCYCLE_BRANCH": "x"}}), "set by BetCycle"),
@@ -233,12 +230,7 @@ async fn commit_statuses_go_to_the_forge_pending_then_final() {
         );
     }
     // The run page links the commit on the forge.
-    let page = server
-        .get("/projects/demo/runs/1")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/projects/demo/runs/1").await;
     assert!(page.contains(&format!("https://github.com/acme/app/commit/{sha}")));
 
     // GitLab, for a failing run: its own API shape and states.

@@ -225,11 +225,8 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
         .collect();
     let run = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     let stored = server
-        .get("/api/v1/projects/demo/runs/1/steps/show/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/show/log")
+        .await;
     let live = live.join("\n");
     for log in [&stored, &live] {
         assert!(log.contains("token=***"), "{log}");
@@ -266,11 +263,8 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
         }
     }
     let plain = server
-        .get("/api/v1/projects/demo/runs/1/steps/plain/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/plain/log")
+        .await;
     assert!(
         plain.contains("plain sees token=unset"),
         "only listed steps get secrets: {plain}"
@@ -325,12 +319,7 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
             .contains("step show: API_TOKEN (instance v1)"),
         "{read}"
     );
-    let page = server
-        .get("/projects/demo/runs/1")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/projects/demo/runs/1").await;
     assert!(
         page.contains("data-run-secrets") && page.contains("PGPASSWORD"),
         "the run page lists them"
@@ -501,11 +490,8 @@ async fn a_wrong_or_missing_master_key_is_refused_and_rotation_keeps_every_secre
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     let log = server
-        .get("/api/v1/projects/demo/runs/1/steps/show/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/1/steps/show/log")
+        .await;
     assert!(
         log.contains(&format!("kept={}", sha256_hex(&format!("{value}-2")))),
         "{log}"

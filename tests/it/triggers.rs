@@ -302,11 +302,8 @@ async fn signed_pushes_from_each_forge_start_one_run_and_bad_signatures_none() {
         assert_eq!(runs(&server, "demo").await.len(), expected);
     }
     let log = server
-        .get("/api/v1/projects/demo/runs/4/steps/build/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/4/steps/build/log")
+        .await;
     assert!(log.contains("built main on push"), "{log}");
     let run = server.get_json("/api/v1/projects/demo/runs/4").await;
     assert!(
@@ -531,11 +528,8 @@ async fn changed_paths_pick_the_steps_and_fork_pull_requests_are_marked() {
     assert_eq!(step(&run, "compile")["status"], "succeeded");
     assert_eq!(step(&run, "docs")["status"], "skipped");
     let log = server
-        .get("/api/v1/projects/demo/runs/2/steps/report/log")
-        .await
-        .text()
-        .await
-        .unwrap();
+        .get_text("/api/v1/projects/demo/runs/2/steps/report/log")
+        .await;
     // Code from a fork gets no secrets; the log says why.
     assert!(
         log.contains("pr=7 fork=true target=main source=feature token=none"),

@@ -23,13 +23,8 @@ impl Target for ExecTarget {
 /// under `BETCYCLE_ARTIFACTS`, through the same executor as pipeline steps (clean
 /// environment, process group, timeout, masking).
 async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
-    let Job {
-        deployer,
-        deployment: d,
-        release,
-        project,
-        shutdown,
-    } = job;
+    let (deployer, d, project) = (job.deployer, job.deployment, job.project);
+    let (release, shutdown) = (job.release, job.shutdown);
     let root = deployer.data_dir.join("deployments").join(d.id.to_string());
     let (workspace, artifacts) = (root.join("workspace"), root.join("artifacts"));
     prepare(deployer, project, release, &workspace, &artifacts).await?;
