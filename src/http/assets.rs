@@ -72,8 +72,8 @@ pub async fn serve(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Public;
+    use crate::http::routes::need::*;
     routes![
-        GET "/static/{*path}" Public => serve,
+        GET "/static/{*path}" PUBLIC => serve,
     ]
 }

@@ -23,6 +23,17 @@ macro_rules! routes {
 }
 pub(crate) use routes;
 
+/// The needs, as the route rows name them.
+pub mod need {
+    use crate::identity::{Need, Role};
+    pub const PUBLIC: Need = Need::Public;
+    pub const USER: Need = Need::User;
+    pub const ADMIN: Need = Need::Admin;
+    pub const VIEWER: Need = Need::Project(Role::Viewer);
+    pub const DEVELOPER: Need = Need::Project(Role::Developer);
+    pub const MAINTAINER: Need = Need::Project(Role::Maintainer);
+}
+
 pub struct Route {
     pub method: Method,
     pub path: String,

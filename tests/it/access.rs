@@ -421,18 +421,20 @@ async fn every_changing_route_is_declared_and_enforced() {
     let (server, dev_write, dev_read) = server_with_dev(dir.path());
     // A project on which dev is only a viewer.
     let created = server
-        .request(Method::POST, "/api/v1/projects")
-        .json(&json!({"slug": "demo", "repository": "https://git.example.com/demo.git"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &json!({"slug": "demo", "repository": "https://git.example.com/demo.git"}),
+        )
+        .await;
     assert_eq!(created.status(), 201);
     let granted = server
-        .request(Method::PUT, "/api/v1/projects/demo/members/user:dev")
-        .json(&json!({"role": "viewer"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/projects/demo/members/user:dev",
+            &json!({"role": "viewer"}),
+        )
+        .await;
     assert_eq!(granted.status(), 204);
     for (method, pattern, need) in CHANGING_ROUTES {
         let path = concrete(pattern);

@@ -194,11 +194,12 @@ async fn api_tokens_are_stored_hashed_listed_by_prefix_and_revocable() {
     let dir = tempdir();
     let server = Server::start_admin(dir.path(), &[]);
     let created: Value = server
-        .request(Method::POST, "/api/v1/tokens")
-        .json(&json!({"name": "deploy", "scope": "write", "expires_in": "30d"}))
-        .send()
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            &json!({"name": "deploy", "scope": "write", "expires_in": "30d"}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -321,11 +322,12 @@ async fn admins_manage_users_and_teams_but_never_remove_the_last_admin() {
         201
     );
     let disabled = server
-        .request(Method::PATCH, "/api/v1/users/bob")
-        .json(&json!({"disabled": true}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            &json!({"disabled": true}),
+        )
+        .await;
     assert_eq!(disabled.status(), 200);
     assert_eq!(
         sign_in(&server, "bob", "bob password 12").await.status(),
@@ -333,11 +335,12 @@ async fn admins_manage_users_and_teams_but_never_remove_the_last_admin() {
     );
 
     let last = server
-        .request(Method::PATCH, &format!("/api/v1/users/{ADMIN}"))
-        .json(&json!({"admin": false}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/users/{ADMIN}"),
+            &json!({"admin": false}),
+        )
+        .await;
     assert_eq!(last.status(), 400);
     assert!(
         last.text()

@@ -35,11 +35,12 @@ async fn a_backup_taken_under_writes_restores_every_record_committed_before_it()
     let data = root.join("data");
     // A secret, so the store holds sealed values and the master key matters.
     let put = server
-        .request(Method::PUT, "/api/v1/secrets/DEPLOY_KEY")
-        .json(&json!({"value": "kept under seal"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/secrets/DEPLOY_KEY",
+            &json!({"value": "kept under seal"}),
+        )
+        .await;
     assert_eq!(put.status(), 201);
     trigger(&server, "demo").await;
     let first = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
@@ -178,11 +179,12 @@ async fn offline_backups_carry_the_key_on_request_and_restore_refuses_to_clobber
     let developer = create_token(root, "dev", "write");
     let server = Server::start_admin(root, &[]);
     let put = server
-        .request(Method::PUT, "/api/v1/secrets/TOKEN")
-        .json(&json!({"value": "sealed value"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/secrets/TOKEN",
+            &json!({"value": "sealed value"}),
+        )
+        .await;
     assert_eq!(put.status(), 201);
     // The API download needs an administrator.
     let denied = crate::harness::client()

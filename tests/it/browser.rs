@@ -326,11 +326,12 @@ async fn demo_project(root: &std::path::Path, pipeline: &str) -> Server {
     crate::run::git_repo(&repo, pipeline);
     let server = Server::start_admin(root, &[]);
     let created = server
-        .request(reqwest::Method::POST, "/api/v1/projects")
-        .json(&serde_json::json!({"slug": "demo", "repository": repo.to_str().unwrap()}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/projects",
+            &serde_json::json!({"slug": "demo", "repository": repo.to_str().unwrap()}),
+        )
+        .await;
     assert_eq!(created.status(), 201);
     server
 }

@@ -89,11 +89,12 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
     git(&repo, &["commit", "-qm", "deploy script"]);
     let (approvals_url, approvals_seen) = recording_server().await;
     let bound = server
-        .request(Method::PUT, "/api/v1/projects/demo/members/user:alice")
-        .json(&json!({"role": "maintainer"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/projects/demo/members/user:alice",
+            &json!({"role": "maintainer"}),
+        )
+        .await;
     assert_eq!(bound.status(), 204);
     let as_alice = |method: Method, path: &str, body: Value| {
         client()

@@ -177,18 +177,20 @@ steps:
     // An administrator lifts the isolation (the access test checks that nobody else
     // can); then the same probes read everything, which proves they would have.
     let bad = server
-        .request(reqwest::Method::PUT, "/api/v1/projects/demo/isolation")
-        .json(&serde_json::json!({"isolation": "none"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/isolation",
+            &serde_json::json!({"isolation": "none"}),
+        )
+        .await;
     assert_eq!(bad.status(), 400);
     let off = server
-        .request(reqwest::Method::PUT, "/api/v1/projects/demo/isolation")
-        .json(&serde_json::json!({"isolation": "off"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/isolation",
+            &serde_json::json!({"isolation": "off"}),
+        )
+        .await;
     assert_eq!(off.status(), 200);
     assert_eq!(off.json::<Value>().await.unwrap()["isolation"], "off");
     trigger(&server, "demo").await;
@@ -198,11 +200,12 @@ steps:
 
     // Strict: no home directory, no files outside the system's directories.
     let strict = server
-        .request(reqwest::Method::PUT, "/api/v1/projects/demo/isolation")
-        .json(&serde_json::json!({"isolation": "strict"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/isolation",
+            &serde_json::json!({"isolation": "strict"}),
+        )
+        .await;
     assert_eq!(strict.status(), 200);
     trigger(&server, "demo").await;
     let run = wait_for(&server, "demo", 3, finished).await;
@@ -392,11 +395,12 @@ async fn the_deploy_gate_stays_closed_when_the_repository_cannot_be_fetched() {
     std::fs::rename(&repo, dir.path().join("gone")).unwrap();
     let deploy = || async {
         let response = server
-            .request(reqwest::Method::POST, "/api/v1/projects/demo/deployments")
-            .json(&serde_json::json!({"environment": "qa", "release": 1}))
-            .send()
-            .await
-            .unwrap();
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/projects/demo/deployments",
+                &serde_json::json!({"environment": "qa", "release": 1}),
+            )
+            .await;
         let status = response.status().as_u16();
         (
             status,

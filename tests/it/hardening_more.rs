@@ -227,11 +227,12 @@ steps:
 "#;
     let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
     let set = server
-        .request(reqwest::Method::PUT, "/api/v1/projects/demo/secrets/TOKEN")
-        .json(&serde_json::json!({ "value": secret }))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/secrets/TOKEN",
+            &serde_json::json!({ "value": secret }),
+        )
+        .await;
     assert_eq!(set.status(), 201);
     trigger(&server, "demo").await;
     let run = wait_for(&server, "demo", 1, finished).await;

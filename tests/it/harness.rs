@@ -225,6 +225,16 @@ impl Server {
             .unwrap()
     }
 
+    /// Sends `body` as JSON (with the admin token when there is one).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.request(method, path).json(body).send().await.unwrap()
+    }
+
     /// Sends `body` as JSON: the status and the JSON answer (`Null` when there is none).
     pub async fn send_json(
         &self,

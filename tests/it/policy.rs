@@ -145,11 +145,12 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
     assert_eq!(warn.status(), 201);
 
     let env = server
-        .request(Method::PUT, "/api/v1/projects/demo/environments/production")
-        .json(&json!({"protection": {"required_approvals": 1}}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/projects/demo/environments/production",
+            &json!({"protection": {"required_approvals": 1}}),
+        )
+        .await;
     assert_eq!(env.status(), 201);
 
     // A release from a feature branch is refused with the starter policy's message.
@@ -159,19 +160,21 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
     git(&repo, &["commit", "-qm", "feature"]);
     git(&repo, &["checkout", "-q", "main"]);
     let run = server
-        .request(Method::POST, "/api/v1/projects/demo/runs")
-        .json(&json!({"ref": "feature/x"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/runs",
+            &json!({"ref": "feature/x"}),
+        )
+        .await;
     assert_eq!(run.status(), 201);
     wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     let refused = server
-        .request(Method::POST, "/api/v1/projects/demo/deployments")
-        .json(&json!({"environment": "production", "release": 1}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/deployments",
+            &json!({"environment": "production", "release": 1}),
+        )
+        .await;
     assert_eq!(refused.status(), 403);
     let message = message_of(refused).await;
     assert_eq!(
@@ -181,19 +184,17 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
 
     // A release from main goes through with the warning on its timeline.
     let run = server
-        .request(Method::POST, "/api/v1/projects/demo/runs")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+        .call(Method::POST, "/api/v1/projects/demo/runs", &json!({}))
+        .await;
     assert_eq!(run.status(), 201);
     wait_for(&server, "demo", 2, |r| r["status"] == "succeeded").await;
     let requested = server
-        .request(Method::POST, "/api/v1/projects/demo/deployments")
-        .json(&json!({"environment": "production", "release": 2}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/deployments",
+            &json!({"environment": "production", "release": 2}),
+        )
+        .await;
     assert_eq!(requested.status(), 201);
     let approved = client()
         .post(format!(

@@ -24,21 +24,23 @@ pub(crate) async fn demo(
 
 pub(crate) async fn project(server: &Server, slug: &str, repo: &Path) {
     let created = server
-        .request(Method::POST, "/api/v1/projects")
-        .json(&json!({"slug": slug, "repository": repo.to_str().unwrap()}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &json!({"slug": slug, "repository": repo.to_str().unwrap()}),
+        )
+        .await;
     assert_eq!(created.status(), 201);
 }
 
 pub(crate) async fn trigger(server: &Server, slug: &str) -> Value {
     let response = server
-        .request(Method::POST, &format!("/api/v1/projects/{slug}/runs"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{slug}/runs"),
+            &json!({}),
+        )
+        .await;
     assert_eq!(response.status(), 201);
     response.json().await.unwrap()
 }

@@ -17,22 +17,18 @@ async fn a_schedule_missed_during_downtime_runs_once_after_restart() {
     let now = jiff::Timestamp::now();
     let at = |s: i64| (now.as_second() + s).rem_euclid(60);
     let cron = format!("{},{} * * * * *", at(4), at(5));
-    let created = server
-        .request(Method::POST, "/api/v1/projects/demo/schedules")
-        .json(&json!({"name": "often", "cron": cron, "timezone": "Europe/Berlin", "env": {"KIND": "nightly"}}))
-        .send()
-        .await
-        .unwrap();
+    let created = server.call(Method::POST, "/api/v1/projects/demo/schedules", &json!({"name": "often", "cron": cron, "timezone": "Europe/Berlin", "env": {"KIND": "nightly"}})).await;
     assert_eq!(created.status(), 201);
     let schedule: Value = created.json().await.unwrap();
     assert!(schedule["next_run"].is_string(), "{schedule}");
     // Bad input is refused with the reason.
     let bad = server
-        .request(Method::POST, "/api/v1/projects/demo/schedules")
-        .json(&json!({"name": "bad", "cron": "61 * * * *"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/schedules",
+            &json!({"name": "bad", "cron": "61 * * * *"}),
+        )
+        .await;
     assert_eq!(bad.status(), 400);
     let text = bad.text().await.unwrap();
     assert!(text.contains("61 * * * *"), "{text}");
@@ -75,11 +71,12 @@ async fn polling_starts_runs_for_new_commits_and_backs_off_on_errors() {
     let dir = tempdir();
     let (server, repo) = demo(dir.path(), SIMPLE, &[]).await;
     let patched = server
-        .request(Method::PATCH, "/api/v1/projects/demo")
-        .json(&json!({"poll_interval": "1s"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PATCH,
+            "/api/v1/projects/demo",
+            &json!({"poll_interval": "1s"}),
+        )
+        .await;
     assert_eq!(patched.status(), 200);
     // The first poll records what is there and starts nothing.
     let polled = &server;
@@ -106,12 +103,7 @@ async fn polling_starts_runs_for_new_commits_and_backs_off_on_errors() {
     );
 
     // A repository that cannot be reached: the wait doubles with each failure.
-    let created = server
-        .request(Method::POST, "/api/v1/projects")
-        .json(&json!({"slug": "gone", "repository": dir.path().join("nowhere").to_str().unwrap(), "poll_interval": "1s"}))
-        .send()
-        .await
-        .unwrap();
+    let created = server.call(Method::POST, "/api/v1/projects", &json!({"slug": "gone", "repository": dir.path().join("nowhere").to_str().unwrap(), "poll_interval": "1s"})).await;
     assert_eq!(created.status(), 201);
     let polled = &server;
     let poll = eventually(
@@ -147,11 +139,12 @@ async fn api_triggers_take_a_commit_and_environment_overrides() {
     let first = git(&repo, &["rev-parse", "HEAD"]);
     commit(&repo, &[("later.txt", "later")], "later");
     let response = server
-        .request(Method::POST, "/api/v1/projects/demo/runs")
-        .json(&json!({"ref": "main", "commit": first, "env": {"GREETING": "override"}}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/runs",
+            &json!({"ref": "main", "commit": first, "env": {"GREETING": "override"}}),
+        )
+        .await;
     assert_eq!(response.status(), 201);
     let run = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     assert_eq!(run["commit"], first.as_str());
@@ -170,11 +163,8 @@ async fn api_triggers_take_a_commit_and_environment_overrides() {
         (json!({"ref": "no-such-branch"}), "no branch, tag or ref"),
     ] {
         let response = server
-            .request(Method::POST, "/api/v1/projects/demo/runs")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .call(Method::POST, "/api/v1/projects/demo/runs", &body)
+            .await;
         assert_eq!(response.status(), 400, "{body}");
         let text = response.text().await.unwrap();
         assert!(text.contains(expected), "{body}: {text}");
@@ -187,20 +177,16 @@ async fn commit_statuses_go_to_the_forge_pending_then_final() {
     let dir = tempdir();
     let (server, repo) = demo(dir.path(), SIMPLE, &[]).await;
     let (api, seen) = recording_server().await;
-    let linked = server
-        .request(Method::PATCH, "/api/v1/projects/demo")
-        .json(&json!({"forge_kind": "github", "forge_url": "https://github.com/acme/app", "forge_api_url": api}))
-        .send()
-        .await
-        .unwrap();
+    let linked = server.call(Method::PATCH, "/api/v1/projects/demo", &json!({"forge_kind": "github", "forge_url": "https://github.com/acme/app", "forge_api_url": api})).await;
     assert_eq!(linked.status(), 200);
     let token = "ghp_test_token_0123456789";
     let stored = server
-        .request(Method::PUT, "/api/v1/projects/demo/secrets/FORGE_TOKEN")
-        .json(&json!({"value": token}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/projects/demo/secrets/FORGE_TOKEN",
+            &json!({"value": token}),
+        )
+        .await;
     assert_eq!(stored.status(), 201);
     let stored: Value = stored.json().await.unwrap();
     assert!(
@@ -242,11 +228,12 @@ async fn commit_statuses_go_to_the_forge_pending_then_final() {
     .unwrap();
     let sha = commit(&repo, &[], "break it");
     server
-        .request(Method::PATCH, "/api/v1/projects/demo")
-        .json(&json!({"forge_kind": "gitlab", "forge_url": "https://gitlab.example.com/group/app"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PATCH,
+            "/api/v1/projects/demo",
+            &json!({"forge_kind": "gitlab", "forge_url": "https://gitlab.example.com/group/app"}),
+        )
+        .await;
     crate::runs::trigger(&server, "demo").await;
     wait_for(&server, "demo", 2, |r| r["status"] == "failed").await;
     let got = statuses_for(&seen, 3).await;
@@ -273,11 +260,12 @@ async fn a_gitlab_merge_request_from_a_fork_and_git_diff_when_the_payload_is_tru
     git_repo(&repo, FILTERED);
     let server = Server::start_admin(dir.path(), &[]);
     let created = server
-        .request(Method::POST, "/api/v1/projects")
-        .json(&json!({"slug": "gl", "repository": repo.to_str().unwrap()}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &json!({"slug": "gl", "repository": repo.to_str().unwrap()}),
+        )
+        .await;
     assert_eq!(created.status(), 201);
     let secret = webhook_secret(&server, "gl").await;
     git(&repo, &["checkout", "-q", "-b", "fix"]);

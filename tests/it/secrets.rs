@@ -35,11 +35,8 @@ steps:
 
 async fn put(server: &Server, path: &str, value: &str) -> reqwest::Response {
     server
-        .request(Method::PUT, path)
-        .json(&json!({ "value": value }))
-        .send()
+        .call(Method::PUT, path, &json!({ "value": value }))
         .await
-        .unwrap()
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -122,11 +119,12 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
     let v2 = put(&server, "/api/v1/projects/demo/secrets/SHARED", &shared[2]).await;
     assert_eq!(v2.status(), 200);
     let restored = server
-        .request(Method::POST, "/api/v1/projects/demo/secrets/SHARED/restore")
-        .json(&json!({"version": 1}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/secrets/SHARED/restore",
+            &json!({"version": 1}),
+        )
+        .await;
     assert_eq!(restored.status(), 200);
     let restored: Value = restored.json().await.unwrap();
     assert_eq!(restored["version"], 3);
@@ -175,11 +173,12 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
     .await;
     assert_eq!(bad_env.status(), 400);
     let gone = server
-        .request(Method::POST, "/api/v1/projects/demo/secrets/SHARED/restore")
-        .json(&json!({"version": 99}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/secrets/SHARED/restore",
+            &json!({"version": 99}),
+        )
+        .await;
     assert_eq!(gone.status(), 404);
 
     // Listing names scope, version and who — never a value.
@@ -344,11 +343,12 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
 
     // A developer may use secrets in pipelines but not list or set them.
     let bound = server
-        .request(Method::PUT, "/api/v1/projects/demo/members/user:dev")
-        .json(&json!({"role": "developer"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/projects/demo/members/user:dev",
+            &json!({"role": "developer"}),
+        )
+        .await;
     assert_eq!(bound.status(), 204);
     let listed = crate::harness::client()
         .get(format!("{}/api/v1/projects/demo/secrets", server.url))
@@ -497,11 +497,12 @@ async fn a_wrong_or_missing_master_key_is_refused_and_rotation_keeps_every_secre
         "{log}"
     );
     let restored = server
-        .request(Method::POST, "/api/v1/projects/demo/secrets/KEPT/restore")
-        .json(&json!({"version": 1}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1/projects/demo/secrets/KEPT/restore",
+            &json!({"version": 1}),
+        )
+        .await;
     assert_eq!(
         restored.status(),
         200,

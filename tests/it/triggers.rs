@@ -447,11 +447,12 @@ async fn changed_paths_pick_the_steps_and_fork_pull_requests_are_marked() {
     let (server, repo) = demo(dir.path(), FILTERED, &[]).await;
     let secret = webhook_secret(&server, "demo").await;
     let stored = server
-        .request(Method::PUT, "/api/v1/projects/demo/secrets/API_TOKEN")
-        .json(&json!({"value": "not-for-forks-1234"}))
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1/projects/demo/secrets/API_TOKEN",
+            &json!({"value": "not-for-forks-1234"}),
+        )
+        .await;
     assert_eq!(stored.status(), 201);
     let first = git(&repo, &["rev-parse", "HEAD"]);
     // Two commits pushed at once; the payload lists only the last one's files, git

@@ -18,8 +18,8 @@ pub async fn list(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Admin;
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/audit" Admin => list,
+        GET "/api/v1/audit" ADMIN => list,
     ]
 }

@@ -283,18 +283,18 @@ pub async fn revoke_token(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Public, User};
+    use crate::http::routes::need::*;
     routes![
-        POST "/api/v1/setup" Public => setup,
-        POST "/api/v1/sessions" Public => sign_in,
-        GET "/api/v1/sessions" User => list_sessions,
-        DELETE "/api/v1/sessions/current" User => sign_out,
-        POST "/api/v1/sessions/revoke-others" User => revoke_other_sessions,
-        DELETE "/api/v1/sessions/{id}" User => revoke_session,
-        GET "/api/v1/me" User => me,
-        PUT "/api/v1/me/password" User => change_password,
-        GET "/api/v1/tokens" User => list_tokens,
-        POST "/api/v1/tokens" User => create_token,
-        DELETE "/api/v1/tokens/{id}" User => revoke_token,
+        POST "/api/v1/setup" PUBLIC => setup,
+        POST "/api/v1/sessions" PUBLIC => sign_in,
+        GET "/api/v1/sessions" USER => list_sessions,
+        DELETE "/api/v1/sessions/current" USER => sign_out,
+        POST "/api/v1/sessions/revoke-others" USER => revoke_other_sessions,
+        DELETE "/api/v1/sessions/{id}" USER => revoke_session,
+        GET "/api/v1/me" USER => me,
+        PUT "/api/v1/me/password" USER => change_password,
+        GET "/api/v1/tokens" USER => list_tokens,
+        POST "/api/v1/tokens" USER => create_token,
+        DELETE "/api/v1/tokens/{id}" USER => revoke_token,
     ]
 }

@@ -62,8 +62,8 @@ pub async fn download(State(app): State<App>, signed: Signed) -> ServerResult<im
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Admin;
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/backup" Admin => download,
+        GET "/api/v1/backup" ADMIN => download,
     ]
 }

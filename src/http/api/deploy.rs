@@ -284,24 +284,23 @@ pub async fn dora(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Project, Public};
-    use crate::identity::Role::{Developer, Maintainer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/projects/{slug}/environments" Project(Viewer) => environments,
-        PUT "/api/v1/projects/{slug}/environments/{environment}" Project(Maintainer) => update_environment,
-        DELETE "/api/v1/projects/{slug}/environments/{environment}" Project(Maintainer) => delete_environment,
-        POST "/api/v1/projects/{slug}/environments/{environment}/promote" Project(Developer) => promote,
-        POST "/api/v1/projects/{slug}/environments/{environment}/rollback" Project(Developer) => rollback,
-        GET "/api/v1/projects/{slug}/releases" Project(Viewer) => releases,
-        GET "/api/v1/projects/{slug}/releases/{number}" Project(Viewer) => release,
-        GET "/api/v1/projects/{slug}/deployments" Project(Viewer) => deployments,
-        POST "/api/v1/projects/{slug}/deployments" Project(Developer) => create,
-        GET "/api/v1/projects/{slug}/deployments/{number}" Project(Viewer) => deployment,
-        GET "/api/v1/projects/{slug}/deployments/{number}/log" Project(Viewer) => log,
-        POST "/api/v1/projects/{slug}/deployments/{number}/approve" Project(Developer) => approve,
-        POST "/api/v1/projects/{slug}/deployments/{number}/reject" Project(Developer) => reject,
-        POST "/api/v1/projects/{slug}/deployments/{number}/cancel" Project(Developer) => cancel,
-        GET "/api/v1/projects/{slug}/dora" Project(Viewer) => dora,
-        POST "/api/v1/deployments/callback/{token}" Public => callback,
+        GET "/api/v1/projects/{slug}/environments" VIEWER => environments,
+        PUT "/api/v1/projects/{slug}/environments/{environment}" MAINTAINER => update_environment,
+        DELETE "/api/v1/projects/{slug}/environments/{environment}" MAINTAINER => delete_environment,
+        POST "/api/v1/projects/{slug}/environments/{environment}/promote" DEVELOPER => promote,
+        POST "/api/v1/projects/{slug}/environments/{environment}/rollback" DEVELOPER => rollback,
+        GET "/api/v1/projects/{slug}/releases" VIEWER => releases,
+        GET "/api/v1/projects/{slug}/releases/{number}" VIEWER => release,
+        GET "/api/v1/projects/{slug}/deployments" VIEWER => deployments,
+        POST "/api/v1/projects/{slug}/deployments" DEVELOPER => create,
+        GET "/api/v1/projects/{slug}/deployments/{number}" VIEWER => deployment,
+        GET "/api/v1/projects/{slug}/deployments/{number}/log" VIEWER => log,
+        POST "/api/v1/projects/{slug}/deployments/{number}/approve" DEVELOPER => approve,
+        POST "/api/v1/projects/{slug}/deployments/{number}/reject" DEVELOPER => reject,
+        POST "/api/v1/projects/{slug}/deployments/{number}/cancel" DEVELOPER => cancel,
+        GET "/api/v1/projects/{slug}/dora" VIEWER => dora,
+        POST "/api/v1/deployments/callback/{token}" PUBLIC => callback,
     ]
 }

@@ -107,8 +107,8 @@ pub async fn stream(State(app): State<App>, signed: Signed) -> impl IntoResponse
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::User;
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/events" User => stream,
+        GET "/api/v1/events" USER => stream,
     ]
 }

@@ -30,9 +30,9 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Readiness>) {
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Public;
+    use crate::http::routes::need::*;
     routes![
-        GET "/healthz" Public => healthz,
-        GET "/readyz" Public => readyz,
+        GET "/healthz" PUBLIC => healthz,
+        GET "/readyz" PUBLIC => readyz,
     ]
 }

@@ -122,13 +122,12 @@ pub async fn redeliver(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Project, Public};
-    use crate::identity::Role::{Maintainer, Viewer};
+    use crate::http::routes::need::*;
     let mut routes = routes![
-        POST "/api/v1/hooks/{slug}" Public => receive,
-        GET "/api/v1/projects/{slug}/deliveries" Project(Viewer) => list,
-        GET "/api/v1/projects/{slug}/deliveries/{id}" Project(Viewer) => show,
-        POST "/api/v1/projects/{slug}/deliveries/{id}/redeliver" Project(Maintainer) => redeliver,
+        POST "/api/v1/hooks/{slug}" PUBLIC => receive,
+        GET "/api/v1/projects/{slug}/deliveries" VIEWER => list,
+        GET "/api/v1/projects/{slug}/deliveries/{id}" VIEWER => show,
+        POST "/api/v1/projects/{slug}/deliveries/{id}/redeliver" MAINTAINER => redeliver,
     ];
     // Deliveries are large (GitHub's cap is 25 MB).
     let receive = routes.remove(0);

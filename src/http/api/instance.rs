@@ -13,8 +13,8 @@ pub async fn show(State(app): State<App>) -> ServerResult<Json<InstanceView>> {
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::User;
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/instance" User => show,
+        GET "/api/v1/instance" USER => show,
     ]
 }

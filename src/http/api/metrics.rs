@@ -47,8 +47,8 @@ pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoRes
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Public;
+    use crate::http::routes::need::*;
     routes![
-        GET "/metrics" Public => metrics,
+        GET "/metrics" PUBLIC => metrics,
     ]
 }

@@ -161,18 +161,17 @@ pub async fn decision(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Admin, Project, User};
-    use crate::identity::Role::{Maintainer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/policies" User => list,
-        GET "/api/v1/policies/{name}" User => show,
-        PUT "/api/v1/policies/{name}" Admin => put,
-        DELETE "/api/v1/policies/{name}" Admin => delete,
-        GET "/api/v1/projects/{slug}/policies" Project(Viewer) => list,
-        GET "/api/v1/projects/{slug}/policies/{name}" Project(Viewer) => show,
-        PUT "/api/v1/projects/{slug}/policies/{name}" Project(Maintainer) => put,
-        DELETE "/api/v1/projects/{slug}/policies/{name}" Project(Maintainer) => delete,
-        GET "/api/v1/projects/{slug}/decisions" Project(Viewer) => decisions,
-        GET "/api/v1/projects/{slug}/decisions/{id}" Project(Viewer) => decision,
+        GET "/api/v1/policies" USER => list,
+        GET "/api/v1/policies/{name}" USER => show,
+        PUT "/api/v1/policies/{name}" ADMIN => put,
+        DELETE "/api/v1/policies/{name}" ADMIN => delete,
+        GET "/api/v1/projects/{slug}/policies" VIEWER => list,
+        GET "/api/v1/projects/{slug}/policies/{name}" VIEWER => show,
+        PUT "/api/v1/projects/{slug}/policies/{name}" MAINTAINER => put,
+        DELETE "/api/v1/projects/{slug}/policies/{name}" MAINTAINER => delete,
+        GET "/api/v1/projects/{slug}/decisions" VIEWER => decisions,
+        GET "/api/v1/projects/{slug}/decisions/{id}" VIEWER => decision,
     ]
 }

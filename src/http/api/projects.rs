@@ -146,17 +146,16 @@ pub async fn remove_member(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Admin, Project, User};
-    use crate::identity::Role::{Maintainer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/projects" User => list,
-        POST "/api/v1/projects" Admin => create,
-        GET "/api/v1/projects/{slug}" Project(Viewer) => show,
-        PATCH "/api/v1/projects/{slug}" Project(Maintainer) => update,
-        DELETE "/api/v1/projects/{slug}" Admin => delete,
-        PUT "/api/v1/projects/{slug}/isolation" Admin => set_isolation,
-        GET "/api/v1/projects/{slug}/members" Project(Viewer) => members,
-        PUT "/api/v1/projects/{slug}/members/{subject}" Project(Maintainer) => set_member,
-        DELETE "/api/v1/projects/{slug}/members/{subject}" Project(Maintainer) => remove_member,
+        GET "/api/v1/projects" USER => list,
+        POST "/api/v1/projects" ADMIN => create,
+        GET "/api/v1/projects/{slug}" VIEWER => show,
+        PATCH "/api/v1/projects/{slug}" MAINTAINER => update,
+        DELETE "/api/v1/projects/{slug}" ADMIN => delete,
+        PUT "/api/v1/projects/{slug}/isolation" ADMIN => set_isolation,
+        GET "/api/v1/projects/{slug}/members" VIEWER => members,
+        PUT "/api/v1/projects/{slug}/members/{subject}" MAINTAINER => set_member,
+        DELETE "/api/v1/projects/{slug}/members/{subject}" MAINTAINER => remove_member,
     ]
 }

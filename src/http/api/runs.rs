@@ -286,16 +286,15 @@ pub async fn rerun(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Project;
-    use crate::identity::Role::{Developer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/projects/{slug}/runs" Project(Viewer) => list,
-        POST "/api/v1/projects/{slug}/runs" Project(Developer) => trigger,
-        GET "/api/v1/projects/{slug}/runs/{number}" Project(Viewer) => show,
-        POST "/api/v1/projects/{slug}/runs/{number}/cancel" Project(Developer) => cancel,
-        GET "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log" Project(Viewer) => log,
-        POST "/api/v1/projects/{slug}/runs/{number}/rerun" Project(Developer) => rerun,
-        GET "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream" Project(Viewer) => stream,
-        GET "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}" Project(Viewer) => artifact,
+        GET "/api/v1/projects/{slug}/runs" VIEWER => list,
+        POST "/api/v1/projects/{slug}/runs" DEVELOPER => trigger,
+        GET "/api/v1/projects/{slug}/runs/{number}" VIEWER => show,
+        POST "/api/v1/projects/{slug}/runs/{number}/cancel" DEVELOPER => cancel,
+        GET "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log" VIEWER => log,
+        POST "/api/v1/projects/{slug}/runs/{number}/rerun" DEVELOPER => rerun,
+        GET "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream" VIEWER => stream,
+        GET "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}" VIEWER => artifact,
     ]
 }

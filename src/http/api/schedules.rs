@@ -54,12 +54,11 @@ pub async fn delete(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Project;
-    use crate::identity::Role::{Maintainer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/projects/{slug}/schedules" Project(Viewer) => list,
-        POST "/api/v1/projects/{slug}/schedules" Project(Maintainer) => create,
-        PATCH "/api/v1/projects/{slug}/schedules/{id}" Project(Maintainer) => update,
-        DELETE "/api/v1/projects/{slug}/schedules/{id}" Project(Maintainer) => delete,
+        GET "/api/v1/projects/{slug}/schedules" VIEWER => list,
+        POST "/api/v1/projects/{slug}/schedules" MAINTAINER => create,
+        PATCH "/api/v1/projects/{slug}/schedules/{id}" MAINTAINER => update,
+        DELETE "/api/v1/projects/{slug}/schedules/{id}" MAINTAINER => delete,
     ]
 }

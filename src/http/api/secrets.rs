@@ -124,23 +124,22 @@ pub async fn delete(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Admin, Project};
-    use crate::identity::Role::Maintainer;
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/secrets" Admin => list,
-        GET "/api/v1/secrets/{name}" Admin => show,
-        PUT "/api/v1/secrets/{name}" Admin => set,
-        DELETE "/api/v1/secrets/{name}" Admin => delete,
-        POST "/api/v1/secrets/{name}/restore" Admin => restore,
-        GET "/api/v1/projects/{slug}/secrets" Project(Maintainer) => list,
-        GET "/api/v1/projects/{slug}/secrets/{name}" Project(Maintainer) => show,
-        PUT "/api/v1/projects/{slug}/secrets/{name}" Project(Maintainer) => set,
-        DELETE "/api/v1/projects/{slug}/secrets/{name}" Project(Maintainer) => delete,
-        POST "/api/v1/projects/{slug}/secrets/{name}/restore" Project(Maintainer) => restore,
-        GET "/api/v1/projects/{slug}/environments/{environment}/secrets" Project(Maintainer) => list,
-        GET "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" Project(Maintainer) => show,
-        PUT "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" Project(Maintainer) => set,
-        DELETE "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" Project(Maintainer) => delete,
-        POST "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore" Project(Maintainer) => restore,
+        GET "/api/v1/secrets" ADMIN => list,
+        GET "/api/v1/secrets/{name}" ADMIN => show,
+        PUT "/api/v1/secrets/{name}" ADMIN => set,
+        DELETE "/api/v1/secrets/{name}" ADMIN => delete,
+        POST "/api/v1/secrets/{name}/restore" ADMIN => restore,
+        GET "/api/v1/projects/{slug}/secrets" MAINTAINER => list,
+        GET "/api/v1/projects/{slug}/secrets/{name}" MAINTAINER => show,
+        PUT "/api/v1/projects/{slug}/secrets/{name}" MAINTAINER => set,
+        DELETE "/api/v1/projects/{slug}/secrets/{name}" MAINTAINER => delete,
+        POST "/api/v1/projects/{slug}/secrets/{name}/restore" MAINTAINER => restore,
+        GET "/api/v1/projects/{slug}/environments/{environment}/secrets" MAINTAINER => list,
+        GET "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" MAINTAINER => show,
+        PUT "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" MAINTAINER => set,
+        DELETE "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}" MAINTAINER => delete,
+        POST "/api/v1/projects/{slug}/environments/{environment}/secrets/{name}/restore" MAINTAINER => restore,
     ]
 }

@@ -173,16 +173,16 @@ async fn set_membership(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Admin, User};
+    use crate::http::routes::need::*;
     routes![
-        GET "/api/v1/users" Admin => list,
-        POST "/api/v1/users" Admin => create,
-        PATCH "/api/v1/users/{name}" Admin => update,
-        PUT "/api/v1/users/{name}/password" Admin => reset_password,
-        GET "/api/v1/teams" User => list_teams,
-        POST "/api/v1/teams" Admin => create_team,
-        DELETE "/api/v1/teams/{name}" Admin => delete_team,
-        PUT "/api/v1/teams/{name}/members/{user}" Admin => add_member,
-        DELETE "/api/v1/teams/{name}/members/{user}" Admin => remove_member,
+        GET "/api/v1/users" ADMIN => list,
+        POST "/api/v1/users" ADMIN => create,
+        PATCH "/api/v1/users/{name}" ADMIN => update,
+        PUT "/api/v1/users/{name}/password" ADMIN => reset_password,
+        GET "/api/v1/teams" USER => list_teams,
+        POST "/api/v1/teams" ADMIN => create_team,
+        DELETE "/api/v1/teams/{name}" ADMIN => delete_team,
+        PUT "/api/v1/teams/{name}/members/{user}" ADMIN => add_member,
+        DELETE "/api/v1/teams/{name}/members/{user}" ADMIN => remove_member,
     ]
 }

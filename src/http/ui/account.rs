@@ -175,13 +175,13 @@ pub async fn revoke_other_sessions(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::User;
+    use crate::http::routes::need::*;
     routes![
-        GET "/account" User => page,
-        POST "/account/password" User => change_password,
-        POST "/account/tokens" User => create_token,
-        POST "/account/tokens/{id}/revoke" User => revoke_token,
-        POST "/account/sessions/{id}/revoke" User => revoke_session,
-        POST "/account/sessions/revoke-others" User => revoke_other_sessions,
+        GET "/account" USER => page,
+        POST "/account/password" USER => change_password,
+        POST "/account/tokens" USER => create_token,
+        POST "/account/tokens/{id}/revoke" USER => revoke_token,
+        POST "/account/sessions/{id}/revoke" USER => revoke_session,
+        POST "/account/sessions/revoke-others" USER => revoke_other_sessions,
     ]
 }

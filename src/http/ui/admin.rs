@@ -294,16 +294,16 @@ pub async fn audit_page(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Admin;
+    use crate::http::routes::need::*;
     routes![
-        GET "/security/users" Admin => users_page,
-        POST "/security/users" Admin => create_user,
-        POST "/security/users/{name}" Admin => update_user,
-        GET "/security/teams" Admin => teams_page,
-        POST "/security/teams" Admin => create_team,
-        POST "/security/teams/{name}/members" Admin => add_member,
-        POST "/security/teams/{name}/members/{user}/remove" Admin => remove_member,
-        POST "/security/teams/{name}/delete" Admin => delete_team,
-        GET "/security/audit" Admin => audit_page,
+        GET "/security/users" ADMIN => users_page,
+        POST "/security/users" ADMIN => create_user,
+        POST "/security/users/{name}" ADMIN => update_user,
+        GET "/security/teams" ADMIN => teams_page,
+        POST "/security/teams" ADMIN => create_team,
+        POST "/security/teams/{name}/members" ADMIN => add_member,
+        POST "/security/teams/{name}/members/{user}/remove" ADMIN => remove_member,
+        POST "/security/teams/{name}/delete" ADMIN => delete_team,
+        GET "/security/audit" ADMIN => audit_page,
     ]
 }

@@ -84,9 +84,9 @@ pub async fn status(State(app): State<App>) -> ServerResult<Html<String>> {
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::User;
+    use crate::http::routes::need::*;
     routes![
-        GET "/" User => page,
-        GET "/dashboard/status" User => status,
+        GET "/" USER => page,
+        GET "/dashboard/status" USER => status,
     ]
 }

@@ -461,16 +461,15 @@ pub async fn deployment_only(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Project;
-    use crate::identity::Role::{Developer, Maintainer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/projects/{slug}/environments" Project(Viewer) => page,
-        POST "/projects/{slug}/environments" Project(Maintainer) => save_environment,
-        POST "/projects/{slug}/environments/{environment}/promote" Project(Developer) => promote,
-        POST "/projects/{slug}/environments/{environment}/rollback" Project(Developer) => rollback,
-        POST "/projects/{slug}/deployments" Project(Developer) => deploy,
-        GET "/projects/{slug}/deployments/{number}" Project(Viewer) => deployment,
-        GET "/projects/{slug}/deployments/{number}/panel" Project(Viewer) => deployment_only,
-        POST "/projects/{slug}/deployments/{number}/decide" Project(Developer) => decide,
+        GET "/projects/{slug}/environments" VIEWER => page,
+        POST "/projects/{slug}/environments" MAINTAINER => save_environment,
+        POST "/projects/{slug}/environments/{environment}/promote" DEVELOPER => promote,
+        POST "/projects/{slug}/environments/{environment}/rollback" DEVELOPER => rollback,
+        POST "/projects/{slug}/deployments" DEVELOPER => deploy,
+        GET "/projects/{slug}/deployments/{number}" VIEWER => deployment,
+        GET "/projects/{slug}/deployments/{number}/panel" VIEWER => deployment_only,
+        POST "/projects/{slug}/deployments/{number}/decide" DEVELOPER => decide,
     ]
 }

@@ -164,10 +164,10 @@ pub async fn delete(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Admin, User};
+    use crate::http::routes::need::*;
     routes![
-        GET "/policies" User => page,
-        POST "/policies" Admin => upload,
-        POST "/policies/{name}/delete" Admin => delete,
+        GET "/policies" USER => page,
+        POST "/policies" ADMIN => upload,
+        POST "/policies/{name}/delete" ADMIN => delete,
     ]
 }

@@ -176,14 +176,13 @@ pub async fn remove_member(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Admin, Project, User};
-    use crate::identity::Role::{Maintainer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/projects" User => list,
-        POST "/projects" Admin => create,
-        GET "/projects/{slug}" Project(Viewer) => show,
-        POST "/projects/{slug}/settings" Project(Maintainer) => settings,
-        POST "/projects/{slug}/members" Project(Maintainer) => add_member,
-        POST "/projects/{slug}/members/{subject}/remove" Project(Maintainer) => remove_member,
+        GET "/projects" USER => list,
+        POST "/projects" ADMIN => create,
+        GET "/projects/{slug}" VIEWER => show,
+        POST "/projects/{slug}/settings" MAINTAINER => settings,
+        POST "/projects/{slug}/members" MAINTAINER => add_member,
+        POST "/projects/{slug}/members/{subject}/remove" MAINTAINER => remove_member,
     ]
 }

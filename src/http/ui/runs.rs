@@ -222,14 +222,13 @@ pub async fn step(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Project;
-    use crate::identity::Role::{Developer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        POST "/projects/{slug}/runs" Project(Developer) => trigger,
-        GET "/projects/{slug}/runs/{number}" Project(Viewer) => page,
-        GET "/projects/{slug}/runs/{number}/panel" Project(Viewer) => panel_only,
-        POST "/projects/{slug}/runs/{number}/cancel" Project(Developer) => cancel,
-        POST "/projects/{slug}/runs/{number}/rerun" Project(Developer) => rerun,
-        GET "/projects/{slug}/runs/{number}/steps/{step}" Project(Viewer) => step,
+        POST "/projects/{slug}/runs" DEVELOPER => trigger,
+        GET "/projects/{slug}/runs/{number}" VIEWER => page,
+        GET "/projects/{slug}/runs/{number}/panel" VIEWER => panel_only,
+        POST "/projects/{slug}/runs/{number}/cancel" DEVELOPER => cancel,
+        POST "/projects/{slug}/runs/{number}/rerun" DEVELOPER => rerun,
+        GET "/projects/{slug}/runs/{number}/steps/{step}" VIEWER => step,
     ]
 }

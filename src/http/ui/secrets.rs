@@ -257,16 +257,15 @@ pub async fn delete(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Admin, Project};
-    use crate::identity::Role::Maintainer;
+    use crate::http::routes::need::*;
     routes![
-        GET "/security/secrets" Admin => page,
-        POST "/security/secrets" Admin => set,
-        POST "/security/secrets/{name}/delete" Admin => delete,
-        POST "/security/secrets/{name}/restore" Admin => restore,
-        GET "/projects/{slug}/secrets" Project(Maintainer) => page,
-        POST "/projects/{slug}/secrets" Project(Maintainer) => set,
-        POST "/projects/{slug}/secrets/{name}/delete" Project(Maintainer) => delete,
-        POST "/projects/{slug}/secrets/{name}/restore" Project(Maintainer) => restore,
+        GET "/security/secrets" ADMIN => page,
+        POST "/security/secrets" ADMIN => set,
+        POST "/security/secrets/{name}/delete" ADMIN => delete,
+        POST "/security/secrets/{name}/restore" ADMIN => restore,
+        GET "/projects/{slug}/secrets" MAINTAINER => page,
+        POST "/projects/{slug}/secrets" MAINTAINER => set,
+        POST "/projects/{slug}/secrets/{name}/delete" MAINTAINER => delete,
+        POST "/projects/{slug}/secrets/{name}/restore" MAINTAINER => restore,
     ]
 }

@@ -32,8 +32,8 @@ pub async fn backup_page(State(app): State<App>, signed: Signed) -> ServerResult
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Admin;
+    use crate::http::routes::need::*;
     routes![
-        GET "/settings/backup" Admin => backup_page,
+        GET "/settings/backup" ADMIN => backup_page,
     ]
 }

@@ -211,12 +211,12 @@ pub async fn setup(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::{Public, User};
+    use crate::http::routes::need::*;
     routes![
-        GET "/login" Public => login_page,
-        POST "/login" Public => login,
-        POST "/logout" User => logout,
-        GET "/setup" Public => setup_page,
-        POST "/setup" Public => setup,
+        GET "/login" PUBLIC => login_page,
+        POST "/login" PUBLIC => login,
+        POST "/logout" USER => logout,
+        GET "/setup" PUBLIC => setup_page,
+        POST "/setup" PUBLIC => setup,
     ]
 }

@@ -262,14 +262,13 @@ pub async fn redeliver(
 
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
-    use crate::identity::Need::Project;
-    use crate::identity::Role::{Maintainer, Viewer};
+    use crate::http::routes::need::*;
     routes![
-        GET "/projects/{slug}/triggers" Project(Viewer) => show,
-        POST "/projects/{slug}/triggers/webhook-secret" Project(Maintainer) => webhook_secret,
-        POST "/projects/{slug}/triggers/forge" Project(Maintainer) => forge,
-        POST "/projects/{slug}/triggers/schedules" Project(Maintainer) => add_schedule,
-        POST "/projects/{slug}/triggers/schedules/{id}/delete" Project(Maintainer) => remove_schedule,
-        POST "/projects/{slug}/triggers/deliveries/{id}/redeliver" Project(Maintainer) => redeliver,
+        GET "/projects/{slug}/triggers" VIEWER => show,
+        POST "/projects/{slug}/triggers/webhook-secret" MAINTAINER => webhook_secret,
+        POST "/projects/{slug}/triggers/forge" MAINTAINER => forge,
+        POST "/projects/{slug}/triggers/schedules" MAINTAINER => add_schedule,
+        POST "/projects/{slug}/triggers/schedules/{id}/delete" MAINTAINER => remove_schedule,
+        POST "/projects/{slug}/triggers/deliveries/{id}/redeliver" MAINTAINER => redeliver,
     ]
 }
