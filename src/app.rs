@@ -56,6 +56,26 @@ impl App {
         }
     }
 
+    /// The instance as `GET /api/v1/instance` and the dashboard show it.
+    pub async fn instance_view(&self) -> Result<crate::core::instance::InstanceView> {
+        let info = self.store.instance_info().await?;
+        Ok(crate::core::instance::InstanceView {
+            version: crate::VERSION,
+            previous_shutdown_unclean: info.previous_shutdown_unclean(),
+            instance: info.instance,
+            started_at: self.started_at,
+            uptime_seconds: self.uptime().as_secs(),
+            public_url: self.config.public_url.clone(),
+            store: crate::core::instance::StoreView {
+                path: self.store.path().display().to_string(),
+                size_bytes: self.store.file_size(),
+                schema_version: crate::store::latest_schema_version(),
+            },
+            starts_total: info.starts_total,
+            recent_starts: info.recent_starts,
+        })
+    }
+
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
     }

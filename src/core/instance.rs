@@ -65,23 +65,3 @@ pub struct StoreView {
     pub size_bytes: u64,
     pub schema_version: u64,
 }
-
-/// The instance as `GET /api/v1/instance` and the dashboard show it.
-pub async fn view(app: &crate::app::App) -> crate::core::error::Result<InstanceView> {
-    let info = app.store.instance_info().await?;
-    Ok(InstanceView {
-        version: crate::VERSION,
-        previous_shutdown_unclean: info.previous_shutdown_unclean(),
-        instance: info.instance,
-        started_at: app.started_at,
-        uptime_seconds: app.uptime().as_secs(),
-        public_url: app.config.public_url.clone(),
-        store: StoreView {
-            path: app.store.path().display().to_string(),
-            size_bytes: app.store.file_size(),
-            schema_version: crate::store::latest_schema_version(),
-        },
-        starts_total: info.starts_total,
-        recent_starts: info.recent_starts,
-    })
-}

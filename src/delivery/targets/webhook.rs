@@ -34,7 +34,7 @@ async fn deploy(t: &WebhookTarget, job: Job<'_>) -> Result<()> {
         None => None,
     };
     let (callback_url, waiter) = if t.callback {
-        let (url, waiter) = await_callback(deployer, d).await?;
+        let (url, waiter) = register_callback(deployer, d).await?;
         (Some(url), Some(waiter))
     } else {
         (None, None)
@@ -84,8 +84,9 @@ async fn deploy(t: &WebhookTarget, job: Job<'_>) -> Result<()> {
     }
 }
 
-/// Issues the deployment's one-time callback URL and registers the waiter it answers.
-async fn await_callback(
+/// Issues the deployment's one-time callback URL and registers the waiter it answers;
+/// the caller awaits the receiver once the POST was accepted.
+async fn register_callback(
     deployer: &Deployer,
     d: &Deployment,
 ) -> Result<(String, oneshot::Receiver<CallbackResult>)> {

@@ -5,7 +5,6 @@ pub mod process;
 pub mod sandbox;
 
 use super::{Executor, Process, Spawned};
-use process::Exit;
 use sandbox::{Isolation, Sandbox};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,8 +44,8 @@ impl Executor for Local {
     fn spawn(&self, p: Process) -> Result<Spawned, String> {
         let confine = self.sandbox.confine(&p.workspace)?;
         Ok(Box::pin(async move {
-            let on_line = p.on_line.clone();
-            let exit: Exit = process::run(
+            let on_line = p.on_line;
+            process::run(
                 &p.script,
                 &p.dir,
                 &p.env,
@@ -55,8 +54,7 @@ impl Executor for Local {
                 confine,
                 move |stream, text: &str| on_line(stream, text),
             )
-            .await;
-            exit
+            .await
         }))
     }
 

@@ -4,7 +4,6 @@
 use super::{Layout, human_duration, render};
 use crate::app::App;
 use crate::core::health::{self, Check};
-use crate::core::instance;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::routes::{Route, routes};
@@ -37,7 +36,7 @@ struct StatusPanel {
 }
 
 async fn status_panel(app: &App) -> ServerResult<StatusPanel> {
-    let view = instance::view(app).await?;
+    let view = app.instance_view().await?;
     let readiness = health::readiness(
         &app.store,
         &app.config.data_dir,
