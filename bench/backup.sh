@@ -4,20 +4,11 @@
 # same data directory taken with the server stopped (which is not consistent under
 # writes; it is the floor for archiving the same bytes).
 #   usage: bench/backup.sh [TEAMS]     (release binary; BETCYCLE_BIN overrides)
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 teams=${1:-5000}
-. bench/lib.sh
-bin=$(betcycle_bin)
-dir=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url=http://127.0.0.1:$port
-echo "bench password 123" | "$bin" user add bench --admin --password-stdin --data-dir "$dir/data" >/dev/null
-token=$("$bin" token create --user bench --scope admin --data-dir "$dir/data")
-"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --log-format json 2>/dev/null &
-pid=$!
-until curl -sf -o /dev/null "$url/readyz"; do sleep 0.01; done
+bench_setup
+bench_admin
+bench_serve
 # Records: teams (each with its audit entry), over keep-alive connections.
 python3 - "$url" "$token" "$teams" <<'PY'
 import http.client, json, sys, urllib.parse
@@ -38,7 +29,7 @@ t0=$(date +%s%N)
 BETCYCLE_TOKEN=$token BETCYCLE_SERVER=$url "$bin" db backup "$dir/online.tar.gz" --data-dir "$dir/data" >/dev/null
 t1=$(date +%s%N)
 online_ms=$(( (t1 - t0) / 1000000 ))
-kill -TERM $pid; wait $pid || true
+bench_stop
 t0=$(date +%s%N)
 tar -C "$dir/data" -czf "$dir/peer.tar.gz" --exclude=logs .
 t1=$(date +%s%N)

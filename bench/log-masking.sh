@@ -8,14 +8,10 @@
 # against the same lines through `sed` replacing the value (a peer doing one plain
 # substitution), in the same run. Release build; output to /dev/null; medians of ROUNDS.
 #   usage: bench/log-masking.sh [N] [ROUNDS]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 n=${1:-500000}
 rounds=${2:-3}
-. bench/lib.sh
-bin=$(betcycle_bin)
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+bench_setup
 secret="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 for kind in plain secret masked; do
   mkdir -p "$dir/$kind"

@@ -4,15 +4,11 @@
 # `betcycle policy eval --repeat N`, pinned to CPU 0. Peer, in the same run: the same
 # engine and input with a single trivial rule — the floor of one regorus evaluation.
 #   usage: bench/policy-eval.sh [N] [ROUNDS]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 n=${1:-100000}
 rounds=${2:-3}
-. bench/lib.sh
-bin=$(betcycle_bin)
+bench_setup
 input=$PWD/bench/fixtures/deploy-input.json
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
 printf 'package betcycle.deploy\nimport rego.v1\ndeny contains "never" if input.never\n' > "$dir/trivial.rego"
 pin() { if command -v taskset > /dev/null; then taskset -c 0 "$@"; else "$@"; fi; }
 rate() { # prints evaluations per second

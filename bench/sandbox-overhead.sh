@@ -5,31 +5,13 @@
 # (Landlock rules built before each step's fork and applied in the child). Time per
 # run = the run's `finished_at - started_at` as the server records it.
 #   usage: bench/sandbox-overhead.sh [N] [ROUNDS]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 n=${1:-50}
 rounds=${2:-5}
-. bench/lib.sh
-bin=$(betcycle_bin)
-dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-export GIT_AUTHOR_NAME=b GIT_AUTHOR_EMAIL=b@example.com GIT_COMMITTER_NAME=b GIT_COMMITTER_EMAIL=b@example.com
-mkdir "$dir/repo"
-git -C "$dir/repo" init -q -b main
-{
-  echo "steps:"
-  echo "  - { name: s0, run: 'true' }"
-  for i in $(seq 1 $((n - 1))); do
-    echo "  - { name: s$i, run: 'true', depends_on: [s$((i - 1))] }"
-  done
-} > "$dir/repo/.betcycle.yml"
-git -C "$dir/repo" add -A && git -C "$dir/repo" commit -qm init
-echo "bench password 1" | "$bin" user add admin --admin --password-stdin --data-dir "$dir/data" >/dev/null
-token=$("$bin" token create --user admin --scope admin --data-dir "$dir/data")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-BETCYCLE_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --run-concurrency 1 2>"$dir/server.log" &
-pid=$!
-until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.02; done
+bench_setup
+sequential_steps "$n" | bench_repo
+bench_admin
+bench_serve --run-concurrency 1
 
 python3 - "$port" "$token" "$dir/repo" "$n" "$rounds" <<'PY'
 import json, statistics, sys, time, urllib.request

@@ -5,21 +5,11 @@
 # small Python loop (no shell-loop overhead of its own). Overhead per step =
 # (betcycle time - direct time) / N; it includes betcycle's own start-up, spread over N.
 #   usage: bench/step-overhead.sh [N] [ROUNDS]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 n=${1:-200}
 rounds=${2:-5}
-. bench/lib.sh
-bin=$(betcycle_bin)
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-{
-  echo "steps:"
-  echo "  - { name: s0, run: 'true' }"
-  for i in $(seq 1 $((n - 1))); do
-    echo "  - { name: s$i, run: 'true', depends_on: [s$((i - 1))] }"
-  done
-} > "$dir/.betcycle.yml"
+bench_setup
+sequential_steps "$n" > "$dir/.betcycle.yml"
 
 python3 - "$bin" "$dir" "$n" "$rounds" <<'PY'
 import statistics, subprocess, sys, time

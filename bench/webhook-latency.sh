@@ -6,25 +6,12 @@
 # hand with git and sh — fetch the commit into a bare mirror, clone it locally, check it
 # out and spawn `sh -c true` — timed from Python.
 #   usage: bench/webhook-latency.sh [N]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 n=${1:-30}
-. bench/lib.sh
-bin=$(betcycle_bin)
-dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-export GIT_AUTHOR_NAME=b GIT_AUTHOR_EMAIL=b@example.com GIT_COMMITTER_NAME=b GIT_COMMITTER_EMAIL=b@example.com
-mkdir "$dir/repo"
-git -C "$dir/repo" init -q -b main
-printf 'steps:\n  - name: first\n    run: "true"\n' > "$dir/repo/.betcycle.yml"
-echo start > "$dir/repo/f.txt"
-git -C "$dir/repo" add -A && git -C "$dir/repo" commit -qm init
-echo "bench password 1" | "$bin" user add admin --admin --password-stdin --data-dir "$dir/data" >/dev/null
-token=$("$bin" token create --user admin --scope admin --data-dir "$dir/data")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-BETCYCLE_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" 2>"$dir/server.log" &
-pid=$!
-until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.02; done
+bench_setup
+printf 'steps:\n  - name: first\n    run: "true"\n' | bench_repo
+bench_admin
+bench_serve
 
 python3 - "$dir" "$port" "$token" "$n" <<'PY'
 import hashlib, hmac, json, statistics, subprocess, sys, time, urllib.request

@@ -420,22 +420,15 @@ async fn every_changing_route_is_declared_and_enforced() {
 
     let (server, dev_write, dev_read) = server_with_dev(dir.path());
     // A project on which dev is only a viewer.
-    let created = server
-        .call(
+    server
+        .expect(
             Method::POST,
             "/api/v1/projects",
             &json!({"slug": "demo", "repository": "https://git.example.com/demo.git"}),
+            201,
         )
         .await;
-    assert_eq!(created.status(), 201);
-    let granted = server
-        .call(
-            Method::PUT,
-            "/api/v1/projects/demo/members/user:dev",
-            &json!({"role": "viewer"}),
-        )
-        .await;
-    assert_eq!(granted.status(), 204);
+    server.grant("demo", "user:dev", "viewer").await;
     for (method, pattern, need) in CHANGING_ROUTES {
         let path = concrete(pattern);
         let anonymous = send(&server, method, &path, None).await;

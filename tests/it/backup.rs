@@ -5,7 +5,6 @@ use crate::harness::{
     ADMIN, ADMIN_PASSWORD, Server, add_user, betcycle, create_token, run, tempdir,
 };
 use crate::runs::{demo, trigger, wait_for};
-use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,14 +33,9 @@ async fn a_backup_taken_under_writes_restores_every_record_committed_before_it()
     let (server, _repo) = demo(root, PIPELINE, &[]).await;
     let data = root.join("data");
     // A secret, so the store holds sealed values and the master key matters.
-    let put = server
-        .call(
-            Method::PUT,
-            "/api/v1/secrets/DEPLOY_KEY",
-            &json!({"value": "kept under seal"}),
-        )
+    server
+        .set_secret("/api/v1/secrets/DEPLOY_KEY", "kept under seal")
         .await;
-    assert_eq!(put.status(), 201);
     trigger(&server, "demo").await;
     let first = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     let artifact = first["steps"][0]["artifacts"][0]["sha256"]
@@ -178,14 +172,9 @@ async fn offline_backups_carry_the_key_on_request_and_restore_refuses_to_clobber
     add_user(root, "dev", "developer password 1", false);
     let developer = create_token(root, "dev", "write");
     let server = Server::start_admin(root, &[]);
-    let put = server
-        .call(
-            Method::PUT,
-            "/api/v1/secrets/TOKEN",
-            &json!({"value": "sealed value"}),
-        )
+    server
+        .set_secret("/api/v1/secrets/TOKEN", "sealed value")
         .await;
-    assert_eq!(put.status(), 201);
     // The API download needs an administrator.
     let denied = crate::harness::client()
         .get(format!("{}/api/v1/backup", server.url))

@@ -325,14 +325,14 @@ async fn demo_project(root: &std::path::Path, pipeline: &str) -> Server {
     std::fs::create_dir_all(&repo).unwrap();
     crate::run::git_repo(&repo, pipeline);
     let server = Server::start_admin(root, &[]);
-    let created = server
-        .call(
+    server
+        .expect(
             reqwest::Method::POST,
             "/api/v1/projects",
             &serde_json::json!({"slug": "demo", "repository": repo.to_str().unwrap()}),
+            201,
         )
         .await;
-    assert_eq!(created.status(), 201);
     server
 }
 

@@ -40,6 +40,12 @@ async fn dashboard_shows_version_uptime_store_and_health() {
         !partial.contains("<html"),
         "partial must not carry the page frame"
     );
+    let refresh = server
+        .request(reqwest::Method::GET, "/")
+        .header("HX-Request", "true");
+    let refresh = refresh.send().await.unwrap().text().await.unwrap();
+    // An htmx refresh of / is the status panel too (uptime may have moved on).
+    assert!(refresh.contains("data-stat=\"health\">Ready<") && !refresh.contains("<html"));
 }
 
 #[tokio::test]

@@ -88,14 +88,7 @@ async fn green_run_to_staging_approved_production_failed_release_rolled_back_and
     git(&repo, &["add", "deploy.sh"]);
     git(&repo, &["commit", "-qm", "deploy script"]);
     let (approvals_url, approvals_seen) = recording_server().await;
-    let bound = server
-        .call(
-            Method::PUT,
-            "/api/v1/projects/demo/members/user:alice",
-            &json!({"role": "maintainer"}),
-        )
-        .await;
-    assert_eq!(bound.status(), 204);
+    server.grant("demo", "user:alice", "maintainer").await;
     let as_alice = |method: Method, path: &str, body: Value| {
         client()
             .request(method, format!("{}{path}", server.url))

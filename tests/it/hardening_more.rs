@@ -226,14 +226,14 @@ steps:
       printf %s "$TOKEN$TOKEN$TOKEN" | base64
 "#;
     let (server, _repo) = demo(dir.path(), pipeline, &[]).await;
-    let set = server
-        .call(
+    server
+        .expect(
             reqwest::Method::PUT,
             "/api/v1/projects/demo/secrets/TOKEN",
             &serde_json::json!({ "value": secret }),
+            201,
         )
         .await;
-    assert_eq!(set.status(), 201);
     trigger(&server, "demo").await;
     let run = wait_for(&server, "demo", 1, finished).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");

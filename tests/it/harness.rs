@@ -209,20 +209,29 @@ impl Server {
         }
     }
 
-    /// A request to this server, with the admin token when there is one.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = client().request(method, format!("{}{path}", self.url));
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
+    /// Requests with the admin token when there is one.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            url: &self.url,
+            token: self.token.clone(),
         }
     }
 
+    /// Requests with another user's token.
+    pub fn as_token(&self, token: &str) -> Caller<'_> {
+        Caller {
+            url: &self.url,
+            token: Some(token.to_string()),
+        }
+    }
+
+    /// A request to this server, with the admin token when there is one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.caller().request(method, path)
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.request(reqwest::Method::GET, path)
-            .send()
-            .await
-            .unwrap()
+        self.caller().get(path).await
     }
 
     /// Sends `body` as JSON (with the admin token when there is one).
@@ -232,7 +241,32 @@ impl Server {
         path: &str,
         body: &serde_json::Value,
     ) -> reqwest::Response {
-        self.request(method, path).json(body).send().await.unwrap()
+        self.caller().call(method, path, body).await
+    }
+
+    /// Sends `body` as JSON and asserts the answer's status; returns the JSON answer.
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+        status: u16,
+    ) -> serde_json::Value {
+        self.caller().expect(method, path, body, status).await
+    }
+
+    /// Gives `subject` (`user:NAME` or `team:NAME`) a role on a project.
+    pub async fn grant(&self, project: &str, subject: &str, role: &str) {
+        let path = format!("/api/v1/projects/{project}/members/{subject}");
+        let body = serde_json::json!({ "role": role });
+        self.expect(reqwest::Method::PUT, &path, &body, 204).await;
+    }
+
+    /// Sets a secret through its API path (`/api/v1/secrets/NAME` for the instance,
+    /// `/api/v1/projects/P/secrets/NAME` for a project).
+    pub async fn set_secret(&self, path: &str, value: &str) {
+        let body = serde_json::json!({ "value": value });
+        self.expect(reqwest::Method::PUT, path, &body, 201).await;
     }
 
     /// Sends `body` as JSON: the status and the JSON answer (`Null` when there is none).
@@ -242,12 +276,7 @@ impl Server {
         path: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        let response = self.request(method, path).json(&body).send().await.unwrap();
-        let status = response.status().as_u16();
-        (
-            status,
-            response.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        self.caller().send_json(method, path, body).await
     }
 
     /// The body of `GET path` as text (a console page, a log).
@@ -263,6 +292,68 @@ impl Server {
             response.status()
         );
         response.json().await.unwrap()
+    }
+}
+
+/// Requests to a server as one caller (a bearer token, or none).
+pub struct Caller<'a> {
+    url: &'a str,
+    token: Option<String>,
+}
+
+impl Caller<'_> {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = client().request(method, format!("{}{path}", self.url));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.request(method, path).json(body).send().await.unwrap()
+    }
+
+    /// Sends `body` as JSON and asserts the answer's status (the body is in the failure
+    /// message); returns the JSON answer (`Null` when there is none).
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+        status: u16,
+    ) -> serde_json::Value {
+        let response = self.call(method.clone(), path, body).await;
+        let got = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = self.call(method, path, &body).await;
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 

@@ -144,14 +144,14 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
         .unwrap();
     assert_eq!(warn.status(), 201);
 
-    let env = server
-        .call(
+    server
+        .expect(
             Method::PUT,
             "/api/v1/projects/demo/environments/production",
             &json!({"protection": {"required_approvals": 1}}),
+            201,
         )
         .await;
-    assert_eq!(env.status(), 201);
 
     // A release from a feature branch is refused with the starter policy's message.
     git(&repo, &["checkout", "-q", "-b", "feature/x"]);
@@ -188,14 +188,14 @@ async fn deploy_policies_block_a_feature_branch_and_warnings_let_a_deployment_th
         .await;
     assert_eq!(run.status(), 201);
     wait_for(&server, "demo", 2, |r| r["status"] == "succeeded").await;
-    let requested = server
-        .call(
+    server
+        .expect(
             Method::POST,
             "/api/v1/projects/demo/deployments",
             &json!({"environment": "production", "release": 2}),
+            201,
         )
         .await;
-    assert_eq!(requested.status(), 201);
     let approved = client()
         .post(format!(
             "{}/api/v1/projects/demo/deployments/1/approve",

@@ -1,6 +1,6 @@
 //! Projects and their members: who sees and changes what.
 
-use crate::harness::{ADMIN, ADMIN_PASSWORD, Server, add_user, client, create_token, tempdir};
+use crate::harness::{ADMIN, ADMIN_PASSWORD, Server, add_user, create_token, tempdir};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -11,170 +11,81 @@ async fn project_roles_decide_who_sees_and_changes_a_project() {
     add_user(dir.path(), "dev", "developer password 1", false);
     let dev = create_token(dir.path(), "dev", "write");
     let server = Server::start_admin(dir.path(), &[]);
-    let admin =
-        |method: Method, path: &str, body: Value| server.request(method, path).json(&body).send();
-    let as_dev = |method: Method, path: &str, body: Value| {
-        client()
-            .request(method, format!("{}{path}", server.url))
-            .bearer_auth(&dev)
-            .json(&body)
-            .send()
-    };
+    let dev = server.as_token(&dev);
+    let empty = json!({});
 
-    let created = admin(Method::POST, "/api/v1/projects", json!({"slug": "api", "name": "Public API", "repository": "https://git.example.com/api.git"})).await.unwrap();
-    assert_eq!(created.status(), 201);
-    let project: Value = created.json().await.unwrap();
+    let project = server.expect(Method::POST, "/api/v1/projects", &json!({"slug": "api", "name": "Public API", "repository": "https://git.example.com/api.git"}), 201).await;
     assert_eq!(project["default_branch"], "main");
     assert_eq!(project["pipeline_path"], ".betcycle.yml");
-    assert_eq!(
-        admin(
-            Method::POST,
-            "/api/v1/projects",
-            json!({"slug": "api", "repository": "/srv/git/api"})
-        )
-        .await
-        .unwrap()
-        .status(),
-        409
-    );
-    let bad = admin(
-        Method::POST,
-        "/api/v1/projects",
-        json!({"slug": "web", "repository": "not a url"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(bad.status(), 400);
+    let again = json!({"slug": "api", "repository": "/srv/git/api"});
+    server
+        .expect(Method::POST, "/api/v1/projects", &again, 409)
+        .await;
+    let bad = json!({"slug": "web", "repository": "not a url"});
+    let (status, body) = server
+        .send_json(Method::POST, "/api/v1/projects", bad)
+        .await;
+    assert_eq!(status, 400);
+    let message = body["message"].as_str().unwrap();
     assert!(
-        bad.text()
-            .await
-            .unwrap()
-            .contains("invalid repository \\\"not a url\\\"")
+        message.contains("invalid repository \"not a url\""),
+        "{message}"
     );
 
     // Without a role, dev sees nothing.
-    let listed: Vec<Value> = as_dev(Method::GET, "/api/v1/projects", json!({}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(listed.is_empty());
-    assert_eq!(
-        as_dev(Method::GET, "/api/v1/projects/api", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    let listed = dev
+        .expect(Method::GET, "/api/v1/projects", &empty, 200)
+        .await;
+    assert_eq!(listed, json!([]));
+    dev.expect(Method::GET, "/api/v1/projects/api", &empty, 403)
+        .await;
 
     // A developer sees it but may not change its settings.
-    assert_eq!(
-        admin(
-            Method::PUT,
-            "/api/v1/projects/api/members/user:dev",
-            json!({"role": "developer"})
-        )
-        .await
-        .unwrap()
-        .status(),
-        204
-    );
-    let listed: Vec<Value> = as_dev(Method::GET, "/api/v1/projects", json!({}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed.len(), 1);
+    server.grant("api", "user:dev", "developer").await;
+    let listed = dev
+        .expect(Method::GET, "/api/v1/projects", &empty, 200)
+        .await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["role"], "developer");
-    let denied = as_dev(
-        Method::PATCH,
-        "/api/v1/projects/api",
-        json!({"default_branch": "trunk"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denied.status(), 403);
-    let body: Value = denied.json().await.unwrap();
+    let trunk = json!({"default_branch": "trunk"});
+    let body = dev
+        .expect(Method::PATCH, "/api/v1/projects/api", &trunk, 403)
+        .await;
     assert_eq!(
         body["message"],
         "this needs the maintainer role on project \"api\""
     );
 
     // Maintainer through a team.
-    assert_eq!(
-        admin(Method::POST, "/api/v1/teams", json!({"name": "ops"}))
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    assert_eq!(
-        admin(Method::PUT, "/api/v1/teams/ops/members/dev", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        admin(
-            Method::PUT,
-            "/api/v1/projects/api/members/team:ops",
-            json!({"role": "maintainer"})
-        )
-        .await
-        .unwrap()
-        .status(),
-        204
-    );
-    let changed = as_dev(
-        Method::PATCH,
-        "/api/v1/projects/api",
-        json!({"default_branch": "trunk"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(changed.status(), 200);
-    let changed: Value = changed.json().await.unwrap();
+    server
+        .expect(Method::POST, "/api/v1/teams", &json!({"name": "ops"}), 201)
+        .await;
+    server
+        .expect(Method::PUT, "/api/v1/teams/ops/members/dev", &empty, 204)
+        .await;
+    server.grant("api", "team:ops", "maintainer").await;
+    let changed = dev
+        .expect(Method::PATCH, "/api/v1/projects/api", &trunk, 200)
+        .await;
     assert_eq!(changed["default_branch"], "trunk");
-    let slug_change = as_dev(
-        Method::PATCH,
-        "/api/v1/projects/api",
-        json!({"slug": "other"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(slug_change.status(), 400);
+    let slug = json!({"slug": "other"});
+    dev.expect(Method::PATCH, "/api/v1/projects/api", &slug, 400)
+        .await;
 
-    let members: Vec<Value> = as_dev(Method::GET, "/api/v1/projects/api/members", json!({}))
-        .await
+    let members = dev
+        .expect(Method::GET, "/api/v1/projects/api/members", &empty, 200)
+        .await;
+    let members: Vec<(&str, &str)> = members
+        .as_array()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let members: Vec<(String, String)> = members
         .iter()
-        .map(|m| {
-            (
-                m["subject"].as_str().unwrap().to_string(),
-                m["role"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|m| (m["subject"].as_str().unwrap(), m["role"].as_str().unwrap()))
         .collect();
-    assert!(members.contains(&("user:dev".into(), "developer".into())));
-    assert!(members.contains(&("team:ops".into(), "maintainer".into())));
-    assert_eq!(
-        as_dev(
-            Method::PUT,
-            "/api/v1/projects/api/members/user:nobody",
-            json!({"role": "viewer"})
-        )
-        .await
-        .unwrap()
-        .status(),
-        404
-    );
+    assert!(members.contains(&("user:dev", "developer")));
+    assert!(members.contains(&("team:ops", "maintainer")));
+    let viewer = json!({"role": "viewer"});
+    let nobody = "/api/v1/projects/api/members/user:nobody";
+    dev.expect(Method::PUT, nobody, &viewer, 404).await;
 
     // The console shows the same.
     let page = server.get_text("/projects/api").await;
@@ -183,13 +94,9 @@ async fn project_roles_decide_who_sees_and_changes_a_project() {
     assert!(list.contains("href=\"/projects/api\""));
 
     // Deleting the project removes its members; the changes are audited.
-    assert_eq!(
-        admin(Method::DELETE, "/api/v1/projects/api", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    server
+        .expect(Method::DELETE, "/api/v1/projects/api", &empty, 204)
+        .await;
     assert_eq!(server.get("/api/v1/projects/api").await.status(), 404);
     let audit: Vec<Value> = server
         .get("/api/v1/audit?action=project.")

@@ -23,14 +23,14 @@ pub(crate) async fn demo(
 }
 
 pub(crate) async fn project(server: &Server, slug: &str, repo: &Path) {
-    let created = server
-        .call(
+    server
+        .expect(
             Method::POST,
             "/api/v1/projects",
             &json!({"slug": slug, "repository": repo.to_str().unwrap()}),
+            201,
         )
         .await;
-    assert_eq!(created.status(), 201);
 }
 
 pub(crate) async fn trigger(server: &Server, slug: &str) -> Value {
@@ -329,6 +329,16 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
         "<span class=\"stderr\">style problem</span>",
     ] {
         assert!(page.contains(expected), "run page lacks {expected}");
+    }
+    // The same handler answers an htmx refresh, and the panel's address, with the panel
+    // alone.
+    let refresh = server.request(Method::GET, "/projects/demo/runs/1");
+    let refresh = refresh.header("HX-Request", "true").send().await.unwrap();
+    let panel = refresh.text().await.unwrap();
+    let alias = server.get_text("/projects/demo/runs/1/panel").await;
+    for fragment in [&panel, &alias] {
+        assert!(fragment.starts_with("<div id=\"run-panel\""), "{fragment}");
+        assert!(fragment.contains("data-run-status>succeeded<") && !fragment.contains("<html"));
     }
     let project_page = server.get_text("/projects/demo").await;
     assert!(project_page.contains("href=\"/projects/demo/runs/1\">#1</a>"));

@@ -70,14 +70,14 @@ fn runs_in(root: &Path) -> Vec<std::path::PathBuf> {
 async fn polling_starts_runs_for_new_commits_and_backs_off_on_errors() {
     let dir = tempdir();
     let (server, repo) = demo(dir.path(), SIMPLE, &[]).await;
-    let patched = server
-        .call(
+    server
+        .expect(
             Method::PATCH,
             "/api/v1/projects/demo",
             &json!({"poll_interval": "1s"}),
+            200,
         )
         .await;
-    assert_eq!(patched.status(), 200);
     // The first poll records what is there and starts nothing.
     let polled = &server;
     eventually(Duration::from_secs(20), "a poll happened", || async move {
@@ -103,8 +103,7 @@ async fn polling_starts_runs_for_new_commits_and_backs_off_on_errors() {
     );
 
     // A repository that cannot be reached: the wait doubles with each failure.
-    let created = server.call(Method::POST, "/api/v1/projects", &json!({"slug": "gone", "repository": dir.path().join("nowhere").to_str().unwrap(), "poll_interval": "1s"})).await;
-    assert_eq!(created.status(), 201);
+    server.expect(Method::POST, "/api/v1/projects", &json!({"slug": "gone", "repository": dir.path().join("nowhere").to_str().unwrap(), "poll_interval": "1s"}), 201).await;
     let polled = &server;
     let poll = eventually(
         Duration::from_secs(20),
@@ -177,8 +176,7 @@ async fn commit_statuses_go_to_the_forge_pending_then_final() {
     let dir = tempdir();
     let (server, repo) = demo(dir.path(), SIMPLE, &[]).await;
     let (api, seen) = recording_server().await;
-    let linked = server.call(Method::PATCH, "/api/v1/projects/demo", &json!({"forge_kind": "github", "forge_url": "https://github.com/acme/app", "forge_api_url": api})).await;
-    assert_eq!(linked.status(), 200);
+    server.expect(Method::PATCH, "/api/v1/projects/demo", &json!({"forge_kind": "github", "forge_url": "https://github.com/acme/app", "forge_api_url": api}), 200).await;
     let token = "ghp_test_token_0123456789";
     let stored = server
         .call(
@@ -259,14 +257,14 @@ async fn a_gitlab_merge_request_from_a_fork_and_git_diff_when_the_payload_is_tru
     std::fs::create_dir_all(&repo).unwrap();
     git_repo(&repo, FILTERED);
     let server = Server::start_admin(dir.path(), &[]);
-    let created = server
-        .call(
+    server
+        .expect(
             Method::POST,
             "/api/v1/projects",
             &json!({"slug": "gl", "repository": repo.to_str().unwrap()}),
+            201,
         )
         .await;
-    assert_eq!(created.status(), 201);
     let secret = webhook_secret(&server, "gl").await;
     git(&repo, &["checkout", "-q", "-b", "fix"]);
     let head = commit(&repo, &[("src/fix.rs", "fix")], "fix");

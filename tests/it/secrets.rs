@@ -172,14 +172,14 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
     )
     .await;
     assert_eq!(bad_env.status(), 400);
-    let gone = server
-        .call(
+    server
+        .expect(
             Method::POST,
             "/api/v1/projects/demo/secrets/SHARED/restore",
             &json!({"version": 99}),
+            404,
         )
         .await;
-    assert_eq!(gone.status(), 404);
 
     // Listing names scope, version and who — never a value.
     let mut answers = String::new();
@@ -342,14 +342,7 @@ async fn secrets_are_injected_masked_recorded_and_never_kept_in_plaintext() {
     );
 
     // A developer may use secrets in pipelines but not list or set them.
-    let bound = server
-        .call(
-            Method::PUT,
-            "/api/v1/projects/demo/members/user:dev",
-            &json!({"role": "developer"}),
-        )
-        .await;
-    assert_eq!(bound.status(), 204);
+    server.grant("demo", "user:dev", "developer").await;
     let listed = crate::harness::client()
         .get(format!("{}/api/v1/projects/demo/secrets", server.url))
         .bearer_auth(&dev)

@@ -1,7 +1,7 @@
 //! My account: password, sessions and API tokens.
 
 use super::form::form_failed;
-use super::{Layout, done_message, render};
+use super::{Console, Done, Layout, done_message, render};
 use crate::app::App;
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
@@ -11,7 +11,7 @@ use crate::identity::audit::Record;
 use crate::identity::{ApiToken, Scope, Session, accounts};
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::Path;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
@@ -26,11 +26,6 @@ struct AccountPage {
     done: Option<&'static str>,
     error: Option<String>,
     new_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub struct DoneQuery {
-    done: Option<String>,
 }
 
 async fn account_page(
@@ -62,11 +57,10 @@ async fn account_page(
 }
 
 pub async fn page(
-    State(app): State<App>,
-    signed: Signed,
-    Query(q): Query<DoneQuery>,
+    Console { app, signed }: Console,
+    Done(done): Done,
 ) -> ServerResult<Html<String>> {
-    account_page(&app, &signed, done_message(q.done.as_deref()), None, None).await
+    account_page(&app, &signed, done_message(done.as_deref()), None, None).await
 }
 
 #[derive(Deserialize)]
@@ -76,8 +70,7 @@ pub struct PasswordForm {
 }
 
 pub async fn change_password(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Form(form): Form<PasswordForm>,
 ) -> ServerResult<Response> {
     let result = accounts::change_password(
@@ -110,8 +103,7 @@ pub struct TokenForm {
 
 /// Creates a token and shows its secret once, on this response only.
 pub async fn create_token(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Form(form): Form<TokenForm>,
 ) -> ServerResult<Response> {
     let result = match parse_expiry(Some(&form.expires_in)) {
@@ -142,8 +134,7 @@ pub async fn create_token(
 }
 
 pub async fn revoke_token(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(id): Path<u64>,
 ) -> ServerResult<Redirect> {
     app.store
@@ -157,18 +148,14 @@ pub async fn revoke_token(
 }
 
 pub async fn revoke_session(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(id): Path<String>,
 ) -> ServerResult<Redirect> {
     accounts::revoke_session(&app.store, &signed.principal, &id, &signed.audit).await?;
     Ok(Redirect::to("/account?done=session-revoked"))
 }
 
-pub async fn revoke_other_sessions(
-    State(app): State<App>,
-    signed: Signed,
-) -> ServerResult<Redirect> {
+pub async fn revoke_other_sessions(Console { app, signed }: Console) -> ServerResult<Redirect> {
     accounts::revoke_other_sessions(&app.store, &signed.principal, &signed.audit).await?;
     Ok(Redirect::to("/account?done=sessions-revoked"))
 }

@@ -1,7 +1,7 @@
 //! Administration screens: users, teams and the audit log.
 
 use super::form::form_failed;
-use super::{Layout, done_message, render};
+use super::{Console, Done, Layout, done_message, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
@@ -12,14 +12,9 @@ use crate::identity::views::{TeamView, team_views};
 use crate::identity::{UserView, accounts, validate_name};
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
-
-#[derive(Deserialize)]
-pub struct DoneQuery {
-    done: Option<String>,
-}
 
 #[derive(Template)]
 #[template(path = "identity/users.html")]
@@ -45,11 +40,10 @@ async fn users_page_with(
 }
 
 pub async fn users_page(
-    State(app): State<App>,
-    signed: Signed,
-    Query(q): Query<DoneQuery>,
+    Console { app, signed }: Console,
+    Done(done): Done,
 ) -> ServerResult<Html<String>> {
-    users_page_with(&app, &signed, done_message(q.done.as_deref()), None).await
+    users_page_with(&app, &signed, done_message(done.as_deref()), None).await
 }
 
 #[derive(Deserialize)]
@@ -61,8 +55,7 @@ pub struct NewUserForm {
 }
 
 pub async fn create_user(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Form(form): Form<NewUserForm>,
 ) -> ServerResult<Response> {
     match accounts::create_user(
@@ -93,8 +86,7 @@ pub struct UserActionForm {
 }
 
 pub async fn update_user(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(name): Path<String>,
     Form(form): Form<UserActionForm>,
 ) -> ServerResult<Response> {
@@ -162,11 +154,10 @@ async fn teams_page_with(
 }
 
 pub async fn teams_page(
-    State(app): State<App>,
-    signed: Signed,
-    Query(q): Query<DoneQuery>,
+    Console { app, signed }: Console,
+    Done(done): Done,
 ) -> ServerResult<Html<String>> {
-    teams_page_with(&app, &signed, done_message(q.done.as_deref()), None).await
+    teams_page_with(&app, &signed, done_message(done.as_deref()), None).await
 }
 
 async fn team_result(
@@ -192,8 +183,7 @@ pub struct NameForm {
 }
 
 pub async fn create_team(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Form(form): Form<NameForm>,
 ) -> ServerResult<Response> {
     let result = match validate_name("team", &form.name) {
@@ -216,8 +206,7 @@ pub struct MemberForm {
 }
 
 pub async fn add_member(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(team): Path<String>,
     Form(form): Form<MemberForm>,
 ) -> ServerResult<Response> {
@@ -232,8 +221,7 @@ pub async fn add_member(
 }
 
 pub async fn remove_member(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((team, user)): Path<(String, String)>,
 ) -> ServerResult<Response> {
     let record = Record::new(&signed.audit, "team.remove_member", format!("team:{team}"))
@@ -247,8 +235,7 @@ pub async fn remove_member(
 }
 
 pub async fn delete_team(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(team): Path<String>,
 ) -> ServerResult<Response> {
     let result = app
@@ -273,8 +260,7 @@ struct AuditPage {
 }
 
 pub async fn audit_page(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Query(filter): Query<Filter>,
 ) -> ServerResult<Html<String>> {
     let limit = filter.limit.unwrap_or(100);

@@ -1,14 +1,13 @@
 //! The dashboard: version, uptime, store size, readiness and the start history. The
-//! status panel refreshes itself every 10 s through htmx (`/dashboard/status`).
+//! status panel refreshes itself every 10 s through htmx (the same handler answers an htmx
+//! request, or `/dashboard/status`, with the panel alone).
 
-use super::{Layout, human_duration, render};
+use super::{Console, Fragment, Layout, human_duration, render};
 use crate::app::App;
 use crate::core::health::{self, Check};
 use crate::http::ServerResult;
-use crate::http::auth::Signed;
 use crate::http::routes::{Route, routes};
 use askama::Template;
-use axum::extract::State;
 use axum::response::Html;
 
 #[derive(Template)]
@@ -70,15 +69,18 @@ fn size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
-pub async fn page(State(app): State<App>, signed: Signed) -> ServerResult<Html<String>> {
+pub async fn page(
+    Console { app, signed }: Console,
+    Fragment(fragment): Fragment,
+) -> ServerResult<Html<String>> {
+    let status = status_panel(&app).await?;
+    if fragment {
+        return render(&status);
+    }
     render(&DashboardPage {
         layout: Layout::new("Dashboard", "dashboard", Some(&signed.principal)),
-        status: status_panel(&app).await?,
+        status,
     })
-}
-
-pub async fn status(State(app): State<App>) -> ServerResult<Html<String>> {
-    render(&status_panel(&app).await?)
 }
 
 /// The routes this file answers, with who may call them (see `http::routes`).
@@ -86,6 +88,6 @@ pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
     routes![
         GET "/" USER => page,
-        GET "/dashboard/status" USER => status,
+        GET "/dashboard/status" USER => page,
     ]
 }

@@ -3,7 +3,7 @@
 //! (timeline, approvals, release notes, log), which refreshes itself while it is active.
 
 use super::form::{self};
-use super::{Layout, render};
+use super::{Console, Done, Fragment, Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::delivery::board::{EnvironmentChange, EnvironmentView, board, deployment_of};
@@ -15,7 +15,7 @@ use crate::http::routes::{Route, routes};
 use crate::identity::Role;
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::Path;
 use axum::response::{Html, Response};
 use serde::Deserialize;
 
@@ -151,12 +151,6 @@ impl BoardPage {
     }
 }
 
-#[derive(Deserialize, Default)]
-pub struct BoardQuery {
-    #[serde(default)]
-    done: Option<String>,
-}
-
 fn done_message(key: Option<&str>) -> Option<&'static str> {
     Some(match key? {
         "requested" => "Deployment requested.",
@@ -197,12 +191,11 @@ async fn render_board(
 }
 
 pub async fn page(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
-    Query(q): Query<BoardQuery>,
+    Done(done): Done,
 ) -> ServerResult<Html<String>> {
-    render_board(&app, &signed, &slug, done_message(q.done.as_deref()), None).await
+    render_board(&app, &signed, &slug, done_message(done.as_deref()), None).await
 }
 
 /// Redirects to `to` on success, or shows the board again with the error.
@@ -230,8 +223,7 @@ pub struct DeployForm {
 }
 
 pub async fn deploy(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(form): Form<DeployForm>,
 ) -> ServerResult<Response> {
@@ -273,16 +265,14 @@ async fn environment_action(
 }
 
 pub async fn promote(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, environment)): Path<(String, String)>,
 ) -> ServerResult<Response> {
     environment_action(&app, &signed, &slug, &environment, true).await
 }
 
 pub async fn rollback(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, environment)): Path<(String, String)>,
 ) -> ServerResult<Response> {
     environment_action(&app, &signed, &slug, &environment, false).await
@@ -297,8 +287,7 @@ pub struct DecisionForm {
 }
 
 pub async fn decide(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, number)): Path<(String, u64)>,
     Form(form): Form<DecisionForm>,
 ) -> ServerResult<Response> {
@@ -349,8 +338,7 @@ fn list(text: &str) -> Vec<String> {
 /// Saves an environment's settings from the board's form; windows and freezes set
 /// through the API are kept.
 pub async fn save_environment(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(form): Form<EnvironmentForm>,
 ) -> ServerResult<Response> {
@@ -436,11 +424,14 @@ async fn deployment_panel(
 }
 
 pub async fn deployment(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
+    Fragment(fragment): Fragment,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Html<String>> {
     let panel = deployment_panel(&app, &signed, &slug, number).await?;
+    if fragment {
+        return render(&panel);
+    }
     render(&DeploymentPage {
         layout: Layout::new(
             format!("{slug} deployment {number}"),
@@ -449,14 +440,6 @@ pub async fn deployment(
         ),
         panel,
     })
-}
-
-pub async fn deployment_only(
-    State(app): State<App>,
-    signed: Signed,
-    Path((slug, number)): Path<(String, u64)>,
-) -> ServerResult<Html<String>> {
-    render(&deployment_panel(&app, &signed, &slug, number).await?)
 }
 
 /// The routes this file answers, with who may call them (see `http::routes`).
@@ -469,7 +452,7 @@ pub fn routes() -> Vec<Route> {
         POST "/projects/{slug}/environments/{environment}/rollback" DEVELOPER => rollback,
         POST "/projects/{slug}/deployments" DEVELOPER => deploy,
         GET "/projects/{slug}/deployments/{number}" VIEWER => deployment,
-        GET "/projects/{slug}/deployments/{number}/panel" VIEWER => deployment_only,
+        GET "/projects/{slug}/deployments/{number}/panel" VIEWER => deployment,
         POST "/projects/{slug}/deployments/{number}/decide" DEVELOPER => decide,
     ]
 }

@@ -16,10 +16,14 @@ mod sign_in;
 mod triggers;
 
 use super::assets;
+use super::auth::Signed;
 use super::error::{ErrorInfo, ServerError, ServerResult};
 use super::routes::{Route, route};
+use crate::app::App;
 use crate::identity::{Credential, Need, Principal};
 use askama::Template;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::Html;
 
@@ -50,7 +54,7 @@ pub fn routes() -> Vec<Route> {
         .iter()
         .filter(|a| a.slug != "projects" && a.slug != "policies")
     {
-        let page = move |signed: super::auth::Signed| areas::page(area, signed);
+        let page = move |signed: Signed| areas::page(area, signed);
         routes.push(route(M::GET, format!("/{}", area.slug), User, page));
     }
     routes
@@ -95,6 +99,58 @@ impl Layout {
     }
 }
 
+/// What every console handler starts from: the server and who is signed in (a page for
+/// signed-in users only; the sign-in pages take `Anyone`).
+pub struct Console {
+    pub app: App,
+    pub signed: Signed,
+}
+
+impl FromRequestParts<App> for Console {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ServerError> {
+        Ok(Console {
+            app: app.clone(),
+            signed: Signed::from_request_parts(parts, app).await?,
+        })
+    }
+}
+
+/// Whether a page handler answers with its live panel alone instead of the whole page: on
+/// an htmx refresh (`HX-Request: true`), and at the panel's own address (a path ending in
+/// `/panel` or `/status`, kept for links and scripts). One handler serves both.
+pub struct Fragment(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Fragment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let htmx = parts.headers.get("hx-request").is_some_and(|v| v == "true");
+        let path = parts.uri.path();
+        Ok(Fragment(
+            htmx || path.ends_with("/panel") || path.ends_with("/status"),
+        ))
+    }
+}
+
+/// The key a form's redirect left in `?done=KEY`, for the page's success message.
+pub struct Done(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Done {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ServerError> {
+        #[derive(serde::Deserialize)]
+        struct DoneQuery {
+            done: Option<String>,
+        }
+        let Query(q) = Query::<DoneQuery>::try_from_uri(&parts.uri)
+            .map_err(|e| ServerError::BadRequest(e.body_text()))?;
+        Ok(Done(q.done))
+    }
+}
+
 /// A success message shown after a form was handled (`?done=key` on the redirect).
 fn done_message(key: Option<&str>) -> Option<&'static str> {
     Some(match key? {
@@ -116,8 +172,8 @@ fn done_message(key: Option<&str>) -> Option<&'static str> {
 
 /// The caller's role on project `slug`; administrators act as maintainers.
 async fn project_role(
-    app: &crate::app::App,
-    signed: &super::auth::Signed,
+    app: &App,
+    signed: &Signed,
     slug: &str,
 ) -> ServerResult<Option<crate::identity::Role>> {
     if signed.principal.user.admin {

@@ -3,7 +3,7 @@
 //! starter policies are there from the first start.
 
 use super::form::form_failed;
-use super::{Layout, render};
+use super::{Console, Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
@@ -12,7 +12,7 @@ use crate::http::routes::{Route, routes};
 use crate::policy::Policy;
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
@@ -103,8 +103,7 @@ async fn render_page(
 }
 
 pub async fn page(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Query(q): Query<PageQuery>,
 ) -> ServerResult<Html<String>> {
     render_page(&app, &signed, q, None).await
@@ -117,8 +116,7 @@ pub struct UploadForm {
 }
 
 pub async fn upload(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Form(form): Form<UploadForm>,
 ) -> ServerResult<Response> {
     let name = form.name.trim().to_string();
@@ -140,8 +138,7 @@ async fn failed(app: &App, signed: &Signed, e: Error) -> ServerResult<Response> 
 }
 
 pub async fn delete(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(name): Path<String>,
 ) -> ServerResult<Response> {
     let result = app

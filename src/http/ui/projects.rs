@@ -2,7 +2,7 @@
 //! its settings and members.
 
 use super::form::{self, form_failed};
-use super::{Layout, done_message, render};
+use super::{Console, Done, Layout, done_message, render};
 use crate::app::App;
 use crate::ci::run::Run;
 use crate::core::error::Error;
@@ -16,14 +16,9 @@ use crate::projects::{
 };
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::Path;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
-
-#[derive(Deserialize)]
-pub struct DoneQuery {
-    done: Option<String>,
-}
 
 #[derive(Template)]
 #[template(path = "projects/projects.html")]
@@ -47,13 +42,12 @@ async fn list_page(
     })
 }
 
-pub async fn list(State(app): State<App>, signed: Signed) -> ServerResult<Html<String>> {
+pub async fn list(Console { app, signed }: Console) -> ServerResult<Html<String>> {
     list_page(&app, &signed, None).await
 }
 
 pub async fn create(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Form(change): Form<ProjectChange>,
 ) -> ServerResult<Response> {
     let slug = change.slug.clone().unwrap_or_default();
@@ -105,12 +99,11 @@ async fn project_page(
 }
 
 pub async fn show(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
-    Query(q): Query<DoneQuery>,
+    Done(done): Done,
 ) -> ServerResult<Html<String>> {
-    project_page(&app, &signed, &slug, done_message(q.done.as_deref()), None).await
+    project_page(&app, &signed, &slug, done_message(done.as_deref()), None).await
 }
 
 async fn after(
@@ -128,8 +121,7 @@ async fn after(
 }
 
 pub async fn settings(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(change): Form<ProjectChange>,
 ) -> ServerResult<Response> {
@@ -149,8 +141,7 @@ pub struct MemberForm {
 }
 
 pub async fn add_member(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(form): Form<MemberForm>,
 ) -> ServerResult<Response> {
@@ -166,8 +157,7 @@ pub async fn add_member(
 }
 
 pub async fn remove_member(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, who)): Path<(String, String)>,
 ) -> ServerResult<Response> {
     let result = bind_member(&app.store, &slug, &who, None, &signed.audit).await;

@@ -1,7 +1,7 @@
 //! A run's page: its steps with status, timing, tests, coverage, artifacts and logs. While
 //! the run is active the panel refreshes itself every two seconds (htmx).
 
-use super::{Layout, render};
+use super::{Console, Fragment, Layout, render};
 use crate::app::App;
 use crate::ci::run::Run;
 use crate::http::ServerResult;
@@ -10,7 +10,7 @@ use crate::http::error::ServerError;
 use crate::http::routes::{Route, routes};
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::response::{Html, Redirect};
 use serde::Deserialize;
 
@@ -90,11 +90,14 @@ async fn panel(app: &App, signed: &Signed, slug: &str, number: u64) -> ServerRes
 }
 
 pub async fn page(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
+    Fragment(fragment): Fragment,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Html<String>> {
     let panel = panel(&app, &signed, &slug, number).await?;
+    if fragment {
+        return render(&panel);
+    }
     render(&RunPage {
         layout: Layout::new(
             format!("{slug} #{number}"),
@@ -103,14 +106,6 @@ pub async fn page(
         ),
         panel,
     })
-}
-
-pub async fn panel_only(
-    State(app): State<App>,
-    signed: Signed,
-    Path((slug, number)): Path<(String, u64)>,
-) -> ServerResult<Html<String>> {
-    render(&panel(&app, &signed, &slug, number).await?)
 }
 
 #[derive(Deserialize)]
@@ -140,8 +135,7 @@ pub fn env_lines(text: &str) -> Result<std::collections::BTreeMap<String, String
 }
 
 pub async fn trigger(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(form): Form<TriggerForm>,
 ) -> ServerResult<Redirect> {
@@ -161,8 +155,7 @@ pub async fn trigger(
 }
 
 pub async fn cancel(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Redirect> {
     let run = crate::ci::run::find(&app.store, &slug, number).await?;
@@ -177,8 +170,7 @@ pub struct RerunForm {
 }
 
 pub async fn rerun(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, number)): Path<(String, u64)>,
     Form(form): Form<RerunForm>,
 ) -> ServerResult<Redirect> {
@@ -203,8 +195,7 @@ struct StepPage {
 
 /// One step with its log followed live (Server-Sent Events, `live-log.js`).
 pub async fn step(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, number, step)): Path<(String, u64, String)>,
 ) -> ServerResult<Html<String>> {
     let run = crate::ci::run::find(&app.store, &slug, number).await?;
@@ -226,7 +217,7 @@ pub fn routes() -> Vec<Route> {
     routes![
         POST "/projects/{slug}/runs" DEVELOPER => trigger,
         GET "/projects/{slug}/runs/{number}" VIEWER => page,
-        GET "/projects/{slug}/runs/{number}/panel" VIEWER => panel_only,
+        GET "/projects/{slug}/runs/{number}/panel" VIEWER => page,
         POST "/projects/{slug}/runs/{number}/cancel" DEVELOPER => cancel,
         POST "/projects/{slug}/runs/{number}/rerun" DEVELOPER => rerun,
         GET "/projects/{slug}/runs/{number}/steps/{step}" VIEWER => step,

@@ -3,7 +3,7 @@
 //! maintainers). Values can be set, never seen.
 
 use super::form::{self};
-use super::{Layout, render};
+use super::{Console, Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
@@ -13,7 +13,7 @@ use crate::secrets::Scope;
 use crate::secrets::views::{SecretView, scope_of};
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::response::{Html, Response};
 use serde::Deserialize;
 
@@ -116,8 +116,7 @@ async fn render_page(
 }
 
 pub async fn page(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(path): Path<PagePath>,
     Query(q): Query<PageQuery>,
 ) -> ServerResult<Html<String>> {
@@ -210,8 +209,7 @@ pub struct SetForm {
 }
 
 pub async fn set(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(path): Path<PagePath>,
     Form(form): Form<SetForm>,
 ) -> ServerResult<Response> {
@@ -231,8 +229,7 @@ pub struct VersionForm {
 }
 
 pub async fn restore(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(path): Path<PagePath>,
     Form(form): Form<VersionForm>,
 ) -> ServerResult<Response> {
@@ -244,8 +241,7 @@ pub async fn restore(
 }
 
 pub async fn delete(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(path): Path<PagePath>,
     Form(form): Form<VersionForm>,
 ) -> ServerResult<Response> {

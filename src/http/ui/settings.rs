@@ -1,13 +1,10 @@
 //! The settings screens. `/settings/backup`: what a backup holds, a button that downloads
 //! one from the running server (`GET /api/v1/backup`), and how to restore it.
 
-use super::{Layout, render};
-use crate::app::App;
+use super::{Console, Layout, render};
 use crate::http::ServerResult;
-use crate::http::auth::Signed;
 use crate::http::routes::{Route, routes};
 use askama::Template;
-use axum::extract::State;
 use axum::response::Html;
 
 #[derive(Template)]
@@ -20,7 +17,7 @@ struct BackupPage {
     master_key_file: String,
 }
 
-pub async fn backup_page(State(app): State<App>, signed: Signed) -> ServerResult<Html<String>> {
+pub async fn backup_page(Console { app, signed }: Console) -> ServerResult<Html<String>> {
     render(&BackupPage {
         layout: Layout::new("Backups", "settings", Some(&signed.principal)),
         data_dir: app.config.data_dir.display().to_string(),

@@ -1,10 +1,10 @@
 //! Sign-in, sign-out and first-run set-up screens.
 
 use super::form::{form_error, with_status};
-use super::{Layout, render};
+use super::{Console, Layout, render};
 use crate::app::App;
 use crate::http::ServerResult;
-use crate::http::auth::{Anyone, Signed};
+use crate::http::auth::Anyone;
 use crate::http::auth::{session_cookie, user_agent};
 use crate::http::routes::{Route, routes};
 use crate::identity::accounts;
@@ -106,7 +106,7 @@ pub async fn login(
     }
 }
 
-pub async fn logout(State(app): State<App>, signed: Signed) -> ServerResult<Response> {
+pub async fn logout(Console { app, signed }: Console) -> ServerResult<Response> {
     if let Some(id) = signed.principal.session_id().map(str::to_string) {
         app.store
             .delete_sessions(

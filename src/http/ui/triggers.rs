@@ -3,7 +3,7 @@
 //! schedules.
 
 use super::form::{self};
-use super::{Layout, render};
+use super::{Console, Done, Layout, render};
 use crate::app::App;
 use crate::core::error::Error;
 use crate::http::ServerResult;
@@ -19,7 +19,7 @@ use crate::projects::{ProjectChange, ProjectDetail, WEBHOOK_SECRET, detail};
 use crate::secrets::Scope;
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::Path;
 use axum::response::{Html, Response};
 use serde::Deserialize;
 
@@ -42,11 +42,6 @@ impl TriggersPage {
     fn has(&self, secret: &str) -> bool {
         self.project.secrets.iter().any(|c| c == secret)
     }
-}
-
-#[derive(Deserialize)]
-pub struct DoneQuery {
-    done: Option<String>,
 }
 
 fn done_message(key: Option<&str>) -> Option<&'static str> {
@@ -86,17 +81,16 @@ async fn page(
 }
 
 pub async fn show(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
-    Query(q): Query<DoneQuery>,
+    Done(done): Done,
 ) -> ServerResult<Html<String>> {
     page(
         &app,
         &signed,
         &slug,
         None,
-        done_message(q.done.as_deref()),
+        done_message(done.as_deref()),
         None,
     )
     .await
@@ -119,8 +113,7 @@ async fn after(
 
 /// Generates a new webhook secret and shows it once.
 pub async fn webhook_secret(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
 ) -> ServerResult<Html<String>> {
     let project = crate::projects::find(&app.store, &slug).await?;
@@ -162,8 +155,7 @@ pub struct ForgeForm {
 }
 
 pub async fn forge(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(form): Form<ForgeForm>,
 ) -> ServerResult<Response> {
@@ -213,8 +205,7 @@ pub struct ScheduleForm {
 }
 
 pub async fn add_schedule(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(form): Form<ScheduleForm>,
 ) -> ServerResult<Response> {
@@ -238,8 +229,7 @@ pub async fn add_schedule(
 }
 
 pub async fn remove_schedule(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, id)): Path<(String, u64)>,
 ) -> ServerResult<Response> {
     let result = delete_schedule(&app, &slug, id, &signed.audit).await;
@@ -247,8 +237,7 @@ pub async fn remove_schedule(
 }
 
 pub async fn redeliver(
-    State(app): State<App>,
-    signed: Signed,
+    Console { app, signed }: Console,
     Path((slug, id)): Path<(String, u64)>,
 ) -> ServerResult<Response> {
     let project = crate::projects::find(&app.store, &slug).await?;
