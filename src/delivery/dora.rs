@@ -75,12 +75,6 @@ pub fn compute(
         .collect();
     here.sort_by_key(|d| d.finished_at);
     let finished = |d: &Deployment| d.finished_at.expect("filtered");
-    let failed = |d: &Deployment| {
-        matches!(
-            d.status,
-            DeploymentStatus::Failed | DeploymentStatus::RolledBack
-        )
-    };
     let in_window: Vec<&Deployment> = here
         .iter()
         .copied()
@@ -114,25 +108,7 @@ pub fn compute(
                 .map(|good| seconds(finished(bad), finished(good)))
         })
         .collect();
-    let last = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-    let daily = (0..i64::from(days.max(1)))
-        .rev()
-        .map(|back| {
-            let date = last - jiff::Span::new().days(back);
-            let on_day: Vec<&&Deployment> = in_window
-                .iter()
-                .filter(|d| finished(d).to_zoned(jiff::tz::TimeZone::UTC).date() == date)
-                .collect();
-            Day {
-                date: date.to_string(),
-                succeeded: on_day
-                    .iter()
-                    .filter(|d| d.status == DeploymentStatus::Succeeded)
-                    .count() as u64,
-                failed: on_day.iter().filter(|d| failed(d)).count() as u64,
-            }
-        })
-        .collect();
+    let daily = per_day(&in_window, now, days);
     Dora {
         environment: environment.to_string(),
         days,
@@ -148,6 +124,40 @@ pub fn compute(
         recovery_time_seconds: median(recoveries),
         daily,
     }
+}
+
+/// A deployment that failed or was rolled back.
+fn failed(d: &Deployment) -> bool {
+    matches!(
+        d.status,
+        DeploymentStatus::Failed | DeploymentStatus::RolledBack
+    )
+}
+
+/// Succeeded and failed deployments on each of the `days` days up to `now` (UTC).
+fn per_day(in_window: &[&Deployment], now: Timestamp, days: u32) -> Vec<Day> {
+    let last = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    (0..i64::from(days.max(1)))
+        .rev()
+        .map(|back| {
+            let date = last - jiff::Span::new().days(back);
+            let on_day: Vec<&&Deployment> = in_window
+                .iter()
+                .filter(|d| {
+                    let finished = d.finished_at.expect("finished deployments only");
+                    finished.to_zoned(jiff::tz::TimeZone::UTC).date() == date
+                })
+                .collect();
+            Day {
+                date: date.to_string(),
+                succeeded: on_day
+                    .iter()
+                    .filter(|d| d.status == DeploymentStatus::Succeeded)
+                    .count() as u64,
+                failed: on_day.iter().filter(|d| failed(d)).count() as u64,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

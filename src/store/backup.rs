@@ -168,36 +168,8 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
         }
     }
     tables::visit_all(&mut Check(&tx, &mut report))?;
-    use tables::*;
-    let indexes: [(&str, Vec<u64>, RecordTable); 7] = [
-        ("user-names-1", values(&tx, USER_NAMES)?, USERS),
-        (
-            "api-token-digests-1",
-            values(&tx, API_TOKEN_DIGESTS)?,
-            API_TOKENS,
-        ),
-        ("team-names-1", values(&tx, TEAM_NAMES)?, TEAMS),
-        ("project-slugs-1", values(&tx, PROJECT_SLUGS)?, PROJECTS),
-        ("project-runs-1", values(&tx, PROJECT_RUNS)?, RUNS),
-        (
-            "project-releases-1",
-            values(&tx, PROJECT_RELEASES)?,
-            RELEASES,
-        ),
-        (
-            "project-deployments-1",
-            values(&tx, PROJECT_DEPLOYMENTS)?,
-            DEPLOYMENTS,
-        ),
-    ];
-    for (index, ids, target) in indexes {
-        if let Some(missing) = first_missing(&tx, &ids, target)? {
-            report.problems.push(format!(
-                "index {index} points at {} {missing}, which does not exist",
-                target.name()
-            ));
-        }
-    }
+    check_indexes(&tx, &mut report)?;
+    use tables::{META, QUARANTINE};
     match super::audit::verify_audit_in(&tx)? {
         Ok(n) => report.audit_entries = n,
         Err(broken) => report.problems.push(format!(
@@ -223,6 +195,41 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
     }
     report.problems.truncate(MAX_PROBLEMS);
     Ok(report)
+}
+
+/// Every index entry points at a record that exists.
+fn check_indexes(tx: &ReadTransaction, report: &mut CheckReport) -> Result<()> {
+    use tables::*;
+    let indexes: [(&str, Vec<u64>, RecordTable); 7] = [
+        ("user-names-1", values(tx, USER_NAMES)?, USERS),
+        (
+            "api-token-digests-1",
+            values(tx, API_TOKEN_DIGESTS)?,
+            API_TOKENS,
+        ),
+        ("team-names-1", values(tx, TEAM_NAMES)?, TEAMS),
+        ("project-slugs-1", values(tx, PROJECT_SLUGS)?, PROJECTS),
+        ("project-runs-1", values(tx, PROJECT_RUNS)?, RUNS),
+        (
+            "project-releases-1",
+            values(tx, PROJECT_RELEASES)?,
+            RELEASES,
+        ),
+        (
+            "project-deployments-1",
+            values(tx, PROJECT_DEPLOYMENTS)?,
+            DEPLOYMENTS,
+        ),
+    ];
+    for (index, ids, target) in indexes {
+        if let Some(missing) = first_missing(tx, &ids, target)? {
+            report.problems.push(format!(
+                "index {index} points at {} {missing}, which does not exist",
+                target.name()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Counts a table's records and, for JSON-valued tables, decodes each one.

@@ -160,21 +160,7 @@ impl Config {
             .value("listen")
             .parse()
             .map_err(|_| r.invalid("listen", "expected HOST:PORT such as 127.0.0.1:8080"))?;
-        let public_url = match r.get("public_url") {
-            Some((value, _)) => {
-                let url = url::Url::parse(value)
-                    .map_err(|e| r.invalid("public_url", &format!("not a URL ({e})")))?;
-                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                    return Err(r.invalid(
-                        "public_url",
-                        "expected an http:// or https:// URL with a host",
-                    ));
-                }
-                value.trim_end_matches('/').to_string()
-            }
-            None if r.get("tls.cert").is_some() => format!("https://{listen}"),
-            None => format!("http://{listen}"),
-        };
+        let public_url = r.public_url(listen)?;
         let http = HttpLimits {
             header_read_timeout: r.duration("http.header_read_timeout")?,
             idle_timeout: r.duration("http.idle_timeout")?,
@@ -188,15 +174,7 @@ impl Config {
             .value("run_max_restarts")
             .parse::<u32>()
             .map_err(|_| r.invalid("run_max_restarts", "expected a whole number such as 1"))?;
-        let tls = match (r.get("tls.cert"), r.get("tls.key")) {
-            (Some(_), Some(_)) => Some(TlsConfig {
-                cert: r.path("tls.cert")?,
-                key: r.path("tls.key")?,
-            }),
-            (Some(_), None) => return Err(r.invalid("tls.cert", "tls.key must be set too")),
-            (None, Some(_)) => return Err(r.invalid("tls.key", "tls.cert must be set too")),
-            (None, None) => None,
-        };
+        let tls = r.tls()?;
         let log = r.log(&data_dir)?;
         let (master_key_file, master_key_file_named) = match r.get("master_key_file") {
             Some(_) => (r.path("master_key_file")?, true),
@@ -235,6 +213,38 @@ impl Config {
 struct Resolved(Vec<(&'static OptionSpec, Option<(String, Source)>)>);
 
 impl Resolved {
+    /// `public_url`, checked; by default the listen address with the scheme TLS implies.
+    fn public_url(&self, listen: SocketAddr) -> Result<String, ConfigError> {
+        Ok(match self.get("public_url") {
+            Some((value, _)) => {
+                let url = url::Url::parse(value)
+                    .map_err(|e| self.invalid("public_url", &format!("not a URL ({e})")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(self.invalid(
+                        "public_url",
+                        "expected an http:// or https:// URL with a host",
+                    ));
+                }
+                value.trim_end_matches('/').to_string()
+            }
+            None if self.get("tls.cert").is_some() => format!("https://{listen}"),
+            None => format!("http://{listen}"),
+        })
+    }
+
+    /// `tls.cert` and `tls.key`: both or neither.
+    fn tls(&self) -> Result<Option<TlsConfig>, ConfigError> {
+        Ok(match (self.get("tls.cert"), self.get("tls.key")) {
+            (Some(_), Some(_)) => Some(TlsConfig {
+                cert: self.path("tls.cert")?,
+                key: self.path("tls.key")?,
+            }),
+            (Some(_), None) => return Err(self.invalid("tls.cert", "tls.key must be set too")),
+            (None, Some(_)) => return Err(self.invalid("tls.key", "tls.cert must be set too")),
+            (None, None) => None,
+        })
+    }
+
     fn get(&self, key: &str) -> Option<&(String, Source)> {
         self.0
             .iter()
