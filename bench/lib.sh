@@ -66,3 +66,7 @@ sequential_steps() {
     echo "  - { name: s$i, run: 'true', depends_on: [s$((i - 1))] }"
   done
 }
+
+# A result row for bench/run.sh: what, target, measured, reference (in the same run),
+# ratio (measured over reference).
+row() { printf 'ROW\t%s\t%s\t%s\t%s\t%s\n' "$@"; }

@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod db;
 mod deploy;
+mod dev;
 mod healthcheck;
 mod offline;
 mod policy;
@@ -92,6 +93,9 @@ enum Verb {
     /// Evaluate policies for the server, one JSON request per line (started by `serve`).
     #[command(hide = true)]
     PolicyWorker,
+    /// Tools for BetCycle's own development: `dev seed` fills a store with history.
+    #[command(subcommand, hide = true)]
+    Dev(dev::DevVerb),
 }
 
 /// How a verb failed.
@@ -128,6 +132,7 @@ pub fn main() -> ExitCode {
         Verb::Token(verb) => verb.run(env),
         Verb::Audit(verb) => verb.run(env),
         Verb::Secrets(verb) => verb.run(env),
+        Verb::Dev(verb) => verb.run(env),
         Verb::Policy(verb) => verb.run(),
         Verb::PolicyWorker => crate::policy::evaluator::serve_worker()
             .map(|()| ExitCode::SUCCESS)

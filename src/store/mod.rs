@@ -19,6 +19,7 @@ mod quarantine;
 mod records;
 mod run;
 mod secrets;
+mod seed;
 mod sessions;
 pub mod tables;
 mod trigger;

@@ -187,3 +187,48 @@ fn validate_names_the_line_and_the_field_of_each_problem() {
     assert_eq!(code, 0);
     assert_eq!(stdout, "ok.yml: ok, 2 steps: a, b\n");
 }
+
+/// `dev seed` (the benchmarks' history) leaves a store the server reads as its own: runs
+/// numbered per project, newest first, with steps and tests; the audit chain and the
+/// database check hold.
+#[tokio::test]
+async fn dev_seed_fills_a_store_the_server_and_db_check_accept() {
+    use crate::harness::{ADMIN, ADMIN_PASSWORD, Server, add_user};
+    let dir = tempdir();
+    add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    let seed = ["dev", "seed", "--runs", "30", "--projects", "3"];
+    let (code, stdout, stderr) = run(betcycle(dir.path()).args(seed));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("seeded 30 runs over 3 projects"),
+        "{stdout}"
+    );
+    // A second seed adds after what is there.
+    let (code, _, stderr) = run(betcycle(dir.path()).args(seed));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(betcycle(dir.path()).args(["audit", "verify"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("entries verified"), "{stdout}");
+    let (code, stdout, stderr) =
+        run(betcycle(dir.path()).args(["dev", "list-runs", "--repeat", "5"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("p99"), "{stdout}");
+
+    let server = Server::start_admin(dir.path(), &[]);
+    let runs = server
+        .get_json("/api/v1/projects/seed-2/runs?limit=50")
+        .await;
+    let numbers: Vec<u64> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=20).rev().collect::<Vec<_>>());
+    assert_eq!(runs[0]["steps"][1]["tests"]["total"], 20);
+    let page = server.get_text("/projects/seed-1/runs/4").await;
+    assert!(page.contains("data-step=\"test\""), "{page}");
+    server.stop();
+    let (code, stdout, stderr) = run(betcycle(dir.path()).args(["db", "check"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}

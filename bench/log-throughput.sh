@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Server-side step log throughput: a step printing N lines (`seq N`) on the server, its
+# output captured, stored and streamed to one live SSE client following the step
+# (`…/steps/out/log/stream`), against the same step with no client (how much the client
+# slows the run) and the same lines through `betcycle run` (in the same run). Lines/s =
+# N over the step's duration as the server records it.
+#   usage: bench/log-throughput.sh [N]
+. "$(dirname "$0")/lib.sh"
+n=${1:-1000000}
+bench_setup
+echo "steps: [{ name: out, run: 'seq $n' }]" | bench_repo
+bench_admin
+bench_serve
+t0=$(date +%s%N)
+"$bin" run --dir "$dir/repo" >/dev/null
+t1=$(date +%s%N)
+local_rate=$(( n * 1000000000 / (t1 - t0) ))
+echo "betcycle run: $n lines in $(( (t1 - t0) / 1000000 )) ms: $local_rate lines/s"
+python3 - "$url" "$token" "$dir/repo" "$n" "$local_rate" <<'PY'
+import http.client, json, sys, threading, time, urllib.parse, urllib.request
+url, token, repo, n, local_rate = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def api(method, path, body=None):
+    req = urllib.request.Request(url + path, method=method,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        data=None if body is None else json.dumps(body).encode())
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read() or b"null")
+def ts(s):
+    secs, _, frac = s.rstrip("Z").partition(".")
+    return time.mktime(time.strptime(secs, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+api("POST", "/api/v1/projects", {"slug": "logs", "repository": repo})
+def follow(number, seen):
+    u = urllib.parse.urlparse(url)
+    c = http.client.HTTPConnection(u.hostname, u.port)
+    c.request("GET", f"/api/v1/projects/logs/runs/{number}/steps/out/log/stream",
+              headers={"authorization": f"Bearer {token}"})
+    r = c.getresponse()
+    event = None
+    for raw in r:
+        line = raw.rstrip(b"\n")
+        if line.startswith(b"event: "):
+            event = line[7:]
+            if event in (b"end", b"reload"):
+                seen[event.decode()] = True
+                break
+        elif line.startswith(b"data: ") and event == b"line":
+            seen["lines"] += 1
+def run(with_client):
+    number = api("POST", "/api/v1/projects/logs/runs", {})["number"]
+    seen = {"lines": 0}
+    while True:
+        run = api("GET", f"/api/v1/projects/logs/runs/{number}")
+        started = run["steps"] and run["steps"][0].get("started_at")
+        if started or run["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.005)
+    client = None
+    if with_client:
+        client = threading.Thread(target=follow, args=(number, seen)); client.start()
+    while run["status"] in ("queued", "running"):
+        time.sleep(0.05)
+        run = api("GET", f"/api/v1/projects/logs/runs/{number}")
+    if client:
+        client.join(timeout=120)
+    step = run["steps"][0]
+    assert run["status"] == "succeeded", run
+    return ts(step["finished_at"]) - ts(step["started_at"]), seen
+alone, _ = run(False)
+followed, seen = run(True)
+rate = n / followed
+slowed = (followed / alone - 1) * 100
+print(f"server, no client: {n / alone:,.0f} lines/s; with a live SSE client: {rate:,.0f} lines/s "
+      f"(slowed {slowed:+.0f} %); client got {seen['lines']:,} of {n:,} lines"
+      f"{', then reload' if seen.get('reload') else ''}")
+print(f"ROW\tstep log capture + store + live stream, {n:,} lines\t≥ 1M lines/s\t{rate:,.0f} lines/s\t"
+      f"betcycle run: {local_rate:,} lines/s\t{rate / local_rate:.2f}")
+print(f"ROW\ta live SSE client following a {n:,}-line step\tevery line, no reload, run slowed ≤ 10 %\t"
+      f"{seen['lines']:,} lines{', reload' if seen.get('reload') else ''}, slowed {slowed:+.0f} %\t"
+      f"the same step with no client: {n / alone:,.0f} lines/s\t{followed / alone:.2f}")
+PY
+bench_stop
