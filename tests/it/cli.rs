@@ -196,21 +196,22 @@ async fn dev_seed_fills_a_store_the_server_and_db_check_accept() {
     use crate::harness::{ADMIN, ADMIN_PASSWORD, Server, add_user};
     let dir = tempdir();
     add_user(dir.path(), ADMIN, ADMIN_PASSWORD, true);
+    let data = dir.path().join("data");
+    let cli = |args: &[&str]| run(betcycle(dir.path()).args(args).arg("--data-dir").arg(&data));
     let seed = ["dev", "seed", "--runs", "30", "--projects", "3"];
-    let (code, stdout, stderr) = run(betcycle(dir.path()).args(seed));
+    let (code, stdout, stderr) = cli(&seed);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.starts_with("seeded 30 runs over 3 projects"),
         "{stdout}"
     );
     // A second seed adds after what is there.
-    let (code, _, stderr) = run(betcycle(dir.path()).args(seed));
+    let (code, _, stderr) = cli(&seed);
     assert_eq!(code, 0, "{stderr}");
-    let (code, stdout, stderr) = run(betcycle(dir.path()).args(["audit", "verify"]));
+    let (code, stdout, stderr) = cli(&["audit", "verify"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("entries verified"), "{stdout}");
-    let (code, stdout, stderr) =
-        run(betcycle(dir.path()).args(["dev", "list-runs", "--repeat", "5"]));
+    let (code, stdout, stderr) = cli(&["dev", "list-runs", "--repeat", "5"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("p99"), "{stdout}");
 
@@ -229,6 +230,6 @@ async fn dev_seed_fills_a_store_the_server_and_db_check_accept() {
     let page = server.get_text("/projects/seed-1/runs/4").await;
     assert!(page.contains("data-step=\"test\""), "{page}");
     server.stop();
-    let (code, stdout, stderr) = run(betcycle(dir.path()).args(["db", "check"]));
+    let (code, stdout, stderr) = cli(&["db", "check"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
