@@ -168,8 +168,7 @@ fn run(i: u64, total: u64, projects: u64) -> Run {
         "total": 20, "passed": if failed { 19 } else { 20 }, "failed": u64::from(failed),
         "skipped": 0, "duration_secs": 1.9, "cases": cases,
     });
-    test["coverage"] =
-        serde_json::json!({"lines_total": 4000, "lines_covered": 3100, "percent": 77.5, "format": "lcov"});
+    test["coverage"] = serde_json::json!({"lines_total": 4000, "lines_covered": 3100, "percent": 77.5, "format": "lcov"});
     let mut build = step("build", &["test"], 60, 0, true);
     build["artifacts"] = serde_json::json!([{
         "path": "target/release/app", "size": 4_200_000,
