@@ -176,37 +176,16 @@ steps:
 
     // An administrator lifts the isolation (the access test checks that nobody else
     // can); then the same probes read everything, which proves they would have.
-    server
-        .expect(
-            reqwest::Method::PUT,
-            "/api/v1/projects/demo/isolation",
-            &serde_json::json!({"isolation": "none"}),
-            400,
-        )
-        .await;
-    let off = server
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/projects/demo/isolation",
-            &serde_json::json!({"isolation": "off"}),
-        )
-        .await;
-    assert_eq!(off.status(), 200);
-    assert_eq!(off.json::<Value>().await.unwrap()["isolation"], "off");
+    set_isolation(&server, "none", 400).await;
+    let off = set_isolation(&server, "off", 200).await;
+    assert_eq!(off["isolation"], "off");
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 2, finished).await;
     let log = step_log(&server, "demo", 2, "probe").await;
     assert!(log.matches("readable:").count() >= 5, "{log}");
 
     // Strict: no home directory, no files outside the system's directories.
-    server
-        .expect(
-            reqwest::Method::PUT,
-            "/api/v1/projects/demo/isolation",
-            &serde_json::json!({"isolation": "strict"}),
-            200,
-        )
-        .await;
+    set_isolation(&server, "strict", 200).await;
     trigger(&server, "demo").await;
     let run = wait_for(&server, "demo", 3, finished).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
@@ -658,4 +637,13 @@ async fn slow_and_idle_connections_are_closed_and_their_number_is_capped() {
         started.elapsed()
     );
     drop(hogs);
+}
+
+/// Sets project `demo`'s isolation as the administrator; asserts the status.
+async fn set_isolation(server: &Server, isolation: &str, status: u16) -> Value {
+    let body = serde_json::json!({ "isolation": isolation });
+    let path = "/api/v1/projects/demo/isolation";
+    server
+        .expect(reqwest::Method::PUT, path, &body, status)
+        .await
 }
