@@ -2,6 +2,8 @@
 # directory, and the helpers below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The scripts' Python parts import bench/benchkit.py.
+export PYTHONPATH="$PWD/bench${PYTHONPATH:+:$PYTHONPATH}"
 
 # The binary to measure: $BETCYCLE_BIN when set (another build, e.g. the static musl one),
 # else the release build, made if missing.

@@ -17,17 +17,10 @@ t1=$(date +%s%N)
 local_rate=$(( n * 1000000000 / (t1 - t0) ))
 echo "betcycle run: $n lines in $(( (t1 - t0) / 1000000 )) ms: $local_rate lines/s"
 python3 - "$url" "$token" "$dir/repo" "$n" "$local_rate" <<'PY'
-import http.client, json, sys, threading, time, urllib.parse, urllib.request
+import http.client, sys, threading, time, urllib.parse
+from benchkit import Api, row, ts
 url, token, repo, n, local_rate = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-def api(method, path, body=None):
-    req = urllib.request.Request(url + path, method=method,
-        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-        data=None if body is None else json.dumps(body).encode())
-    with urllib.request.urlopen(req) as r:
-        return json.loads(r.read() or b"null")
-def ts(s):
-    secs, _, frac = s.rstrip("Z").partition(".")
-    return time.mktime(time.strptime(secs, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+api = Api(url, token)
 api("POST", "/api/v1/projects", {"slug": "logs", "repository": repo})
 def follow(number, seen):
     u = urllib.parse.urlparse(url)
@@ -72,10 +65,10 @@ slowed = (followed / alone - 1) * 100
 print(f"server, no client: {n / alone:,.0f} lines/s; with a live SSE client: {rate:,.0f} lines/s "
       f"(slowed {slowed:+.0f} %); client got {seen['lines']:,} of {n:,} lines"
       f"{', then reload' if seen.get('reload') else ''}")
-print(f"ROW\tstep log capture + store + live stream, {n:,} lines\t≥ 1M lines/s\t{rate:,.0f} lines/s\t"
-      f"betcycle run: {local_rate:,} lines/s\t{rate / local_rate:.2f}")
-print(f"ROW\ta live SSE client following a {n:,}-line step\tevery line, no reload, run slowed ≤ 10 %\t"
-      f"{seen['lines']:,} lines{', reload' if seen.get('reload') else ''}, slowed {slowed:+.0f} %\t"
-      f"the same step with no client: {n / alone:,.0f} lines/s\t{followed / alone:.2f}")
+row(f"step log capture + store + live stream, {n:,} lines", "≥ 1M lines/s", f"{rate:,.0f} lines/s",
+    f"betcycle run: {local_rate:,} lines/s", f"{rate / local_rate:.2f}")
+row(f"a live SSE client following a {n:,}-line step", "every line, no reload, run slowed ≤ 10 %",
+    f"{seen['lines']:,} lines{', reload' if seen.get('reload') else ''}, slowed {slowed:+.0f} %",
+    f"the same step with no client: {n / alone:,.0f} lines/s", f"{followed / alone:.2f}")
 PY
 bench_stop

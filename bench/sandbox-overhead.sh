@@ -14,18 +14,11 @@ bench_admin
 bench_serve --run-concurrency 1
 
 python3 - "$port" "$token" "$dir/repo" "$n" "$rounds" <<'PY'
-import json, statistics, sys, time, urllib.request
+import statistics, sys, time
+from benchkit import Api, ts
 port, token, repo, n, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 base = f"http://127.0.0.1:{port}"
-def api(method, path, body=None):
-    req = urllib.request.Request(base + path, method=method,
-        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-        data=None if body is None else json.dumps(body).encode())
-    with urllib.request.urlopen(req) as r:
-        return json.loads(r.read() or b"null")
-def ts(s):
-    secs, _, frac = s.rstrip("Z").partition(".")
-    return time.mktime(time.strptime(secs, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+api = Api(base, token)
 api("POST", "/api/v1/projects", {"slug": "bench", "repository": repo})
 def run_once():
     number = api("POST", "/api/v1/projects/bench/runs", {})["number"]

@@ -14,22 +14,16 @@ bench_admin
 bench_serve
 
 python3 - "$dir" "$port" "$token" "$n" <<'PY'
-import hashlib, hmac, json, statistics, subprocess, sys, time, urllib.request
+import hashlib, hmac, json, statistics, subprocess, sys, time
+from benchkit import Api, ts
 d, port, token, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 base = f"http://127.0.0.1:{port}"
-def api(method, path, body=None, headers=None):
-    h = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-    h.update(headers or {})
-    req = urllib.request.Request(base + path, method=method, headers=h,
-                                 data=None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode()))
-    with urllib.request.urlopen(req) as r:
-        return json.loads(r.read() or b"null")
+api = Api(base, token)
 repo = f"{d}/repo"
 git = lambda *a: subprocess.run(["git", "-C", repo, *a], check=True, capture_output=True, text=True).stdout.strip()
 api("POST", "/api/v1/projects", {"slug": "bench", "repository": repo})
 secret = hashlib.sha256(str(time.time()).encode()).hexdigest()
 api("PUT", "/api/v1/projects/bench/secrets/WEBHOOK_SECRET", {"value": secret})
-ts = lambda s: time.mktime(time.strptime(s[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + (s[20:].rstrip("Z").split("+")[0] or "0"))
 latencies = []
 for i in range(n + 1):
     before = git("rev-parse", "HEAD")

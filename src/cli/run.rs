@@ -46,9 +46,11 @@ impl Observer for Terminal {
         println!("▶ {step}");
     }
 
-    fn line(&self, step: &str, _stream: Stream, text: &str) {
+    fn lines(&self, step: &str, _stream: Stream, lines: &[&str]) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "[{step}] {text}");
+        for text in lines {
+            let _ = writeln!(out, "[{step}] {text}");
+        }
     }
 
     fn step_finished(&self, r: &StepResult) {

@@ -259,10 +259,13 @@ impl LogFile {
 
 impl Observer for LogFile {
     fn step_started(&self, _step: &str) {}
-    fn line(&self, _step: &str, stream: Stream, text: &str) {
+    fn lines(&self, _step: &str, stream: Stream, lines: &[&str]) {
         let mut file = self.file.lock().expect("log lock");
         let tag = if stream == Stream::Stderr { 'e' } else { 'o' };
-        let _ = writeln!(file, "{} {tag} {text}", self.started.elapsed().as_millis());
+        let ms = self.started.elapsed().as_millis();
+        for text in lines {
+            let _ = writeln!(file, "{ms} {tag} {text}");
+        }
         let _ = file.flush();
     }
     fn step_finished(&self, _result: &StepResult) {}

@@ -99,8 +99,15 @@ pub struct StepResult {
 /// Receives what happens during a run, as it happens.
 pub trait Observer: Send + Sync {
     fn step_started(&self, step: &str);
-    fn line(&self, step: &str, stream: Stream, text: &str);
+    /// A burst of output lines from one stream of `step` (what one read from the pipe
+    /// held): an observer writes and forwards them together.
+    fn lines(&self, step: &str, stream: Stream, lines: &[&str]);
     fn step_finished(&self, result: &StepResult);
+
+    /// One line BetCycle says in the step's log (a retry, a notice).
+    fn line(&self, step: &str, stream: Stream, text: &str) {
+        self.lines(step, stream, &[text]);
+    }
 }
 
 /// What a step was given from its `secrets:` list.
@@ -181,11 +188,11 @@ pub struct Process {
     pub env: BTreeMap<String, String>,
     pub timeout: Option<std::time::Duration>,
     pub cancel: CancellationToken,
-    /// Called for every line of output as it arrives.
-    pub on_line: OnLine,
+    /// Called with the output as it arrives, a burst of lines at a time.
+    pub on_lines: OnLines,
 }
 
-pub type OnLine = Arc<dyn Fn(Stream, &str) + Send + Sync>;
+pub type OnLines = Arc<dyn Fn(Stream, &[&str]) + Send + Sync>;
 
 /// A started process: resolves to how it ended.
 pub type Spawned = std::pin::Pin<Box<dyn Future<Output = Exit> + Send + 'static>>;
@@ -241,11 +248,21 @@ impl Observer for Masking {
     fn step_started(&self, step: &str) {
         self.inner.step_started(step);
     }
-    fn line(&self, step: &str, stream: Stream, text: &str) {
+    fn lines(&self, step: &str, stream: Stream, lines: &[&str]) {
+        if !self.masker.active() {
+            return self.inner.lines(step, stream, lines);
+        }
         let stderr = stream == Stream::Stderr;
-        self.wrapped.line(&self.masker, step, stderr, text, |line| {
-            self.inner.line(step, stream, line)
-        });
+        let mut masked = Vec::with_capacity(lines.len());
+        for text in lines {
+            self.wrapped.line(&self.masker, step, stderr, text, |line| {
+                masked.push(line.to_string())
+            });
+        }
+        let masked: Vec<&str> = masked.iter().map(String::as_str).collect();
+        if !masked.is_empty() {
+            self.inner.lines(step, stream, &masked);
+        }
     }
     fn step_finished(&self, result: &StepResult) {
         self.flush(Some(&result.name));
@@ -358,9 +375,9 @@ async fn run_step(
     let mut attempts = 0;
     let (status, exit_code, reason) = loop {
         attempts += 1;
-        let on_line: OnLine = {
+        let on_lines: OnLines = {
             let (observer, name) = (observer.clone(), step.name.clone());
-            Arc::new(move |stream, text: &str| observer.line(&name, stream, text))
+            Arc::new(move |stream, lines: &[&str]| observer.lines(&name, stream, lines))
         };
         let process = Process {
             script: step.run.clone(),
@@ -369,7 +386,7 @@ async fn run_step(
             env: env.clone(),
             timeout: step.timeout,
             cancel: cancel.clone(),
-            on_line,
+            on_lines,
         };
         let exit = match spec.executor.spawn(process) {
             Ok(spawned) => spawned.await,

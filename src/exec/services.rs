@@ -16,9 +16,9 @@ pub(super) async fn start_services(
     for service in &spec.pipeline.services {
         let env = spec.env(&service.env);
         let label = format!("service {}", service.name);
-        let on_line: OnLine = {
+        let on_lines: OnLines = {
             let (observer, label) = (observer.clone(), label.clone());
-            Arc::new(move |stream, text: &str| observer.line(&label, stream, text))
+            Arc::new(move |stream, lines: &[&str]| observer.lines(&label, stream, lines))
         };
         let task = tokio::spawn(spec.executor.spawn(Process {
             script: service.run.clone(),
@@ -27,7 +27,7 @@ pub(super) async fn start_services(
             env: env.clone(),
             timeout: None,
             cancel: stop.clone(),
-            on_line,
+            on_lines,
         })?);
         if let Some(ready) = &service.ready {
             let deadline = tokio::time::Instant::now() + SERVICE_READY_TIMEOUT;
@@ -47,7 +47,7 @@ pub(super) async fn start_services(
                         env: env.clone(),
                         timeout: Some(std::time::Duration::from_secs(5)),
                         cancel: stop.clone(),
-                        on_line: Arc::new(|_, _| {}),
+                        on_lines: Arc::new(|_, _| {}),
                     })?
                     .await;
                 if probe == Exit::Code(0) {

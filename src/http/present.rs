@@ -2,11 +2,9 @@
 
 /// A log line as HTML: escaped, with ANSI colours as styled spans.
 pub fn log_html(text: &str) -> String {
-    ansi_to_html::convert(text).unwrap_or_else(|_| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-            .replace('\'', "&#39;")
-    })
+    if !text.contains('\x1b') {
+        // Most lines carry no colour: escaping is all there is to do.
+        return ansi_to_html::Esc(text).to_string();
+    }
+    ansi_to_html::convert(text).unwrap_or_else(|_| ansi_to_html::Esc(text).to_string())
 }

@@ -60,7 +60,7 @@ impl Masker {
     }
 
     /// Whether any value is to be masked yet.
-    fn active(&self) -> bool {
+    pub fn active(&self) -> bool {
         self.inner.read().expect("masker lock").matcher.is_some()
     }
 

@@ -455,6 +455,7 @@ pub(crate) async fn read_log_stream(mut response: reqwest::Response) -> Vec<(u64
                     serde_json::from_str(&field("data").unwrap()).unwrap(),
                 )),
                 Some("end") => return lines,
+                Some("reload") => panic!("the server sent reload after {} lines", lines.len()),
                 _ => {}
             }
         }
@@ -497,6 +498,33 @@ async fn a_step_log_streams_live_with_colours_and_resumes_after_a_reconnect() {
     let lines = read_log_stream(resumed).await;
     let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, [5, 6]);
+}
+
+#[tokio::test]
+async fn a_live_log_client_that_falls_behind_still_gets_every_line_in_order() {
+    let dir = tempdir();
+    let flood = "steps:\n  - name: flood\n    run: sleep 0.5; seq 1 300000; echo done >&2\n";
+    let (server, _) = demo(dir.path(), flood, &[]).await;
+    trigger(&server, "demo").await;
+    wait_for(&server, "demo", 1, |r| r["steps"][0]["running"] == true).await;
+    let stream = server
+        .get("/api/v1/projects/demo/runs/1/steps/flood/log/stream")
+        .await;
+    // Reads nothing while the step writes its lines, then all of them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = read_log_stream(stream).await;
+    assert_eq!(lines.len(), 300_001);
+    for (i, (n, line)) in lines.iter().enumerate().take(300_000) {
+        assert_eq!(
+            (*n, &line["html"]),
+            (i as u64 + 1, &json!((i + 1).to_string()))
+        );
+    }
+    assert_eq!(lines[300_000].1["stderr"], true);
+    let stored = server
+        .get_text("/api/v1/projects/demo/runs/1/steps/flood/log")
+        .await;
+    assert_eq!(stored.lines().count(), 300_001);
 }
 
 #[tokio::test]

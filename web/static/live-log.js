@@ -20,8 +20,4 @@
     source.close();
     if (status) status.textContent = "complete";
   });
-  source.addEventListener("reload", function () {
-    source.close();
-    window.location.reload();
-  });
 })();

@@ -27,18 +27,19 @@ use tokio_util::sync::CancellationToken;
 /// What a run's live channel carries to log viewers.
 #[derive(Clone, Debug)]
 pub enum LiveEvent {
-    /// Line `number` (from 1, as in the log file) of step `step`.
-    Line {
+    /// Lines of step `step`, the first of them line `first` (from 1, as in the log
+    /// file): `(whether stderr, text)`, in order.
+    Lines {
         step: usize,
-        number: u64,
-        stderr: bool,
-        text: String,
+        first: u64,
+        lines: Arc<Vec<(bool, String)>>,
     },
     /// Step `step` finished: its log is complete.
     StepDone { step: usize },
 }
 
-/// How many live events a slow viewer may fall behind before it reloads from the file.
+/// How many live events (bursts of lines) a slow viewer may fall behind before it
+/// catches up from the log file.
 pub(super) const LIVE_BUFFER: usize = 4096;
 
 /// How often the worker looks at the queue when nothing wakes it.

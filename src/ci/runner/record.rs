@@ -82,7 +82,7 @@ impl Observer for RunObserver {
         let _ = self.updates.send(Update::Started(i));
     }
 
-    fn line(&self, step: &str, stream: Stream, text: &str) {
+    fn lines(&self, step: &str, stream: Stream, texts: &[&str]) {
         let Some(&i) = self.index.get(step) else {
             return;
         };
@@ -90,36 +90,44 @@ impl Observer for RunObserver {
         let Some((file, started, written, lines)) = guard.as_mut() else {
             return;
         };
-        if *written >= self.max_log {
-            return;
-        }
+        let first = *lines + 1;
+        let mut kept = Vec::with_capacity(texts.len());
         let ms = started.elapsed().as_millis();
-        *written += text.len() as u64 + 1;
-        let (stderr, text) = if *written >= self.max_log {
-            let notice = format!(
-                "betcycle: output truncated: this step wrote more than {} bytes",
-                self.max_log
-            );
-            (true, notice)
-        } else {
-            (stream == Stream::Stderr, text.to_string())
-        };
-        // Flushed per line so the file never lags the live channel (see below). Batching
-        // writes is the lever if log throughput ever needs it.
-        let written = writeln!(file, "{ms} {} {text}", if stderr { 'e' } else { 'o' })
-            .and_then(|()| file.flush());
-        if let Err(e) = written {
+        let mut result = Ok(());
+        for text in texts {
+            if *written >= self.max_log {
+                break;
+            }
+            *written += text.len() as u64 + 1;
+            let (stderr, text) = if *written >= self.max_log {
+                let notice = format!(
+                    "betcycle: output truncated: this step wrote more than {} bytes",
+                    self.max_log
+                );
+                (true, std::borrow::Cow::Owned(notice))
+            } else {
+                (stream == Stream::Stderr, std::borrow::Cow::Borrowed(*text))
+            };
+            if result.is_ok() {
+                result = writeln!(file, "{ms} {} {text}", if stderr { 'e' } else { 'o' });
+            }
+            *lines += 1;
+            kept.push((stderr, text));
+        }
+        // Flushed once per burst so the file never lags the live channel (see below).
+        if let Err(e) = result.and_then(|()| file.flush()) {
             self.log_failed(i, format!("cannot write {}: {e}", self.paths[i].display()));
         }
-        *lines += 1;
-        // The line is in the file first, so a viewer that reads the file and then
-        // follows the live channel misses nothing.
-        let _ = self.live.send(LiveEvent::Line {
-            step: i,
-            number: *lines,
-            stderr,
-            text,
-        });
+        // The lines are in the file first, so a viewer that subscribes and then reads
+        // the file misses nothing (one subscribed after this count reads them there).
+        if !kept.is_empty() && self.live.receiver_count() > 0 {
+            let lines = kept.into_iter().map(|(e, t)| (e, t.into_owned())).collect();
+            let _ = self.live.send(LiveEvent::Lines {
+                step: i,
+                first,
+                lines: std::sync::Arc::new(lines),
+            });
+        }
     }
 
     fn step_finished(&self, result: &StepResult) {
@@ -136,11 +144,10 @@ impl Observer for RunObserver {
         let mut result = result.clone();
         if let Some(problem) = self.log_errors[i].lock().expect("log lock").clone() {
             let notice = format!("betcycle: the step log is incomplete: {problem}");
-            let _ = self.live.send(LiveEvent::Line {
+            let _ = self.live.send(LiveEvent::Lines {
                 step: i,
-                number: lines + 1,
-                stderr: true,
-                text: notice,
+                first: lines + 1,
+                lines: std::sync::Arc::new(vec![(true, notice)]),
             });
             result
                 .warnings

@@ -44,7 +44,7 @@ impl Executor for Local {
     fn spawn(&self, p: Process) -> Result<Spawned, String> {
         let confine = self.sandbox.confine(&p.workspace)?;
         Ok(Box::pin(async move {
-            let on_line = p.on_line;
+            let on_lines = p.on_lines;
             process::run(
                 &p.script,
                 &p.dir,
@@ -52,7 +52,7 @@ impl Executor for Local {
                 p.timeout,
                 &p.cancel,
                 confine,
-                move |stream, text: &str| on_line(stream, text),
+                move |stream, lines| on_lines(stream, lines),
             )
             .await
         }))

@@ -37,8 +37,8 @@ pub enum Exit {
     SpawnFailed(String),
 }
 
-/// Runs `script` confined by `confine` and calls `on_line` for every line of output as
-/// it arrives.
+/// Runs `script` confined by `confine` and calls `on_lines` with its output as it
+/// arrives, a burst of lines at a time.
 pub async fn run(
     script: &str,
     dir: &Path,
@@ -46,7 +46,7 @@ pub async fn run(
     timeout: Option<Duration>,
     cancel: &CancellationToken,
     confine: super::sandbox::Confine,
-    on_line: impl Fn(Stream, &str) + Send + Sync + Clone + 'static,
+    on_lines: impl Fn(Stream, &[&str]) + Send + Sync + Clone + 'static,
 ) -> Exit {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -90,12 +90,12 @@ pub async fn run(
         tokio::spawn(pump(
             child.stdout.take().expect("piped"),
             Stream::Stdout,
-            on_line.clone(),
+            on_lines.clone(),
         )),
         tokio::spawn(pump(
             child.stderr.take().expect("piped"),
             Stream::Stderr,
-            on_line,
+            on_lines,
         )),
     ];
 
@@ -134,17 +134,38 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
-async fn pump(stream: impl AsyncRead + Unpin, which: Stream, on_line: impl Fn(Stream, &str)) {
-    let mut lines = BufReader::new(stream);
+/// The most lines passed on at once.
+const BURST: usize = 1024;
+
+/// Reads `stream` line by line and passes the lines on in bursts: whatever complete lines
+/// have been read once the next line is not fully read yet (the process has not written
+/// it, or the read buffer ends inside it), at most [`BURST`] at a time. A fast writer is
+/// forwarded a pipe-read at a time, a slow one line by line, and no line waits for more
+/// output to arrive.
+async fn pump(stream: impl AsyncRead + Unpin, which: Stream, on_lines: impl Fn(Stream, &[&str])) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut buf = Vec::new();
+    // The burst's lines, each followed by '\n'.
+    let mut burst = String::new();
+    let mut count = 0;
     loop {
         buf.clear();
-        match lines.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&buf);
-                on_line(which, text.trim_end_matches(['\n', '\r']));
-            }
+        let read = reader.read_until(b'\n', &mut buf).await.unwrap_or(0);
+        if read > 0 {
+            let text = String::from_utf8_lossy(&buf);
+            burst.push_str(text.trim_end_matches(['\n', '\r']));
+            burst.push('\n');
+            count += 1;
+        }
+        let next_waits = !reader.buffer().contains(&b'\n');
+        if count > 0 && (read == 0 || next_waits || count >= BURST) {
+            let lines: Vec<&str> = burst.split_terminator('\n').collect();
+            on_lines(which, &lines);
+            burst.clear();
+            count = 0;
+        }
+        if read == 0 {
+            return;
         }
     }
 }

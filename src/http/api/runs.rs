@@ -101,35 +101,85 @@ pub struct StreamQuery {
     pub from: Option<u64>,
 }
 
-fn line_event(number: u64, stderr: bool, text: &str) -> axum::response::sse::Event {
-    axum::response::sse::Event::default()
-        .event("line")
-        .id(number.to_string())
-        .data(
-            serde_json::json!({"n": number, "stderr": stderr, "html": crate::http::present::log_html(text)}).to_string(),
-        )
+/// Appends one `line` event in Server-Sent Events form: id = its line number, data
+/// `{"n", "stderr", "html"}`.
+fn push_line_event(out: &mut Vec<u8>, number: u64, stderr: bool, text: &str) {
+    use std::io::Write;
+    let html = serde_json::Value::String(crate::http::present::log_html(text));
+    let _ = write!(
+        out,
+        "event: line\nid: {number}\ndata: {{\"n\":{number},\"stderr\":{stderr},\"html\":{html}}}\n\n"
+    );
 }
 
-/// Browsers drop events whose data is empty, so `end` and `reload` carry a word.
-fn end_event() -> axum::response::sse::Event {
-    axum::response::sse::Event::default()
-        .event("end")
-        .data("end")
+/// Browsers drop events whose data is empty, so `end` carries a word.
+const END_EVENT: &[u8] = b"event: end\ndata: end\n\n";
+
+/// Sent when nothing else was for this long, so proxies keep the stream open.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The stored lines of a step's log after line `after`, as `line` events, made as they
+/// are sent, about a thousand lines to a chunk.
+struct StoredLines {
+    text: String,
+    /// Where the next line starts in `text`, and its number.
+    at: usize,
+    number: u64,
+    after: u64,
+}
+
+impl StoredLines {
+    fn new(text: String, after: u64) -> Self {
+        Self {
+            text,
+            at: 0,
+            number: 1,
+            after,
+        }
+    }
+
+    /// The number of the last line stored, or `after` if that is later. A line counts
+    /// once its newline is written (the file can end inside a line being written).
+    fn last_line(&self) -> u64 {
+        self.after
+            .max(self.text.bytes().filter(|&b| b == b'\n').count() as u64)
+    }
+}
+
+impl Iterator for StoredLines {
+    type Item = axum::body::Bytes;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut chunk = Vec::new();
+        let mut sent = 0;
+        while sent < 1024 {
+            let rest = &self.text[self.at..];
+            let Some(end) = rest.find('\n') else { break };
+            let line = &rest[..end];
+            self.at += end + 1;
+            if self.number > self.after {
+                let (stderr, text) = crate::ci::runner::parse_log_line(line);
+                push_line_event(&mut chunk, self.number, stderr, text);
+                sent += 1;
+            }
+            self.number += 1;
+        }
+        (!chunk.is_empty()).then(|| chunk.into())
+    }
 }
 
 /// A step's log as Server-Sent Events: every line written so far, then new lines as
-/// the step writes them, then `end`. Each `line` event's id is its line number, so a
-/// reconnecting client resumes after the last line it got (`Last-Event-ID`, or `?from=`).
-/// A client that falls too far behind gets `reload`.
+/// the step writes them (a burst of them per chunk), then `end`. Each `line` event's id
+/// is its line number, so a reconnecting client resumes after the last line it got
+/// (`Last-Event-ID`, or `?from=`). A client that falls behind the live channel is caught
+/// up from the log file, so it gets every line.
 pub async fn stream(
     State(app): State<App>,
     Path((slug, number, step)): Path<(String, u64, String)>,
     Query(q): Query<StreamQuery>,
     headers: axum::http::HeaderMap,
 ) -> ServerResult<impl IntoResponse> {
-    use crate::ci::runner::LiveEvent;
     use futures_util::StreamExt;
-    use tokio::sync::broadcast::error::RecvError;
 
     let run = crate::ci::run::find(&app.store, &slug, number).await?;
     let index = run.step_index(&step)?;
@@ -144,63 +194,78 @@ pub async fn stream(
         .runner
         .subscribe(run.id)
         .filter(|_| run.steps[index].status.is_none());
-    let text = tokio::fs::read_to_string(app.runner.log_path(run.id, index))
-        .await
-        .unwrap_or_default();
-    let mut events = Vec::new();
-    let mut last = after;
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
-        if n > after {
-            let (stderr, text) = crate::ci::runner::parse_log_line(line);
-            events.push(line_event(n, stderr, text));
-            last = n;
-        }
-    }
-    let written = futures_util::stream::iter(events);
-    let tail = futures_util::stream::unfold(
-        (live, last, false),
-        move |(mut live, last, done)| async move {
-            if done {
-                return None;
-            }
-            let Some(rx) = live.as_mut() else {
-                return Some((end_event(), (live, last, true)));
-            };
-            loop {
-                match rx.recv().await {
-                    Ok(LiveEvent::Line {
-                        step,
-                        number,
-                        stderr,
-                        text,
-                    }) if step == index && number > last => {
-                        return Some((line_event(number, stderr, &text), (live, number, false)));
-                    }
-                    Ok(LiveEvent::StepDone { step }) if step == index => {
-                        return Some((end_event(), (live, last, true)));
-                    }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => {
-                        let reload = axum::response::sse::Event::default()
-                            .event("reload")
-                            .data("reload");
-                        return Some((reload, (live, last, true)));
-                    }
-                    Err(RecvError::Closed) => return Some((end_event(), (live, last, true))),
-                }
-            }
-        },
-    );
+    let path = app.runner.log_path(run.id, index);
+    let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+    let written = StoredLines::new(text, after);
+    let last = written.last_line();
+    let tail = futures_util::stream::unfold(Some((live, last, path)), move |state| async move {
+        let (live, last, path) = state?;
+        let Some(mut rx) = live else {
+            return Some((END_EVENT.into(), None));
+        };
+        let (chunk, last, done) = follow(&mut rx, index, last, &path).await;
+        Some((chunk, (!done).then_some((Some(rx), last, path))))
+    });
     let shutdown = app.shutdown.clone();
-    let events = written
+    let events = futures_util::stream::iter(written)
         .chain(tail)
         .map(Ok::<_, std::convert::Infallible>)
         .take_until(async move { shutdown.cancelled().await });
     Ok((
-        [("x-accel-buffering", "no")],
-        axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()),
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        axum::body::Body::from_stream(events),
     ))
+}
+
+/// Waits for what the live channel says next about step `index`, past line `last`:
+/// (the events to send, the last line number sent, whether the log is complete).
+async fn follow(
+    rx: &mut tokio::sync::broadcast::Receiver<crate::ci::runner::LiveEvent>,
+    index: usize,
+    last: u64,
+    path: &std::path::Path,
+) -> (axum::body::Bytes, u64, bool) {
+    use crate::ci::runner::LiveEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let Ok(received) = tokio::time::timeout(KEEP_ALIVE, rx.recv()).await else {
+            return (axum::body::Bytes::from_static(b":\n\n"), last, false);
+        };
+        match received {
+            Ok(LiveEvent::Lines { step, first, lines })
+                if step == index && first + lines.len() as u64 > last + 1 =>
+            {
+                let mut chunk = Vec::new();
+                let mut n = last;
+                for (number, (stderr, text)) in (first..).zip(lines.iter()) {
+                    if number > last {
+                        push_line_event(&mut chunk, number, *stderr, text);
+                        n = number;
+                    }
+                }
+                return (chunk.into(), n, false);
+            }
+            Ok(LiveEvent::StepDone { step }) if step == index => {
+                return (END_EVENT.into(), last, true);
+            }
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => {
+                // Every line sent is in the file already: take the missed ones from there.
+                let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
+                let missed = StoredLines::new(text, last);
+                let n = missed.last_line();
+                if n > last {
+                    let chunk: Vec<u8> = missed.flat_map(Vec::from).collect();
+                    return (chunk.into(), n, false);
+                }
+            }
+            Err(RecvError::Closed) => return (END_EVENT.into(), last, true),
+        }
+    }
 }
 
 /// A step's output as stored: one line per output line, `<ms since step start> <o|e> <text>`.
