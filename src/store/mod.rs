@@ -2,9 +2,13 @@
 //!
 //! Only this module knows redb. Callers use the typed methods in the submodules; each runs
 //! its transaction on the blocking pool (`spawn_blocking`), never on the async runtime,
-//! and holds no `.await` inside a transaction. Write transactions are short and commit
-//! with `Durability::Immediate`: when a write returns, the record survives `kill -9`.
-//! Events collected during a write are published only after its commit succeeds.
+//! and holds no `.await` inside a transaction. Write transactions are short; when a write
+//! returns, the record survives `kill -9`. Writes are made durable by group commit: each
+//! transaction commits without syncing (`Durability::None`), then waits until a durable
+//! (`Durability::Immediate`) commit made after it has returned; one such commit covers
+//! every write that committed before it, so concurrent writers share one `fsync`
+//! (`Durable` below). Events collected during a write are published only once it is
+//! durable.
 
 mod audit;
 mod auth;
@@ -47,6 +51,62 @@ struct Inner {
     db: Database,
     path: PathBuf,
     events: EventBus,
+    durable: Durable,
+}
+
+/// Group commit: which non-durable commits a durable commit has covered so far.
+#[derive(Default)]
+struct Durable {
+    state: std::sync::Mutex<Commits>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Commits {
+    /// How many writes have committed (numbered from 1 in commit order).
+    committed: u64,
+    /// Every write up to this number is durable.
+    durable: u64,
+    /// A writer is making a durable commit now.
+    syncing: bool,
+}
+
+impl Durable {
+    /// Numbers a write that has just committed without syncing.
+    fn committed(&self) -> u64 {
+        let mut state = self.state.lock().expect("commit lock");
+        state.committed += 1;
+        state.committed
+    }
+
+    /// Returns once write `number` is durable: it waits for the durable commit in progress,
+    /// or makes one itself (covering every write committed so far).
+    fn wait(&self, db: &Database, number: u64) -> Result<()> {
+        let mut state = self.state.lock().expect("commit lock");
+        loop {
+            if state.durable >= number {
+                return Ok(());
+            }
+            if !state.syncing {
+                state.syncing = true;
+                let covers = state.committed;
+                drop(state);
+                let synced = db.begin_write().map_err(Error::from).and_then(|mut tx| {
+                    tx.set_durability(Durability::Immediate)?;
+                    tx.commit().map_err(Error::from)
+                });
+                state = self.state.lock().expect("commit lock");
+                state.syncing = false;
+                if synced.is_ok() {
+                    state.durable = state.durable.max(covers);
+                }
+                self.changed.notify_all();
+                synced?;
+                continue;
+            }
+            state = self.changed.wait(state).expect("commit lock");
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -90,6 +150,7 @@ impl Store {
                 db,
                 path: path.to_path_buf(),
                 events,
+                durable: Durable::default(),
             }),
         };
         store.migrate()?;
@@ -150,8 +211,9 @@ impl Store {
         blocking(move || f(&inner.db)).await
     }
 
-    /// Runs `f` in one durable write transaction on the blocking pool, commits, then
-    /// publishes the events `f` queued. If `f` fails, nothing is written or published.
+    /// Runs `f` in one write transaction on the blocking pool, commits, returns once the
+    /// commit is durable (see `Durable`), then publishes the events `f` queued. If `f`
+    /// fails, nothing is written or published.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -160,14 +222,15 @@ impl Store {
         let inner = self.inner.clone();
         let (value, events) = blocking(move || {
             let mut tx = inner.db.begin_write()?;
-            // Stated, not assumed: a write that returned survives `kill -9`.
-            tx.set_durability(Durability::Immediate)?;
+            // Durable below, before this returns: a write that returned survives `kill -9`.
+            tx.set_durability(Durability::None)?;
             let tx = WriteTx {
                 tx,
                 events: Default::default(),
             };
             let value = f(&tx)?;
             tx.tx.commit()?;
+            inner.durable.wait(&inner.db, inner.durable.committed())?;
             Ok((value, tx.events.into_inner()))
         })
         .await?;
