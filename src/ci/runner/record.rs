@@ -92,7 +92,9 @@ impl Observer for RunObserver {
         };
         let first = *lines + 1;
         let mut kept = Vec::with_capacity(texts.len());
+        // `<ms since step start> <o|e> `: one time for the whole burst.
         let ms = started.elapsed().as_millis();
+        let (out, err) = (format!("{ms} o "), format!("{ms} e "));
         let mut result = Ok(());
         for text in texts {
             if *written >= self.max_log {
@@ -109,7 +111,10 @@ impl Observer for RunObserver {
                 (stream == Stream::Stderr, std::borrow::Cow::Borrowed(*text))
             };
             if result.is_ok() {
-                result = writeln!(file, "{ms} {} {text}", if stderr { 'e' } else { 'o' });
+                let prefix = if stderr { &err } else { &out };
+                result = [prefix.as_bytes(), text.as_bytes(), b"\n"]
+                    .into_iter()
+                    .try_for_each(|part| file.write_all(part));
             }
             *lines += 1;
             kept.push((stderr, text));

@@ -104,12 +104,54 @@ pub struct StreamQuery {
 /// Appends one `line` event in Server-Sent Events form: id = its line number, data
 /// `{"n", "stderr", "html"}`.
 fn push_line_event(out: &mut Vec<u8>, number: u64, stderr: bool, text: &str) {
-    use std::io::Write;
-    let html = serde_json::Value::String(crate::http::present::log_html(text));
-    let _ = write!(
-        out,
-        "event: line\nid: {number}\ndata: {{\"n\":{number},\"stderr\":{stderr},\"html\":{html}}}\n\n"
-    );
+    let n = number.to_string();
+    for part in [
+        "event: line\nid: ",
+        &n,
+        "\ndata: {\"n\":",
+        &n,
+        ",\"stderr\":",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(if stderr { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"html\":");
+    if text.contains('\x1b') {
+        let html = serde_json::Value::String(crate::http::present::log_html(text));
+        out.extend_from_slice(html.to_string().as_bytes());
+    } else {
+        push_escaped(out, text);
+    }
+    out.extend_from_slice(b"}\n\n");
+}
+
+/// `text` HTML-escaped (as `present::log_html` does for a line without colours), as a JSON
+/// string, in one pass.
+fn push_escaped(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let mut plain = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escaped: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'"' => b"&quot;",
+            b'\'' => b"&#39;",
+            b'\\' => b"\\\\",
+            0..0x20 | 0x7f => {
+                out.extend_from_slice(&text.as_bytes()[plain..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                plain = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&text.as_bytes()[plain..i]);
+        out.extend_from_slice(escaped);
+        plain = i + 1;
+    }
+    out.extend_from_slice(&text.as_bytes()[plain..]);
+    out.push(b'"');
 }
 
 /// Browsers drop events whose data is empty, so `end` carries a word.
@@ -362,4 +404,34 @@ pub fn routes() -> Vec<Route> {
         GET "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log/stream" VIEWER => stream,
         GET "/api/v1/projects/{slug}/runs/{number}/artifacts/{sha256}" VIEWER => artifact,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    /// The one-pass escaper writes what `log_html` then JSON would.
+    #[test]
+    fn a_line_event_carries_the_same_html_as_log_html() {
+        for text in [
+            "plain",
+            "<a href=\"x\">&'</a>",
+            "tab\there \\ back",
+            "",
+            "ünï\u{1}",
+        ] {
+            let mut event = Vec::new();
+            super::push_line_event(&mut event, 7, true, text);
+            let event = String::from_utf8(event).unwrap();
+            let data = event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            let data: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(data["html"], crate::http::present::log_html(text), "{text}");
+            assert_eq!(
+                (data["n"].as_u64(), data["stderr"].as_bool()),
+                (Some(7), Some(true))
+            );
+            assert!(event.starts_with("event: line\nid: 7\n") && event.ends_with("}\n\n"));
+        }
+    }
 }
