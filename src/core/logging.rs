@@ -46,7 +46,13 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
             .max_log_files(config.max_files)
             .build(&config.dir)
             .map_err(|e| format!("cannot write logs to {}: {e}", config.dir.display()))?;
-        let (writer, guard) = tracing_appender::non_blocking(appender);
+        // The writer thread's queue is allocated whole and its pages become resident as
+        // lines pass through: tracing-appender's default of 128,000 lines is 4 MiB that a
+        // long-running server slowly takes on. 8,192 lines is ample for a file writer;
+        // when it is full a line is dropped rather than the server held up.
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(8192)
+            .finish(appender);
         let layer = fmt::layer()
             .json()
             .with_current_span(true)
