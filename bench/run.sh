@@ -27,8 +27,9 @@ if $quick; then
     "bench/log-throughput.sh 100000"
     "bench/policy-eval.sh 2000 1"
     "bench/store-scale.sh 2000"
+    "bench/memory.sh 200"
   )
-  expected=13
+  expected=14
 else
   out=${out:-bench/results.md}
   plan=(
@@ -38,8 +39,9 @@ else
     "bench/log-throughput.sh 1000000"
     "bench/policy-eval.sh 100000 3"
     "bench/store-scale.sh 100000 1000000"
+    "bench/memory.sh 10000"
   )
-  expected=18
+  expected=19
 fi
 betcycle_bin >/dev/null   # build once, before anything is timed
 
