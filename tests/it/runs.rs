@@ -427,10 +427,17 @@ async fn re_running_failed_steps_keeps_the_steps_that_succeeded() {
     assert!(third["steps"][0]["reused_from"].is_null());
 }
 
-/// Reads Server-Sent Events until `end`: (id, data) of each `line` event.
-pub(crate) async fn read_log_stream(mut response: reqwest::Response) -> Vec<(u64, Value)> {
+/// Reads Server-Sent Events until `end`: (number, `{n, stderr, html}`) of each line the
+/// `lines` events carried.
+pub(crate) async fn read_log_stream(response: reqwest::Response) -> Vec<(u64, Value)> {
+    read_log_events(response).await.0
+}
+
+/// `read_log_stream`, and how many `lines` events carried the lines.
+async fn read_log_events(mut response: reqwest::Response) -> (Vec<(u64, Value)>, usize) {
     let mut buffer = String::new();
     let mut lines = Vec::new();
+    let mut events = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let chunk = tokio::time::timeout_at(deadline.into(), response.chunk())
@@ -450,11 +457,20 @@ pub(crate) async fn read_log_stream(mut response: reqwest::Response) -> Vec<(u64
                 })
             };
             match field("event").as_deref() {
-                Some("line") => lines.push((
-                    field("id").unwrap().parse().unwrap(),
-                    serde_json::from_str(&field("data").unwrap()).unwrap(),
-                )),
-                Some("end") => return lines,
+                Some("lines") => {
+                    events += 1;
+                    let batch: Value = serde_json::from_str(&field("data").unwrap()).unwrap();
+                    let first = batch["first"].as_u64().unwrap();
+                    let html = batch["html"].as_array().unwrap();
+                    assert!(!html.is_empty(), "an empty lines event: {event}");
+                    let id: u64 = field("id").unwrap().parse().unwrap();
+                    assert_eq!(id, first + html.len() as u64 - 1, "id = the last line");
+                    for (n, html) in (first..).zip(html) {
+                        let line = json!({"n": n, "stderr": batch["stderr"], "html": html});
+                        lines.push((n, line));
+                    }
+                }
+                Some("end") => return (lines, events),
                 Some("reload") => panic!("the server sent reload after {} lines", lines.len()),
                 _ => {}
             }
@@ -512,8 +528,12 @@ async fn a_live_log_client_that_falls_behind_still_gets_every_line_in_order() {
         .await;
     // Reads nothing while the step writes its lines, then all of them.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let lines = read_log_stream(stream).await;
+    let (lines, events) = read_log_events(stream).await;
     assert_eq!(lines.len(), 300_001);
+    assert!(
+        events * 100 < lines.len(),
+        "{events} events: lines come in bursts"
+    );
     for (i, (n, line)) in lines.iter().enumerate().take(300_000) {
         assert_eq!(
             (*n, &line["html"]),

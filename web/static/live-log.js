@@ -6,14 +6,14 @@
   if (!log) return;
   const status = document.querySelector("[data-live-status]");
   const source = new EventSource(log.dataset.stream);
-  source.addEventListener("line", function (event) {
-    const line = JSON.parse(event.data);
+  // One event per burst of output: its lines, from one stream, already escaped.
+  source.addEventListener("lines", function (event) {
+    const batch = JSON.parse(event.data);
     const span = document.createElement("span");
-    if (line.stderr) span.className = "stderr";
-    span.innerHTML = line.html; // escaped by the server
+    if (batch.stderr) span.className = "stderr";
+    span.innerHTML = batch.html.join("\n") + "\n"; // escaped by the server
     const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
     log.appendChild(span);
-    log.appendChild(document.createTextNode("\n"));
     if (follow) log.scrollTop = log.scrollHeight;
   });
   source.addEventListener("end", function () {

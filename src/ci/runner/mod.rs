@@ -27,12 +27,14 @@ use tokio_util::sync::CancellationToken;
 /// What a run's live channel carries to log viewers.
 #[derive(Clone, Debug)]
 pub enum LiveEvent {
-    /// Lines of step `step`, the first of them line `first` (from 1, as in the log
-    /// file): `(whether stderr, text)`, in order.
+    /// `count` lines of step `step` from one stream, the first of them line `first`
+    /// (from 1, as in the log file): `text` holds them in order, each ending in `\n`.
     Lines {
         step: usize,
         first: u64,
-        lines: Arc<Vec<(bool, String)>>,
+        count: u64,
+        stderr: bool,
+        text: Arc<str>,
     },
     /// Step `step` finished: its log is complete.
     StepDone { step: usize },

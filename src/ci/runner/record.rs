@@ -57,6 +57,17 @@ impl RunObserver {
 }
 
 impl RunObserver {
+    /// Sends `count` lines of step `i` (from line `first`, one stream) to live viewers.
+    fn send_lines(&self, i: usize, first: u64, stderr: bool, count: u64, text: String) {
+        let _ = self.live.send(LiveEvent::Lines {
+            step: i,
+            first,
+            count,
+            stderr,
+            text: text.into(),
+        });
+    }
+
     /// Notes the first error writing step `i`'s log, and logs it once.
     fn log_failed(&self, i: usize, problem: String) {
         let mut first = self.log_errors[i].lock().expect("log lock");
@@ -91,47 +102,57 @@ impl Observer for RunObserver {
             return;
         };
         let first = *lines + 1;
-        let mut kept = Vec::with_capacity(texts.len());
         // `<ms since step start> <o|e> `: one time for the whole burst.
         let ms = started.elapsed().as_millis();
-        let (out, err) = (format!("{ms} o "), format!("{ms} e "));
+        let prefix = format!("{ms} {} ", if stream == Stream::Stderr { 'e' } else { 'o' });
         let mut result = Ok(());
+        let mut write = |prefix: &str, text: &str| {
+            if result.is_ok() {
+                result = [prefix.as_bytes(), text.as_bytes(), b"\n"]
+                    .into_iter()
+                    .try_for_each(|part| file.write_all(part));
+            }
+        };
+        // The burst's first `kept` lines are stored; past the size limit, a notice instead.
+        let mut kept = 0;
+        let mut notice = None;
         for text in texts {
             if *written >= self.max_log {
                 break;
             }
             *written += text.len() as u64 + 1;
-            let (stderr, text) = if *written >= self.max_log {
-                let notice = format!(
+            if *written >= self.max_log {
+                let text = format!(
                     "betcycle: output truncated: this step wrote more than {} bytes",
                     self.max_log
                 );
-                (true, std::borrow::Cow::Owned(notice))
-            } else {
-                (stream == Stream::Stderr, std::borrow::Cow::Borrowed(*text))
-            };
-            if result.is_ok() {
-                let prefix = if stderr { &err } else { &out };
-                result = [prefix.as_bytes(), text.as_bytes(), b"\n"]
-                    .into_iter()
-                    .try_for_each(|part| file.write_all(part));
+                write(&format!("{ms} e "), &text);
+                notice = Some(text);
+                break;
             }
-            *lines += 1;
-            kept.push((stderr, text));
+            write(&prefix, text);
+            kept += 1;
         }
+        *lines += kept as u64 + u64::from(notice.is_some());
         // Flushed once per burst so the file never lags the live channel (see below).
         if let Err(e) = result.and_then(|()| file.flush()) {
             self.log_failed(i, format!("cannot write {}: {e}", self.paths[i].display()));
         }
         // The lines are in the file first, so a viewer that subscribes and then reads
         // the file misses nothing (one subscribed after this count reads them there).
-        if !kept.is_empty() && self.live.receiver_count() > 0 {
-            let lines = kept.into_iter().map(|(e, t)| (e, t.into_owned())).collect();
-            let _ = self.live.send(LiveEvent::Lines {
-                step: i,
-                first,
-                lines: std::sync::Arc::new(lines),
-            });
+        if self.live.receiver_count() > 0 {
+            let stored = &texts[..kept];
+            if !stored.is_empty() {
+                let mut text = String::with_capacity(stored.iter().map(|t| t.len() + 1).sum());
+                for line in stored {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+                self.send_lines(i, first, stream == Stream::Stderr, kept as u64, text);
+            }
+            if let Some(notice) = notice {
+                self.send_lines(i, first + kept as u64, true, 1, notice + "\n");
+            }
         }
     }
 
@@ -149,11 +170,7 @@ impl Observer for RunObserver {
         let mut result = result.clone();
         if let Some(problem) = self.log_errors[i].lock().expect("log lock").clone() {
             let notice = format!("betcycle: the step log is incomplete: {problem}");
-            let _ = self.live.send(LiveEvent::Lines {
-                step: i,
-                first: lines + 1,
-                lines: std::sync::Arc::new(vec![(true, notice)]),
-            });
+            self.send_lines(i, lines + 1, true, 1, format!("{notice}\n"));
             result
                 .warnings
                 .push(format!("the step log is incomplete: {problem}"));

@@ -101,37 +101,44 @@ pub struct StreamQuery {
     pub from: Option<u64>,
 }
 
-/// Appends one `line` event in Server-Sent Events form: id = its line number, data
-/// `{"n", "stderr", "html"}`.
-fn push_line_event(out: &mut Vec<u8>, number: u64, stderr: bool, text: &str) {
-    let n = number.to_string();
-    for part in [
-        "event: line\nid: ",
-        &n,
-        "\ndata: {\"n\":",
-        &n,
-        ",\"stderr\":",
-    ] {
-        out.extend_from_slice(part.as_bytes());
-    }
-    out.extend_from_slice(if stderr { b"true" } else { b"false" });
-    out.extend_from_slice(b",\"html\":");
-    if text.contains('\x1b') {
-        let html = serde_json::Value::String(crate::http::present::log_html(text));
-        out.extend_from_slice(html.to_string().as_bytes());
+/// Appends one `lines` event in Server-Sent Events form: lines `first..=last` (from one
+/// stream), as data `{"first", "stderr", "html": [one string per line]}` with ANSI colours
+/// as styled spans, HTML-escaped; the id is `last`. `text` holds the lines, each ending
+/// in `\n`.
+fn push_lines_event(out: &mut Vec<u8>, first: u64, last: u64, stderr: bool, text: &str) {
+    out.extend_from_slice(b"event: lines\nid: ");
+    out.extend_from_slice(last.to_string().as_bytes());
+    out.extend_from_slice(b"\ndata: {\"first\":");
+    out.extend_from_slice(first.to_string().as_bytes());
+    out.extend_from_slice(if stderr {
+        b",\"stderr\":true,\"html\":["
     } else {
+        b",\"stderr\":false,\"html\":["
+    });
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    if !text.as_bytes().contains(&0x1b) {
+        // No colours anywhere (the usual case): the whole burst in one pass.
         push_escaped(out, text);
+    } else {
+        for (i, line) in text.split('\n').enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let html = crate::http::present::log_html(line);
+            out.extend_from_slice(serde_json::Value::String(html).to_string().as_bytes());
+        }
     }
-    out.extend_from_slice(b"}\n\n");
+    out.extend_from_slice(b"]}\n\n");
 }
 
-/// `text` HTML-escaped (as `present::log_html` does for a line without colours), as a JSON
-/// string, in one pass.
+/// `text` HTML-escaped (as `present::log_html` does for lines without colours) as JSON
+/// strings, one pass: each `\n` ends one string and starts the next.
 fn push_escaped(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let mut plain = 0;
     for (i, b) in text.bytes().enumerate() {
         let escaped: &[u8] = match b {
+            b'\n' => b"\",\"",
             b'&' => b"&amp;",
             b'<' => b"&lt;",
             b'>' => b"&gt;",
@@ -160,8 +167,8 @@ const END_EVENT: &[u8] = b"event: end\ndata: end\n\n";
 /// Sent when nothing else was for this long, so proxies keep the stream open.
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The stored lines of a step's log after line `after`, as `line` events, made as they
-/// are sent, about a thousand lines to a chunk.
+/// The stored lines of a step's log after line `after`, as `lines` events (one per run
+/// of lines from the same stream), made as they are sent, up to 1,024 lines a chunk.
 struct StoredLines {
     text: String,
     /// Where the next line starts in `text`, and its number.
@@ -193,26 +200,41 @@ impl Iterator for StoredLines {
 
     fn next(&mut self) -> Option<Self::Item> {
         let mut chunk = Vec::new();
+        // The run of lines from one stream being gathered: its first number, its stream.
+        let mut run: Option<(u64, bool)> = None;
+        let mut text = String::new();
         let mut sent = 0;
         while sent < 1024 {
             let rest = &self.text[self.at..];
             let Some(end) = rest.find('\n') else { break };
-            let line = &rest[..end];
             self.at += end + 1;
-            if self.number > self.after {
-                let (stderr, text) = crate::ci::runner::parse_log_line(line);
-                push_line_event(&mut chunk, self.number, stderr, text);
-                sent += 1;
-            }
             self.number += 1;
+            if self.number - 1 <= self.after {
+                continue;
+            }
+            let (stderr, line) = crate::ci::runner::parse_log_line(&rest[..end]);
+            if let Some((first, was)) = run
+                && was != stderr
+            {
+                push_lines_event(&mut chunk, first, self.number - 2, was, &text);
+                text.clear();
+                run = None;
+            }
+            run.get_or_insert((self.number - 1, stderr));
+            text.push_str(line);
+            text.push('\n');
+            sent += 1;
+        }
+        if let Some((first, stderr)) = run {
+            push_lines_event(&mut chunk, first, self.number - 1, stderr, &text);
         }
         (!chunk.is_empty()).then(|| chunk.into())
     }
 }
 
 /// A step's log as Server-Sent Events: every line written so far, then new lines as
-/// the step writes them (a burst of them per chunk), then `end`. Each `line` event's id
-/// is its line number, so a reconnecting client resumes after the last line it got
+/// the step writes them (a burst of them per `lines` event), then `end`. Each event's id
+/// is the number of its last line, so a reconnecting client resumes after the last line it got
 /// (`Last-Event-ID`, or `?from=`). A client that falls behind the live channel is caught
 /// up from the log file, so it gets every line.
 pub async fn stream(
@@ -240,13 +262,19 @@ pub async fn stream(
     let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
     let written = StoredLines::new(text, after);
     let last = written.last_line();
-    let tail = futures_util::stream::unfold(Some((live, last, path)), move |state| async move {
-        let (live, last, path) = state?;
-        let Some(mut rx) = live else {
+    let follower = live.map(|rx| Follower {
+        rx,
+        index,
+        last,
+        path,
+        next: tokio::time::Instant::now(),
+    });
+    let tail = futures_util::stream::unfold(Some(follower), |state| async move {
+        let Some(mut follower) = state? else {
             return Some((END_EVENT.into(), None));
         };
-        let (chunk, last, done) = follow(&mut rx, index, last, &path).await;
-        Some((chunk, (!done).then_some((Some(rx), last, path))))
+        let (chunk, done) = follower.next_chunk().await;
+        Some((chunk, (!done).then_some(Some(follower))))
     });
     let shutdown = app.shutdown.clone();
     let events = futures_util::stream::iter(written)
@@ -263,49 +291,107 @@ pub async fn stream(
     ))
 }
 
-/// Waits for what the live channel says next about step `index`, past line `last`:
-/// (the events to send, the last line number sent, whether the log is complete).
-async fn follow(
-    rx: &mut tokio::sync::broadcast::Receiver<crate::ci::runner::LiveEvent>,
+/// After a write, a live stream gathers what the step prints for this long before the
+/// next one: a busy step costs a viewer a few writes a second, not one per burst, and a
+/// quiet one's next line still goes out at once.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A chunk this big goes out without waiting for the rest of `GATHER`.
+const FULL_CHUNK: usize = 1 << 20;
+
+/// Follows step `index` on a run's live channel, past line `last`.
+struct Follower {
+    rx: tokio::sync::broadcast::Receiver<crate::ci::runner::LiveEvent>,
     index: usize,
     last: u64,
-    path: &std::path::Path,
-) -> (axum::body::Bytes, u64, bool) {
-    use crate::ci::runner::LiveEvent;
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let Ok(received) = tokio::time::timeout(KEEP_ALIVE, rx.recv()).await else {
-            return (axum::body::Bytes::from_static(b":\n\n"), last, false);
-        };
-        match received {
-            Ok(LiveEvent::Lines { step, first, lines })
-                if step == index && first + lines.len() as u64 > last + 1 =>
-            {
-                let mut chunk = Vec::new();
-                let mut n = last;
-                for (number, (stderr, text)) in (first..).zip(lines.iter()) {
-                    if number > last {
-                        push_line_event(&mut chunk, number, *stderr, text);
-                        n = number;
-                    }
+    path: std::path::PathBuf,
+    /// When the next chunk may be written.
+    next: tokio::time::Instant,
+}
+
+impl Follower {
+    /// The next chunk to send — every burst the channel holds by then, or a keep-alive
+    /// comment — and whether the log is complete.
+    async fn next_chunk(&mut self) -> (axum::body::Bytes, bool) {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        tokio::time::sleep_until(self.next).await;
+        let mut chunk = Vec::new();
+        let done = loop {
+            let received = if chunk.is_empty() {
+                match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => return (axum::body::Bytes::from_static(b":\n\n"), false),
                 }
-                return (chunk.into(), n, false);
+            } else {
+                match self.rx.try_recv() {
+                    Ok(event) => Ok(event),
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                }
+            };
+            if self.take(received, &mut chunk).await {
+                break true;
             }
-            Ok(LiveEvent::StepDone { step }) if step == index => {
-                return (END_EVENT.into(), last, true);
+            if chunk.len() >= FULL_CHUNK {
+                break false;
             }
-            Ok(_) => continue,
+        };
+        self.next = tokio::time::Instant::now();
+        if chunk.len() < FULL_CHUNK {
+            self.next += GATHER;
+        }
+        (chunk.into(), done)
+    }
+
+    /// Appends what `received` says about the step to `chunk`; true once the log is complete.
+    async fn take(
+        &mut self,
+        received: Result<crate::ci::runner::LiveEvent, tokio::sync::broadcast::error::RecvError>,
+        chunk: &mut Vec<u8>,
+    ) -> bool {
+        use crate::ci::runner::LiveEvent;
+        use tokio::sync::broadcast::error::RecvError;
+        match received {
+            Ok(LiveEvent::Lines {
+                step,
+                first,
+                count,
+                stderr,
+                text,
+            }) if step == self.index && first + count > self.last + 1 => {
+                // A viewer that read the file after this burst was written has some of it.
+                let seen = (self.last + 1).saturating_sub(first);
+                let at = match seen {
+                    0 => 0,
+                    n => text
+                        .match_indices('\n')
+                        .nth(n as usize - 1)
+                        .map_or(0, |(i, _)| i + 1),
+                };
+                self.last = first + count - 1;
+                push_lines_event(chunk, first + seen, self.last, stderr, &text[at..]);
+                false
+            }
+            Ok(LiveEvent::StepDone { step }) if step == self.index => {
+                chunk.extend_from_slice(END_EVENT);
+                true
+            }
+            Ok(_) => false,
             Err(RecvError::Lagged(_)) => {
                 // Every line sent is in the file already: take the missed ones from there.
-                let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
-                let missed = StoredLines::new(text, last);
-                let n = missed.last_line();
-                if n > last {
-                    let chunk: Vec<u8> = missed.flat_map(Vec::from).collect();
-                    return (chunk.into(), n, false);
-                }
+                let text = tokio::fs::read_to_string(&self.path)
+                    .await
+                    .unwrap_or_default();
+                let missed = StoredLines::new(text, self.last);
+                self.last = missed.last_line();
+                chunk.extend(missed.flat_map(Vec::from));
+                false
             }
-            Err(RecvError::Closed) => return (END_EVENT.into(), last, true),
+            Err(RecvError::Closed) => {
+                chunk.extend_from_slice(END_EVENT);
+                true
+            }
         }
     }
 }
@@ -408,30 +494,42 @@ pub fn routes() -> Vec<Route> {
 
 #[cfg(test)]
 mod tests {
-    /// The one-pass escaper writes what `log_html` then JSON would.
+    /// The one-pass escaper writes what `log_html` then JSON would, with colours or not.
     #[test]
-    fn a_line_event_carries_the_same_html_as_log_html() {
-        for text in [
+    fn a_lines_event_carries_the_same_html_as_log_html() {
+        let plain = [
             "plain",
             "<a href=\"x\">&'</a>",
             "tab\there \\ back",
             "",
             "ünï\u{1}",
-        ] {
+        ];
+        let coloured = ["\x1b[31mred\x1b[0m", "<b>"];
+        for texts in [&plain[..], &coloured[..]] {
+            let text: String = texts.iter().map(|t| format!("{t}\n")).collect();
             let mut event = Vec::new();
-            super::push_line_event(&mut event, 7, true, text);
+            let last = 6 + texts.len() as u64;
+            super::push_lines_event(&mut event, 7, last, true, &text);
             let event = String::from_utf8(event).unwrap();
             let data = event
                 .lines()
                 .find_map(|l| l.strip_prefix("data: "))
                 .unwrap();
             let data: serde_json::Value = serde_json::from_str(data).unwrap();
-            assert_eq!(data["html"], crate::http::present::log_html(text), "{text}");
+            let html: Vec<_> = texts
+                .iter()
+                .map(|t| crate::http::present::log_html(t))
+                .collect();
+            assert_eq!(data["html"], serde_json::json!(html));
             assert_eq!(
-                (data["n"].as_u64(), data["stderr"].as_bool()),
+                (data["first"].as_u64(), data["stderr"].as_bool()),
                 (Some(7), Some(true))
             );
-            assert!(event.starts_with("event: line\nid: 7\n") && event.ends_with("}\n\n"));
+            let head = format!("event: lines\nid: {last}\ndata: ");
+            assert!(
+                event.starts_with(&head) && event.ends_with("]}\n\n"),
+                "{event}"
+            );
         }
     }
 }
