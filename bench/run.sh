@@ -29,7 +29,7 @@ if $quick; then
     "bench/store-scale.sh 2000"
     "bench/memory.sh 200"
   )
-  expected=14
+  expected=16
 else
   out=${out:-bench/results.md}
   plan=(
@@ -41,7 +41,7 @@ else
     "bench/store-scale.sh 100000 1000000"
     "bench/memory.sh 10000"
   )
-  expected=18
+  expected=22
 fi
 betcycle_bin >/dev/null   # build once, before anything is timed
 

@@ -28,6 +28,29 @@ impl RunStatus {
         !matches!(self, RunStatus::Queued | RunStatus::Running)
     }
 
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Error,
+    ];
+
+    /// The status a name (`as_str`) means; an unknown one is an error listing them.
+    pub fn parse(name: &str) -> crate::core::error::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                crate::core::error::Error::Invalid(format!(
+                    "unknown run status \"{name}\"; expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",

@@ -4,9 +4,10 @@
 
 use super::offline::{runtime_err, with_store};
 use super::{ConfigArgs, Failure};
-use crate::ci::run::Run;
+use crate::ci::run::{Run, RunStatus};
 use crate::identity::audit::{Context, Record};
 use crate::projects::ProjectChange;
+use crate::store::RunFilter;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -30,6 +31,12 @@ pub enum DevVerb {
         project: String,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only runs with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs on this branch.
+        #[arg(long)]
+        branch: Option<String>,
         #[arg(long, default_value_t = 1000)]
         repeat: usize,
         #[command(flatten)]
@@ -51,15 +58,25 @@ impl DevVerb {
             DevVerb::ListRuns {
                 project,
                 limit,
+                status,
+                branch,
                 repeat,
                 config,
-            } => list_runs(project, limit, repeat.max(1), &config, env),
+            } => {
+                let status = status.as_deref().map(RunStatus::parse).transpose();
+                let filter = RunFilter {
+                    status: status.map_err(|e| Failure::Usage(e.to_string()))?,
+                    branch,
+                };
+                list_runs(project, filter, limit, repeat.max(1), &config, env)
+            }
         }
     }
 }
 
 fn list_runs(
     project: String,
+    filter: RunFilter,
     limit: usize,
     repeat: usize,
     config: &ConfigArgs,
@@ -70,7 +87,7 @@ fn list_runs(
         for _ in 0..repeat {
             let t = std::time::Instant::now();
             let runs = store
-                .project_runs(&project, limit)
+                .project_runs(&project, filter.clone(), limit)
                 .await
                 .map_err(runtime_err)?;
             times.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -79,7 +96,7 @@ fn list_runs(
         times.sort_by(f64::total_cmp);
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
         println!(
-            "store.project_runs({project}, {limit}) x{repeat}: p50 {:.3} ms, p99 {:.3} ms",
+            "store.project_runs({project}, {filter:?}, {limit}) x{repeat}: p50 {:.3} ms, p99 {:.3} ms",
             at(0.5),
             at(0.99)
         );
@@ -132,14 +149,17 @@ fn seed(
 }
 
 /// Run `i` of `total`: in project `i % projects`, a minute after run `i - 1`, the last one
-/// finished now; one in ten failed (with its failing test), one in five on a branch.
+/// finished now; in each project one run in ten failed (with its failing test), one in
+/// five on one of 97 feature branches, the rest on main.
 fn run(i: u64, total: u64, projects: u64) -> Run {
     let ago = jiff::SignedDuration::from_secs(60 * (total - i) as i64);
     let finished = jiff::Timestamp::now() - ago;
     let at = |secs: i64| (finished - jiff::SignedDuration::from_secs(secs)).to_string();
-    let failed = i % 10 == 3;
-    let branch = if i % 5 == 1 {
-        format!("feature-{}", i % 97)
+    // The project's own count, so the mix is the same in every project.
+    let k = i / projects;
+    let failed = k % 10 == 3;
+    let branch = if k % 5 == 1 {
+        format!("feature-{}", k % 97)
     } else {
         "main".to_string()
     };
@@ -182,7 +202,7 @@ fn run(i: u64, total: u64, projects: u64) -> Run {
     serde_json::from_value(serde_json::json!({
         "id": 0, "number": 0,
         "project": format!("seed-{}", i % projects + 1),
-        "event": if i % 5 == 1 { "pull_request" } else { "push" },
+        "event": if k % 5 == 1 { "pull_request" } else { "push" },
         "git_ref": branch, "branch": branch, "commit": commit,
         "actor": "user:seed",
         "status": if failed { "failed" } else { "succeeded" },

@@ -200,7 +200,7 @@ pub fn check_file(path: &Path) -> Result<CheckReport> {
 /// Every index entry points at a record that exists.
 fn check_indexes(tx: &ReadTransaction, report: &mut CheckReport) -> Result<()> {
     use tables::*;
-    let indexes: [(&str, Vec<u64>, RecordTable); 7] = [
+    let indexes: [(&str, Vec<u64>, RecordTable); 9] = [
         ("user-names-1", values(tx, USER_NAMES)?, USERS),
         (
             "api-token-digests-1",
@@ -210,6 +210,16 @@ fn check_indexes(tx: &ReadTransaction, report: &mut CheckReport) -> Result<()> {
         ("team-names-1", values(tx, TEAM_NAMES)?, TEAMS),
         ("project-slugs-1", values(tx, PROJECT_SLUGS)?, PROJECTS),
         ("project-runs-1", values(tx, PROJECT_RUNS)?, RUNS),
+        (
+            "project-run-statuses-1",
+            values(tx, PROJECT_RUN_STATUSES)?,
+            RUNS,
+        ),
+        (
+            "project-run-branches-1",
+            values(tx, PROJECT_RUN_BRANCHES)?,
+            RUNS,
+        ),
         (
             "project-releases-1",
             values(tx, PROJECT_RELEASES)?,

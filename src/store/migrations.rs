@@ -6,7 +6,7 @@ use super::codec;
 use super::tables::*;
 use crate::core::error::Result;
 use crate::core::instance::Instance;
-use redb::WriteTransaction;
+use redb::{ReadableTable, WriteTransaction};
 
 pub struct Migration {
     pub version: u64,
@@ -118,6 +118,29 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "create the quarantine of records that do not decode",
         apply: |tx| {
             tx.open_table(QUARANTINE)?;
+            Ok(())
+        },
+    },
+    Migration {
+        version: 10,
+        description: "index runs by status and by branch",
+        apply: |tx| {
+            let runs = tx.open_table(RUNS)?;
+            let mut statuses = tx.open_table(PROJECT_RUN_STATUSES)?;
+            let mut branches = tx.open_table(PROJECT_RUN_BRANCHES)?;
+            for item in runs.iter()? {
+                let (id, value) = item?;
+                // A run that does not decode stays out of the indexes (and is quarantined
+                // when it is met).
+                let Ok(run) = codec::decode::<crate::ci::run::Run>(RUNS, value.value()) else {
+                    continue;
+                };
+                let (project, number) = (run.project.as_str(), run.number);
+                statuses.insert((project, run.status.as_str(), number), id.value())?;
+                if let Some(branch) = &run.branch {
+                    branches.insert((project, branch.as_str(), number), id.value())?;
+                }
+            }
             Ok(())
         },
     },

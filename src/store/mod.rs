@@ -38,6 +38,7 @@ use tables::META;
 pub use backup::{CheckReport, Snapshot, check_file, ensure_not_open, table_names};
 pub use migrations::latest as latest_schema_version;
 pub use quarantine::Quarantined;
+pub use run::RunFilter;
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "betcycle.redb";

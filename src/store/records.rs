@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 pub(super) type Records = TableDefinition<'static, u64, &'static [u8]>;
 /// A per-project index: (project slug, number) → record id.
 pub(super) type Numbers = TableDefinition<'static, (&'static str, u64), u64>;
+/// A per-project index by a property: (project slug, value, number) → record id.
+pub(super) type NumbersBy = TableDefinition<'static, (&'static str, &'static str, u64), u64>;
 
 /// Record `id` of `table`.
 pub(super) fn by_id<T: DeserializeOwned>(
@@ -61,6 +63,38 @@ pub(super) fn newest<T: DeserializeOwned>(
         let id = item?.1.value();
         if let Some(v) = records.get(id)?
             && let Some(record) = quarantine::decode_listed(table, id, v.value())
+        {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+/// `newest` through an index by a property: the records whose (project, value) is `key`,
+/// newest first, at most `limit` of those `keep` keeps (an index entry is a hint; the
+/// record decides).
+pub(super) fn newest_by<T: DeserializeOwned>(
+    tx: &ReadTransaction,
+    index: NumbersBy,
+    table: Records,
+    key: (&str, &str),
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>> {
+    let (index, records) = (tx.open_table(index)?, tx.open_table(table)?);
+    let (project, value) = key;
+    let mut out = Vec::new();
+    for item in index
+        .range((project, value, 0)..=(project, value, u64::MAX))?
+        .rev()
+    {
+        if out.len() >= limit {
+            break;
+        }
+        let id = item?.1.value();
+        if let Some(v) = records.get(id)?
+            && let Some(record) = quarantine::decode_listed(table, id, v.value())
+            && keep(&record)
         {
             out.push(record);
         }

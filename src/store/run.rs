@@ -2,7 +2,9 @@
 //! `RunUpdated` event after it commits.
 
 use super::records;
-use super::tables::{PROJECT_RUNS, RUN_QUEUE, RUNS, RUNS_RUNNING};
+use super::tables::{
+    PROJECT_RUN_BRANCHES, PROJECT_RUN_STATUSES, PROJECT_RUNS, RUN_QUEUE, RUNS, RUNS_RUNNING,
+};
 use super::{Store, WriteTx, codec, quarantine};
 use crate::ci::run::{Run, RunStatus};
 use crate::core::error::{Error, Result};
@@ -46,15 +48,48 @@ fn ids(tx: &WriteTx, table: redb::TableDefinition<u64, ()>) -> Result<Vec<u64>> 
     Ok(ids)
 }
 
+/// Stores `run` and keeps its status and branch index entries with it.
 pub(super) fn save(tx: &WriteTx, run: &Run) -> Result<()> {
-    tx.open_table(RUNS)?
-        .insert(run.id, codec::encode(run).as_slice())?;
+    /// What the indexes need of the record being replaced.
+    #[derive(serde::Deserialize)]
+    struct Indexed {
+        status: RunStatus,
+    }
+    let old = tx
+        .open_table(RUNS)?
+        .insert(run.id, codec::encode(run).as_slice())?
+        .map(|old| serde_json::from_slice::<Indexed>(old.value()).map(|i| i.status));
+    let (project, number) = (run.project.as_str(), run.number);
+    match old {
+        Some(Ok(status)) if status == run.status => {}
+        old => {
+            let mut statuses = tx.open_table(PROJECT_RUN_STATUSES)?;
+            if let Some(Ok(status)) = old {
+                statuses.remove((project, status.as_str(), number))?;
+            }
+            statuses.insert((project, run.status.as_str(), number), run.id)?;
+            // The branch is set when the run is made and never changes.
+            if old.is_none()
+                && let Some(branch) = &run.branch
+            {
+                tx.open_table(PROJECT_RUN_BRANCHES)?
+                    .insert((project, branch.as_str(), number), run.id)?;
+            }
+        }
+    }
     tx.publish(Event::RunUpdated {
         id: run.id,
         project: run.project.clone(),
         status: run.status,
     });
     Ok(())
+}
+
+/// Which of a project's runs a list shows: all, or those with this status, on this branch.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub branch: Option<String>,
 }
 
 impl Store {
@@ -184,10 +219,38 @@ impl Store {
     }
 
     /// A project's runs, newest first.
-    pub async fn project_runs(&self, project: &str, limit: usize) -> Result<Vec<Run>> {
+    /// `project`'s runs newest first, at most `limit`, those `filter` keeps: through the
+    /// status index when a status is asked for, else the branch index when a branch is,
+    /// else the project's index (with both, the status index, checking the branch).
+    pub async fn project_runs(
+        &self,
+        project: &str,
+        filter: RunFilter,
+        limit: usize,
+    ) -> Result<Vec<Run>> {
         let project = project.to_string();
-        self.read(move |db| records::newest(&db.begin_read()?, PROJECT_RUNS, RUNS, &project, limit))
-            .await
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let keep = |run: &Run| {
+                filter.status.is_none_or(|s| run.status == s)
+                    && filter
+                        .branch
+                        .as_ref()
+                        .is_none_or(|b| run.branch.as_ref() == Some(b))
+            };
+            match (filter.status, &filter.branch) {
+                (Some(status), _) => {
+                    let key = (project.as_str(), status.as_str());
+                    records::newest_by(&tx, PROJECT_RUN_STATUSES, RUNS, key, limit, keep)
+                }
+                (None, Some(branch)) => {
+                    let key = (project.as_str(), branch.as_str());
+                    records::newest_by(&tx, PROJECT_RUN_BRANCHES, RUNS, key, limit, keep)
+                }
+                (None, None) => records::newest(&tx, PROJECT_RUNS, RUNS, &project, limit),
+            }
+        })
+        .await
     }
 
     /// After a restart: every run left `running` is re-queued if it was interrupted fewer
@@ -244,5 +307,86 @@ impl Store {
             Ok((requeued, failed))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::events::EventBus;
+    use crate::identity::audit::Context;
+    use redb::ReadableDatabase;
+
+    fn run(branch: Option<&str>) -> Run {
+        serde_json::from_value(serde_json::json!({
+            "id": 0, "number": 0, "project": "p", "event": "push",
+            "git_ref": branch.unwrap_or("v1"), "branch": branch, "commit": "c0ffee",
+            "actor": "user:1", "status": "queued", "created_at": jiff::Timestamp::now(),
+            "steps": [],
+        }))
+        .unwrap()
+    }
+
+    /// Every (status or branch, number) the two indexes hold for project `p`.
+    async fn indexed(store: &Store) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+        store
+            .read(|db| {
+                let tx = db.begin_read()?;
+                let keys = |def: redb::TableDefinition<(&str, &str, u64), u64>| {
+                    let mut out = Vec::new();
+                    for item in tx.open_table(def)?.iter()? {
+                        let key = item?.0;
+                        let (project, value, number) = key.value();
+                        assert_eq!(project, "p");
+                        out.push((value.to_string(), number));
+                    }
+                    Ok::<_, Error>(out)
+                };
+                Ok((keys(PROJECT_RUN_STATUSES)?, keys(PROJECT_RUN_BRANCHES)?))
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A run moves in the status index as its status changes (never left behind), and a
+    /// store from before the indexes gets them filled at open.
+    #[tokio::test]
+    async fn runs_are_indexed_by_their_current_status_and_their_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path, 1 << 20, EventBus::new()).unwrap();
+        for branch in [Some("main"), Some("main"), None] {
+            let audit = Record::new(&Context::cli(), "run.create", "p");
+            store.create_run(run(branch), audit).await.unwrap();
+        }
+        store.claim_next_run().await.unwrap().unwrap();
+        store
+            .update_run(1, |r| r.status = RunStatus::Succeeded)
+            .await
+            .unwrap();
+        let expected = (
+            vec![
+                ("queued".to_string(), 2),
+                ("queued".to_string(), 3),
+                ("succeeded".to_string(), 1),
+            ],
+            vec![("main".to_string(), 1), ("main".to_string(), 2)],
+        );
+        assert_eq!(indexed(&store).await, expected);
+
+        // As a store of schema 9 was: no indexes.
+        store
+            .write(|tx| {
+                tx.delete_table(PROJECT_RUN_STATUSES)?;
+                tx.delete_table(PROJECT_RUN_BRANCHES)?;
+                tx.open_table(super::super::tables::META)?
+                    .insert("schema_version", codec::encode(&9u64).as_slice())?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        drop(store);
+        let store = Store::open(&path, 1 << 20, EventBus::new()).unwrap();
+        assert_eq!(indexed(&store).await, expected);
     }
 }

@@ -67,6 +67,12 @@ tables! {
     RUNS: u64 => &[u8] = "runs-1";
     /// Key: (project slug, run number). Value: run id. Index of `RUNS` per project.
     PROJECT_RUNS: (&str, u64) => u64 = "project-runs-1";
+    /// Key: (project slug, run status as in the API, run number). Value: run id. Index of
+    /// `RUNS` by status, kept by `run::save` (a run moves when its status changes).
+    PROJECT_RUN_STATUSES: (&str, &str, u64) => u64 = "project-run-statuses-1";
+    /// Key: (project slug, branch, run number). Value: run id. Index of `RUNS` by branch
+    /// (runs of a tag or bare commit have none).
+    PROJECT_RUN_BRANCHES: (&str, &str, u64) => u64 = "project-run-branches-1";
     /// Key: run id of a queued run. Value: nothing. The queue, oldest first.
     RUN_QUEUE: u64 => () = "run-queue-1";
     /// Key: run id of a running run. Value: nothing. Lets a restart find interrupted runs

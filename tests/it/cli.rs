@@ -227,6 +227,22 @@ async fn dev_seed_fills_a_store_the_server_and_db_check_accept() {
         .collect();
     assert_eq!(numbers, (1..=20).rev().collect::<Vec<_>>());
     assert_eq!(runs[0]["steps"][1]["tests"]["total"], 20);
+    // Each seed gives every project the same mix: its 4th run failed, its 2nd is on feature-1.
+    for (query, expected) in [("status=failed", [14, 4]), ("branch=feature-1", [12, 2])] {
+        let runs = server
+            .get_json(&format!("/api/v1/projects/seed-2/runs?{query}"))
+            .await;
+        let numbers: Vec<u64> = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, expected, "{query}");
+    }
+    let (code, stdout, stderr) = cli(&["dev", "list-runs", "--repeat", "5", "--status", "sunny"]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stderr.contains("unknown run status"), "{stderr}");
     let page = server.get_text("/projects/seed-1/runs/4").await;
     assert!(page.contains("data-step=\"test\""), "{page}");
     server.stop();

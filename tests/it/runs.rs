@@ -584,3 +584,62 @@ async fn a_failed_runs_workspace_is_kept_until_its_retention_passes() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_by_status_and_by_branch() {
+    let dir = tempdir();
+    let pipeline = "steps:\n  - name: check\n    run: test -z \"$FAIL\"\n";
+    let (server, repo) = demo(dir.path(), pipeline, &[]).await;
+    crate::run::git(&repo, &["branch", "feature"]);
+    let start = |body: Value| {
+        let server = &server;
+        async move {
+            let response = server
+                .call(Method::POST, "/api/v1/projects/demo/runs", &body)
+                .await;
+            assert_eq!(response.status(), 201);
+            let run: Value = response.json().await.unwrap();
+            let number = run["number"].as_u64().unwrap();
+            wait_for(server, "demo", number, finished).await;
+        }
+    };
+    // 1 main ok, 2 main failed, 3 feature ok, 4 feature failed, 5 main ok.
+    start(json!({})).await;
+    start(json!({"env": {"FAIL": "1"}})).await;
+    start(json!({"ref": "feature"})).await;
+    start(json!({"ref": "feature", "env": {"FAIL": "1"}})).await;
+    start(json!({})).await;
+    let numbers = |query: &'static str| {
+        let server = &server;
+        async move {
+            let runs: Value = server
+                .get(&format!("/api/v1/projects/demo/runs{query}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let numbers: Vec<u64> = runs
+                .as_array()
+                .unwrap_or_else(|| panic!("{runs}"))
+                .iter()
+                .map(|r| r["number"].as_u64().unwrap())
+                .collect();
+            numbers
+        }
+    };
+    assert_eq!(numbers("").await, [5, 4, 3, 2, 1]);
+    assert_eq!(numbers("?status=failed").await, [4, 2]);
+    assert_eq!(numbers("?status=succeeded&limit=2").await, [5, 3]);
+    assert_eq!(numbers("?branch=feature").await, [4, 3]);
+    assert_eq!(numbers("?branch=main&status=succeeded").await, [5, 1]);
+    assert_eq!(numbers("?status=running").await, Vec::<u64>::new());
+    assert_eq!(numbers("?branch=nowhere").await, Vec::<u64>::new());
+
+    let bad = server.get("/api/v1/projects/demo/runs?status=sunny").await;
+    assert_eq!(bad.status(), 400);
+    let message = crate::harness::message_of(bad).await;
+    assert!(
+        message.contains("unknown run status \"sunny\"") && message.contains("succeeded"),
+        "{message}"
+    );
+}

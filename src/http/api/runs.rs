@@ -5,7 +5,7 @@
 //! `GET /api/v1/projects/{slug}/runs/{number}/steps/{step}/log`.
 
 use crate::app::App;
-use crate::ci::run::Run;
+use crate::ci::run::{Run, RunStatus};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::error::ServerError;
@@ -69,13 +69,32 @@ impl ListQuery {
     }
 }
 
+/// `?status=failed&branch=main&limit=N` on a project's runs.
+#[derive(Deserialize)]
+pub struct RunListQuery {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
 pub async fn list(
     State(app): State<App>,
     Path(slug): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<RunListQuery>,
 ) -> ServerResult<Json<Vec<Run>>> {
     crate::projects::find(&app.store, &slug).await?;
-    Ok(Json(app.store.project_runs(&slug, q.limit()).await?))
+    let filter = crate::store::RunFilter {
+        status: q.status.as_deref().map(RunStatus::parse).transpose()?,
+        branch: q.branch,
+    };
+    Ok(Json(
+        app.store
+            .project_runs(&slug, filter, ListQuery { limit: q.limit }.limit())
+            .await?,
+    ))
 }
 
 pub async fn show(

@@ -89,7 +89,7 @@ async fn project_page(
     render(&ProjectPage {
         layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
         members: member_views(&app.store, slug).await?,
-        runs: app.store.project_runs(slug, 20).await?,
+        runs: app.store.project_runs(slug, Default::default(), 20).await?,
         maintainer: role >= Some(Role::Maintainer),
         developer: role >= Some(Role::Developer),
         project,
