@@ -187,7 +187,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         key: "store.cache_size",
         flag: "store-cache-size",
         env: "BETCYCLE_STORE_CACHE_SIZE",
-        default: Some("4 MiB"),
+        default: Some("1 MiB"),
         derived: "",
         integer: false,
         value_name: "SIZE",

@@ -49,7 +49,7 @@ fn defaults_apply_with_no_input() {
     assert!(config.data_dir.is_absolute());
     assert!(config.data_dir.ends_with("betcycle-data"));
     assert_eq!(config.log.dir, config.data_dir.join("logs"));
-    assert_eq!(config.store_cache_size, 4 * 1024 * 1024);
+    assert_eq!(config.store_cache_size, 1024 * 1024);
     assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
     assert!(warnings.is_empty());
 }
