@@ -90,7 +90,7 @@ fn layering_flags_then_env_then_file_then_defaults() {
     );
     assert_eq!(
         line("store.cache_size"),
-        "store.cache_size = \"4 MiB\"  # default"
+        "store.cache_size = \"1 MiB\"  # default"
     );
     assert_eq!(
         line("log.dir"),
