@@ -216,30 +216,16 @@ async fn dev_seed_fills_a_store_the_server_and_db_check_accept() {
     assert!(stdout.contains("p99"), "{stdout}");
 
     let server = Server::start_admin(dir.path(), &[]);
-    let runs = server
-        .get_json("/api/v1/projects/seed-2/runs?limit=50")
-        .await;
-    let numbers: Vec<u64> = runs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["number"].as_u64().unwrap())
-        .collect();
-    assert_eq!(numbers, (1..=20).rev().collect::<Vec<_>>());
+    let numbers = |query: &'static str| crate::runs::run_numbers(&server, "seed-2", query);
+    assert_eq!(
+        numbers("?limit=50").await,
+        (1..=20).rev().collect::<Vec<_>>()
+    );
+    let runs = server.get_json("/api/v1/projects/seed-2/runs").await;
     assert_eq!(runs[0]["steps"][1]["tests"]["total"], 20);
     // Each seed gives every project the same mix: its 4th run failed, its 2nd is on feature-1.
-    for (query, expected) in [("status=failed", [14, 4]), ("branch=feature-1", [12, 2])] {
-        let runs = server
-            .get_json(&format!("/api/v1/projects/seed-2/runs?{query}"))
-            .await;
-        let numbers: Vec<u64> = runs
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["number"].as_u64().unwrap())
-            .collect();
-        assert_eq!(numbers, expected, "{query}");
-    }
+    assert_eq!(numbers("?status=failed").await, [14, 4]);
+    assert_eq!(numbers("?branch=feature-1").await, [12, 2]);
     let (code, stdout, stderr) = cli(&["dev", "list-runs", "--repeat", "5", "--status", "sunny"]);
     assert_eq!(code, 2, "{stdout}");
     assert!(stderr.contains("unknown run status"), "{stderr}");

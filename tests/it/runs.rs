@@ -585,6 +585,15 @@ async fn a_failed_runs_workspace_is_kept_until_its_retention_passes() {
     .await;
 }
 
+/// The numbers of the runs `GET /api/v1/projects/{slug}/runs{query}` lists, in order.
+pub(crate) async fn run_numbers(server: &Server, slug: &str, query: &str) -> Vec<u64> {
+    let runs = server
+        .get_json(&format!("/api/v1/projects/{slug}/runs{query}"))
+        .await;
+    let runs = runs.as_array().unwrap_or_else(|| panic!("{runs}"));
+    runs.iter().map(|r| r["number"].as_u64().unwrap()).collect()
+}
+
 #[tokio::test]
 async fn runs_are_listed_newest_first_by_status_and_by_branch() {
     let dir = tempdir();
@@ -609,24 +618,7 @@ async fn runs_are_listed_newest_first_by_status_and_by_branch() {
     start(json!({"ref": "feature"})).await;
     start(json!({"ref": "feature", "env": {"FAIL": "1"}})).await;
     start(json!({})).await;
-    let numbers = |query: &'static str| {
-        let server = &server;
-        async move {
-            let runs: Value = server
-                .get(&format!("/api/v1/projects/demo/runs{query}"))
-                .await
-                .json()
-                .await
-                .unwrap();
-            let numbers: Vec<u64> = runs
-                .as_array()
-                .unwrap_or_else(|| panic!("{runs}"))
-                .iter()
-                .map(|r| r["number"].as_u64().unwrap())
-                .collect();
-            numbers
-        }
-    };
+    let numbers = |query: &'static str| run_numbers(&server, "demo", query);
     assert_eq!(numbers("").await, [5, 4, 3, 2, 1]);
     assert_eq!(numbers("?status=failed").await, [4, 2]);
     assert_eq!(numbers("?status=succeeded&limit=2").await, [5, 3]);
