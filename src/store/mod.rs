@@ -3,12 +3,13 @@
 //! Only this module knows redb. Callers use the typed methods in the submodules; each runs
 //! its transaction on the blocking pool (`spawn_blocking`), never on the async runtime,
 //! and holds no `.await` inside a transaction. Write transactions are short; when a write
-//! returns, the record survives `kill -9`. Writes are made durable by group commit: each
-//! transaction commits without syncing (`Durability::None`), then waits until a durable
-//! (`Durability::Immediate`) commit made after it has returned; one such commit covers
-//! every write that committed before it, so concurrent writers share one `fsync`
-//! (`Durable` below). Events collected during a write are published only once it is
-//! durable.
+//! returns, the record survives `kill -9`. Writes are made durable by group commit: a
+//! write that is the only one in progress commits durably itself
+//! (`Durability::Immediate`, one commit and one `fsync`); while others are in progress,
+//! each transaction commits without syncing (`Durability::None`), then waits until a
+//! durable commit made after it has returned; one such commit covers every write that
+//! committed before it, so concurrent writers share one `fsync` (`Durable` below). Events
+//! collected during a write are published only once it is durable.
 
 mod audit;
 mod auth;
@@ -70,9 +71,36 @@ struct Commits {
     durable: u64,
     /// A writer is making a durable commit now.
     syncing: bool,
+    /// Writes in progress (from before their transaction begins until they are durable).
+    writers: u64,
 }
 
 impl Durable {
+    /// Counts a write in progress until the guard is dropped.
+    fn enter(&self) -> Writing<'_> {
+        self.state.lock().expect("commit lock").writers += 1;
+        Writing(self)
+    }
+
+    /// Whether the caller's write is the only one in progress: then its own commit is the
+    /// durable one, as no other writer would share an `fsync` with it.
+    fn alone(&self) -> bool {
+        self.state.lock().expect("commit lock").writers == 1
+    }
+
+    /// How many writes have committed so far. Read while holding the write transaction:
+    /// every one of them committed before the caller's commit.
+    fn committed_so_far(&self) -> u64 {
+        self.state.lock().expect("commit lock").committed
+    }
+
+    /// The caller's durable commit has returned: it covered every write up to `covers`.
+    fn synced(&self, covers: u64) {
+        let mut state = self.state.lock().expect("commit lock");
+        state.durable = state.durable.max(covers);
+        self.changed.notify_all();
+    }
+
     /// Numbers a write that has just committed without syncing.
     fn committed(&self) -> u64 {
         let mut state = self.state.lock().expect("commit lock");
@@ -107,6 +135,15 @@ impl Durable {
             }
             state = self.changed.wait(state).expect("commit lock");
         }
+    }
+}
+
+/// A write in progress (see `Durable::enter`).
+struct Writing<'a>(&'a Durable);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("commit lock").writers -= 1;
     }
 }
 
@@ -222,16 +259,28 @@ impl Store {
     {
         let inner = self.inner.clone();
         let (value, events) = blocking(move || {
+            let _writing = inner.durable.enter();
             let mut tx = inner.db.begin_write()?;
-            // Durable below, before this returns: a write that returned survives `kill -9`.
-            tx.set_durability(Durability::None)?;
+            // Durable before this returns: a write that returned survives `kill -9`.
+            let alone = inner.durable.alone();
+            tx.set_durability(if alone {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
             let tx = WriteTx {
                 tx,
                 events: Default::default(),
             };
             let value = f(&tx)?;
-            tx.tx.commit()?;
-            inner.durable.wait(&inner.db, inner.durable.committed())?;
+            if alone {
+                let covers = inner.durable.committed_so_far();
+                tx.tx.commit()?;
+                inner.durable.synced(covers);
+            } else {
+                tx.tx.commit()?;
+                inner.durable.wait(&inner.db, inner.durable.committed())?;
+            }
             Ok((value, tx.events.into_inner()))
         })
         .await?;
