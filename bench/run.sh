@@ -44,6 +44,8 @@ else
   expected=22
 fi
 betcycle_bin >/dev/null   # build once, before anything is timed
+# Read before the results file (tracked) is written below.
+dirty=$(git diff --quiet || echo ' (with local changes)')
 
 rows=$(mktemp)
 for command in "${plan[@]}"; do
@@ -55,7 +57,7 @@ for command in "${plan[@]}"; do
 done
 
 {
-  echo "Measured $(date -u +%Y-%m-%d) on commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)') by \`bench/run.sh$($quick && echo ' --quick')\`;"
+  echo "Measured $(date -u +%Y-%m-%d) on commit $(git rev-parse --short HEAD)$dirty by \`bench/run.sh$($quick && echo ' --quick')\`;"
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r), $(df -T . | awk 'NR == 2 { print $2 }') disk."
   echo
   echo "| what | target | measured | reference (same run) | ratio | command |"

@@ -82,6 +82,11 @@ impl Run {
         duration_text(self.started_at, self.finished_at)
     }
 
+    /// When it started, or (still queued) when it was created.
+    pub fn started_or_created(&self) -> Timestamp {
+        self.started_at.unwrap_or(self.created_at)
+    }
+
     pub fn short_commit(&self) -> &str {
         &self.commit[..self.commit.len().min(12)]
     }
@@ -119,6 +124,12 @@ pub struct Run {
     pub branch: Option<String>,
     /// The exact commit, resolved when the run was created.
     pub commit: String,
+    /// The first line of the commit's message.
+    #[serde(default)]
+    pub commit_subject: String,
+    /// The commit's author (name).
+    #[serde(default)]
+    pub commit_author: String,
     /// Who or what started it (`user:alice`).
     pub actor: String,
     pub status: RunStatus,

@@ -148,6 +148,22 @@ fn seed(
     })
 }
 
+/// Commit subjects and authors the seeded history cycles through.
+const SUBJECTS: [&str; 6] = [
+    "Fix the flaky retry test",
+    "Add pagination to the orders API",
+    "Bump dependencies",
+    "Refactor the config loader",
+    "Speed up the release build",
+    "Document the deploy window",
+];
+const AUTHORS: [&str; 4] = [
+    "Ada Lovelace",
+    "Grace Hopper",
+    "Alan Turing",
+    "Edsger Dijkstra",
+];
+
 /// Run `i` of `total`: in project `i % projects`, a minute after run `i - 1`, the last one
 /// finished now; in each project one run in ten failed (with its failing test), one in
 /// five on one of 97 feature branches, the rest on main.
@@ -204,6 +220,8 @@ fn run(i: u64, total: u64, projects: u64) -> Run {
         "project": format!("seed-{}", i % projects + 1),
         "event": if k % 5 == 1 { "pull_request" } else { "push" },
         "git_ref": branch, "branch": branch, "commit": commit,
+        "commit_subject": SUBJECTS[(k % SUBJECTS.len() as u64) as usize],
+        "commit_author": AUTHORS[(k % AUTHORS.len() as u64) as usize],
         "actor": "user:seed",
         "status": if failed { "failed" } else { "succeeded" },
         "created_at": at(270), "started_at": at(260), "finished_at": at(0),

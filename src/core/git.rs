@@ -137,6 +137,20 @@ impl Mirrors {
 
 /// The commit `rev` (a branch, tag, `refs/…` name or commit) names in `mirror`.
 pub async fn resolve(mirror: &Path, rev: &str) -> Result<String> {
+    Ok(resolve_commit(mirror, rev).await?.sha)
+}
+
+/// A commit as a run shows it: its id, its author's name and the first line of its
+/// message.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Commit {
+    pub sha: String,
+    pub author: String,
+    pub subject: String,
+}
+
+/// The commit `rev` names in `mirror`, with its author and subject (one `git` process).
+pub async fn resolve_commit(mirror: &Path, rev: &str) -> Result<Commit> {
     let candidates: Vec<String> = if rev.starts_with("refs/") || is_commit(rev) {
         vec![rev.to_string()]
     } else {
@@ -144,10 +158,26 @@ pub async fn resolve(mirror: &Path, rev: &str) -> Result<String> {
     };
     for candidate in &candidates {
         let spec = format!("{candidate}^{{commit}}");
-        if let Ok(sha) = git(&["rev-parse", "--verify", "--quiet", &spec], Some(mirror)).await
-            && !sha.is_empty()
+        let shown = git(
+            &[
+                "show",
+                "--no-patch",
+                "--format=%H%x00%an%x00%s",
+                &spec,
+                "--",
+            ],
+            Some(mirror),
+        )
+        .await;
+        if let Ok(shown) = shown
+            && let [sha, author, subject] = shown.splitn(3, '\0').collect::<Vec<_>>()[..]
+            && is_commit(sha)
         {
-            return Ok(sha);
+            return Ok(Commit {
+                sha: sha.to_string(),
+                author: author.to_string(),
+                subject: subject.to_string(),
+            });
         }
     }
     Err(Error::Invalid(if is_commit(rev) {

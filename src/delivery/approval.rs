@@ -251,7 +251,8 @@ impl Deployer {
 
 /// Whether two actor strings name the same person (`user:alice` and
 /// `user:alice (token bct_…)` do).
-fn same_person(actor: &str, user: &str) -> bool {
+/// Whether `actor` (as recorded: `user:alice`, `user:alice via token …`) is `user`.
+pub fn same_person(actor: &str, user: &str) -> bool {
     actor == user
         || actor
             .strip_prefix(user)

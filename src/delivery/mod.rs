@@ -7,7 +7,7 @@
 //! does: `request.rs`, `approval.rs`, `worker.rs`, and `targets/` behind the `Target`
 //! trait. `board.rs` is what the API and the console show; `dora.rs` the four metrics.
 
-mod approval;
+pub mod approval;
 pub mod board;
 mod deployer;
 pub mod dora;

@@ -70,10 +70,16 @@ pub async fn serve(
     Ok((response_headers, file.data.into_owned()).into_response())
 }
 
+/// Browsers ask for `/favicon.ico` on their own: they get the icon pages link to.
+pub async fn favicon() -> axum::response::Redirect {
+    axum::response::Redirect::permanent(&url("favicon.svg"))
+}
+
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
     routes![
         GET "/static/{*path}" PUBLIC => serve,
+        GET "/favicon.ico" PUBLIC => favicon,
     ]
 }

@@ -131,6 +131,35 @@ pub fn validate_repository(repo: &str) -> Result<(), String> {
     }
 }
 
+/// Checks that BetCycle can read `repo` and that it has `branch` (or, when it has no such
+/// branch, says which it has): what the console asks before it creates a project, so a
+/// typo shows at once rather than at the first run. Gives up after 20 s.
+pub async fn check_repository(repo: &str, branch: &str) -> Result<(), String> {
+    validate_repository(repo)?;
+    let listed = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        crate::core::git::ls_remote(repo.trim()),
+    )
+    .await
+    .map_err(|_| format!("cannot reach the repository {repo}: no answer within 20 s"))?
+    .map_err(|e| format!("cannot read the repository {repo}: {e}"))?;
+    let branches: Vec<&str> = listed
+        .keys()
+        .filter_map(|r| r.strip_prefix("refs/heads/"))
+        .collect();
+    if branches.contains(&branch) {
+        return Ok(());
+    }
+    Err(if branches.is_empty() {
+        format!("the repository {repo} has no branches yet: push one first")
+    } else {
+        format!(
+            "the repository {repo} has no branch \"{branch}\"; it has {}",
+            branches.join(", ")
+        )
+    })
+}
+
 /// Applies `change` to `project`, validating every field it sets.
 pub fn apply(project: &mut Project, change: ProjectChange) -> Result<(), String> {
     if let Some(slug) = change.slug {

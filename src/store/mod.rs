@@ -39,7 +39,7 @@ use tables::META;
 pub use backup::{CheckReport, Snapshot, check_file, ensure_not_open, table_names};
 pub use migrations::latest as latest_schema_version;
 pub use quarantine::Quarantined;
-pub use run::RunFilter;
+pub use run::{HISTORY_SCAN, RunFilter, RunPage, RunQuery};
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "betcycle.redb";
@@ -522,6 +522,8 @@ mod tests {
             git_ref: "main".into(),
             branch: Some("main".into()),
             commit: "0".repeat(40),
+            commit_subject: String::new(),
+            commit_author: String::new(),
             actor: "test".into(),
             status: RunStatus::Queued,
             created_at: jiff::Timestamp::now(),

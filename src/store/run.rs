@@ -92,7 +92,189 @@ pub struct RunFilter {
     pub branch: Option<String>,
 }
 
+/// A page of run history, newest first: runs in one project or in all, narrowed by
+/// status, branch, event, actor and words, older than a cursor.
+#[derive(Clone, Debug, Default)]
+pub struct RunQuery {
+    /// One project's runs (`before` is then a run number), or every project's (`before` is
+    /// then a run id), of those `projects` names when given.
+    pub project: Option<String>,
+    pub projects: Option<std::collections::BTreeSet<String>>,
+    pub filter: RunFilter,
+    /// `push`, `pull_request`, `tag`, `manual`, `cron` or `api`.
+    pub event: Option<String>,
+    /// Who or what started it, as stored (`user:alice`).
+    pub actor: Option<String>,
+    /// Words the commit subject, author, ref, commit or `#number` contains (any case).
+    pub text: Option<String>,
+    /// Only runs before this cursor (the `next` of the page before).
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+/// What a history page shows: its runs, where the next (older) one starts, and how many
+/// runs were looked at for it.
+#[derive(Clone, Debug, Default)]
+pub struct RunPage {
+    pub runs: Vec<Run>,
+    /// The cursor of the next page, when there may be older runs that match.
+    pub next: Option<u64>,
+    pub scanned: usize,
+}
+
+/// Most runs one history page looks at: a filter that matches rarely answers with what it
+/// found so far and a cursor to go on, in bounded time, however long the history.
+pub const HISTORY_SCAN: usize = 2000;
+
+/// The fields of a stored run a history filter reads; decoding only these skips the
+/// rest of the record (steps, tests, artifacts) for runs the filter leaves out.
+#[derive(serde::Deserialize)]
+struct RunHead<'a> {
+    #[serde(borrow)]
+    project: std::borrow::Cow<'a, str>,
+    number: u64,
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    git_ref: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    branch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    commit: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    commit_subject: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    commit_author: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    actor: std::borrow::Cow<'a, str>,
+    status: RunStatus,
+}
+
+impl RunQuery {
+    fn keeps(&self, run: &RunHead, words: &[String]) -> bool {
+        let contains = |field: &str| {
+            let field = field.to_lowercase();
+            words.iter().all(|w| field.contains(w.as_str()))
+        };
+        self.projects
+            .as_ref()
+            .is_none_or(|p| p.contains(run.project.as_ref()))
+            && self.filter.status.is_none_or(|s| run.status == s)
+            && self
+                .filter
+                .branch
+                .as_deref()
+                .is_none_or(|b| run.branch.as_deref() == Some(b))
+            && self.event.as_deref().is_none_or(|e| run.event == e)
+            && self.actor.as_deref().is_none_or(|a| run.actor == a)
+            && (words.is_empty()
+                || contains(&format!(
+                    "{} {} {} {} #{}",
+                    run.commit_subject, run.commit_author, run.git_ref, run.commit, run.number
+                )))
+    }
+}
+
 impl Store {
+    /// One page of run history (see `RunQuery`): through the project's status or branch
+    /// index when the query names them, else newest first through all runs, looking at
+    /// `HISTORY_SCAN` runs at most.
+    pub async fn run_history(&self, query: RunQuery) -> Result<RunPage> {
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let runs = tx.open_table(RUNS)?;
+            let words: Vec<String> = query
+                .text
+                .iter()
+                .flat_map(|t| t.split_whitespace())
+                .map(str::to_lowercase)
+                .collect();
+            let before = query.before.unwrap_or(u64::MAX);
+            // Candidate run ids, newest first, each with the cursor that resumes after it.
+            let candidates: Box<dyn Iterator<Item = Result<(u64, u64)>>> =
+                match (&query.project, query.filter.status, &query.filter.branch) {
+                    (Some(project), Some(status), _) => {
+                        let index = tx.open_table(PROJECT_RUN_STATUSES)?;
+                        let key = |n| (project.as_str(), status.as_str(), n);
+                        let range: Vec<Result<(u64, u64)>> = index
+                            .range(key(0)..key(before))?
+                            .rev()
+                            .take(HISTORY_SCAN)
+                            .map(|item| {
+                                let (k, v) = item?;
+                                Ok((v.value(), k.value().2))
+                            })
+                            .collect();
+                        Box::new(range.into_iter())
+                    }
+                    (Some(project), None, Some(branch)) => {
+                        let index = tx.open_table(PROJECT_RUN_BRANCHES)?;
+                        let key = |n| (project.as_str(), branch.as_str(), n);
+                        let range: Vec<Result<(u64, u64)>> = index
+                            .range(key(0)..key(before))?
+                            .rev()
+                            .take(HISTORY_SCAN)
+                            .map(|item| {
+                                let (k, v) = item?;
+                                Ok((v.value(), k.value().2))
+                            })
+                            .collect();
+                        Box::new(range.into_iter())
+                    }
+                    (Some(project), None, None) => {
+                        let index = tx.open_table(PROJECT_RUNS)?;
+                        let key = |n| (project.as_str(), n);
+                        let range: Vec<Result<(u64, u64)>> = index
+                            .range(key(0)..key(before))?
+                            .rev()
+                            .take(HISTORY_SCAN)
+                            .map(|item| {
+                                let (k, v) = item?;
+                                Ok((v.value(), k.value().1))
+                            })
+                            .collect();
+                        Box::new(range.into_iter())
+                    }
+                    (None, _, _) => {
+                        let range: Vec<Result<(u64, u64)>> = runs
+                            .range(0..before)?
+                            .rev()
+                            .take(HISTORY_SCAN)
+                            .map(|item| {
+                                let id = item?.0.value();
+                                Ok((id, id))
+                            })
+                            .collect();
+                        Box::new(range.into_iter())
+                    }
+                };
+            let mut page = RunPage::default();
+            let mut last = None;
+            for candidate in candidates {
+                let (id, cursor) = candidate?;
+                page.scanned += 1;
+                last = Some(cursor);
+                let Some(value) = runs.get(id)? else { continue };
+                let bytes = value.value();
+                let keep = match serde_json::from_slice::<RunHead>(bytes) {
+                    Ok(head) => query.keeps(&head, &words),
+                    Err(_) => false,
+                };
+                if keep && let Some(run) = quarantine::decode_listed(RUNS, id, bytes) {
+                    page.runs.push(run);
+                    if page.runs.len() >= query.limit {
+                        break;
+                    }
+                }
+            }
+            // Looked at fewer than the scan allows without filling the page: nothing older.
+            let exhausted = page.scanned < HISTORY_SCAN && page.runs.len() < query.limit;
+            page.next = if exhausted { None } else { last };
+            Ok(page)
+        })
+        .await
+    }
+
     /// Stores a new run (its `id` and `number` are assigned here) and queues it.
     pub async fn create_run(&self, mut run: Run, audit: Record) -> Result<Run> {
         self.write(move |tx| {

@@ -265,6 +265,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/readyz", "public"),
     ("/metrics", "public"),
     ("/static/{*path}", "public"),
+    ("/favicon.ico", "public"),
     ("/api/v1/sessions", "user"),
     ("/api/v1/me", "user"),
     ("/api/v1/tokens", "user"),
@@ -345,6 +346,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/projects/{slug}/secrets", "project:maintainer"),
     ("/projects", "user"),
     ("/projects/{slug}", "project:viewer"),
+    ("/projects/{slug}/runs", "project:viewer"),
     ("/projects/{slug}/runs/{number}", "project:viewer"),
     ("/projects/{slug}/runs/{number}/panel", "project:viewer"),
     (

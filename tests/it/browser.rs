@@ -408,7 +408,7 @@ async fn a_person_runs_the_pipeline_from_the_console_and_watches_it_finish() {
     browser.snapshot("run").await;
 
     // The step page follows the log over Server-Sent Events until it is complete.
-    c.find(Locator::LinkText("live log"))
+    c.find(Locator::LinkText("Full screen"))
         .await
         .unwrap()
         .click()
@@ -612,6 +612,48 @@ async fn a_maintainer_approves_a_deployment_from_the_environments_board() {
     }
     assert_eq!(std::fs::read_to_string(&target).unwrap().trim(), "demo-1");
     browser.snapshot("environments").await;
+
+    // Roll back asks first: dismissed, nothing is sent; accepted, the form goes.
+    let rollback = "#env-production form[action$='/rollback'] button";
+    c.find(Locator::Css(rollback))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let question = alert_text(&browser).await;
+    assert!(question.starts_with("Roll back production?"), "{question}");
+    c.dismiss_alert().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deployments = server.get_json("/api/v1/projects/demo/deployments").await;
+    assert_eq!(deployments.as_array().unwrap().len(), 1, "{deployments}");
+    c.execute("document.body.dataset.left = '1'", vec![])
+        .await
+        .unwrap();
+    c.find(Locator::Css(rollback))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alert_text(&browser).await;
+    c.accept_alert().await.unwrap();
+    // The form was sent: a new page, with the server's answer (one release: nothing to
+    // roll back to).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c
+        .execute("return document.body.dataset.left || ''", vec![])
+        .await
+        .unwrap()
+        == "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the rollback form was never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!browser.text("p.notice").await.is_empty());
     c.goto(&format!("{}/projects/demo/deployments/1", server.url))
         .await
         .unwrap();
@@ -686,4 +728,336 @@ async fn an_administrator_downloads_a_backup_from_the_settings_page() {
             .starts_with("user:admin"),
         "{audit:#}"
     );
+}
+
+/// The text of the dialog a click opened (waiting for it to open).
+async fn alert_text(browser: &Browser) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match browser.client.get_alert_text().await {
+            Ok(text) => return text,
+            Err(e) if Instant::now() > deadline => panic!("no dialog opened: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Evaluates `script` (a function body) in the page and returns its value.
+async fn eval(browser: &Browser, script: &str) -> serde_json::Value {
+    browser.client.execute(script, vec![]).await.unwrap()
+}
+
+#[tokio::test]
+#[ignore = "browser test: needs chromium and chromedriver; run with -- --include-ignored"]
+async fn the_run_page_draws_the_pipeline_and_its_log_follows_the_tail_until_scrolled_up() {
+    let browser = Browser::start().await;
+    let dir = tempdir();
+    let server = demo_project(
+        dir.path(),
+        "steps:\n  - name: prepare\n    run: echo ready\n  - name: chatty\n    depends_on: [prepare]\n    run: for i in $(seq 1 300); do echo \"line $i\"; sleep 0.02; done\n  - name: lint\n    run: printf '\\033[34mblue\\033[0m\\n'\n",
+    )
+    .await;
+    crate::runs::trigger(&server, "demo").await;
+    sign_in_to_demo(&browser, &server.url).await;
+    let c = &browser.client;
+    c.goto(&format!("{}/projects/demo/runs/1", server.url))
+        .await
+        .unwrap();
+
+    // The graph: `chatty` needs `prepare`, so it is drawn in the next column, with an
+    // edge; while it runs its node shows a live elapsed time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = eval(
+            &browser,
+            "return document.querySelector('[data-node=chatty]')?.getAttribute('aria-label') ?? ''",
+        )
+        .await;
+        if state == "chatty: running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "chatty never ran: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let layout = eval(
+        &browser,
+        "const x = n => Number(document.querySelector(`[data-node=${n}] rect`).getAttribute('x'));
+         return [x('prepare'), x('chatty'), x('lint'), document.querySelectorAll('svg.graph path.edge').length];",
+    )
+    .await;
+    let layout: Vec<u64> = serde_json::from_value(layout).unwrap();
+    assert!(layout[1] > layout[0], "{layout:?}");
+    assert_eq!(layout[0], layout[2], "{layout:?}");
+    assert_eq!(layout[3], 1, "{layout:?}");
+    let elapsed =
+        "return document.querySelector('[data-node=chatty] [data-node-time]').textContent";
+    let first = eval(&browser, elapsed).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = eval(&browser, elapsed).await;
+    assert_ne!(first, later, "the elapsed time stood still");
+    assert!(later.as_str().unwrap().ends_with(" s"), "{later}");
+    browser.snapshot("run-running").await;
+
+    // The running step's log follows its tail…
+    let log = "document.getElementById('step-1-log')";
+    let lines = format!("return {log}.querySelectorAll('.line').length");
+    let bottom =
+        format!("const l = {log}; return l.scrollTop + l.clientHeight >= l.scrollHeight - 4");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while eval(&browser, &lines).await.as_u64().unwrap() < 60 {
+        assert!(Instant::now() < deadline, "the log never filled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        eval(&browser, &bottom).await,
+        true,
+        "not following the tail"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        eval(&browser, &bottom).await,
+        true,
+        "stopped following the tail"
+    );
+    // …until the reader scrolls up: then it stays put while lines arrive and the panel
+    // refreshes (every 2 s).
+    eval(&browser, &format!("{log}.scrollTop = 40; return 0")).await;
+    let before = eval(&browser, &lines).await.as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(eval(&browser, &lines).await.as_u64().unwrap() > before);
+    assert_eq!(
+        eval(&browser, &format!("return {log}.scrollTop")).await,
+        40,
+        "the log moved while the reader was scrolled up"
+    );
+
+    // Every line arrives once, numbered, by the end of the run.
+    crate::runs::wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while eval(&browser, &lines).await != 300 {
+        assert!(
+            Instant::now() < deadline,
+            "{} lines",
+            eval(&browser, &lines).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        eval(
+            &browser,
+            "return document.getElementById('step-1-L300').innerText"
+        )
+        .await,
+        "line 300"
+    );
+    // The search shows the matching lines only.
+    c.find(Locator::Css("[data-log-search][aria-controls=step-1-log]"))
+        .await
+        .unwrap()
+        .send_keys("line 29")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.text("#step-1 [data-search-count]").await,
+        "11 matching lines"
+    );
+    // An address with a line anchor opens at that line; ANSI blue is the readable one.
+    c.goto(&format!("{}/projects/demo/runs/1#step-1-L120", server.url))
+        .await
+        .unwrap();
+    c.refresh().await.unwrap();
+    assert_eq!(
+        eval(
+            &browser,
+            "return document.querySelector('.line.target')?.id ?? ''"
+        )
+        .await,
+        "step-1-L120"
+    );
+    let blue = eval(
+        &browser,
+        "const s = document.querySelector('#step-2-log .line span:not(.t)'); return s ? getComputedStyle(s).color : ''",
+    )
+    .await;
+    assert_eq!(blue, "rgb(88, 166, 255)", "ANSI blue on the log background");
+    browser.snapshot("run").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+#[ignore = "browser test: needs chromium and chromedriver; run with -- --include-ignored"]
+async fn a_person_filters_the_runs_list_by_status_and_searches_it() {
+    let browser = Browser::start().await;
+    let dir = tempdir();
+    let server = demo_project(
+        dir.path(),
+        "steps:\n  - name: check\n    run: test -z \"$FAIL\"\n",
+    )
+    .await;
+    for fail in ["", "", "1", ""] {
+        let env = if fail.is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({"FAIL": fail})
+        };
+        server
+            .expect(
+                reqwest::Method::POST,
+                "/api/v1/projects/demo/runs",
+                &serde_json::json!({ "env": env }),
+                201,
+            )
+            .await;
+    }
+    for n in 1..=4 {
+        crate::runs::wait_for(&server, "demo", n, crate::hardening::finished).await;
+    }
+    sign_in_to_demo(&browser, &server.url).await;
+    let c = &browser.client;
+    c.goto(&format!("{}/runs", server.url)).await.unwrap();
+    let rows = "return Array.from(document.querySelectorAll('table.runs tbody tr[data-run]')).map(r => r.dataset.run)";
+    assert_eq!(
+        eval(&browser, rows).await,
+        serde_json::json!(["demo#4", "demo#3", "demo#2", "demo#1"])
+    );
+    browser.snapshot("runs").await;
+    c.find(Locator::Css("select[name=status] option[value=failed]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.filters button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_url(&url::Url::parse(&format!("{}/runs?status=failed", server.url)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(eval(&browser, rows).await, serde_json::json!(["demo#3"]));
+    // Search by the commit's subject (the repository's one commit) and by number.
+    c.goto(&format!("{}/projects/demo/runs?q=%232", server.url))
+        .await
+        .unwrap();
+    assert_eq!(eval(&browser, rows).await, serde_json::json!(["demo#2"]));
+    c.goto(&format!(
+        "{}/projects/demo/runs?q=no+such+words",
+        server.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(eval(&browser, rows).await, serde_json::json!([]));
+    assert_eq!(
+        browser.text("table.runs tbody td.muted").await,
+        "No runs match these filters."
+    );
+    browser.close().await;
+}
+
+/// The axe-core script: `$BETCYCLE_AXE`, or `target/axe/axe.min.js` (.ci/run puts it there
+/// from the PyPI package axe-selenium-python).
+fn axe_source() -> String {
+    let path = std::env::var("BETCYCLE_AXE").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/axe/axe.min.js").to_string()
+    });
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot read axe-core at {path} ({e}); .ci/run fetches it (see its axe step)")
+    })
+}
+
+/// The serious and critical accessibility violations axe-core finds on the open page, as
+/// `rule: node, node…` lines.
+async fn axe_violations(browser: &Browser, axe: &str) -> Vec<String> {
+    browser.client.execute(axe, vec![]).await.unwrap();
+    let found = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] }).then(r => done(
+               r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.id + ': ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '))))
+               .catch(e => done(['axe failed: ' + e]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(found).unwrap()
+}
+
+#[tokio::test]
+#[ignore = "browser test: needs chromium and chromedriver; run with -- --include-ignored"]
+async fn the_main_pages_fit_a_phone_and_pass_axe() {
+    let axe = axe_source();
+    let browser = Browser::start().await;
+    let dir = tempdir();
+    let server = demo_project(
+        dir.path(),
+        "steps:\n  - { name: build, run: 'echo built' }\n  - { name: test, run: 'echo tested', depends_on: [build] }\n",
+    )
+    .await;
+    crate::runs::trigger(&server, "demo").await;
+    crate::runs::wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    sign_in_to_demo(&browser, &server.url).await;
+    let c = &browser.client;
+    let pages = [
+        ("dashboard", "/"),
+        ("projects", "/projects"),
+        ("project", "/projects/demo"),
+        ("project-runs", "/projects/demo/runs"),
+        ("runs", "/runs"),
+        ("run", "/projects/demo/runs/1"),
+        ("step", "/projects/demo/runs/1/steps/0"),
+        ("environments", "/projects/demo/environments"),
+        ("triggers", "/projects/demo/triggers"),
+        ("secrets", "/projects/demo/secrets"),
+        ("policies", "/policies"),
+        ("users", "/security/users"),
+        ("audit", "/security/audit"),
+        ("account", "/account"),
+    ];
+    let mut problems = Vec::new();
+    for (name, path) in pages {
+        c.goto(&format!("{}{path}", server.url)).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("main h1"))
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        browser.snapshot(&format!("desktop-{name}")).await;
+        for v in axe_violations(&browser, &axe).await {
+            problems.push(format!("{path}: {v}"));
+        }
+    }
+    c.set_window_size(390, 844).await.unwrap();
+    for (name, path) in pages {
+        c.goto(&format!("{}{path}", server.url)).await.unwrap();
+        c.wait()
+            .for_element(Locator::Css("main h1"))
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let widths = eval(
+            &browser,
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+        )
+        .await;
+        let widths: Vec<u64> = serde_json::from_value(widths).unwrap();
+        if widths[0] > widths[1] {
+            problems.push(format!("{path}: scrolls sideways on a phone ({widths:?})"));
+        }
+        browser.snapshot(&format!("phone-{name}")).await;
+    }
+    // On a phone the navigation folds behind Menu.
+    let nav = "return getComputedStyle(document.getElementById('nav')).display";
+    assert_eq!(eval(&browser, nav).await, "none");
+    c.find(Locator::Css("[data-nav-toggle]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(eval(&browser, nav).await, "grid");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    browser.close().await;
 }

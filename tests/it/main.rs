@@ -12,6 +12,7 @@ mod hardening;
 mod hardening_more;
 mod harness;
 mod health;
+mod history;
 mod lifecycle;
 mod metrics;
 mod policy;

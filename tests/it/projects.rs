@@ -168,3 +168,54 @@ async fn the_project_cli_lists_creates_and_shows_through_the_api() {
         "error: the server refused (409 Conflict): project \"web\" already exists\n"
     );
 }
+
+/// The console reads a new project's repository before creating it: an address that
+/// leads nowhere or a branch it does not have is refused on the page, in the frame, and
+/// nothing is created.
+#[tokio::test]
+async fn the_console_checks_a_new_projects_repository_before_creating_it() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    crate::run::git_repo(&repo, "steps:\n  - { name: a, run: 'true' }\n");
+    let server = Server::start_admin(dir.path(), &[]);
+    let create = |repository: String, branch: &'static str| {
+        server
+            .request(Method::POST, "/projects")
+            .form(&[
+                ("slug", "demo".to_string()),
+                ("repository", repository),
+                ("default_branch", branch.to_string()),
+            ])
+            .send()
+    };
+    let nowhere = dir.path().join("nowhere").display().to_string();
+    let refused = create(nowhere.clone(), "main").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("cannot read the repository"), "{page}");
+    assert!(
+        page.contains("aria-label=\"Main\""),
+        "not in the page frame"
+    );
+    let refused = create(repo.display().to_string(), "trunk").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(
+        page.contains("no branch &#34;trunk&#34;; it has main"),
+        "{page}"
+    );
+    let projects = server.get_json("/api/v1/projects").await;
+    assert_eq!(projects.as_array().unwrap().len(), 0, "{projects}");
+    // Accepted: the form's redirect leads to the new project's page.
+    let created = create(repo.display().to_string(), "main").await.unwrap();
+    assert_eq!(created.status(), 200);
+    assert!(
+        created
+            .url()
+            .as_str()
+            .ends_with("/projects/demo?done=project-created"),
+        "{}",
+        created.url()
+    );
+}

@@ -322,11 +322,12 @@ async fn trigger_cli_waits_for_the_result_and_the_console_shows_the_run() {
         "data-run-status>succeeded<",
         "data-step=\"package\"",
         "failed (allowed)",
-        "1/3 passed",
+        "tests 1/3",
         "70.0%",
         "failed: calc::divides — division by zero",
         "<code>out/app.bin</code></a> 12 bytes",
-        "<span class=\"stderr\">style problem</span>",
+        "<span class=\"line stderr\"",
+        "</span>style problem</span>",
     ] {
         assert!(page.contains(expected), "run page lacks {expected}");
     }

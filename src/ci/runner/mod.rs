@@ -256,9 +256,16 @@ impl Runner {
 
 /// Splits a stored log line (`<ms> <o|e> <text>`) into (is stderr, text).
 pub fn parse_log_line(line: &str) -> (bool, &str) {
+    let (_, stderr, text) = parse_log_line_at(line);
+    (stderr, text)
+}
+
+/// Splits a stored log line into (ms since the step started, is stderr, text).
+pub fn parse_log_line_at(line: &str) -> (u64, bool, &str) {
     let mut parts = line.splitn(3, ' ');
-    let (_, tag, text) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
-    (tag == Some("e"), text)
+    let (ms, tag, text) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(0);
+    (ms, tag == Some("e"), text)
 }
 
 /// Where an artifact with this SHA-256 is kept under `data_dir`.

@@ -61,7 +61,11 @@ impl Runner {
             .map(str::to_string)
             .or_else(|| spec.commit.clone())
             .unwrap_or_else(|| project.default_branch.clone());
-        let commit = git::resolve(&mirror, spec.commit.as_deref().unwrap_or(&git_ref)).await?;
+        let git::Commit {
+            sha: commit,
+            author: commit_author,
+            subject: commit_subject,
+        } = git::resolve_commit(&mirror, spec.commit.as_deref().unwrap_or(&git_ref)).await?;
         let branch = match (&spec.pull_request, git_ref.strip_prefix("refs/heads/")) {
             // As in Drone and Woodpecker: a pull request's branch is the one it targets.
             (Some(pr), _) => Some(pr.base_branch.clone()),
@@ -94,6 +98,8 @@ impl Runner {
             git_ref,
             branch,
             commit,
+            commit_subject,
+            commit_author,
             actor: ctx.actor.clone(),
             status: RunStatus::Queued,
             created_at: jiff::Timestamp::now(),

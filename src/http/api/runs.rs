@@ -415,11 +415,31 @@ impl Follower {
     }
 }
 
-/// A step's output as stored: one line per output line, `<ms since step start> <o|e> <text>`.
+/// `?format=` of a step's log: `raw` (as stored, the default), `text` (the output alone,
+/// colours removed) or `ansi` (the output alone, with its escapes).
+#[derive(Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// A step's output: as stored (one line per output line, `<ms since step start> <o|e>
+/// <text>`), or with `?format=text|ansi` the output alone, as the step printed it.
 pub async fn log(
     State(app): State<App>,
     Path((slug, number, step)): Path<(String, u64, String)>,
+    Query(q): Query<LogQuery>,
 ) -> ServerResult<impl IntoResponse> {
+    let strip = match q.format.as_deref() {
+        None | Some("raw") => None,
+        Some("text") => Some(true),
+        Some("ansi") => Some(false),
+        Some(other) => {
+            return Err(ServerError::BadRequest(format!(
+                "unknown log format \"{other}\"; expected raw, text or ansi"
+            )));
+        }
+    };
     let run = crate::ci::run::find(&app.store, &slug, number).await?;
     let index = run.step_index(&step)?;
     let path = app.runner.log_path(run.id, index);
@@ -430,6 +450,22 @@ pub async fn log(
             return Err(
                 crate::core::error::Error::io(format!("cannot read {}", path.display()))(e).into(),
             );
+        }
+    };
+    let text = match strip {
+        None => text,
+        Some(strip) => {
+            let mut out = String::with_capacity(text.len());
+            for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+                let (_, output) = crate::ci::runner::parse_log_line(line.trim_end_matches('\n'));
+                if strip {
+                    out.push_str(&crate::http::present::log_text(output));
+                } else {
+                    out.push_str(output);
+                }
+                out.push('\n');
+            }
+            out
         }
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))

@@ -25,6 +25,14 @@ struct UsersPage {
     error: Option<String>,
 }
 
+impl UsersPage {
+    /// Whether `u` is the only enabled administrator: the page then offers no way to take
+    /// that away (the store refuses it too).
+    fn last_admin(&self, u: &UserView) -> bool {
+        u.admin && !u.disabled && self.users.iter().filter(|v| v.admin && !v.disabled).count() == 1
+    }
+}
+
 async fn users_page_with(
     app: &App,
     signed: &Signed,

@@ -1,4 +1,5 @@
-//! The dashboard: version, uptime, store size, readiness and the start history. The
+//! The dashboard: getting started on a new instance, the latest runs across the caller's
+//! projects, then version, uptime, store size, readiness and the start history. The
 //! status panel refreshes itself every 10 s through htmx (the same handler answers an htmx
 //! request, or `/dashboard/status`, with the panel alone).
 
@@ -15,6 +16,11 @@ use axum::response::Html;
 struct DashboardPage {
     layout: Layout,
     status: StatusPanel,
+    /// The latest runs of the projects the caller may see.
+    runs: Vec<crate::ci::run::Run>,
+    /// How many projects the caller may see (none: the getting-started steps show).
+    projects: usize,
+    admin: bool,
 }
 
 #[derive(Template)]
@@ -29,12 +35,13 @@ struct StatusPanel {
     instance_id: String,
     created_at: String,
     public_url: String,
-    data_dir: String,
+    /// Shown to administrators only.
+    data_dir: Option<String>,
     starts_total: u64,
     previous_shutdown_unclean: bool,
 }
 
-async fn status_panel(app: &App) -> ServerResult<StatusPanel> {
+async fn status_panel(app: &App, admin: bool) -> ServerResult<StatusPanel> {
     let view = app.instance_view().await?;
     let readiness = health::readiness(
         &app.store,
@@ -59,7 +66,7 @@ async fn status_panel(app: &App) -> ServerResult<StatusPanel> {
             .strftime("%Y-%m-%d %H:%M UTC")
             .to_string(),
         public_url: view.public_url,
-        data_dir: app.config.data_dir.display().to_string(),
+        data_dir: admin.then(|| app.config.data_dir.display().to_string()),
         starts_total: view.starts_total,
         previous_shutdown_unclean: view.previous_shutdown_unclean,
     })
@@ -73,13 +80,24 @@ pub async fn page(
     Console { app, signed }: Console,
     Fragment(fragment): Fragment,
 ) -> ServerResult<Html<String>> {
-    let status = status_panel(&app).await?;
+    let admin = signed.principal.user.admin;
+    let status = status_panel(&app, admin).await?;
     if fragment {
         return render(&status);
     }
+    let visible = crate::projects::visible(&app.store, &signed.principal).await?;
+    let query = crate::store::RunQuery {
+        projects: (!admin).then(|| visible.iter().map(|p| p.project.slug.clone()).collect()),
+        limit: 10,
+        ..Default::default()
+    };
+    let runs = app.store.run_history(query).await?.runs;
     render(&DashboardPage {
         layout: Layout::new("Dashboard", "dashboard", Some(&signed.principal)),
         status,
+        runs,
+        projects: visible.len(),
+        admin,
     })
 }
 

@@ -96,11 +96,17 @@ struct BoardPage {
     dora: DoraView,
     developer: bool,
     maintainer: bool,
+    /// Who is looking (`user:alice`): the requester of a deployment cannot approve it.
+    me: String,
     done: Option<&'static str>,
     error: Option<String>,
 }
 
 impl BoardPage {
+    fn requested_by_me(&self, d: &Deployment) -> bool {
+        crate::delivery::approval::same_person(&d.requested_by, &self.me)
+    }
+
     fn waiting(&self, env: &str) -> Vec<&Deployment> {
         let mut w: Vec<&Deployment> = self
             .deployments
@@ -185,6 +191,7 @@ async fn render_board(
         dora: DoraView::new(dora),
         developer: role >= Some(Role::Developer),
         maintainer: role >= Some(Role::Maintainer),
+        me: format!("user:{}", signed.principal.user.name),
         done,
         error,
     })
@@ -401,9 +408,12 @@ async fn deployment_panel(
     let text = crate::delivery::board::log_text(app, &d).await?;
     let log = text
         .lines()
-        .map(|l| {
-            let (stderr, text) = crate::ci::runner::parse_log_line(l);
+        .enumerate()
+        .map(|(i, l)| {
+            let (ms, stderr, text) = crate::ci::runner::parse_log_line_at(l);
             super::runs::LogLine {
+                n: i as u64 + 1,
+                at: crate::http::present::offset(ms),
                 stderr,
                 html: crate::http::present::log_html(text),
             }

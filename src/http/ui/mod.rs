@@ -7,6 +7,7 @@ mod areas;
 mod dashboard;
 mod deploy;
 mod form;
+mod history;
 mod policies;
 mod projects;
 mod runs;
@@ -42,6 +43,7 @@ pub fn routes() -> Vec<Route> {
         secrets::routes(),
         projects::routes(),
         runs::routes(),
+        history::routes(),
         triggers::routes(),
         deploy::routes(),
     ]
@@ -52,7 +54,7 @@ pub fn routes() -> Vec<Route> {
     // Areas with screens of their own register them above.
     for area in AREAS
         .iter()
-        .filter(|a| a.slug != "projects" && a.slug != "policies")
+        .filter(|a| !["projects", "runs", "policies"].contains(&a.slug))
     {
         let page = move |signed: Signed| areas::page(area, signed);
         routes.push(route(M::GET, format!("/{}", area.slug), User, page));

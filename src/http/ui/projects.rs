@@ -51,12 +51,19 @@ pub async fn create(
     Form(change): Form<ProjectChange>,
 ) -> ServerResult<Response> {
     let slug = change.slug.clone().unwrap_or_default();
-    let record = Record::new(&signed.audit, "project.create", format!("project:{slug}"));
-    match app
-        .store
-        .create_project(change.without_empty(), record)
-        .await
+    let change = change.without_empty();
+    let branch = change
+        .default_branch
+        .clone()
+        .unwrap_or_else(|| crate::projects::DEFAULT_BRANCH.to_string());
+    if let Err(message) =
+        crate::projects::check_repository(change.repository.as_deref().unwrap_or(""), &branch).await
     {
+        let page = |message| list_page(&app, &signed, Some(message));
+        return form_failed(Error::Invalid(message), page).await;
+    }
+    let record = Record::new(&signed.audit, "project.create", format!("project:{slug}"));
+    match app.store.create_project(change, record).await {
         Ok(p) => {
             Ok(Redirect::to(&format!("/projects/{}?done=project-created", p.slug)).into_response())
         }
@@ -89,7 +96,7 @@ async fn project_page(
     render(&ProjectPage {
         layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
         members: member_views(&app.store, slug).await?,
-        runs: app.store.project_runs(slug, Default::default(), 20).await?,
+        runs: app.store.project_runs(slug, Default::default(), 10).await?,
         maintainer: role >= Some(Role::Maintainer),
         developer: role >= Some(Role::Developer),
         project,
