@@ -612,6 +612,15 @@ async fn a_maintainer_approves_a_deployment_from_the_environments_board() {
     }
     assert_eq!(std::fs::read_to_string(&target).unwrap().trim(), "demo-1");
     browser.snapshot("environments").await;
+    // The DORA chart has its scale, its days and today's successful deployment.
+    let chart = eval(
+        &browser,
+        "return [document.querySelector('#dora .axis-y span').textContent,
+                 document.querySelectorAll('svg.chart rect.ok:not([height=\"0\"])').length,
+                 document.querySelector('#dora .axis-x').textContent.includes('deployments per day')]",
+    )
+    .await;
+    assert_eq!(chart, serde_json::json!(["1", 1, true]));
 
     // Roll back asks first: dismissed, nothing is sent; accepted, the form goes.
     let rollback = "#env-production form[action$='/rollback'] button";

@@ -46,6 +46,13 @@ steps:
     let page = server.get_text("/projects/demo/runs/1").await;
     assert!(page.contains("(branches 50.0%)"), "{page}");
     assert!(page.contains("skipped: b — needs a GPU"), "{page}");
+    // Its Tests section lists every case, failures first; coverage is listed by file.
+    assert!(page.contains("id=\"tests\""), "{page}");
+    assert!(
+        page.contains("data-file=\"src/a.c\"><td><code>src/a.c</code></td><td class=\"wide\">test</td><td>3/4</td><td>75.0%</td>"),
+        "{page}"
+    );
+    assert_eq!(test["coverage"]["files"][0]["path"], "src/a.c");
     let bogus = &run["steps"][1];
     assert!(bogus["coverage"].is_null(), "{bogus:#}");
     assert!(

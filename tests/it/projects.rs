@@ -218,4 +218,19 @@ async fn the_console_checks_a_new_projects_repository_before_creating_it() {
         "{}",
         created.url()
     );
+    // A run of a ref the repository does not have: the project page, in its frame, says
+    // so.
+    let refused = server
+        .request(Method::POST, "/projects/demo/runs")
+        .form(&[("ref", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(
+        page.contains("no branch, tag or ref &#34;nope&#34;"),
+        "{page}"
+    );
+    assert!(page.contains("aria-label=\"Main\"") && page.contains("aria-label=\"Project\""));
 }

@@ -28,7 +28,29 @@ pub struct Coverage {
     pub branch_percent: Option<f64>,
     /// `lcov` or `cobertura`.
     pub format: String,
+    /// Each source file's line figures, as the report gives them (at most `MAX_FILES`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileCoverage>,
 }
+
+/// One source file's line coverage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileCoverage {
+    pub path: String,
+    pub lines_total: u64,
+    pub lines_covered: u64,
+}
+
+impl FileCoverage {
+    /// 0–100.
+    pub fn percent(&self) -> f64 {
+        percent(self.lines_covered, self.lines_total)
+    }
+}
+
+/// Most files a run keeps per step's coverage: enough for a large project, bounded so one
+/// report cannot make every run record huge.
+pub const MAX_FILES: usize = 5000;
 
 /// Detects the format and parses it.
 pub fn parse(text: &str) -> Result<Coverage, String> {
@@ -57,6 +79,7 @@ impl Coverage {
             branches_covered: branches.map(|b| b.1),
             branch_percent: branches.map(|(total, covered)| percent(covered, total)),
             format: format.into(),
+            files: Vec::new(),
         }
     }
 
@@ -83,13 +106,20 @@ impl Coverage {
             })
         });
         let format = reports[0].format.clone();
-        Some(Coverage::new(lines, branches, &format))
+        let mut sum = Coverage::new(lines, branches, &format);
+        sum.files = reports
+            .into_iter()
+            .flat_map(|r| r.files)
+            .take(MAX_FILES)
+            .collect();
+        Some(sum)
     }
 }
 
 /// One `SF:` … `end_of_record` section's figures.
 #[derive(Default)]
 struct LcovFile {
+    path: String,
     summary_lines: Option<(u64, u64)>,
     da: (u64, u64),
     summary_branches: Option<(u64, u64)>,
@@ -99,11 +129,19 @@ struct LcovFile {
 fn lcov(text: &str) -> Result<Coverage, String> {
     let (mut lines, mut branches, mut records) = ((0u64, 0u64), None::<(u64, u64)>, 0u64);
     let mut file: Option<LcovFile> = None;
-    let close = |f: LcovFile, lines: &mut (u64, u64), branches: &mut Option<(u64, u64)>| {
+    let mut files = Vec::new();
+    let mut close = |f: LcovFile, lines: &mut (u64, u64), branches: &mut Option<(u64, u64)>| {
         // LF/LH when the file has them, otherwise what its DA lines say.
         let (t, c) = f.summary_lines.unwrap_or(f.da);
         lines.0 += t;
         lines.1 += c;
+        if files.len() < MAX_FILES {
+            files.push(FileCoverage {
+                path: f.path,
+                lines_total: t,
+                lines_covered: c,
+            });
+        }
         if let Some((t, c)) = f.summary_branches.or(f.brda) {
             let b = branches.get_or_insert((0, 0));
             b.0 += t;
@@ -117,9 +155,13 @@ fn lcov(text: &str) -> Result<Coverage, String> {
                 .map_err(|_| format!("line {}: expected a number in \"{line}\"", n + 1))
         };
         let line = line.trim_end();
-        if line.starts_with("SF:") {
+        if let Some(path) = line.strip_prefix("SF:") {
             records += 1;
-            if let Some(f) = file.replace(LcovFile::default()) {
+            let new = LcovFile {
+                path: path.to_string(),
+                ..LcovFile::default()
+            };
+            if let Some(f) = file.replace(new) {
                 close(f, &mut lines, &mut branches);
             }
             continue;
@@ -176,7 +218,9 @@ fn lcov(text: &str) -> Result<Coverage, String> {
             lines.1, lines.0
         ));
     }
-    Ok(Coverage::new(lines, branches, "lcov"))
+    let mut coverage = Coverage::new(lines, branches, "lcov");
+    coverage.files = files;
+    Ok(coverage)
 }
 
 fn cobertura(xml: &str) -> Result<Coverage, String> {
@@ -248,6 +292,7 @@ fn cobertura(xml: &str) -> Result<Coverage, String> {
                 {
                     coverage.branch_percent = Some(r * 100.0);
                 }
+                coverage.files = cobertura_files(&mut reader)?;
                 return Ok(coverage);
             }
             Event::Eof => return Err("not a Cobertura report: no <coverage> element".into()),
@@ -256,8 +301,98 @@ fn cobertura(xml: &str) -> Result<Coverage, String> {
     }
 }
 
+/// Each `<class filename>`'s lines (its own `<lines><line hits>`, not those repeated under
+/// `<methods>`), merged by file name in the order met.
+fn cobertura_files(reader: &mut Reader<&[u8]>) -> Result<Vec<FileCoverage>, String> {
+    let mut files: Vec<FileCoverage> = Vec::new();
+    let mut class: Option<usize> = None;
+    let mut in_methods = 0u32;
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| format!("invalid XML at byte {}: {e}", reader.error_position()))?;
+        match event {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == "class" => {
+                let name = e
+                    .attributes()
+                    .flatten()
+                    .find(|a| a.key.as_ref() == "filename")
+                    .and_then(|a| {
+                        a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .ok()
+                            .map(|v| v.into_owned())
+                    });
+                class = match name {
+                    Some(path) => match files.iter().position(|f| f.path == path) {
+                        Some(i) => Some(i),
+                        None if files.len() < MAX_FILES => {
+                            files.push(FileCoverage {
+                                path,
+                                lines_total: 0,
+                                lines_covered: 0,
+                            });
+                            Some(files.len() - 1)
+                        }
+                        None => None,
+                    },
+                    None => None,
+                };
+            }
+            Event::Start(e) if e.local_name().as_ref() == "methods" => in_methods += 1,
+            Event::End(e) if e.local_name().as_ref() == "methods" => {
+                in_methods = in_methods.saturating_sub(1)
+            }
+            Event::End(e) if e.local_name().as_ref() == "class" => class = None,
+            Event::Start(e) | Event::Empty(e)
+                if e.local_name().as_ref() == "line" && in_methods == 0 =>
+            {
+                let Some(i) = class else { continue };
+                let hits = e
+                    .attributes()
+                    .flatten()
+                    .find(|a| a.key.as_ref() == "hits")
+                    .and_then(|a| a.value.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                files[i].lines_total += 1;
+                if hits > 0 {
+                    files[i].lines_covered += 1;
+                }
+            }
+            Event::Eof => return Ok(files),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reports_keep_each_files_lines() {
+        let lcov =
+            "SF:src/a.rs\nLF:10\nLH:8\nend_of_record\nSF:src/b.rs\nDA:1,0\nDA:2,4\nend_of_record\n";
+        let files: Vec<(String, u64, u64)> = super::parse(lcov)
+            .unwrap()
+            .files
+            .into_iter()
+            .map(|f| (f.path, f.lines_total, f.lines_covered))
+            .collect();
+        assert_eq!(
+            files,
+            [("src/a.rs".into(), 10, 8), ("src/b.rs".into(), 2, 1)]
+        );
+        // Cobertura: a class's own lines, not the copies under <methods>; two classes of
+        // one file merge.
+        let xml = r#"<coverage lines-valid="4" lines-covered="2"><packages><package><classes>
+            <class filename="app/x.py"><methods><method><lines><line number="1" hits="1"/></lines></method></methods>
+              <lines><line number="1" hits="1"/><line number="2" hits="0"/></lines></class>
+            <class filename="app/x.py"><lines><line number="9" hits="3"/><line number="10" hits="0"/></lines></class>
+            </classes></package></packages></coverage>"#;
+        let c = super::parse(xml).unwrap();
+        assert_eq!(c.files.len(), 1);
+        assert_eq!((c.files[0].lines_total, c.files[0].lines_covered), (4, 2));
+        assert_eq!(c.files[0].percent(), 50.0);
+    }
+
     use super::*;
 
     #[test]

@@ -122,11 +122,28 @@ pub const AREAS: &[Area] = &[
 struct AreaPage {
     layout: Layout,
     area: &'static Area,
+    admin: bool,
+}
+
+/// The marker in a screen's description that only administrators may open it.
+const ADMINS_ONLY: &str = "(administrators only)";
+
+impl AreaPage {
+    /// The area's screens the caller may open: a non-administrator is not sent to
+    /// pages that would refuse them.
+    fn screens(&self) -> Vec<&'static (&'static str, &'static str, &'static str)> {
+        self.area
+            .built
+            .iter()
+            .filter(|(_, _, what)| self.admin || !what.contains(ADMINS_ONLY))
+            .collect()
+    }
 }
 
 pub async fn page(area: &'static Area, signed: Signed) -> ServerResult<Html<String>> {
     render(&AreaPage {
         layout: Layout::new(area.title, area.slug, Some(&signed.principal)),
         area,
+        admin: signed.principal.user.admin,
     })
 }

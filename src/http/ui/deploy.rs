@@ -36,6 +36,11 @@ pub struct DoraView {
     pub lead_time: String,
     pub fail_rate: String,
     pub recovery: String,
+    /// The chart's scale: deployments on its busiest day (0: none in the window).
+    pub top: u64,
+    /// The first and last days the chart shows.
+    pub first_day: String,
+    pub last_day: String,
 }
 
 const CHART_HEIGHT: u32 = 80;
@@ -47,8 +52,9 @@ impl DoraView {
             .iter()
             .map(|d| d.succeeded + d.failed)
             .max()
-            .unwrap_or(0)
-            .max(1);
+            .unwrap_or(0);
+        let busiest = top;
+        let top = top.max(1);
         let scale = |n: u64| (n * u64::from(CHART_HEIGHT) / top) as u32;
         let bars = dora
             .daily
@@ -75,6 +81,17 @@ impl DoraView {
                 .change_fail_rate
                 .map_or("—".to_string(), |r| format!("{:.0}%", r * 100.0)),
             bars,
+            top: busiest,
+            first_day: dora
+                .daily
+                .first()
+                .map(|d| d.date.to_string())
+                .unwrap_or_default(),
+            last_day: dora
+                .daily
+                .last()
+                .map(|d| d.date.to_string())
+                .unwrap_or_default(),
             dora,
         }
     }

@@ -84,7 +84,7 @@ struct ProjectPage {
     error: Option<String>,
 }
 
-async fn project_page(
+pub(super) async fn project_page(
     app: &App,
     signed: &Signed,
     slug: &str,

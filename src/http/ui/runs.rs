@@ -9,13 +9,12 @@ use crate::app::App;
 use crate::ci::run::{Run, StepRecord};
 use crate::http::ServerResult;
 use crate::http::auth::Signed;
-use crate::http::error::ServerError;
 use crate::http::present::tone;
 use crate::http::routes::{Route, routes};
 use askama::Template;
 use axum::Form;
 use axum::extract::Path;
-use axum::response::{Html, Redirect};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 /// One line of a step's log as shown: its number, its time since the step started, and
@@ -89,6 +88,32 @@ impl RunPanel {
         rows
     }
 }
+
+impl RunPanel {
+    /// Each step's covered files, least covered first (at most `COVERAGE_ROWS`).
+    fn coverage_files(&self) -> Vec<(&str, &crate::ci::reports::coverage::FileCoverage)> {
+        let mut rows: Vec<_> = self
+            .run
+            .steps
+            .iter()
+            .flat_map(|s| {
+                s.coverage
+                    .iter()
+                    .flat_map(move |c| c.files.iter().map(move |f| (s.name.as_str(), f)))
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            a.1.percent()
+                .total_cmp(&b.1.percent())
+                .then(a.1.path.cmp(&b.1.path))
+        });
+        rows.truncate(COVERAGE_ROWS);
+        rows
+    }
+}
+
+/// Most files the Coverage section lists; the API has them all.
+const COVERAGE_ROWS: usize = 500;
 
 /// One test case as the run's Tests section lists it.
 pub struct TestRow<'a> {
@@ -368,24 +393,34 @@ pub fn env_lines(text: &str) -> Result<std::collections::BTreeMap<String, String
     Ok(env)
 }
 
+/// Starts a run from the project page; a ref that does not resolve, a repository that
+/// cannot be fetched or a bad parameter shows on the project page, with its navigation.
 pub async fn trigger(
     Console { app, signed }: Console,
     Path(slug): Path<String>,
     Form(form): Form<TriggerForm>,
-) -> ServerResult<Redirect> {
+) -> ServerResult<Response> {
     let project = crate::projects::find(&app.store, &slug).await?;
-    let spec = crate::ci::runner::TriggerSpec {
-        event: "manual".into(),
-        git_ref: Some(form.git_ref),
-        env: env_lines(&form.env).map_err(ServerError::BadRequest)?,
-        message: format!("started by {}", signed.principal.user.name),
-        ..Default::default()
+    let started = async {
+        let spec = crate::ci::runner::TriggerSpec {
+            event: "manual".into(),
+            git_ref: Some(form.git_ref),
+            env: env_lines(&form.env).map_err(crate::core::error::Error::Invalid)?,
+            message: format!("started by {}", signed.principal.user.name),
+            ..Default::default()
+        };
+        app.runner.trigger(&project, spec, &signed.audit).await
     };
-    let run = app.runner.trigger(&project, spec, &signed.audit).await?;
-    Ok(Redirect::to(&format!(
-        "/projects/{slug}/runs/{}",
-        run.number
-    )))
+    match started.await {
+        Ok(run) => {
+            Ok(Redirect::to(&format!("/projects/{slug}/runs/{}", run.number)).into_response())
+        }
+        Err(e) => {
+            let page =
+                |message| super::projects::project_page(&app, &signed, &slug, None, Some(message));
+            super::form::form_failed(e, page).await
+        }
+    }
 }
 
 pub async fn cancel(
