@@ -93,6 +93,117 @@ pub struct Freeze {
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+impl Window {
+    /// One line of the console's windows field: `[DAYS] HH:MM-HH:MM [TIMEZONE]`, where DAYS
+    /// is `mon-fri`, `mon,wed,fri` or absent (every day), the timezone UTC when absent.
+    pub fn parse_line(line: &str) -> Result<Window, String> {
+        let mut words = line.split_whitespace().peekable();
+        let mut days = Vec::new();
+        if let Some(first) = words.peek()
+            && !first.contains(':')
+        {
+            for part in first.split(',') {
+                match part.split_once('-') {
+                    Some((from, to)) => {
+                        let at = |d: &str| DAYS.iter().position(|x| *x == d.to_lowercase());
+                        let (Some(a), Some(b)) = (at(from), at(to)) else {
+                            return Err(format!("days \"{part}\": use mon-fri or mon,tue,…"));
+                        };
+                        if a > b {
+                            return Err(format!(
+                                "days \"{part}\": the first day comes after the last"
+                            ));
+                        }
+                        days.extend(DAYS[a..=b].iter().map(|d| d.to_string()));
+                    }
+                    None => days.push(part.to_lowercase()),
+                }
+            }
+            words.next();
+        }
+        let times = words
+            .next()
+            .ok_or("expected HH:MM-HH:MM, e.g. mon-fri 09:00-17:00 Europe/Berlin")?;
+        let (start, end) = times
+            .split_once('-')
+            .ok_or_else(|| format!("\"{times}\": expected HH:MM-HH:MM"))?;
+        let window = Window {
+            days,
+            start: start.to_string(),
+            end: end.to_string(),
+            timezone: words.next().unwrap_or("UTC").to_string(),
+        };
+        if let Some(extra) = words.next() {
+            return Err(format!("unexpected \"{extra}\" after the timezone"));
+        }
+        window.check()?;
+        Ok(window)
+    }
+
+    /// The window as `parse_line` reads it.
+    pub fn line(&self) -> String {
+        let days = self.days.join(",");
+        let days = if days == "mon,tue,wed,thu,fri" {
+            "mon-fri".to_string()
+        } else {
+            days
+        };
+        let lead = if days.is_empty() {
+            String::new()
+        } else {
+            format!("{days} ")
+        };
+        format!("{lead}{}-{} {}", self.start, self.end, self.timezone)
+    }
+}
+
+impl Freeze {
+    /// One line of the console's freezes field: `FROM UNTIL REASON`, the times RFC 3339
+    /// (`2026-12-20T00:00:00Z`).
+    pub fn parse_line(line: &str) -> Result<Freeze, String> {
+        let mut words = line.splitn(3, char::is_whitespace);
+        let mut time = |what: &str| -> Result<Timestamp, String> {
+            let text = words.next().unwrap_or("").trim();
+            text.parse().map_err(|e| {
+                format!("{what} \"{text}\": expected a time like 2026-12-20T00:00:00Z ({e})")
+            })
+        };
+        let from = time("from")?;
+        let until = time("until")?;
+        let reason = words.next().unwrap_or("").trim().to_string();
+        if reason.is_empty() {
+            return Err("a freeze needs a reason after its two times".into());
+        }
+        if until <= from {
+            return Err(format!("freeze \"{reason}\" ends before it starts"));
+        }
+        Ok(Freeze {
+            from,
+            until,
+            reason,
+        })
+    }
+
+    /// The freeze as `parse_line` reads it.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.from, self.until, self.reason)
+    }
+}
+
+/// Reads a field of one item per line (blank lines skipped) with `parse`, naming the line
+/// of the first that does not read.
+pub fn parse_lines<T>(
+    field: &str,
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| parse(l.trim()).map_err(|e| format!("{field}, line {}: {e}", i + 1)))
+        .collect()
+}
+
 fn parse_hm(text: &str) -> Option<jiff::civil::Time> {
     let (h, m) = text.split_once(':')?;
     jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()

@@ -515,3 +515,87 @@ async fn the_cli_deploys_promotes_approves_and_rolls_back() {
     );
     server.stop();
 }
+
+/// The environments board's settings form sets everything the API can: the production
+/// flag, deploy windows and freezes (one per line), with errors naming the field and line.
+#[tokio::test]
+async fn the_environment_form_sets_production_windows_and_freezes() {
+    let dir = crate::harness::tempdir();
+    let (server, _) =
+        crate::runs::demo(dir.path(), "steps:\n  - { name: a, run: 'true' }\n", &[]).await;
+    let save = |fields: Vec<(&'static str, &'static str)>| {
+        server
+            .request(reqwest::Method::POST, "/projects/demo/environments")
+            .form(&fields)
+            .send()
+    };
+    let saved = save(vec![
+        ("name", "live"),
+        ("production", "1"),
+        (
+            "windows",
+            "mon-fri 09:00-17:00 Europe/Berlin\n\nsat 10:00-12:00\n",
+        ),
+        (
+            "freezes",
+            "2026-12-20T00:00:00Z 2027-01-04T00:00:00Z the holidays",
+        ),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(saved.status(), 200, "{}", saved.text().await.unwrap());
+    let envs = server.get_json("/api/v1/projects/demo/environments").await;
+    let env = &envs[0];
+    assert_eq!(env["production"], true, "{env}");
+    let windows = &env["protection"]["windows"];
+    assert_eq!(
+        windows[0]["days"],
+        serde_json::json!(["mon", "tue", "wed", "thu", "fri"])
+    );
+    assert_eq!(windows[0]["timezone"], "Europe/Berlin");
+    assert_eq!(windows[1]["days"], serde_json::json!(["sat"]));
+    assert_eq!(windows[1]["timezone"], "UTC");
+    assert_eq!(env["protection"]["freezes"][0]["reason"], "the holidays");
+    // The board shows them back in the same form, ready to edit.
+    let page = server.get_text("/projects/demo/environments").await;
+    assert!(
+        page.contains("mon-fri 09:00-17:00 Europe/Berlin\nsat 10:00-12:00 UTC\n"),
+        "{page}"
+    );
+    // A bad line is refused, naming the field and the line; nothing changes.
+    let refused = save(vec![
+        ("name", "live"),
+        ("windows", "mon-fri 09:00-17:00\nfri-mon 10:00-11:00"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("windows, line 2: days"), "{page}");
+    let refused = save(vec![("name", "live"), ("freezes", "2026-12-20 soon")])
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("freezes, line 1: from")
+    );
+    let envs = server.get_json("/api/v1/projects/demo/environments").await;
+    assert_eq!(
+        envs[0]["protection"]["windows"].as_array().unwrap().len(),
+        2
+    );
+    // The add form has no windows or freezes fields: saving with it keeps them.
+    let kept = save(vec![("name", "live"), ("production", "1")])
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200);
+    let envs = server.get_json("/api/v1/projects/demo/environments").await;
+    assert_eq!(
+        envs[0]["protection"]["freezes"].as_array().unwrap().len(),
+        1
+    );
+}

@@ -349,6 +349,14 @@ pub struct EnvironmentForm {
     soak: String,
     #[serde(default)]
     approval_webhook: String,
+    #[serde(default)]
+    production: Option<String>,
+    /// One `[DAYS] HH:MM-HH:MM [TIMEZONE]` per line; absent (the add form) keeps them.
+    #[serde(default)]
+    windows: Option<String>,
+    /// One `FROM UNTIL REASON` per line; absent keeps them.
+    #[serde(default)]
+    freezes: Option<String>,
 }
 
 fn list(text: &str) -> Vec<String> {
@@ -377,6 +385,19 @@ pub async fn save_environment(
             .map(|e| e.protection)
             .unwrap_or_default();
         let soak = form.soak.trim();
+        use crate::delivery::model::{Freeze, Window, parse_lines};
+        let windows = match &form.windows {
+            Some(text) => {
+                parse_lines("windows", text, Window::parse_line).map_err(Error::Invalid)?
+            }
+            None => existing.windows.clone(),
+        };
+        let freezes = match &form.freezes {
+            Some(text) => {
+                parse_lines("freezes", text, Freeze::parse_line).map_err(Error::Invalid)?
+            }
+            None => existing.freezes.clone(),
+        };
         let change = EnvironmentChange {
             position: form.position,
             protection: Some(Protection {
@@ -384,11 +405,13 @@ pub async fn save_environment(
                 approvers: list(&form.approvers),
                 branches: list(&form.branches),
                 soak: (!soak.is_empty()).then(|| soak.to_string()),
+                windows,
+                freezes,
                 ..existing
             }),
             auto_deploy: Some(form.auto_deploy.is_some()),
             approval_webhook: Some(form.approval_webhook),
-            production: None,
+            production: Some(form.production.is_some()),
         };
         crate::delivery::board::put_environment(&app, &slug, &name, change, &signed.audit).await
     }
