@@ -575,6 +575,21 @@ async fn a_maintainer_approves_a_deployment_from_the_environments_board() {
         .await
         .unwrap();
     assert_eq!(requested.status(), 201);
+    // The dashboard lists it as waiting for the approver, not for its requester.
+    let dashboard = server.get_text("/").await;
+    assert!(dashboard.contains("id=\"waiting\"") && dashboard.contains("demo: deployment 1"));
+    assert!(dashboard.contains("id=\"recent-deployments\""));
+    let theirs = server
+        .as_token(&requester)
+        .get("/")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !theirs.contains("id=\"waiting\""),
+        "the requester is asked to approve"
+    );
 
     sign_in_to_demo(&browser, &server.url).await;
     let c = &browser.client;

@@ -21,7 +21,14 @@ struct DashboardPage {
     /// How many projects the caller may see (none: the getting-started steps show).
     projects: usize,
     admin: bool,
+    /// The latest deployments across those projects, newest first.
+    deployments: Vec<crate::delivery::Deployment>,
+    /// Deployments waiting for an approval someone other than their requester may give.
+    waiting: Vec<crate::delivery::Deployment>,
 }
+
+/// Projects whose deployments the dashboard gathers (the first ones, by slug).
+const DASHBOARD_PROJECTS: usize = 50;
 
 #[derive(Template)]
 #[template(path = "core/_status.html")]
@@ -92,12 +99,28 @@ pub async fn page(
         ..Default::default()
     };
     let runs = app.store.run_history(query).await?.runs;
+    let me = format!("user:{}", signed.principal.user.name);
+    let mut deployments = Vec::new();
+    let mut waiting = Vec::new();
+    for view in visible.iter().take(DASHBOARD_PROJECTS) {
+        let recent = app.store.deployments(&view.project.slug, 10).await?;
+        waiting.extend(recent.iter().cloned().filter(|d| {
+            d.status.as_str() == "awaiting_approval"
+                && view.role >= crate::identity::Role::Developer
+                && !crate::delivery::approval::same_person(&d.requested_by, &me)
+        }));
+        deployments.extend(recent);
+    }
+    deployments.sort_by(|a, b| b.requested_at.cmp(&a.requested_at));
+    deployments.truncate(10);
     render(&DashboardPage {
         layout: Layout::new("Dashboard", "dashboard", Some(&signed.principal)),
         status,
         runs,
         projects: visible.len(),
         admin,
+        deployments,
+        waiting,
     })
 }
 
