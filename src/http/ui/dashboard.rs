@@ -104,14 +104,19 @@ pub async fn page(
     let mut waiting = Vec::new();
     for view in visible.iter().take(DASHBOARD_PROJECTS) {
         let recent = app.store.deployments(&view.project.slug, 10).await?;
-        waiting.extend(recent.iter().cloned().filter(|d| {
-            d.status.as_str() == "awaiting_approval"
-                && view.role >= crate::identity::Role::Developer
-                && !crate::delivery::approval::same_person(&d.requested_by, &me)
-        }));
+        waiting.extend(
+            recent
+                .iter()
+                .filter(|d| {
+                    d.status.as_str() == "awaiting_approval"
+                        && view.role >= crate::identity::Role::Developer
+                        && !crate::delivery::approval::same_person(&d.requested_by, &me)
+                })
+                .cloned(),
+        );
         deployments.extend(recent);
     }
-    deployments.sort_by(|a, b| b.requested_at.cmp(&a.requested_at));
+    deployments.sort_by_key(|d| std::cmp::Reverse(d.requested_at));
     deployments.truncate(10);
     render(&DashboardPage {
         layout: Layout::new("Dashboard", "dashboard", Some(&signed.principal)),
