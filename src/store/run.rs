@@ -191,63 +191,52 @@ impl Store {
                 .collect();
             let before = query.before.unwrap_or(u64::MAX);
             // Candidate run ids, newest first, each with the cursor that resumes after it.
-            let candidates: Box<dyn Iterator<Item = Result<(u64, u64)>>> =
-                match (&query.project, query.filter.status, &query.filter.branch) {
-                    (Some(project), Some(status), _) => {
-                        let index = tx.open_table(PROJECT_RUN_STATUSES)?;
-                        let key = |n| (project.as_str(), status.as_str(), n);
-                        let range: Vec<Result<(u64, u64)>> = index
-                            .range(key(0)..key(before))?
-                            .rev()
-                            .take(HISTORY_SCAN)
-                            .map(|item| {
-                                let (k, v) = item?;
-                                Ok((v.value(), k.value().2))
-                            })
-                            .collect();
-                        Box::new(range.into_iter())
-                    }
-                    (Some(project), None, Some(branch)) => {
-                        let index = tx.open_table(PROJECT_RUN_BRANCHES)?;
-                        let key = |n| (project.as_str(), branch.as_str(), n);
-                        let range: Vec<Result<(u64, u64)>> = index
-                            .range(key(0)..key(before))?
-                            .rev()
-                            .take(HISTORY_SCAN)
-                            .map(|item| {
-                                let (k, v) = item?;
-                                Ok((v.value(), k.value().2))
-                            })
-                            .collect();
-                        Box::new(range.into_iter())
-                    }
-                    (Some(project), None, None) => {
-                        let index = tx.open_table(PROJECT_RUNS)?;
-                        let key = |n| (project.as_str(), n);
-                        let range: Vec<Result<(u64, u64)>> = index
-                            .range(key(0)..key(before))?
-                            .rev()
-                            .take(HISTORY_SCAN)
-                            .map(|item| {
-                                let (k, v) = item?;
-                                Ok((v.value(), k.value().1))
-                            })
-                            .collect();
-                        Box::new(range.into_iter())
-                    }
-                    (None, _, _) => {
-                        let range: Vec<Result<(u64, u64)>> = runs
-                            .range(0..before)?
-                            .rev()
-                            .take(HISTORY_SCAN)
-                            .map(|item| {
-                                let id = item?.0.value();
-                                Ok((id, id))
-                            })
-                            .collect();
-                        Box::new(range.into_iter())
-                    }
+            // Through the project's status index, else its branch index (the record then
+            // decides the rest of the filter).
+            let by: Option<(super::records::NumbersBy, &str)> =
+                match (query.filter.status, &query.filter.branch) {
+                    (Some(status), _) => Some((PROJECT_RUN_STATUSES, status.as_str())),
+                    (None, Some(branch)) => Some((PROJECT_RUN_BRANCHES, branch.as_str())),
+                    (None, None) => None,
                 };
+            // Candidate run ids, newest first, each with the cursor that resumes after it.
+            let candidates: Vec<Result<(u64, u64)>> = match (&query.project, by) {
+                (Some(project), Some((index, value))) => {
+                    let key = |n| (project.as_str(), value, n);
+                    let index = tx.open_table(index)?;
+                    let range = index.range(key(0)..key(before))?;
+                    range
+                        .rev()
+                        .take(HISTORY_SCAN)
+                        .map(|item| {
+                            item.map(|(k, v)| (v.value(), k.value().2))
+                                .map_err(Into::into)
+                        })
+                        .collect()
+                }
+                (Some(project), None) => {
+                    let key = |n| (project.as_str(), n);
+                    let index = tx.open_table(PROJECT_RUNS)?;
+                    let range = index.range(key(0)..key(before))?;
+                    range
+                        .rev()
+                        .take(HISTORY_SCAN)
+                        .map(|item| {
+                            item.map(|(k, v)| (v.value(), k.value().1))
+                                .map_err(Into::into)
+                        })
+                        .collect()
+                }
+                (None, _) => runs
+                    .range(0..before)?
+                    .rev()
+                    .take(HISTORY_SCAN)
+                    .map(|item| {
+                        item.map(|(k, _)| (k.value(), k.value()))
+                            .map_err(Into::into)
+                    })
+                    .collect(),
+            };
             let mut page = RunPage::default();
             let mut last = None;
             for candidate in candidates {

@@ -87,9 +87,7 @@ impl RunPanel {
         rows.sort_by_key(|r| (rank(r.case.outcome), r.index));
         rows
     }
-}
 
-impl RunPanel {
     /// Each step's covered files, least covered first (at most `COVERAGE_ROWS`).
     fn coverage_files(&self) -> Vec<(&str, &crate::ci::reports::coverage::FileCoverage)> {
         let mut rows: Vec<_> = self
