@@ -105,6 +105,36 @@ async fn run_history_filters_searches_and_pages_through_a_long_history() {
         .get("/projects/seed-1/runs")
         .await;
     assert_eq!(refused.status(), 403);
+    // As a viewer they see the project's runs, and no tab to a page they may not open.
+    let (status, _) = server
+        .send_json(
+            reqwest::Method::PUT,
+            "/api/v1/projects/seed-1/members/user:outsider",
+            serde_json::json!({"role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let viewer = server.as_token(&outsider);
+    let page = viewer
+        .get("/projects/seed-1/runs")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(listed(&page).len(), 50);
+    assert!(
+        !page.contains("/projects/seed-1/secrets"),
+        "a viewer is offered Secrets"
+    );
+    let page = server.get_text("/projects/seed-1/runs").await;
+    assert!(page.contains("href=\"/projects/seed-1/secrets\""));
+    // On `/runs` they see that project's runs only.
+    let page = viewer.get("/runs").await.text().await.unwrap();
+    assert!(
+        listed(&page).iter().all(|r| r.starts_with("seed-1#")),
+        "{:?}",
+        listed(&page)
+    );
 }
 
 #[tokio::test]

@@ -127,6 +127,8 @@ struct HistoryPage {
     page: RunPage,
     statuses: &'static [RunStatus],
     events: &'static [&'static str],
+    /// Whether the caller maintains the project (the Secrets tab shows).
+    maintainer: bool,
 }
 
 impl HistoryPage {
@@ -170,6 +172,10 @@ async fn history(
         query.projects = Some(visible.iter().cloned().collect());
     }
     let page = app.store.run_history(query).await?;
+    let maintainer = match &project {
+        Some(slug) => super::runs::maintains(&app, &signed, slug).await?,
+        None => false,
+    };
     let title = match &project {
         Some(slug) => format!("{slug} · runs"),
         None => "Runs".to_string(),
@@ -190,6 +196,7 @@ async fn history(
         page,
         statuses: &RunStatus::ALL,
         events: &EVENTS,
+        maintainer,
     })
 }
 

@@ -137,6 +137,8 @@ struct RunPage {
     layout: Layout,
     panel: RunPanel,
     logs: Vec<StepLog>,
+    /// Whether the caller maintains the project (the Secrets tab shows).
+    maintainer: bool,
 }
 
 /// Most log lines a page shows per step; the download has the whole log.
@@ -274,6 +276,11 @@ impl Graph {
     }
 }
 
+/// Whether the caller maintains project `slug`.
+pub(super) async fn maintains(app: &App, signed: &Signed, slug: &str) -> ServerResult<bool> {
+    Ok(super::project_role(app, signed, slug).await? >= Some(crate::identity::Role::Maintainer))
+}
+
 async fn panel(
     app: &App,
     signed: &Signed,
@@ -362,6 +369,7 @@ pub async fn page(
         ),
         panel,
         logs,
+        maintainer: maintains(&app, &signed, &slug).await?,
     })
 }
 
@@ -458,6 +466,7 @@ struct StepPage {
     layout: Layout,
     run: Run,
     index: usize,
+    maintainer: bool,
 }
 
 /// One step with its log followed live (Server-Sent Events, `live-log.js`).
@@ -475,6 +484,7 @@ pub async fn step(
         ),
         run,
         index,
+        maintainer: maintains(&app, &signed, &slug).await?,
     })
 }
 
