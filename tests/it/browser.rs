@@ -1085,3 +1085,65 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     browser.close().await;
 }
+
+#[tokio::test]
+#[ignore = "browser test: needs chromium and chromedriver; run with -- --include-ignored"]
+async fn a_deployment_log_keeps_its_scroll_position_across_refreshes() {
+    let browser = Browser::start().await;
+    let dir = tempdir();
+    let server = demo_project(
+        dir.path(),
+        "steps:\n  - { name: build, run: 'true' }\ndeploy:\n  staging: { target: { kind: exec, run: 'for i in $(seq 1 400); do echo \"deploying $i\"; sleep 0.02; done' } }\n",
+    )
+    .await;
+    server
+        .expect(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/environments/staging",
+            &serde_json::json!({}),
+            201,
+        )
+        .await;
+    crate::runs::trigger(&server, "demo").await;
+    crate::runs::wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    server
+        .expect(
+            reqwest::Method::POST,
+            "/api/v1/projects/demo/deployments",
+            &serde_json::json!({"environment": "staging"}),
+            201,
+        )
+        .await;
+    sign_in_to_demo(&browser, &server.url).await;
+    let c = &browser.client;
+    c.goto(&format!("{}/projects/demo/deployments/1", server.url))
+        .await
+        .unwrap();
+    let lines = "return document.querySelectorAll('#deploy-log .line').length";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while eval(&browser, lines).await.as_u64().unwrap_or(0) < 100 {
+        assert!(Instant::now() < deadline, "the deployment log never filled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eval(
+        &browser,
+        "document.getElementById('deploy-log').scrollTop = 40; return 0",
+    )
+    .await;
+    let before = eval(&browser, lines).await.as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        eval(&browser, lines).await.as_u64().unwrap() > before,
+        "no refresh happened"
+    );
+    assert_eq!(
+        eval(
+            &browser,
+            "return document.getElementById('deploy-log').scrollTop"
+        )
+        .await,
+        40,
+        "the refresh moved the log"
+    );
+    browser.close().await;
+}

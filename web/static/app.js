@@ -55,6 +55,24 @@
   setInterval(tick, 1000);
   document.addEventListener("htmx:afterSettle", tick);
 
+  // A panel an htmx refresh replaces whole (a deployment's, with its log) keeps each
+  // log's scroll position: at the bottom it stays at the bottom, else where it was.
+  const scrolled = new Map();
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    scrolled.clear();
+    event.detail.target.querySelectorAll("pre.log[id]").forEach(function (log) {
+      const bottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      scrolled.set(log.id, bottom ? Infinity : log.scrollTop);
+    });
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    scrolled.forEach(function (top, id) {
+      const log = document.getElementById(id);
+      if (log) log.scrollTop = top === Infinity ? log.scrollHeight : top;
+    });
+    scrolled.clear();
+  });
+
   const toggle = document.querySelector("[data-nav-toggle]");
   if (toggle) {
     toggle.addEventListener("click", function () {
