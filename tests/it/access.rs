@@ -347,6 +347,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/projects", "user"),
     ("/projects/{slug}", "project:viewer"),
     ("/projects/{slug}/runs", "project:viewer"),
+    ("/projects/{slug}/settings", "project:viewer"),
     ("/projects/{slug}/runs/{number}", "project:viewer"),
     ("/projects/{slug}/runs/{number}/panel", "project:viewer"),
     (

@@ -1031,6 +1031,7 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
         ("projects", "/projects"),
         ("project", "/projects/demo"),
         ("project-runs", "/projects/demo/runs"),
+        ("project-settings", "/projects/demo/settings"),
         ("runs", "/runs"),
         ("run", "/projects/demo/runs/1"),
         ("step", "/projects/demo/runs/1/steps/0"),

@@ -89,6 +89,8 @@ async fn project_roles_decide_who_sees_and_changes_a_project() {
 
     // The console shows the same.
     let page = server.get_text("/projects/api").await;
+    assert!(page.contains("Public API") && page.contains("trunk"));
+    let page = server.get_text("/projects/api/settings").await;
     assert!(page.contains("Public API") && page.contains("team:ops") && page.contains("trunk"));
     let list = server.get_text("/projects").await;
     assert!(list.contains("href=\"/projects/api\""));
@@ -233,4 +235,32 @@ async fn the_console_checks_a_new_projects_repository_before_creating_it() {
         "{page}"
     );
     assert!(page.contains("aria-label=\"Main\"") && page.contains("aria-label=\"Project\""));
+    // The Settings tab: a change lands back on it with its notice; a bad one is refused
+    // there, in the frame.
+    let saved = server
+        .request(Method::POST, "/projects/demo/settings")
+        .form(&[("name", "Demo app")])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        saved
+            .url()
+            .as_str()
+            .ends_with("/projects/demo/settings?done=project-updated")
+    );
+    let page = saved.text().await.unwrap();
+    assert!(page.contains("Project settings saved.") && page.contains("value=\"Demo app\""));
+    let refused = server
+        .request(Method::POST, "/projects/demo/settings")
+        .form(&[("repository", "not a url")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(
+        page.contains("invalid repository") && page.contains("<h1>Settings</h1>"),
+        "{page}"
+    );
 }

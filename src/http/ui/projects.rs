@@ -76,12 +76,54 @@ pub async fn create(
 struct ProjectPage {
     layout: Layout,
     project: Project,
-    members: Vec<Member>,
     runs: Vec<Run>,
     maintainer: bool,
     developer: bool,
     done: Option<&'static str>,
     error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "projects/settings.html")]
+struct SettingsPage {
+    layout: Layout,
+    project: Project,
+    members: Vec<Member>,
+    maintainer: bool,
+    done: Option<&'static str>,
+    error: Option<String>,
+}
+
+/// A project's settings and members (changeable by maintainers, shown to everyone else).
+async fn settings_page(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    done: Option<&'static str>,
+    error: Option<String>,
+) -> ServerResult<Html<String>> {
+    let project = crate::projects::find(&app.store, slug).await?;
+    let role = super::project_role(app, signed, slug).await?;
+    render(&SettingsPage {
+        layout: Layout::new(
+            format!("{}: settings", project.name),
+            "projects",
+            Some(&signed.principal),
+        ),
+        members: member_views(&app.store, slug).await?,
+        maintainer: role >= Some(Role::Maintainer),
+        project,
+        done,
+        error,
+    })
+}
+
+pub async fn show_settings(
+    Console { app, signed }: Console,
+    Path(slug): Path<String>,
+    Done(done): Done,
+) -> ServerResult<Html<String>> {
+    settings_page(&app, &signed, &slug, done_message(done.as_deref()), None).await
 }
 
 pub(super) async fn project_page(
@@ -95,7 +137,6 @@ pub(super) async fn project_page(
     let role = super::project_role(app, signed, slug).await?;
     render(&ProjectPage {
         layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
-        members: member_views(&app.store, slug).await?,
         runs: app.store.project_runs(slug, Default::default(), 10).await?,
         maintainer: role >= Some(Role::Maintainer),
         developer: role >= Some(Role::Developer),
@@ -120,9 +161,9 @@ async fn after(
     result: Result<(), Error>,
     done: &str,
 ) -> ServerResult<Response> {
-    let to = result.map(|()| format!("/projects/{slug}?done={done}"));
+    let to = result.map(|()| format!("/projects/{slug}/settings?done={done}"));
     form::finish(to, |message| {
-        project_page(app, signed, slug, None, Some(message))
+        settings_page(app, signed, slug, None, Some(message))
     })
     .await
 }
@@ -178,6 +219,7 @@ pub fn routes() -> Vec<Route> {
         GET "/projects" USER => list,
         POST "/projects" ADMIN => create,
         GET "/projects/{slug}" VIEWER => show,
+        GET "/projects/{slug}/settings" VIEWER => show_settings,
         POST "/projects/{slug}/settings" MAINTAINER => settings,
         POST "/projects/{slug}/members" MAINTAINER => add_member,
         POST "/projects/{slug}/members/{subject}/remove" MAINTAINER => remove_member,
