@@ -664,19 +664,13 @@ async fn a_maintainer_approves_a_deployment_from_the_environments_board() {
     c.accept_alert().await.unwrap();
     // The form was sent: a new page, with the server's answer (one release: nothing to
     // roll back to).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c
-        .execute("return document.body.dataset.left || ''", vec![])
-        .await
-        .unwrap()
-        == "1"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the rollback form was never sent"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eval_until(
+        &browser,
+        "return document.body.dataset.left || ''",
+        "the rollback form is sent",
+        |left| left != "1",
+    )
+    .await;
     assert!(!browser.text("p.notice").await.is_empty());
     c.goto(&format!("{}/projects/demo/deployments/1", server.url))
         .await
@@ -771,6 +765,25 @@ async fn eval(browser: &Browser, script: &str) -> serde_json::Value {
     browser.client.execute(script, vec![]).await.unwrap()
 }
 
+/// Evaluates `script` until `done` accepts its value (within 20 s), and returns it.
+async fn eval_until(
+    browser: &Browser,
+    script: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let done = &done;
+    crate::harness::eventually(Duration::from_secs(20), what, move || async move {
+        let value = eval(browser, script).await;
+        if done(&value) {
+            Ok(value)
+        } else {
+            Err(value.to_string())
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 #[ignore = "browser test: needs chromium and chromedriver; run with -- --include-ignored"]
 async fn the_run_page_draws_the_pipeline_and_its_log_follows_the_tail_until_scrolled_up() {
@@ -790,19 +803,13 @@ async fn the_run_page_draws_the_pipeline_and_its_log_follows_the_tail_until_scro
 
     // The graph: `chatty` needs `prepare`, so it is drawn in the next column, with an
     // edge; while it runs its node shows a live elapsed time.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let state = eval(
-            &browser,
-            "return document.querySelector('[data-node=chatty]')?.getAttribute('aria-label') ?? ''",
-        )
-        .await;
-        if state == "chatty: running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "chatty never ran: {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eval_until(
+        &browser,
+        "return document.querySelector('[data-node=chatty]')?.getAttribute('aria-label') ?? ''",
+        "chatty runs",
+        |state| state == "chatty: running",
+    )
+    .await;
     let layout = eval(
         &browser,
         "const x = n => Number(document.querySelector(`[data-node=${n}] rect`).getAttribute('x'));
@@ -827,11 +834,10 @@ async fn the_run_page_draws_the_pipeline_and_its_log_follows_the_tail_until_scro
     let lines = format!("return {log}.querySelectorAll('.line').length");
     let bottom =
         format!("const l = {log}; return l.scrollTop + l.clientHeight >= l.scrollHeight - 4");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while eval(&browser, &lines).await.as_u64().unwrap() < 60 {
-        assert!(Instant::now() < deadline, "the log never filled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eval_until(&browser, &lines, "the log fills", |n| {
+        n.as_u64() >= Some(60)
+    })
+    .await;
     assert_eq!(
         eval(&browser, &bottom).await,
         true,
@@ -857,15 +863,7 @@ async fn the_run_page_draws_the_pipeline_and_its_log_follows_the_tail_until_scro
 
     // Every line arrives once, numbered, by the end of the run.
     crate::runs::wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while eval(&browser, &lines).await != 300 {
-        assert!(
-            Instant::now() < deadline,
-            "{} lines",
-            eval(&browser, &lines).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eval_until(&browser, &lines, "every line arrives", |n| n == 300).await;
     assert_eq!(
         eval(
             &browser,
@@ -1121,11 +1119,10 @@ async fn a_deployment_log_keeps_its_scroll_position_across_refreshes() {
         .await
         .unwrap();
     let lines = "return document.querySelectorAll('#deploy-log .line').length";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while eval(&browser, lines).await.as_u64().unwrap_or(0) < 100 {
-        assert!(Instant::now() < deadline, "the deployment log never filled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eval_until(&browser, lines, "the deployment log fills", |n| {
+        n.as_u64() >= Some(100)
+    })
+    .await;
     eval(
         &browser,
         "document.getElementById('deploy-log').scrollTop = 40; return 0",

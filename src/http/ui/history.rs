@@ -121,7 +121,8 @@ struct HistoryPage {
     layout: Layout,
     /// The project whose history this is; `None` on the page for all projects.
     project: Option<String>,
-    /// The projects the caller may see (the filter's choices on `/runs`).
+    /// The projects the caller may see (the filter's choices on `/runs`; empty on a
+    /// project's page).
     projects: Vec<String>,
     form: HistoryForm,
     page: RunPage,
@@ -160,14 +161,18 @@ async fn history(
     project: Option<String>,
     form: HistoryForm,
 ) -> ServerResult<Html<String>> {
-    let visible: Vec<String> = crate::projects::visible(&app.store, &signed.principal)
-        .await?
-        .into_iter()
-        .map(|p| p.project.slug)
-        .collect();
+    // The projects the caller may see: `/runs`'s filter choices and its bounds (a
+    // project's own page has its role checked by the route).
+    let visible: Vec<String> = match &project {
+        Some(_) => Vec::new(),
+        None => crate::projects::visible(&app.store, &signed.principal)
+            .await?
+            .into_iter()
+            .map(|p| p.project.slug)
+            .collect(),
+    };
     let mut query = form.query(project.clone())?;
-    // The route checked the caller's role on a project's own page; on `/runs` a project
-    // filter can only narrow what they may see.
+    // On `/runs` a project filter can only narrow what the caller may see.
     if !signed.principal.user.admin && project.is_none() {
         query.projects = Some(visible.iter().cloned().collect());
     }

@@ -11,6 +11,7 @@ use crate::http::ServerResult;
 use crate::http::auth::Signed;
 use crate::http::present::tone;
 use crate::http::routes::{Route, routes};
+use crate::identity::Role;
 use askama::Template;
 use axum::Form;
 use axum::extract::Path;
@@ -278,19 +279,20 @@ impl Graph {
 
 /// Whether the caller maintains project `slug`.
 pub(super) async fn maintains(app: &App, signed: &Signed, slug: &str) -> ServerResult<bool> {
-    Ok(super::project_role(app, signed, slug).await? >= Some(crate::identity::Role::Maintainer))
+    Ok(super::project_role(app, signed, slug).await? >= Some(Role::Maintainer))
 }
 
+/// The run's panel for a caller with `role` on the project.
 async fn panel(
     app: &App,
     signed: &Signed,
+    role: Option<Role>,
     slug: &str,
     number: u64,
     oob: bool,
 ) -> ServerResult<RunPanel> {
     let run = crate::ci::run::find(&app.store, slug, number).await?;
-    let developer =
-        super::project_role(app, signed, slug).await? >= Some(crate::identity::Role::Developer);
+    let developer = role >= Some(Role::Developer);
     let commit_url = crate::projects::find(&app.store, slug)
         .await?
         .forge
@@ -353,7 +355,8 @@ pub async fn page(
     Fragment(fragment): Fragment,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Html<String>> {
-    let panel = panel(&app, &signed, &slug, number, fragment).await?;
+    let role = super::project_role(&app, &signed, &slug).await?;
+    let panel = panel(&app, &signed, role, &slug, number, fragment).await?;
     if fragment {
         return render(&panel);
     }
@@ -369,7 +372,7 @@ pub async fn page(
         ),
         panel,
         logs,
-        maintainer: maintains(&app, &signed, &slug).await?,
+        maintainer: role >= Some(Role::Maintainer),
     })
 }
 
