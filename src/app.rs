@@ -98,6 +98,12 @@ pub async fn serve(mut config: Config) -> Result<()> {
     // Holding the store, nothing else can be backing up or restoring here.
     crate::core::backup::sweep_leftovers(&config.data_dir);
     let listener = bind(&mut config).await?;
+    let proxy_listener = match &config.proxy {
+        Some(proxy) => Some(tokio::net::TcpListener::bind(proxy.listen).await.map_err(
+            Error::io(format!("cannot listen on {} (proxy.listen)", proxy.listen)),
+        )?),
+        None => None,
+    };
 
     // The key is checked before anything is recorded: a wrong key changes nothing.
     let master_key = crate::secrets::open_master_key(
@@ -130,6 +136,9 @@ pub async fn serve(mut config: Config) -> Result<()> {
         releases,
         policies.clone(),
     );
+    // Services left running by the last process are adopted before anything deploys.
+    let services = crate::service::Services::new(store.clone(), config.data_dir.clone());
+    services.recover(&secrets).await?;
     let deployer = crate::delivery::Deployer::new(
         store.clone(),
         secrets.clone(),
@@ -137,12 +146,15 @@ pub async fn serve(mut config: Config) -> Result<()> {
         config.data_dir.clone(),
         config.public_url.clone(),
         policies.clone(),
+        services.clone(),
     );
     let app = App {
         secrets,
         policies,
         schedules_changed: Arc::new(tokio::sync::Notify::new()),
-        metrics: Arc::new(Metrics::new(store.clone())),
+        metrics: Arc::new(Metrics::new(store.clone(), |r| {
+            services.metrics.register(r)
+        })),
         config: Arc::new(config),
         store: store.clone(),
         events,
@@ -157,15 +169,62 @@ pub async fn serve(mut config: Config) -> Result<()> {
         runner,
         deployer,
     };
-    let workers = start_workers(&app, new_releases);
+    let mut workers = start_workers(&app, new_releases);
+    if let Some(listener) = proxy_listener {
+        start_proxy(&app, &mut workers, listener, services.clone()).await?;
+    }
     crate::core::systemd::ready(&app.config.public_url);
 
     crate::http::serve(app.clone(), listener).await?;
     // Running steps are killed; their runs are re-queued at the next start.
     workers.stopped().await;
+    // Services keep running; the next start adopts them.
+    services.release_all();
 
     store.record_stop(seq).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The services' reverse proxy, as the worker `proxy`.
+async fn start_proxy(
+    app: &App,
+    workers: &mut Workers,
+    listener: tokio::net::TcpListener,
+    services: Arc<crate::service::Services>,
+) -> Result<()> {
+    let config = app.config.proxy.expect("the proxy is configured");
+    let tls = match &app.config.tls {
+        Some(files) => {
+            let rustls = crate::http::tls::load(files).await?;
+            tokio::spawn(crate::http::tls::reload_on_change(
+                rustls.clone(),
+                files.clone(),
+                app.shutdown.clone(),
+            ));
+            Some(rustls)
+        }
+        None => None,
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("cannot read the proxy's address"))?;
+    tracing::info!(
+        url = %format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+        "proxy listening"
+    );
+    let limits = crate::service::proxy::ProxyLimits {
+        max_body: config.max_body,
+        max_header: 64 * 1024,
+        upstream_timeout: config.upstream_timeout,
+        header_read_timeout: app.config.http.header_read_timeout,
+        max_connections: app.config.http.max_connections,
+    };
+    workers.start(
+        "proxy",
+        AtShutdown::Detach,
+        crate::service::proxy::serve(listener, services, tls, limits, app.shutdown.clone()),
+    );
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod policy;
 pub mod projects;
 pub mod secrets;
+pub mod service;
 pub mod store;
 
 /// This build's version, as `betcycle version`, `/metrics` and the console show it.

@@ -1,4 +1,4 @@
-//! `betcycle deploy`, `promote`, `approve` and `rollback`: delivery from the command line,
+//! `betcycle deploy`, `promote`, `approve`, `rollback` and `canary`: delivery from the command line,
 //! through a server's API (token from `BETCYCLE_TOKEN`). With `--wait`, each follows the
 //! deployment and exits with its result.
 
@@ -65,6 +65,38 @@ pub struct Rollback {
     /// The environment to roll back.
     #[arg(long)]
     environment: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Canary {
+    #[command(flatten)]
+    target: Target,
+    /// `promote` sends every request to the canary now; `abort` stops it (the
+    /// deployment ends rolled back).
+    action: CanaryAction,
+    /// The canary deployment's number.
+    deployment: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CanaryAction {
+    Promote,
+    Abort,
+}
+
+impl Canary {
+    pub fn run(self, env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
+        let path = format!(
+            "/api/v1/projects/{}/deployments/{}/{}",
+            self.target.project,
+            self.deployment,
+            match self.action {
+                CanaryAction::Promote => "promote",
+                CanaryAction::Abort => "abort",
+            }
+        );
+        self.target.act(env, &path, json!({}))
+    }
 }
 
 impl Deploy {

@@ -76,6 +76,8 @@ enum Verb {
     Approve(deploy::Approve),
     /// Redeploy the release that was live in an environment before the latest deployment.
     Rollback(deploy::Rollback),
+    /// Promote or abort a running canary deployment (`canary promote N`, `canary abort N`).
+    Canary(deploy::Canary),
     /// Projects on a server: list, create, show (token from BETCYCLE_TOKEN).
     Project {
         #[command(subcommand)]
@@ -144,6 +146,7 @@ pub fn main() -> ExitCode {
         Verb::Promote(verb) => verb.run(env),
         Verb::Approve(verb) => verb.run(env),
         Verb::Rollback(verb) => verb.run(env),
+        Verb::Canary(verb) => verb.run(env),
         Verb::SelfUpdate(verb) => verb.run(env),
         Verb::Db(verb) => verb.run(env),
         Verb::Project { verb, server } => verb.run(server, env),

@@ -54,8 +54,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: Store) -> Self {
+    /// `extra` registers what other capabilities measure themselves (the proxy's
+    /// families), so `core` needs to know none of them.
+    pub fn new(store: Store, extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
+        extra(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "betcycle_http_requests",

@@ -36,6 +36,7 @@ pub struct Deployer {
     /// Webhook deployments waiting for their callback, by deployment id.
     pub(super) waiting: Mutex<HashMap<u64, oneshot::Sender<CallbackResult>>>,
     pub(super) policies: crate::policy::Policies,
+    pub(super) services: Arc<crate::service::Services>,
 }
 
 impl Deployer {
@@ -46,6 +47,7 @@ impl Deployer {
         data_dir: PathBuf,
         public_url: String,
         policies: crate::policy::Policies,
+        services: Arc<crate::service::Services>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -59,7 +61,12 @@ impl Deployer {
                 .expect("the HTTP client builds"),
             waiting: Mutex::new(HashMap::new()),
             policies,
+            services,
         })
+    }
+
+    pub fn services(&self) -> &Arc<crate::service::Services> {
+        &self.services
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
@@ -172,23 +179,35 @@ impl Deployer {
         Ok(values)
     }
 
-    /// The variables every target gets.
-    pub(super) fn variables(d: &Deployment, release: &Release) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("BETCYCLE_RELEASE".to_string(), release.label()),
-            (
-                "BETCYCLE_RELEASE_NUMBER".to_string(),
-                release.number.to_string(),
-            ),
-            ("BETCYCLE_ENVIRONMENT".to_string(), d.environment.clone()),
-            ("BETCYCLE_DEPLOYMENT".to_string(), d.number.to_string()),
-            ("BETCYCLE_PROJECT".to_string(), d.project.clone()),
-            ("BETCYCLE_COMMIT".to_string(), release.commit.clone()),
-            (
-                "BETCYCLE_BRANCH".to_string(),
-                release.branch.clone().unwrap_or_default(),
-            ),
-        ])
+    /// Promotes (`Control::Promote`) or aborts (`Control::Abort`) the canary deployment
+    /// `number` is running; noted on its timeline and audited.
+    pub async fn steer_canary(
+        &self,
+        project: &str,
+        number: u64,
+        what: crate::service::Control,
+        audit: &Context,
+    ) -> Result<Deployment> {
+        let d = self.deployment(project, number).await?;
+        self.services.steer(project, &d.environment, number, what)?;
+        let (verb, action) = match what {
+            crate::service::Control::Promote => ("promote", "deployment.canary_promote"),
+            _ => ("abort", "deployment.canary_abort"),
+        };
+        let actor = audit.actor.clone();
+        self.store
+            .update_deployment(
+                d.id,
+                move |d| {
+                    d.note(&actor, format!("{verb} the canary"));
+                    Ok(())
+                },
+                Some(
+                    Record::new(audit, action, format!("project:{project}"))
+                        .detail(format!("deployment #{number}")),
+                ),
+            )
+            .await
     }
 
     /// Cancels a deployment that has not started.
@@ -223,6 +242,25 @@ impl Deployer {
             )
             .await
     }
+}
+
+/// The variables every target gets.
+pub fn variables(d: &Deployment, release: &Release) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("BETCYCLE_RELEASE".to_string(), release.label()),
+        (
+            "BETCYCLE_RELEASE_NUMBER".to_string(),
+            release.number.to_string(),
+        ),
+        ("BETCYCLE_ENVIRONMENT".to_string(), d.environment.clone()),
+        ("BETCYCLE_DEPLOYMENT".to_string(), d.number.to_string()),
+        ("BETCYCLE_PROJECT".to_string(), d.project.clone()),
+        ("BETCYCLE_COMMIT".to_string(), release.commit.clone()),
+        (
+            "BETCYCLE_BRANCH".to_string(),
+            release.branch.clone().unwrap_or_default(),
+        ),
+    ])
 }
 
 /// A deployment's log: `<ms> <o|e> <text>` per line, like a step log.

@@ -2,6 +2,7 @@
 //! each against its target and records how it ended (a rollback marks what it undid).
 
 use super::deployer::*;
+use super::targets::Outcome;
 use crate::core::error::{Error, Result};
 use crate::delivery::model::*;
 use std::sync::Arc;
@@ -46,7 +47,8 @@ impl Deployer {
             return;
         }
         let (status, message) = match outcome {
-            Ok(()) => (DeploymentStatus::Succeeded, String::new()),
+            Ok(Outcome::Live) => (DeploymentStatus::Succeeded, String::new()),
+            Ok(Outcome::RolledBack(reason)) => (DeploymentStatus::RolledBack, reason),
             Err(e) => (DeploymentStatus::Failed, e.to_string()),
         };
         let finished = self
@@ -110,7 +112,11 @@ impl Deployer {
         self.wake.notify_one();
     }
 
-    pub(super) async fn deploy(&self, d: &Deployment, shutdown: &CancellationToken) -> Result<()> {
+    pub(super) async fn deploy(
+        &self,
+        d: &Deployment,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome> {
         let release = self.release(&d.project, d.release_number).await?;
         let project = self
             .store

@@ -144,6 +144,15 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 11,
+        description: "create service instances and routes",
+        apply: |tx| {
+            tx.open_table(SERVICE_INSTANCES)?;
+            tx.open_table(SERVICE_ROUTES)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

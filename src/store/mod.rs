@@ -25,6 +25,7 @@ mod records;
 mod run;
 mod secrets;
 mod seed;
+mod service;
 mod sessions;
 pub mod tables;
 mod trigger;

@@ -124,6 +124,13 @@ tables! {
     POLICY_DECISIONS: u64 => &[u8] = "policy-decisions-1";
     /// Key: (project slug, decision id). Value: nothing. A project's decisions, in order.
     PROJECT_DECISIONS: (&str, u64) => () = "project-decisions-1";
+    /// Key: service instance id, from 1 (the last one given is `service_instance_seq` in
+    /// `META`). Value: JSON [`crate::service::InstanceRecord`] — a supervised process (pid,
+    /// start time, port) the next start adopts.
+    SERVICE_INSTANCES: u64 => &[u8] = "service-instances-1";
+    /// Key: (project slug, environment). Value: JSON [`crate::service::RouteRecord`] — the
+    /// release a `service` environment serves, restored at the next start.
+    SERVICE_ROUTES: (&str, &str) => &[u8] = "service-routes-1";
     /// Key: (table name, the record's key as text). Value: JSON
     /// [`crate::store::Quarantined`] — a record that did not decode, set aside (it stays in its
     /// own table) so queues and start-up carry on.

@@ -119,6 +119,16 @@ pub(crate) const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/api/v1/projects/{slug}/deployments/{number}/cancel",
         "project:developer",
     ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/deployments/{number}/promote",
+        "project:developer",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{slug}/deployments/{number}/abort",
+        "project:developer",
+    ),
     ("POST", "/api/v1/deployments/callback/{token}", "public"),
     ("PUT", "/api/v1/policies/{name}", "admin"),
     ("DELETE", "/api/v1/policies/{name}", "admin"),
@@ -309,6 +319,14 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
         "project:viewer",
     ),
     ("/api/v1/projects/{slug}/dora", "project:viewer"),
+    (
+        "/api/v1/projects/{slug}/environments/{environment}/service",
+        "project:viewer",
+    ),
+    (
+        "/api/v1/projects/{slug}/environments/{environment}/service/log",
+        "project:viewer",
+    ),
     ("/api/v1/policies", "user"),
     ("/api/v1/policies/{name}", "user"),
     ("/api/v1/projects/{slug}/policies", "project:viewer"),

@@ -21,5 +21,6 @@ mod run;
 mod runs;
 mod schedules;
 mod secrets;
+mod service;
 mod ship;
 mod triggers;

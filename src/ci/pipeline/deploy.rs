@@ -7,6 +7,9 @@
 //!   staging:    { target: { kind: exec, run: ./deploy.sh, secrets: [DEPLOY_KEY] } }
 //!   production:
 //!     target: { kind: webhook, url: "https://deploy.example.com/hook", secret: HOOK_KEY, callback: true, timeout: 10m }
+//!   live:
+//!     target: { kind: service, command: ./app, health: /healthz, host: app.example.com }
+//!     strategy: { kind: canary, steps: [10, 50, 100], interval: 30s, max_error_rate: 1% }
 //! ```
 
 use super::model::SecretDef;
@@ -19,9 +22,45 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct DeployDef {
     pub target: Target,
-    /// Rollout strategy (blue-green, canary): accepted as written, used by later targets.
+    /// Rollout strategy, as written: checked by [`parse`] into a [`Strategy`] (only a
+    /// `service` target has one), kept as JSON in the release so a record written by an
+    /// older version still reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<serde_json::Value>,
+}
+
+impl DeployDef {
+    /// The rollout strategy; blue-green when none is written. A problem names the field
+    /// under `strategy` it is in.
+    pub fn strategy(&self) -> Result<Strategy, String> {
+        let Some(value) = &self.strategy else {
+            return Ok(Strategy::BlueGreen(BlueGreen::default()));
+        };
+        let mut fields = value
+            .as_object()
+            .cloned()
+            .ok_or("expected a map such as { kind: canary, steps: [10, 100] }")?;
+        let kind = fields.remove("kind");
+        let rest = serde_json::Value::Object(fields);
+        fn typed<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T, String> {
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    e.into_inner().to_string()
+                } else {
+                    format!("{path}: {}", e.into_inner())
+                }
+            })
+        }
+        match kind.as_ref().and_then(|k| k.as_str()) {
+            Some("blue_green") => typed(&rest).map(Strategy::BlueGreen),
+            Some("canary") => typed(&rest).map(Strategy::Canary),
+            Some(other) => Err(format!(
+                "kind: unknown strategy \"{other}\", expected blue_green or canary"
+            )),
+            None => Err("kind: missing (blue_green or canary)".into()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,8 +71,8 @@ pub enum Target {
     Exec(ExecTarget),
     /// A signed POST; success on 2xx, or on a call to a one-time callback URL.
     Webhook(WebhookTarget),
-    /// BetCycle supervises the app on this node (not built yet).
-    Service(serde_json::Value),
+    /// BetCycle runs the release's command on this node, behind its reverse proxy.
+    Service(ServiceTarget),
     /// Apply manifests to a cluster (not built yet).
     Kubernetes(serde_json::Value),
 }
@@ -65,6 +104,329 @@ pub struct WebhookTarget {
     /// How long to wait for the answer or the callback. Default 10m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+}
+
+/// `kind: service`: the release's `command`, run by BetCycle's supervisor from a checkout
+/// of the release's commit (with its artifacts), `instances` times, each with its own
+/// `PORT`; the built-in proxy sends requests for `host` (and `path`) to the instances of
+/// the live release that pass the `health` probe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTarget {
+    pub command: String,
+    /// The Host header (without port) the proxy routes to this service.
+    pub host: String,
+    /// Only requests whose path starts with this prefix (default: all of `host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The readiness probe: a path, or the probe in full. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthDef>,
+    /// How many processes run the release (1–16, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secrets, resolved in the environment's scope first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretDef>,
+    /// How long a new release may take to become healthy. Default 2m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Between SIGTERM and SIGKILL when an instance is stopped. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace: Option<String>,
+}
+
+/// The health probe: `GET path` on each instance every `interval`; an instance is
+/// healthy after `success_threshold` answers in 2xx/3xx in a row and unhealthy after
+/// `failure_threshold` failures in a row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HealthDef {
+    Path(String),
+    Probe(Probe),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+}
+
+/// The probe with every default filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+fn duration_or(value: Option<&str>, default: Duration) -> Duration {
+    value
+        .and_then(|t| crate::core::config::parse_duration(t).ok())
+        .unwrap_or(default)
+}
+
+impl ServiceTarget {
+    pub fn instances(&self) -> u32 {
+        self.instances.unwrap_or(1)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        duration_or(self.timeout.as_deref(), Duration::from_secs(120))
+    }
+
+    pub fn stop_grace(&self) -> Duration {
+        duration_or(self.stop_grace.as_deref(), Duration::from_secs(10))
+    }
+
+    pub fn health(&self) -> Health {
+        let probe = match &self.health {
+            None => None,
+            Some(HealthDef::Path(path)) => Some(Probe {
+                path: path.clone(),
+                interval: None,
+                timeout: None,
+                success_threshold: None,
+                failure_threshold: None,
+            }),
+            Some(HealthDef::Probe(p)) => Some(p.clone()),
+        };
+        let probe = probe.as_ref();
+        Health {
+            path: probe.map_or("/".into(), |p| p.path.clone()),
+            interval: duration_or(
+                probe.and_then(|p| p.interval.as_deref()),
+                Duration::from_secs(1),
+            ),
+            timeout: duration_or(
+                probe.and_then(|p| p.timeout.as_deref()),
+                Duration::from_secs(2),
+            ),
+            success_threshold: probe.and_then(|p| p.success_threshold).unwrap_or(1),
+            failure_threshold: probe.and_then(|p| p.failure_threshold).unwrap_or(3),
+        }
+    }
+
+    /// `(secret name, environment variable)` pairs.
+    pub fn secret_pairs(&self) -> Vec<(String, String)> {
+        self.secrets.iter().map(SecretDef::pair).collect()
+    }
+
+    /// Problems as `(field under the target, message)`.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.command.trim().is_empty() {
+            out.push(("command", "the command is empty".to_string()));
+        }
+        let host_ok = !self.host.is_empty()
+            && self.host.len() <= 253
+            && self
+                .host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !host_ok {
+            out.push((
+                "host",
+                format!(
+                    "\"{}\" is not a host name (letters, digits, - and ., without a port)",
+                    self.host
+                ),
+            ));
+        }
+        if let Some(path) = &self.path
+            && !path.starts_with('/')
+        {
+            out.push(("path", format!("\"{path}\" must start with /")));
+        }
+        if !(1..=16).contains(&self.instances()) {
+            out.push(("instances", "use 1 to 16 instances".to_string()));
+        }
+        for (field, value) in [
+            ("timeout", self.timeout.as_deref()),
+            ("stop_grace", self.stop_grace.as_deref()),
+        ] {
+            if let Some(value) = value
+                && let Err(message) = crate::core::config::parse_duration(value)
+            {
+                out.push((field, message));
+            }
+        }
+        match &self.health {
+            Some(HealthDef::Path(path)) | Some(HealthDef::Probe(Probe { path, .. }))
+                if !path.starts_with('/') =>
+            {
+                out.push(("health", format!("\"{path}\" must start with /")));
+            }
+            Some(HealthDef::Probe(p)) => {
+                for (field, value) in [
+                    ("health.interval", p.interval.as_deref()),
+                    ("health.timeout", p.timeout.as_deref()),
+                ] {
+                    if let Some(value) = value
+                        && let Err(message) = crate::core::config::parse_duration(value)
+                    {
+                        out.push((field, message));
+                    }
+                }
+                for (field, value) in [
+                    ("health.success_threshold", p.success_threshold),
+                    ("health.failure_threshold", p.failure_threshold),
+                ] {
+                    if value == Some(0) {
+                        out.push((field, "use 1 or more".to_string()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// How a `service` target moves traffic to a new release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Strategy {
+    /// Start the new release, wait until it is healthy, switch every request to it at
+    /// once, drain and stop the old one. The default.
+    BlueGreen(BlueGreen),
+    /// Send a growing share of requests to the new release, checking at each step what
+    /// the proxy measured for it against the stable release.
+    Canary(Canary),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreen {
+    /// How long requests still in flight on the old release may take after the switch.
+    /// Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The canary's share of requests at each step, in percent, rising; 100 promotes it.
+    pub steps: Vec<u32>,
+    /// How long each step lasts before its analysis. Default 1m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// The canary fails when more than this share of its answers are 5xx or upstream
+    /// errors ("1%" or 0.01). Default 1%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<Rate>,
+    /// The canary fails when its p95 latency is over this (e.g. 300ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p95: Option<String>,
+    /// Fewer requests than this in a step: the analysis is inconclusive and the step
+    /// is held for another interval, up to three times, then the canary fails. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Keep a client on the release it was first sent to (a cookie).
+    #[serde(default)]
+    pub sticky: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
+}
+
+impl BlueGreen {
+    pub fn drain(&self) -> Duration {
+        duration_or(self.drain.as_deref(), Duration::from_secs(30))
+    }
+}
+
+impl Canary {
+    pub fn interval(&self) -> Duration {
+        duration_or(self.interval.as_deref(), Duration::from_secs(60))
+    }
+
+    pub fn max_error_rate(&self) -> f64 {
+        self.max_error_rate.map_or(0.01, |r| r.0)
+    }
+
+    pub fn max_p95(&self) -> Option<Duration> {
+        self.max_p95
+            .as_deref()
+            .and_then(|t| crate::core::config::parse_duration(t).ok())
+    }
+
+    pub fn min_requests(&self) -> u64 {
+        self.min_requests.unwrap_or(10)
+    }
+
+    pub fn drain(&self) -> Duration {
+        duration_or(self.drain.as_deref(), Duration::from_secs(30))
+    }
+
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let rising = self.steps.windows(2).all(|w| w[0] < w[1]);
+        if self.steps.is_empty()
+            || !rising
+            || self.steps.iter().any(|&s| s == 0 || s > 100)
+            || self.steps.last() != Some(&100)
+        {
+            out.push((
+                "steps",
+                "use rising percentages from 1 to 100 that end at 100, such as [10, 50, 100]"
+                    .to_string(),
+            ));
+        }
+        for (field, value) in [
+            ("interval", self.interval.as_deref()),
+            ("max_p95", self.max_p95.as_deref()),
+            ("drain", self.drain.as_deref()),
+        ] {
+            if let Some(value) = value
+                && let Err(message) = crate::core::config::parse_duration(value)
+            {
+                out.push((field, message));
+            }
+        }
+        out
+    }
+}
+
+/// A share: `1%`, `0.5%` or a fraction such as `0.01`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Rate(pub f64);
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        let bad = || serde::de::Error::custom("expected a share such as 1% or 0.01");
+        let value = match Raw::deserialize(d)? {
+            Raw::Number(n) => n,
+            Raw::Text(t) => match t.trim().strip_suffix('%') {
+                Some(p) => p.trim().parse::<f64>().map_err(|_| bad())? / 100.0,
+                None => t.trim().parse::<f64>().map_err(|_| bad())?,
+            },
+        };
+        if value.is_finite() && (0.0..=1.0).contains(&value) {
+            Ok(Rate(value))
+        } else {
+            Err(bad())
+        }
+    }
 }
 
 impl ExecTarget {
@@ -132,7 +494,28 @@ pub fn parse(
                 continue;
             }
         };
+        if def.strategy.is_some() {
+            match (&def.target, def.strategy()) {
+                (_, Err(message)) => problems.push((format!("{here}.strategy"), message)),
+                (Target::Service(_), Ok(Strategy::Canary(c))) => {
+                    for (field, message) in c.problems() {
+                        problems.push((format!("{here}.strategy.{field}"), message));
+                    }
+                }
+                (Target::Service(_), Ok(Strategy::BlueGreen(_))) => {}
+                (_, Ok(_)) => problems.push((
+                    format!("{here}.strategy"),
+                    "a rollout strategy needs a service target (kind: service)".to_string(),
+                )),
+            }
+        }
         let timeout = match &def.target {
+            Target::Service(t) => {
+                for (field, message) in t.problems() {
+                    problems.push((format!("{here}.target.{field}"), message));
+                }
+                None
+            }
             Target::Exec(t) => t.timeout.as_deref(),
             Target::Webhook(t) => {
                 if !(t.url.starts_with("https://") || t.url.starts_with("http://")) {
@@ -143,7 +526,7 @@ pub fn parse(
                 }
                 t.timeout.as_deref()
             }
-            Target::Service(_) | Target::Kubernetes(_) => None,
+            Target::Kubernetes(_) => None,
         };
         if let Some(timeout) = timeout
             && let Err(message) = crate::core::config::parse_duration(timeout)
@@ -173,7 +556,10 @@ mod tests {
         let ok = parse(&raw(json!({
             "staging": {"target": {"kind": "exec", "run": "./deploy.sh", "secrets": ["KEY", {"name": "A", "as": "B"}]}},
             "production": {"target": {"kind": "webhook", "url": "https://x.example/hook", "secret": "HOOK", "callback": true, "timeout": "5m"}},
-            "edge": {"target": {"kind": "service", "command": "./app"}, "strategy": {"kind": "canary"}}
+            "edge": {"target": {"kind": "service", "command": "./app", "host": "app.example.com", "health": "/healthz"},
+                     "strategy": {"kind": "canary", "steps": [10, 50, 100], "interval": "30s", "max_error_rate": "1%"}},
+            "blue": {"target": {"kind": "service", "command": "./app", "host": "blue.example.com",
+                     "health": {"path": "/up", "interval": "200ms", "failure_threshold": 2}, "instances": 2}}
         })))
         .unwrap();
         let Target::Exec(exec) = &ok["staging"].target else {
@@ -188,13 +574,42 @@ mod tests {
             panic!()
         };
         assert_eq!(hook.timeout(), Duration::from_secs(300));
-        assert!(matches!(ok["edge"].target, Target::Service(_)));
+        let Target::Service(edge) = &ok["edge"].target else {
+            panic!()
+        };
+        assert_eq!(edge.health().path, "/healthz");
+        let Ok(Strategy::Canary(canary)) = ok["edge"].strategy() else {
+            panic!()
+        };
+        assert_eq!(canary.max_error_rate(), 0.01);
+        assert_eq!(canary.interval(), Duration::from_secs(30));
+        let Target::Service(blue) = &ok["blue"].target else {
+            panic!()
+        };
+        let health = blue.health();
+        assert_eq!(
+            (
+                health.path.as_str(),
+                health.interval,
+                health.failure_threshold,
+                health.success_threshold
+            ),
+            ("/up", Duration::from_millis(200), 2, 1)
+        );
+        assert_eq!(blue.instances(), 2);
+        assert!(matches!(ok["blue"].strategy(), Ok(Strategy::BlueGreen(_))));
 
         let problems = parse(&raw(json!({
             "staging": {"target": {"kind": "exec", "runn": "x"}},
             "Prod": {"target": {"kind": "exec", "run": "x"}},
             "qa": {"target": {"kind": "webhook", "url": "ftp://x", "timeout": "soon"}},
-            "dev": {"target": {"kind": "ssh"}}
+            "dev": {"target": {"kind": "ssh"}},
+            "s1": {"target": {"kind": "service", "command": "./app"}},
+            "s2": {"target": {"kind": "service", "command": "./app", "host": "a.example:80", "health": "up", "instances": 0},
+                   "strategy": {"kind": "canary", "steps": [50, 20], "max_error_rate": "120%"}},
+            "s3": {"target": {"kind": "service", "command": "./app", "host": "a.example"},
+                   "strategy": {"kind": "canary", "steps": [10, 100], "interval": "often"}},
+            "e1": {"target": {"kind": "exec", "run": "x"}, "strategy": {"kind": "blue_green"}}
         })))
         .unwrap_err();
         let text = format!("{problems:?}");
@@ -208,6 +623,42 @@ mod tests {
         assert!(
             text.contains("deploy.dev.target") && text.contains("ssh"),
             "{text}"
+        );
+        assert!(
+            text.contains("deploy.s1.target") && text.contains("missing field `host`"),
+            "{text}"
+        );
+        for (field, words) in [
+            (
+                "deploy.s2.strategy",
+                "max_error_rate: expected a share such as 1% or 0.01",
+            ),
+            ("deploy.s3.strategy.interval", "expected a duration"),
+            (
+                "deploy.e1.strategy",
+                "a rollout strategy needs a service target",
+            ),
+        ] {
+            assert!(
+                text.contains(&format!("(\"{field}\", \"{words}")),
+                "{field}: {text}"
+            );
+        }
+        let problems = parse(&raw(json!({
+            "s2": {"target": {"kind": "service", "command": " ", "host": "a.example:80", "health": "up", "instances": 0},
+                   "strategy": {"kind": "canary", "steps": [50, 20]}}
+        })))
+        .unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "deploy.s2.strategy.steps",
+                "deploy.s2.target.command",
+                "deploy.s2.target.host",
+                "deploy.s2.target.instances",
+                "deploy.s2.target.health"
+            ]
         );
     }
 }

@@ -104,6 +104,14 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
+/// The reverse proxy's address and limits (`proxy.*`).
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub max_body: u64,
+    pub upstream_timeout: Duration,
+}
+
 /// The validated configuration every other module reads.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -123,6 +131,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub log: LogConfig,
     pub store_cache_size: u64,
+    /// The services' reverse proxy, when it is on.
+    pub proxy: Option<ProxyConfig>,
     pub health_min_free_disk: u64,
     /// Each option's final value and where it came from, in [`OPTIONS`] order.
     pub sources: Vec<(&'static str, String, Source)>,
@@ -202,6 +212,16 @@ impl Config {
             tls,
             log,
             store_cache_size: r.size("store.cache_size")?,
+            proxy: match r.get("proxy.listen") {
+                Some((value, _)) => Some(ProxyConfig {
+                    listen: value.parse().map_err(|_| {
+                        r.invalid("proxy.listen", "expected HOST:PORT such as 0.0.0.0:8443")
+                    })?,
+                    max_body: r.size("proxy.max_body")?,
+                    upstream_timeout: r.duration("proxy.upstream_timeout")?,
+                }),
+                None => None,
+            },
             health_min_free_disk: r.size("health.min_free_disk")?,
             sources,
         };
@@ -513,6 +533,7 @@ fn example_for(key: &str) -> &'static str {
         "tls.cert" => "/etc/betcycle/cert.pem",
         "run_concurrency" => "4",
         "tls.key" => "/etc/betcycle/key.pem",
+        "proxy.listen" => "0.0.0.0:8443",
         _ => "",
     }
 }

@@ -14,8 +14,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 impl Target for ExecTarget {
-    fn deploy<'a>(&'a self, job: Job<'a>) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
-        Box::pin(deploy(self, job))
+    fn deploy<'a>(
+        &'a self,
+        job: Job<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<super::Outcome>> + Send + 'a>> {
+        Box::pin(async move { deploy(self, job).await.map(|()| super::Outcome::Live) })
     }
 }
 
@@ -29,7 +32,7 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
     let (workspace, artifacts) = (root.join("workspace"), root.join("artifacts"));
     prepare(deployer, project, release, &workspace, &artifacts).await?;
     let values = deployer.reveal(d, project.id, &t.secret_pairs()).await?;
-    let mut context = Deployer::variables(d, release);
+    let mut context = crate::delivery::variables(d, release);
     context.insert("BETCYCLE_ARTIFACTS".into(), artifacts.display().to_string());
     context.insert("BETCYCLE_WORKSPACE".into(), workspace.display().to_string());
     let step = step_of(t, &values);
@@ -88,7 +91,7 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
 
 /// Checks the release's commit out into `workspace` and copies its artifacts under
 /// `artifacts`.
-async fn prepare(
+pub(super) async fn prepare(
     deployer: &Deployer,
     project: &crate::projects::Project,
     release: &Release,

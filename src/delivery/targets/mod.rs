@@ -1,9 +1,10 @@
 //! Deploy targets: where a deployment goes. Each kind of `deploy:` target in the
 //! pipeline file implements [`Target`]; the worker only asks for `deploy`. `exec` and
-//! `webhook` are here; the `service` target (supervised processes behind the built-in
-//! proxy) and `kubernetes` plug in the same way.
+//! `webhook` call out; `service` runs the release itself behind the built-in proxy
+//! (blue-green or canary); `kubernetes` will plug in the same way.
 
 mod exec;
+mod service;
 mod webhook;
 
 use super::{Deployer, Deployment, Release};
@@ -25,10 +26,23 @@ pub struct Job<'a> {
     pub shutdown: &'a CancellationToken,
 }
 
+/// How a deployment that did not fail ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// The release is live there: the deployment succeeded.
+    Live,
+    /// The release was tried and taken back (a canary that failed its analysis, or
+    /// aborted); the previous release still serves. The reason is the deployment's message.
+    RolledBack(String),
+}
+
 /// A kind of deploy target. `deploy` returns once the release is live there (the
-/// deployment then succeeds) or with why it is not (it fails).
+/// deployment then succeeds), taken back, or with why it is not (it fails).
 pub trait Target: Send + Sync {
-    fn deploy<'a>(&'a self, job: Job<'a>) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+    fn deploy<'a>(
+        &'a self,
+        job: Job<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<Outcome>> + Send + 'a>>;
 }
 
 /// The implementation for a target as the pipeline file declares it.
@@ -36,9 +50,9 @@ pub fn of(def: &TargetDef) -> Result<&dyn Target> {
     match def {
         TargetDef::Exec(t) => Ok(t),
         TargetDef::Webhook(t) => Ok(t),
-        TargetDef::Service(_) | TargetDef::Kubernetes(_) => Err(Error::Invalid(
-            "the service and kubernetes targets are not built yet in this version of BetCycle"
-                .into(),
+        TargetDef::Service(t) => Ok(t),
+        TargetDef::Kubernetes(_) => Err(Error::Invalid(
+            "the kubernetes target is not built yet in this version of BetCycle".into(),
         )),
     }
 }

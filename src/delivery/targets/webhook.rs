@@ -10,8 +10,11 @@ use std::pin::Pin;
 use tokio::sync::oneshot;
 
 impl Target for WebhookTarget {
-    fn deploy<'a>(&'a self, job: Job<'a>) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
-        Box::pin(deploy(self, job))
+    fn deploy<'a>(
+        &'a self,
+        job: Job<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<super::Outcome>> + Send + 'a>> {
+        Box::pin(async move { deploy(self, job).await.map(|()| super::Outcome::Live) })
     }
 }
 

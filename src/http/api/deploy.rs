@@ -226,6 +226,91 @@ pub async fn cancel(
     ))
 }
 
+/// Sends every request to the running canary now.
+pub async fn promote_canary(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Json<Deployment>> {
+    Ok(Json(
+        app.deployer
+            .steer_canary(
+                &slug,
+                number,
+                crate::service::Control::Promote,
+                &signed.audit,
+            )
+            .await?,
+    ))
+}
+
+/// Stops the running canary; the deployment ends rolled back.
+pub async fn abort_canary(
+    State(app): State<App>,
+    signed: Signed,
+    Path((slug, number)): Path<(String, u64)>,
+) -> ServerResult<Json<Deployment>> {
+    Ok(Json(
+        app.deployer
+            .steer_canary(&slug, number, crate::service::Control::Abort, &signed.audit)
+            .await?,
+    ))
+}
+
+/// The environment's running service: its instances, health and traffic split.
+pub async fn service(
+    State(app): State<App>,
+    Path((slug, environment)): Path<(String, String)>,
+) -> ServerResult<Json<crate::service::ServiceView>> {
+    app.deployer
+        .services()
+        .view(&slug, &environment)
+        .map(Json)
+        .ok_or_else(|| {
+            Error::NotFound {
+                what: format!("a running service in {slug}/{environment}"),
+            }
+            .into()
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLogQuery {
+    /// 1-based; default 1.
+    #[serde(default)]
+    pub instance: Option<u32>,
+    /// `stable` (default) or `canary`.
+    #[serde(default)]
+    pub track: Option<String>,
+    /// Default 200, at most 10,000.
+    #[serde(default)]
+    pub lines: Option<usize>,
+}
+
+/// The end of an instance's log, as text.
+pub async fn service_log(
+    State(app): State<App>,
+    Path((slug, environment)): Path<(String, String)>,
+    Query(q): Query<ServiceLogQuery>,
+) -> ServerResult<impl IntoResponse> {
+    let track = match q.track.as_deref() {
+        None | Some("stable") => crate::service::Track::Stable,
+        Some("canary") => crate::service::Track::Canary,
+        Some(other) => {
+            return Err(Error::Invalid(format!("track \"{other}\": use stable or canary")).into());
+        }
+    };
+    let text = app.deployer.services().log_tail(
+        &slug,
+        &environment,
+        track,
+        q.instance.unwrap_or(1),
+        q.lines.unwrap_or(200).min(10_000),
+    )?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackRequest {
@@ -300,6 +385,10 @@ pub fn routes() -> Vec<Route> {
         POST "/api/v1/projects/{slug}/deployments/{number}/approve" DEVELOPER => approve,
         POST "/api/v1/projects/{slug}/deployments/{number}/reject" DEVELOPER => reject,
         POST "/api/v1/projects/{slug}/deployments/{number}/cancel" DEVELOPER => cancel,
+        POST "/api/v1/projects/{slug}/deployments/{number}/promote" DEVELOPER => promote_canary,
+        POST "/api/v1/projects/{slug}/deployments/{number}/abort" DEVELOPER => abort_canary,
+        GET "/api/v1/projects/{slug}/environments/{environment}/service" VIEWER => service,
+        GET "/api/v1/projects/{slug}/environments/{environment}/service/log" VIEWER => service_log,
         GET "/api/v1/projects/{slug}/dora" VIEWER => dora,
         POST "/api/v1/deployments/callback/{token}" PUBLIC => callback,
     ]

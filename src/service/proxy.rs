@@ -1,0 +1,642 @@
+//! The reverse proxy in front of services (`--proxy-listen`): HTTP/1.1 and HTTP/2 (TLS
+//! with the server's certificate when HTTPS is on), routed by Host and path prefix to an
+//! environment's stable release — or, during a canary, to the canary by its weight —
+//! over a keep-alive pool of connections to the instances. WebSocket upgrades are
+//! tunnelled; `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set; a body over the
+//! limit is refused (413); an instance that does not answer is a 502, one too slow a 504.
+//! All HTTP is hyper's; nothing here parses HTTP.
+
+use super::{ReleaseSet, Services, Site, Track};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// The proxy's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyLimits {
+    /// Largest request body forwarded (413 past it).
+    pub max_body: u64,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header: usize,
+    /// How long an instance may take to send its response head (504 past it).
+    pub upstream_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SetLabels {
+    service: String,
+    track: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    service: String,
+    track: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    service: String,
+    track: &'static str,
+    kind: &'static str,
+}
+
+/// `/metrics` families, labelled by service (`project/environment`, bounded by the
+/// environments that exist) and track (stable, canary) — never by host or path as sent.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    requests: Family<ClassLabels, Counter>,
+    durations: Family<SetLabels, Histogram>,
+    in_flight: Family<SetLabels, Gauge>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    unrouted: Counter,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        ProxyMetrics {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+            }),
+            in_flight: Family::default(),
+            upstream_errors: Family::default(),
+            unrouted: Counter::default(),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "betcycle_proxy_requests",
+            "Requests the proxy answered, by service, track and status class",
+            self.requests.clone(),
+        );
+        registry.register(
+            "betcycle_proxy_request_duration_seconds",
+            "Time to an instance's response head through the proxy, by service and track",
+            self.durations.clone(),
+        );
+        registry.register(
+            "betcycle_proxy_in_flight_requests",
+            "Requests (and WebSockets) open through the proxy, by service and track",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "betcycle_proxy_upstream_errors",
+            "Requests an instance did not answer (connect, timeout), by service and track",
+            self.upstream_errors.clone(),
+        );
+        registry.register(
+            "betcycle_proxy_unrouted_requests",
+            "Requests for a host (and path) no service serves",
+            self.unrouted.clone(),
+        );
+    }
+}
+
+struct Shared {
+    services: Arc<Services>,
+    client: Client<HttpConnector, Body>,
+    limits: ProxyLimits,
+    /// Spreads requests between stable and canary: request n goes to the canary when
+    /// `n * 61 mod 100` is under its weight (61 is prime to 100, so every 100 requests
+    /// give the canary exactly its weight, interleaved).
+    counter: AtomicU64,
+}
+
+/// Serves the proxy on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    services: Arc<Services>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    limits: ProxyLimits,
+    shutdown: CancellationToken,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector);
+    let shared = Arc::new(Shared {
+        services,
+        client,
+        limits,
+        counter: AtomicU64::new(0),
+    });
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the proxy cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, tls, stop) = (shared.clone(), tls.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => connection(TokioIo::new(stream), peer, false, shared, stop).await,
+                Some(config) => {
+                    let mut server = (*config.get_inner()).clone();
+                    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+                    match tokio::time::timeout(
+                        shared.limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, true, shared, stop).await,
+                        _ => tracing::debug!(%peer, "proxy TLS handshake failed"),
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_read_timeout)
+        .max_buf_size(shared.limits.max_header.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(shared.limits.max_header).unwrap_or(u32::MAX));
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, peer, tls, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "proxy connection ended");
+            }
+        }
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// A plain-text answer from the proxy itself.
+fn plain(status: StatusCode, text: String, request_id: &HeaderValue) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!(
+            "{} {}\n{text}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )))
+        .map_err(|never| match never {})
+        .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(HeaderName::from_static("x-request-id"), request_id.clone());
+    r
+}
+
+/// The Host a request is for, without its port (HTTP/2 carries it in the URI).
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| match h.rsplit_once(':') {
+                    Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
+                        host.to_string()
+                    }
+                    _ => h.to_string(),
+                })
+        })?;
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Hop-by-hop headers, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn wants_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if connection_upgrade {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Which set of `site` serves this request, and the cookie to set when it is sticky.
+fn choose(shared: &Shared, site: &Site, req: &Request<Incoming>) -> (Arc<ReleaseSet>, Track, bool) {
+    let Some((canary, weight)) = site.canary.as_ref().filter(|(_, w)| *w > 0) else {
+        return (site.stable.clone(), Track::Stable, false);
+    };
+    if site.sticky {
+        let pinned = req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(COOKIE_PREFIX));
+        match pinned {
+            Some("canary") => return (canary.clone(), Track::Canary, false),
+            Some("stable") => return (site.stable.clone(), Track::Stable, false),
+            _ => {}
+        }
+    }
+    let n = shared.counter.fetch_add(1, Ordering::Relaxed);
+    if (n * 61) % 100 < u64::from(*weight) {
+        (canary.clone(), Track::Canary, site.sticky)
+    } else {
+        (site.stable.clone(), Track::Stable, site.sticky)
+    }
+}
+
+const COOKIE_PREFIX: &str = "betcycle_track=";
+
+/// Holds a request's place in its set's in-flight count until the response body (or
+/// the WebSocket) is done.
+struct InFlight {
+    set: Arc<ReleaseSet>,
+    gauge: Gauge,
+}
+
+impl InFlight {
+    fn new(set: Arc<ReleaseSet>, gauge: Gauge) -> Self {
+        set.in_flight.fetch_add(1, Ordering::AcqRel);
+        gauge.inc();
+        InFlight { set, gauge }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// A response body that keeps its request counted in flight until it has been sent.
+struct Tracked {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    tls: bool,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a uuid is ASCII")
+        });
+    let Some(host) = host_of(&req) else {
+        shared.services.metrics.unrouted.inc();
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the request names no host".into(),
+            &request_id,
+        );
+    };
+    let table = shared.services.table();
+    let Some(site) = table.find(&host, req.uri().path()) else {
+        shared.services.metrics.unrouted.inc();
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("no service is deployed for host {host}"),
+            &request_id,
+        );
+    };
+    if let Some(length) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > shared.limits.max_body
+    {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over the proxy's limit of {} bytes",
+                shared.limits.max_body
+            ),
+            &request_id,
+        );
+    }
+    let (set, track, set_cookie) = choose(&shared, site, &req);
+    let labels = SetLabels {
+        service: site.service.clone(),
+        track: track.as_str(),
+    };
+    let in_flight = InFlight::new(
+        set.clone(),
+        shared
+            .services
+            .metrics
+            .in_flight
+            .get_or_create(&labels)
+            .clone(),
+    );
+    let Some(upstream) = set.pick().cloned() else {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            "the service has no instance".into(),
+            &request_id,
+        );
+    };
+
+    let upgrade = wants_upgrade(&req);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = format!("http://{}{path}", upstream.addr)
+        .parse()
+        .expect("an address and a path make a URI");
+    parts.version = hyper::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if let Ok(value) = HeaderValue::from_str(&host) {
+        parts.headers.insert(header::HOST, value.clone());
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-forwarded-host"), value);
+    }
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    parts.headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    parts
+        .headers
+        .insert(HeaderName::from_static("x-request-id"), request_id.clone());
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
+    let limited = Limited::new(
+        body,
+        usize::try_from(shared.limits.max_body).unwrap_or(usize::MAX),
+    );
+    let forwarded = Request::from_parts(parts, limited.boxed());
+
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        shared.limits.upstream_timeout,
+        shared.client.request(forwarded),
+    )
+    .await;
+    let took = started.elapsed();
+    let metrics = &shared.services.metrics;
+    let failed = |kind: &'static str, status: StatusCode, text: String| {
+        metrics
+            .upstream_errors
+            .get_or_create(&ErrorLabels {
+                service: labels.service.clone(),
+                track: labels.track,
+                kind,
+            })
+            .inc();
+        count(metrics, &labels, status, took);
+        set.stats.record(true, took);
+        plain(status, text, &request_id)
+    };
+    let mut response = match answer {
+        Err(_) => {
+            return failed(
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the service did not answer within {} s",
+                    shared.limits.upstream_timeout.as_secs()
+                ),
+            );
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is over the proxy's limit".into(),
+                    &request_id,
+                );
+            }
+            tracing::debug!(error = %e, upstream = %upstream.addr, "an instance did not answer");
+            return failed(
+                "connect",
+                StatusCode::BAD_GATEWAY,
+                "the service did not answer".into(),
+            );
+        }
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    count(metrics, &labels, status, took);
+    set.stats.record(status.is_server_error(), took);
+
+    if status == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let closing = set.closing.clone();
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
+                return;
+            };
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                () = closing.cancelled() => {}
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-request-id"), request_id);
+        return Response::from_parts(
+            parts,
+            http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
+        );
+    }
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(HeaderName::from_static("x-request-id"), request_id);
+    if set_cookie {
+        let value = format!(
+            "{COOKIE_PREFIX}{}; Path=/; HttpOnly; SameSite=Lax",
+            track.as_str()
+        );
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.append(header::SET_COOKIE, v);
+        }
+    }
+    let body = Tracked {
+        inner: body,
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+fn count(metrics: &ProxyMetrics, labels: &SetLabels, status: StatusCode, took: Duration) {
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics
+        .requests
+        .get_or_create(&ClassLabels {
+            service: labels.service.clone(),
+            track: labels.track,
+            class,
+        })
+        .inc();
+    metrics
+        .durations
+        .get_or_create(labels)
+        .observe(took.as_secs_f64());
+}

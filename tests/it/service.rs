@@ -1,0 +1,672 @@
+//! The `service` target end to end: a real repository whose release is a small HTTP app
+//! (Python's standard library), run by BetCycle's supervisor behind its proxy, under load
+//! from the test — blue-green with no failed request, a canary answering 500 rolled back
+//! with its share of requests bounded by its weight, a release that never becomes
+//! healthy aborted, crashes and `kill -9` of BetCycle survived without a second process,
+//! and bad input recorded with its reason.
+
+use crate::deploy::wait_deployment;
+use crate::harness::{Server, client, eventually, tempdir};
+use crate::run::git;
+use crate::runs::{demo, trigger, wait_for};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The app: answers its version (from `version.txt` in its checkout); `mode` says
+/// whether it answers 500 (`fail`) or fails its health check (`sick`).
+const APP: &str = r#"
+import http.server, os
+VERSION = open("version.txt").read().strip()
+MODE = open("mode").read().strip() if os.path.exists("mode") else "ok"
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/healthz":
+            status = 404 if MODE == "sick" else 200
+        else:
+            status = 500 if MODE == "fail" else 200
+        body = (VERSION + " " + self.headers.get("X-Forwarded-For", "") + " " + self.headers.get("X-Request-Id", "")).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 512
+    daemon_threads = True
+print("serving", VERSION, flush=True)
+Server(("127.0.0.1", int(os.environ.get("BIND_PORT") or os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+/// The Python interpreter itself (not a shim), so an instance is one process.
+fn python() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("these tests run a Python app: python3 must be installed");
+    assert!(out.status.success(), "python3 does not run");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn pipeline(target: &str, strategy: &str) -> String {
+    format!(
+        "steps:\n  - name: build\n    run: test -f app.py\ndeploy:\n  web:\n    target: {target}\n{strategy}"
+    )
+}
+
+fn service_target(extra: &str) -> String {
+    format!(
+        "{{ kind: service, command: \"{} app.py\", host: app.test, health: {{ path: /healthz, interval: 100ms }}, timeout: 20s, stop_grace: 2s{extra} }}",
+        python()
+    )
+}
+
+struct Project {
+    server: Server,
+    repo: PathBuf,
+    proxy: String,
+    releases: u64,
+}
+
+impl Project {
+    async fn new(dir: &Path, pipeline: &str) -> Project {
+        let (server, repo) = demo(dir, pipeline, &["--proxy-listen", "127.0.0.1:0"]).await;
+        let proxy = proxy_url(&server).await;
+        let (status, env) = server
+            .send_json(
+                Method::PUT,
+                "/api/v1/projects/demo/environments/web",
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 201, "{env}");
+        Project {
+            server,
+            repo,
+            proxy,
+            releases: 0,
+        }
+    }
+
+    /// Commits `version` (and `mode`, and the pipeline when given) and waits for its
+    /// green run's release; returns the release number.
+    async fn release(&mut self, version: &str, mode: &str, pipeline: Option<&str>) -> u64 {
+        std::fs::write(self.repo.join("app.py"), APP).unwrap();
+        std::fs::write(self.repo.join("version.txt"), version).unwrap();
+        std::fs::write(self.repo.join("mode"), mode).unwrap();
+        if let Some(p) = pipeline {
+            std::fs::write(self.repo.join(".betcycle.yml"), p).unwrap();
+        }
+        git(&self.repo, &["add", "."]);
+        git(&self.repo, &["commit", "-qm", version]);
+        let run = trigger(&self.server, "demo").await;
+        let number = run["number"].as_u64().unwrap();
+        wait_for(&self.server, "demo", number, |r| r["status"] == "succeeded").await;
+        self.releases += 1;
+        self.releases
+    }
+
+    /// Requests a deployment of `release` and waits until it has finished.
+    async fn deploy(&self, release: u64) -> Value {
+        let (status, d) = self
+            .server
+            .send_json(
+                Method::POST,
+                "/api/v1/projects/demo/deployments",
+                json!({"environment": "web", "release": release}),
+            )
+            .await;
+        assert_eq!(status, 201, "{d}");
+        let number = d["number"].as_u64().unwrap();
+        wait_deployment(&self.server, "demo", number, |d| {
+            ["succeeded", "failed", "rolled_back"].contains(&d["status"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+
+    async fn get(&self, host: &str) -> (u16, String) {
+        let r = client()
+            .get(format!("{}/", self.proxy))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn service(&self) -> Value {
+        self.server
+            .get_json("/api/v1/projects/demo/environments/web/service")
+            .await
+    }
+}
+
+async fn proxy_url(server: &Server) -> String {
+    eventually(
+        Duration::from_secs(10),
+        "the proxy never listened",
+        || async {
+            server
+                .logs()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["fields"]["message"] == "proxy listening")
+                .and_then(|v| v["fields"]["url"].as_str().map(str::to_string))
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await
+}
+
+/// Constant load through the proxy from a few keep-alive clients: every answer's status
+/// and first word, until stopped (and at most 200,000 requests).
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    seen: Arc<Mutex<Vec<(u16, String)>>>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Load {
+    fn start(proxy: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, seen, errors) = (stop.clone(), seen.clone(), errors.clone());
+                let url = format!("{proxy}/");
+                tokio::spawn(async move {
+                    let http = client();
+                    while !stop.load(Ordering::Relaxed) && seen.lock().unwrap().len() < 200_000 {
+                        match http.get(&url).header("host", "app.test").send().await {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let body = r.text().await.unwrap_or_default();
+                                let word = body.split(' ').next().unwrap_or("").to_string();
+                                seen.lock().unwrap().push((status, word));
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            seen,
+            errors,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> (Vec<(u16, String)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        (seen, self.errors.load(Ordering::Relaxed))
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn instance_pid(service: &Value) -> u64 {
+    service["stable"]["instances"][0]["pid"].as_u64().unwrap()
+}
+
+/// The processes whose command line runs this test's app (from `dir`'s data directory).
+fn app_processes(dir: &Path) -> Vec<u32> {
+    let marker = dir.join("data").display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cwd.display().to_string().starts_with(&marker)
+                && String::from_utf8_lossy(&cmdline).contains("app.py")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn blue_green_under_load_drops_no_request_and_then_serves_only_the_new_release() {
+    let dir = tempdir();
+    let p = pipeline(
+        &service_target(""),
+        "    strategy: { kind: blue_green, drain: 5s }\n",
+    );
+    let mut project = Project::new(dir.path(), &p).await;
+    let v1 = project.release("v1", "ok", None).await;
+    let d1 = project.deploy(v1).await;
+    assert_eq!(d1["status"], "succeeded", "{d1:#}");
+    assert_eq!(
+        project.get("app.test").await.1.split(' ').next(),
+        Some("v1")
+    );
+    let old_pid = instance_pid(&project.service().await);
+
+    // Unknown hosts get a plain 404 from the proxy, naming the host.
+    let (status, text) = project.get("nothing.test").await;
+    assert_eq!(status, 404);
+    assert!(
+        text.contains("no service is deployed for host nothing.test"),
+        "{text}"
+    );
+
+    let v2 = project.release("v2", "ok", None).await;
+    let load = Load::start(&project.proxy, 6);
+    eventually(
+        Duration::from_secs(10),
+        "the load never started",
+        || async {
+            if load.count() > 50 {
+                Ok(())
+            } else {
+                Err(load.count().to_string())
+            }
+        },
+    )
+    .await;
+    let d2 = project.deploy(v2).await;
+    assert_eq!(d2["status"], "succeeded", "{d2:#}");
+    let switched_at = load.count();
+    let more = switched_at + 300;
+    eventually(Duration::from_secs(20), "the load stopped", || async {
+        if load.count() > more {
+            Ok(())
+        } else {
+            Err(load.count().to_string())
+        }
+    })
+    .await;
+    let (seen, errors) = load.finish().await;
+    let failed: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).collect();
+    assert_eq!(errors, 0, "requests failed at the transport level");
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(seen.iter().any(|(_, w)| w == "v1"), "no request reached v1");
+    assert!(
+        seen[switched_at..].iter().all(|(_, w)| w == "v2"),
+        "a request after the switch reached v1"
+    );
+    let timeline = d2["timeline"].to_string();
+    assert!(timeline.contains("draining demo-1"), "{timeline}");
+    assert!(
+        !alive(old_pid),
+        "the old release's process is still running"
+    );
+    let service = project.service().await;
+    assert_eq!(service["stable"]["release"], v2);
+    assert_eq!(service["stable"]["instances"][0]["healthy"], true);
+
+    // Forwarded headers reach the app.
+    let (_, text) = project.get("app.test").await;
+    let words: Vec<&str> = text.split(' ').collect();
+    assert_eq!(words[1], "127.0.0.1", "{text}");
+    assert_eq!(words[2].len(), 36, "{text}");
+    // The proxy's metrics are in /metrics, labelled by service and track.
+    let metrics = project.server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"betcycle_proxy_requests_total{service="demo/web",track="stable",class="2xx"}"#
+        ),
+        "{metrics}"
+    );
+    project.server.stop();
+    // A graceful stop leaves the service running for the next start to adopt.
+    let left = app_processes(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    for pid in left {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+#[tokio::test]
+async fn a_canary_answering_500_is_rolled_back_and_got_no_more_than_its_weight() {
+    let dir = tempdir();
+    let strategy = "    strategy: { kind: canary, steps: [20, 100], interval: 20s, max_error_rate: 5%, min_requests: 20 }\n";
+    let p = pipeline(&service_target(""), strategy);
+    let mut project = Project::new(dir.path(), &p).await;
+    let v1 = project.release("v1", "ok", None).await;
+    // The first release has no stable release to compare with: it takes all traffic.
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+    let v2 = project.release("v2", "fail", None).await;
+    let load = Load::start(&project.proxy, 4);
+    let started = std::time::Instant::now();
+    let d = project.deploy(v2).await;
+    let took = started.elapsed();
+    let (seen, errors) = load.finish().await;
+    assert_eq!(d["status"], "rolled_back", "{d:#}");
+    let message = d["message"].as_str().unwrap();
+    assert!(message.contains("error rate over 5.0 %"), "{message}");
+    assert!(
+        took < Duration::from_secs(20),
+        "not rolled back within its interval: {took:?}"
+    );
+    assert_eq!(errors, 0);
+    let to_canary = seen.iter().filter(|(_, w)| w == "v2").count();
+    assert!(
+        seen.iter()
+            .filter(|(_, w)| w == "v2")
+            .all(|(s, _)| *s == 500)
+    );
+    assert!(to_canary > 0, "no request reached the canary");
+    // 20 % of the requests sent while the canary was in, at most: of every 100 requests
+    // in a row, 20 went to it.
+    let share = to_canary as f64 / seen.len() as f64;
+    assert!(
+        share <= 0.21,
+        "the canary got {share:.3} of {} requests",
+        seen.len()
+    );
+    // Afterwards everything is served by v1 again; the canary is gone.
+    for _ in 0..20 {
+        let (status, text) = project.get("app.test").await;
+        assert_eq!((status, text.split(' ').next()), (200, Some("v1")));
+    }
+    let service = project.service().await;
+    assert_eq!(service["stable"]["release"], v1);
+    assert!(service["canary"].is_null(), "{service:#}");
+    assert_eq!(app_processes(dir.path()).len(), 1);
+    project.server.kill();
+    for pid in app_processes(dir.path()) {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+#[tokio::test]
+async fn a_release_that_never_becomes_healthy_is_aborted_and_the_old_one_keeps_serving() {
+    let dir = tempdir();
+    let p = pipeline(
+        &service_target(", timeout: 2s").replace(", timeout: 20s", ""),
+        "",
+    );
+    let mut project = Project::new(dir.path(), &p).await;
+    let v1 = project.release("v1", "ok", None).await;
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+    let v2 = project.release("v2", "sick", None).await;
+    let load = Load::start(&project.proxy, 2);
+    let d = project.deploy(v2).await;
+    let (seen, errors) = load.finish().await;
+    assert_eq!(d["status"], "failed", "{d:#}");
+    let message = d["message"].as_str().unwrap();
+    assert!(
+        message.contains("did not become healthy within 2s") && message.contains("404 in"),
+        "{message}"
+    );
+    assert_eq!(errors, 0);
+    assert!(seen.iter().all(|(s, w)| *s == 200 && w == "v1"));
+    assert_eq!(
+        project.get("app.test").await.1.split(' ').next(),
+        Some("v1")
+    );
+    assert_eq!(app_processes(dir.path()).len(), 1);
+
+    // A command that does not exist: the reason is its exit and its output.
+    let v3 = project
+        .release(
+            "v3",
+            "ok",
+            Some(&pipeline(
+                &service_target("").replace("app.py", "nope.py"),
+                "",
+            )),
+        )
+        .await;
+    let d = project.deploy(v3).await;
+    assert_eq!(d["status"], "failed");
+    let message = d["message"].as_str().unwrap();
+    assert!(
+        message.contains("exited before it became healthy (exit status 2)")
+            && message.contains("nope.py"),
+        "{message}"
+    );
+    // A port already taken (the app insists on one the test holds).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let v4 = project
+        .release(
+            "v4",
+            "ok",
+            Some(&pipeline(
+                &service_target(&format!(", env: {{ BIND_PORT: \"{port}\" }}")),
+                "",
+            )),
+        )
+        .await;
+    let d = project.deploy(v4).await;
+    assert_eq!(d["status"], "failed");
+    let message = d["message"].as_str().unwrap();
+    assert!(message.contains("Address already in use"), "{message}");
+    assert_eq!(
+        project.get("app.test").await.1.split(' ').next(),
+        Some("v1")
+    );
+    assert_eq!(app_processes(dir.path()).len(), 1);
+    project.server.kill();
+    for pid in app_processes(dir.path()) {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+#[tokio::test]
+async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service() {
+    let dir = tempdir();
+    let p = pipeline(&service_target(""), "");
+    let mut project = Project::new(dir.path(), &p).await;
+    let v1 = project.release("v1", "ok", None).await;
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+    let first = instance_pid(&project.service().await);
+    // SAFETY: killing the test's own app process.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let restarted = eventually(
+        Duration::from_secs(20),
+        "the instance was not restarted",
+        || async {
+            let s = project.service().await;
+            let i = &s["stable"]["instances"][0];
+            if i["restarts"] == 1
+                && i["healthy"] == true
+                && i["pid"].as_u64().is_some_and(|p| p != first)
+            {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .await;
+    let i = &restarted["stable"]["instances"][0];
+    assert_eq!(i["last_exit"], "killed by signal 9", "{i}");
+    let second = i["pid"].as_u64().unwrap();
+    assert_eq!(project.get("app.test").await.0, 200);
+    let log = project
+        .server
+        .get("/api/v1/projects/demo/environments/web/service/log")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("exited: killed by signal 9") && log.contains("serving v1"),
+        "{log}"
+    );
+
+    // kill -9 of BetCycle: the app keeps running; the next start adopts it.
+    let Project { server, .. } = project;
+    server.kill();
+    assert!(alive(second));
+    let server = Server::start_admin(dir.path(), &["--proxy-listen", "127.0.0.1:0"]);
+    let proxy = proxy_url(&server).await;
+    let s = server
+        .get_json("/api/v1/projects/demo/environments/web/service")
+        .await;
+    assert_eq!(instance_pid(&s), second, "{s:#}");
+    let answer = eventually(
+        Duration::from_secs(10),
+        "the proxy does not serve",
+        || async {
+            let r = client()
+                .get(format!("{proxy}/"))
+                .header("host", "app.test")
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status() == 200 {
+                Ok(r.text().await.unwrap())
+            } else {
+                Err(r.status().to_string())
+            }
+        },
+    )
+    .await;
+    assert!(answer.starts_with("v1 "), "{answer}");
+    assert_eq!(app_processes(dir.path()), vec![second as u32]);
+    server.kill();
+    for pid in app_processes(dir.path()) {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+/// Requests a deployment and waits until its canary is at its first step.
+async fn canary_started(project: &Project, release: u64) -> u64 {
+    let (status, d) = project
+        .server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/deployments",
+            json!({"environment": "web", "release": release}),
+        )
+        .await;
+    assert_eq!(status, 201, "{d}");
+    let number = d["number"].as_u64().unwrap();
+    wait_deployment(&project.server, "demo", number, |d| {
+        d["timeline"].to_string().contains("canary step 1/2")
+    })
+    .await;
+    number
+}
+
+#[tokio::test]
+async fn a_canary_is_split_by_weight_sticky_and_promoted_or_aborted_by_hand() {
+    use crate::harness::{betcycle, run as run_cmd};
+    let dir = tempdir();
+    let strategy =
+        "    strategy: { kind: canary, steps: [30, 100], interval: 10m, sticky: true }\n";
+    let mut project = Project::new(dir.path(), &pipeline(&service_target(""), strategy)).await;
+    let v1 = project.release("v1", "ok", None).await;
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+    let v2 = project.release("v2", "ok", None).await;
+    let number = canary_started(&project, v2).await;
+
+    // 100 requests without a cookie: 30 to the canary, each told to stay there.
+    let (mut to_canary, mut pinned) = (0, 0);
+    for _ in 0..100 {
+        let r = client()
+            .get(format!("{}/", project.proxy))
+            .header("host", "app.test")
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        let text = r.text().await.unwrap();
+        if text.starts_with("v2 ") {
+            to_canary += 1;
+            pinned += usize::from(cookie.starts_with("betcycle_track=canary;"));
+        }
+    }
+    assert_eq!((to_canary, pinned), (30, 30));
+    // A client pinned to the canary stays on it.
+    for _ in 0..10 {
+        let r = client()
+            .get(format!("{}/", project.proxy))
+            .header("host", "app.test")
+            .header("cookie", "theme=dark; betcycle_track=canary")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.text().await.unwrap().starts_with("v2 "));
+    }
+    let service = project.service().await;
+    assert_eq!(
+        (&service["stable"]["weight"], &service["canary"]["weight"]),
+        (&json!(70), &json!(30)),
+        "{service:#}"
+    );
+    assert_eq!(service["canary"]["release"], v2);
+    assert!(service["canary"]["measured"]["requests"].as_u64().unwrap() >= 40);
+
+    // Promoted from the command line: every request goes to v2, v1 stops.
+    let mut cmd = betcycle(dir.path());
+    cmd.args(["canary", "promote", &number.to_string(), "--wait"])
+        .args(["--server", &project.server.url, "--project", "demo"])
+        .env("BETCYCLE_TOKEN", project.server.token.clone().unwrap());
+    let (code, stdout, stderr) = run_cmd(&mut cmd);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.trim_end().ends_with("succeeded"), "{stdout}");
+    for _ in 0..10 {
+        assert!(project.get("app.test").await.1.starts_with("v2 "));
+    }
+    // Nothing to promote any more.
+    let (status, body) = project
+        .server
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/projects/demo/deployments/{number}/promote"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Aborted through the API: rolled back, v2 keeps serving.
+    let v3 = project.release("v3", "ok", None).await;
+    let number = canary_started(&project, v3).await;
+    let (status, body) = project
+        .server
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/projects/demo/deployments/{number}/abort"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let d = wait_deployment(&project.server, "demo", number, |d| {
+        d["status"] == "rolled_back"
+    })
+    .await;
+    assert_eq!(d["message"], "aborted by hand");
+    for _ in 0..10 {
+        assert!(project.get("app.test").await.1.starts_with("v2 "));
+    }
+    assert_eq!(app_processes(dir.path()).len(), 1);
+    project.server.kill();
+    for pid in app_processes(dir.path()) {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
