@@ -97,7 +97,7 @@ in
         EnvironmentFile = lib.mkIf (cfg.environmentFile != null) cfg.environmentFile;
         Restart = "on-failure";
         RestartSec = "2s";
-        KillMode = "mixed";
+        KillMode = "process";
         TimeoutStopSec = "60s";
         UMask = "0077";
         ReadWritePaths = [ cfg.dataDir ];

@@ -137,7 +137,11 @@ pub async fn serve(mut config: Config) -> Result<()> {
         policies.clone(),
     );
     // Services left running by the last process are adopted before anything deploys.
-    let services = crate::service::Services::new(store.clone(), config.data_dir.clone());
+    let services = crate::service::Services::new(
+        store.clone(),
+        config.data_dir.clone(),
+        config.prometheus_url.clone(),
+    );
     services.recover(&secrets).await?;
     let deployer = crate::delivery::Deployer::new(
         store.clone(),

@@ -250,13 +250,16 @@ pub struct Services {
     table: RwLock<Arc<RouteTable>>,
     envs: Mutex<HashMap<(String, String), EnvState>>,
     pub metrics: proxy::ProxyMetrics,
+    /// The Prometheus server canary analyses query (`prometheus.url`).
+    pub prometheus: Option<String>,
 }
 
 impl Services {
-    pub fn new(store: Store, data_dir: PathBuf) -> Arc<Services> {
+    pub fn new(store: Store, data_dir: PathBuf, prometheus: Option<String>) -> Arc<Services> {
         Arc::new(Services {
             store,
             data_dir,
+            prometheus,
             http: health::client(),
             table: RwLock::new(Arc::new(RouteTable::default())),
             envs: Mutex::new(HashMap::new()),
@@ -482,6 +485,50 @@ impl Services {
         {
             e.control = None;
         }
+    }
+
+    /// Runs a canary's Prometheus query and returns its result (the first sample of a
+    /// vector, or a scalar).
+    pub async fn query_prometheus(&self, query: &str) -> std::result::Result<f64, String> {
+        let base = self
+            .prometheus
+            .as_deref()
+            .ok_or("no Prometheus server is configured (prometheus.url)")?;
+        let mut url = url::Url::parse(&format!("{base}/api/v1/query"))
+            .map_err(|e| format!("prometheus.url: {e}"))?;
+        url.query_pairs_mut().append_pair("query", query);
+        let answer: serde_json::Value = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("Prometheus could not be reached: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("Prometheus answered something else than JSON: {e}"))?;
+        if answer["status"] != "success" {
+            return Err(format!(
+                "Prometheus refused the query: {}",
+                answer["error"].as_str().unwrap_or("no reason given")
+            ));
+        }
+        let data = &answer["data"];
+        let sample = match data["resultType"].as_str() {
+            Some("vector") => &data["result"][0]["value"][1],
+            Some("scalar") => &data["result"][1],
+            other => {
+                return Err(format!(
+                    "the query gave a {} result; it needs a vector or a scalar",
+                    other.unwrap_or("missing")
+                ));
+            }
+        };
+        sample
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| "the query gave no finite number (an empty vector?)".to_string())
     }
 
     /// Promotes or aborts the canary of deployment `deployment`; `Conflict` when no

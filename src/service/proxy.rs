@@ -255,23 +255,16 @@ fn plain(status: StatusCode, text: String, request_id: &HeaderValue) -> Response
     r
 }
 
-/// The Host a request is for, without its port (HTTP/2 carries it in the URI).
+/// The Host a request is for, without its port: the Host header, or (HTTP/2, which
+/// carries no Host header from browsers) the URI's authority.
 fn host_of(req: &Request<Incoming>) -> Option<String> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| match h.rsplit_once(':') {
-                    Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
-                        host.to_string()
-                    }
-                    _ => h.to_string(),
-                })
-        })?;
+    let header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+        .map(|a| a.host().to_string());
+    let raw = header.or_else(|| req.uri().authority().map(|a| a.host().to_string()))?;
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
 

@@ -25,6 +25,8 @@ MODE = open("mode").read().strip() if os.path.exists("mode") else "ok"
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path == "/ws":
+            return self.echo()
         if self.path == "/healthz":
             status = 404 if MODE == "sick" else 200
         else:
@@ -34,6 +36,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = str(len(self.rfile.read(length))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def echo(self):
+        self.send_response(101)
+        self.send_header("Upgrade", "echo")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                break
+            self.wfile.write(VERSION.encode() + b" " + line)
+            self.wfile.flush()
+        self.close_connection = True
     def log_message(self, *args):
         pass
 class Server(http.server.ThreadingHTTPServer):
@@ -75,7 +96,13 @@ struct Project {
 
 impl Project {
     async fn new(dir: &Path, pipeline: &str) -> Project {
-        let (server, repo) = demo(dir, pipeline, &["--proxy-listen", "127.0.0.1:0"]).await;
+        Self::with(dir, pipeline, &[]).await
+    }
+
+    async fn with(dir: &Path, pipeline: &str, extra: &[&str]) -> Project {
+        let mut args = vec!["--proxy-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (server, repo) = demo(dir, pipeline, &args).await;
         let proxy = proxy_url(&server).await;
         let (status, env) = server
             .send_json(
@@ -664,6 +691,167 @@ async fn a_canary_is_split_by_weight_sticky_and_promoted_or_aborted_by_hand() {
         assert!(project.get("app.test").await.1.starts_with("v2 "));
     }
     assert_eq!(app_processes(dir.path()).len(), 1);
+    project.server.kill();
+    for pid in app_processes(dir.path()) {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+#[tokio::test]
+async fn the_proxy_speaks_http2_tunnels_websockets_and_limits_bodies() {
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempdir();
+    let p = pipeline(&service_target(""), "");
+    let mut project = Project::with(dir.path(), &p, &["--proxy-max-body", "1 KiB"]).await;
+    let v1 = project.release("v1", "ok", None).await;
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+
+    // HTTP/2 without TLS (prior knowledge), to an HTTP/1.1 instance.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    let addr = project.proxy.trim_start_matches("http://");
+    let request = hyper::Request::get(format!("http://{addr}/"))
+        .header("host", "app.test")
+        .body(Empty::new())
+        .unwrap();
+    let answer = h2.request(request).await.unwrap();
+    assert_eq!(answer.version(), hyper::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"v1 "), "{body:?}");
+
+    // A WebSocket-style upgrade is tunnelled both ways.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut read = BufReader::new(read);
+    let mut line = String::new();
+    read.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+    loop {
+        line.clear();
+        read.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    write.write_all(b"hello\n").await.unwrap();
+    line.clear();
+    read.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "v1 hello\n");
+
+    // Bodies: under the limit forwarded, over it refused by the proxy.
+    let post = |size: usize| {
+        client()
+            .post(format!("{}/upload", project.proxy))
+            .header("host", "app.test")
+            .body(vec![b'x'; size])
+            .send()
+    };
+    let small = post(500).await.unwrap();
+    assert_eq!(small.status(), 200);
+    assert_eq!(small.text().await.unwrap(), "500");
+    let large = post(2000).await.unwrap();
+    assert_eq!(large.status(), 413);
+    assert!(
+        large
+            .text()
+            .await
+            .unwrap()
+            .contains("over the proxy's limit of 1024 bytes")
+    );
+    drop(write);
+    project.server.kill();
+    for pid in app_processes(dir.path()) {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+/// A stand-in for a Prometheus server: answers every query with `value` and records the
+/// request lines it got.
+async fn fake_prometheus(value: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            record
+                .lock()
+                .unwrap()
+                .push(head.lines().next().unwrap_or("").to_string());
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1700000000,"{value}"]}}]}}}}"#
+            );
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_canary_whose_prometheus_query_fails_its_condition_is_rolled_back() {
+    let dir = tempdir();
+    let (prometheus, queries) = fake_prometheus("0.5").await;
+    let strategy = "    strategy: { kind: canary, steps: [50, 100], interval: 1s, min_requests: 1, prometheus: { query: 'sum(rate(app_errors{release=\"{{release}}\"}[1m]))', success_condition: result < 0.1 } }\n";
+    let mut project = Project::with(
+        dir.path(),
+        &pipeline(&service_target(""), strategy),
+        &["--prometheus-url", &prometheus],
+    )
+    .await;
+    let v1 = project.release("v1", "ok", None).await;
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+    let v2 = project.release("v2", "ok", None).await;
+    let load = Load::start(&project.proxy, 2);
+    let d = project.deploy(v2).await;
+    let (seen, errors) = load.finish().await;
+    assert_eq!(d["status"], "rolled_back", "{d:#}");
+    let message = d["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("prometheus: 0.5 does not meet result < 0.1 at step 1"),
+        "{message}"
+    );
+    let asked = queries.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].starts_with(
+            "GET /api/v1/query?query=sum%28rate%28app_errors%7Brelease%3D%22demo-2%22%7D"
+        ),
+        "{asked:?}"
+    );
+    assert_eq!(errors, 0);
+    assert!(seen.iter().all(|(s, _)| *s == 200));
+    assert_eq!(
+        project.get("app.test").await.1.split(' ').next(),
+        Some("v1")
+    );
     project.server.kill();
     for pid in app_processes(dir.path()) {
         // SAFETY: ending the test's own app process.

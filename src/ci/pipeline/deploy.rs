@@ -340,6 +340,66 @@ pub struct Canary {
     pub sticky: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<String>,
+    /// A query against the Prometheus server BetCycle is configured with
+    /// (`prometheus.url`), checked at the end of every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+/// A Prometheus query and the condition its result must meet, in the spirit of Argo
+/// Rollouts' AnalysisTemplate. `{{release}}`, `{{stable}}`, `{{project}}` and
+/// `{{environment}}` in the query are replaced (the release labels `project-N`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusCheck {
+    pub query: String,
+    /// `result < 0.01`: `result`, a comparison (`<`, `<=`, `>`, `>=`, `==`, `!=`), a number.
+    pub success_condition: String,
+    /// How many checks may fail (or not answer) before the canary fails. Default 0.
+    #[serde(default)]
+    pub failure_limit: u32,
+}
+
+/// A parsed `success_condition`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Condition {
+    pub op: &'static str,
+    pub value: f64,
+}
+
+impl Condition {
+    pub fn parse(text: &str) -> Result<Condition, String> {
+        let bad = || {
+            format!(
+                "\"{text}\": expected result, a comparison (<, <=, >, >=, ==, !=) and a number, such as result < 0.01"
+            )
+        };
+        let rest = text
+            .trim()
+            .strip_prefix("result")
+            .ok_or_else(bad)?
+            .trim_start();
+        let op = ["<=", ">=", "==", "!=", "<", ">"]
+            .into_iter()
+            .find(|op| rest.starts_with(op))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[op.len()..].trim().parse().map_err(|_| bad())?;
+        if !value.is_finite() {
+            return Err(bad());
+        }
+        Ok(Condition { op, value })
+    }
+
+    pub fn holds(&self, result: f64) -> bool {
+        match self.op {
+            "<" => result < self.value,
+            "<=" => result <= self.value,
+            ">" => result > self.value,
+            ">=" => result >= self.value,
+            "==" => result == self.value,
+            _ => result != self.value,
+        }
+    }
 }
 
 impl BlueGreen {
@@ -384,6 +444,14 @@ impl Canary {
                 "use rising percentages from 1 to 100 that end at 100, such as [10, 50, 100]"
                     .to_string(),
             ));
+        }
+        if let Some(p) = &self.prometheus {
+            if p.query.trim().is_empty() {
+                out.push(("prometheus.query", "the query is empty".to_string()));
+            }
+            if let Err(message) = Condition::parse(&p.success_condition) {
+                out.push(("prometheus.success_condition", message));
+            }
         }
         for (field, value) in [
             ("interval", self.interval.as_deref()),
@@ -549,6 +617,18 @@ mod tests {
 
     fn raw(v: serde_json::Value) -> BTreeMap<String, serde_json::Value> {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn success_conditions_parse_and_hold() {
+        let c = Condition::parse("result < 0.01").unwrap();
+        assert!(c.holds(0.005) && !c.holds(0.01));
+        let c = Condition::parse(" result>=2").unwrap();
+        assert!(c.holds(2.0) && !c.holds(1.9));
+        assert!(Condition::parse("result != 0").unwrap().holds(1.0));
+        for bad in ["res < 1", "result ~ 1", "result < x", "result < inf", ""] {
+            assert!(Condition::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct Config {
     pub store_cache_size: u64,
     /// The services' reverse proxy, when it is on.
     pub proxy: Option<ProxyConfig>,
+    /// The Prometheus server canary analyses query.
+    pub prometheus_url: Option<String>,
     pub health_min_free_disk: u64,
     /// Each option's final value and where it came from, in [`OPTIONS`] order.
     pub sources: Vec<(&'static str, String, Source)>,
@@ -220,6 +222,17 @@ impl Config {
                     max_body: r.size("proxy.max_body")?,
                     upstream_timeout: r.duration("proxy.upstream_timeout")?,
                 }),
+                None => None,
+            },
+            prometheus_url: match r.get("prometheus.url") {
+                Some((value, _)) => {
+                    let url = url::Url::parse(value)
+                        .map_err(|e| r.invalid("prometheus.url", &format!("not a URL ({e})")))?;
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err(r.invalid("prometheus.url", "expected an http(s):// URL"));
+                    }
+                    Some(value.trim_end_matches('/').to_string())
+                }
                 None => None,
             },
             health_min_free_disk: r.size("health.min_free_disk")?,
@@ -534,6 +547,7 @@ fn example_for(key: &str) -> &'static str {
         "run_concurrency" => "4",
         "tls.key" => "/etc/betcycle/key.pem",
         "proxy.listen" => "0.0.0.0:8443",
+        "prometheus.url" => "http://127.0.0.1:9090",
         _ => "",
     }
 }

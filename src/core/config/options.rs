@@ -263,4 +263,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         value_name: "DURATION",
         help: "How long a service instance may take to start its answer before the proxy answers 504.",
     },
+    OptionSpec {
+        key: "prometheus.url",
+        flag: "prometheus-url",
+        env: "BETCYCLE_PROMETHEUS_URL",
+        default: None,
+        derived: "unset: no Prometheus queries",
+        integer: false,
+        value_name: "URL",
+        help: "Prometheus server a canary's `prometheus` analysis queries (its /api/v1/query).",
+    },
 ];

@@ -5,10 +5,12 @@
 //! canary).
 
 use super::{Job, Outcome, Target};
-use crate::ci::pipeline::deploy::{BlueGreen, Canary, ServiceTarget, Strategy};
+use crate::ci::pipeline::deploy::{
+    BlueGreen, Canary, Condition, PrometheusCheck, ServiceTarget, Strategy,
+};
 use crate::core::error::{Error, Result};
 use crate::delivery::deployer::{Deployer, LogFile};
-use crate::service::{Control, ReleaseSet, SetSpec, Site, humantime};
+use crate::service::{Control, ReleaseSet, Services, SetSpec, Site, humantime};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,9 +111,26 @@ async fn deploy(t: &ServiceTarget, job: Job<'_>) -> Result<Outcome> {
     };
     if let (Some(c), Some(old)) = (canary, old.as_ref()) {
         let controls = services.open_controls(&d.project, &d.environment, d.number);
-        let verdict = analyse(&step, c, &old.stable, &set, controls, shutdown, |w| {
-            services.publish(site(old.stable.clone(), Some((set.clone(), w)), c.sticky))
-        })
+        let prometheus = c.prometheus.as_ref().map(|p| {
+            let query = p
+                .query
+                .replace("{{release}}", &set.label)
+                .replace("{{stable}}", &old.stable.label)
+                .replace("{{project}}", &d.project)
+                .replace("{{environment}}", &d.environment);
+            (p, query)
+        });
+        let verdict = analyse(
+            &step,
+            c,
+            (&old.stable, &set),
+            prometheus
+                .as_ref()
+                .map(|(p, q)| (&services, *p, q.as_str())),
+            controls,
+            shutdown,
+            |w| services.publish(site(old.stable.clone(), Some((set.clone(), w)), c.sticky)),
+        )
         .await;
         services.close_controls(&d.project, &d.environment);
         if let Err(reason) = verdict {
@@ -156,12 +175,13 @@ async fn deploy(t: &ServiceTarget, job: Job<'_>) -> Result<Outcome> {
 async fn analyse(
     step: &Step<'_>,
     c: &Canary,
-    stable: &Arc<ReleaseSet>,
-    canary: &Arc<ReleaseSet>,
+    (stable, canary): (&Arc<ReleaseSet>, &Arc<ReleaseSet>),
+    prometheus: Option<(&Arc<Services>, &PrometheusCheck, &str)>,
     mut controls: tokio::sync::watch::Receiver<Control>,
     shutdown: &CancellationToken,
     publish: impl Fn(u32) -> Result<()>,
 ) -> std::result::Result<(), String> {
+    let mut query_failures = 0;
     for (i, &weight) in c.steps.iter().enumerate() {
         if weight >= 100 {
             break;
@@ -240,6 +260,39 @@ async fn analyse(
                     i + 1,
                     report()
                 ));
+            }
+            if let Some((services, check, query)) = prometheus {
+                let condition = Condition::parse(&check.success_condition)?;
+                let verdict = match services.query_prometheus(query).await {
+                    Ok(result) if condition.holds(result) => Ok(result),
+                    Ok(result) => Err(format!(
+                        "prometheus: {result} does not meet {}",
+                        check.success_condition
+                    )),
+                    Err(e) => Err(format!("prometheus: {e}")),
+                };
+                match verdict {
+                    Ok(result) => {
+                        step.note(format!(
+                            "step {}: prometheus {result} meets {}",
+                            i + 1,
+                            check.success_condition
+                        ))
+                        .await
+                    }
+                    Err(why) => {
+                        query_failures += 1;
+                        if query_failures > check.failure_limit {
+                            return Err(format!("{why} at step {} ({})", i + 1, report()));
+                        }
+                        step.note(format!(
+                            "step {}: {why} ({query_failures} of {} allowed)",
+                            i + 1,
+                            check.failure_limit
+                        ))
+                        .await;
+                    }
+                }
             }
             step.note(format!("step {} passed: {}", i + 1, report()))
                 .await;
