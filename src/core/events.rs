@@ -1,6 +1,8 @@
 //! The event bus: in-process notifications of committed changes, for live pages (SSE).
 //! Only the store publishes, and only after the transaction that made the change has
-//! committed, so a subscriber never sees an event whose data is not yet readable.
+//! committed, so a subscriber never sees an event whose data is not yet readable — or,
+//! for what is observed rather than stored (a service's health), through
+//! `Store::announce`.
 
 use serde::Serialize;
 use std::sync::Arc;
@@ -26,6 +28,15 @@ pub enum Event {
         environment: String,
         status: crate::delivery::DeploymentStatus,
     },
+    /// A service instance turned healthy or unhealthy (its health check).
+    ServiceHealth {
+        project: String,
+        environment: String,
+        release: u64,
+        instance: u32,
+        healthy: bool,
+        detail: String,
+    },
 }
 
 impl Event {
@@ -35,6 +46,7 @@ impl Event {
             Event::InstanceStarted { .. } => "instance_started",
             Event::RunUpdated { .. } => "run_updated",
             Event::DeploymentUpdated { .. } => "deployment_updated",
+            Event::ServiceHealth { .. } => "service_health",
         }
     }
 }

@@ -28,6 +28,7 @@ pub async fn probe(
     member: Arc<Member>,
     spec: Health,
     http: reqwest::Client,
+    store: crate::store::Store,
     stop: CancellationToken,
 ) {
     let (mut passed, mut failed) = (0u32, 0u32);
@@ -59,19 +60,26 @@ pub async fn probe(
             passed = 0;
         }
         let was = member.upstream.healthy.load(Ordering::Relaxed);
-        if !running {
-            // No process, no traffic: no need to wait for the failure threshold.
-            member.upstream.healthy.store(false, Ordering::Relaxed);
-        } else if !was && passed >= spec.success_threshold {
-            member.upstream.healthy.store(true, Ordering::Relaxed);
-        } else if was && failed >= spec.failure_threshold {
-            member.upstream.healthy.store(false, Ordering::Relaxed);
-            tracing::warn!(
-                service = %member.service,
-                instance = member.supervised.id(),
-                detail = %result.detail,
-                "a service instance failed its health check"
-            );
+        // No process, no traffic: no need to wait for the failure threshold.
+        let now = if !running || (was && failed >= spec.failure_threshold) {
+            false
+        } else {
+            was || passed >= spec.success_threshold
+        };
+        if now != was {
+            member.upstream.healthy.store(now, Ordering::Relaxed);
+            let r = member.supervised.snapshot();
+            if !now {
+                tracing::warn!(service = %member.service, instance = r.slot, detail = %result.detail, "a service instance failed its health check");
+            }
+            store.announce(crate::core::events::Event::ServiceHealth {
+                project: r.project,
+                environment: r.environment,
+                release: r.release,
+                instance: r.slot,
+                healthy: now,
+                detail: result.detail.clone(),
+            });
         }
         let mut history = member.probes.lock().expect("probe lock");
         if history.len() == HISTORY {

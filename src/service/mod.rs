@@ -331,6 +331,7 @@ impl Services {
                 member.clone(),
                 health.clone(),
                 self.http.clone(),
+                self.store.clone(),
                 probes.clone(),
             ));
             members.push(member);

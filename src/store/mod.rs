@@ -240,6 +240,11 @@ impl Store {
         Ok(())
     }
 
+    /// Publishes an event about something observed, not stored (a service's health).
+    pub fn announce(&self, event: Event) {
+        self.inner.events.publish(event);
+    }
+
     /// Runs `f` with the database on the blocking pool.
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where

@@ -508,8 +508,22 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
     let v1 = project.release("v1", "ok", None).await;
     assert_eq!(project.deploy(v1).await["status"], "succeeded");
     let first = instance_pid(&project.service().await);
+    let mut events = project.server.get("/api/v1/events").await;
+    assert_eq!(events.status(), 200);
     // SAFETY: killing the test's own app process.
     unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    // The failed health check is an event, for the console and (later) alerting.
+    let mut stream = String::new();
+    while !(stream.contains("event: service_health") && stream.contains(r#""healthy":false"#)) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+            .await
+            .expect("no service_health event")
+            .unwrap()
+            .expect("the event stream ended");
+        stream.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(stream.contains(r#""environment":"web""#), "{stream}");
+    drop(events);
     let restarted = eventually(
         Duration::from_secs(20),
         "the instance was not restarted",

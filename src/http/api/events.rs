@@ -37,7 +37,9 @@ impl Visible {
         use crate::core::events::Event as E;
         let project = match event {
             E::InstanceStarted { .. } => return true,
-            E::RunUpdated { project, .. } | E::DeploymentUpdated { project, .. } => project,
+            E::RunUpdated { project, .. }
+            | E::DeploymentUpdated { project, .. }
+            | E::ServiceHealth { project, .. } => project,
         };
         if self.principal.user.admin {
             return true;
