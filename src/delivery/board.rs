@@ -28,6 +28,8 @@ pub struct EnvironmentView {
     pub pending: Vec<u64>,
     /// The next environment, where promotion goes.
     pub next: Option<String>,
+    /// What serves requests here now, for a `service` target.
+    pub service: Option<crate::service::ServiceView>,
 }
 
 /// A project's environments, in order, with what is live and pending in each.
@@ -67,6 +69,7 @@ pub async fn board(app: &App, slug: &str) -> Result<(Vec<EnvironmentView>, Vec<D
                 .collect();
             pending.reverse();
             EnvironmentView {
+                service: app.deployer.services().view(slug, &environment.name),
                 next: names.get(i + 1).cloned(),
                 environment,
                 live,

@@ -764,7 +764,20 @@ pub struct InstanceView {
     pub probes: Vec<health::ProbeResult>,
 }
 
+impl ServiceView {
+    /// `2/2 healthy`.
+    pub fn health_summary(set: &SetView) -> String {
+        let healthy = set.instances.iter().filter(|i| i.healthy).count();
+        format!("{healthy}/{} healthy", set.instances.len())
+    }
+}
+
 impl SetView {
+    /// The error rate as shown: `0.0 %`.
+    pub fn error_percent(&self) -> String {
+        format!("{:.1} %", self.error_rate * 100.0)
+    }
+
     fn of(set: &ReleaseSet, track: Track, weight: u32) -> SetView {
         let measured = set.stats.snapshot();
         SetView {

@@ -196,6 +196,11 @@ pub(crate) const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
         "/projects/{slug}/deployments/{number}/decide",
         "project:developer",
     ),
+    (
+        "POST",
+        "/projects/{slug}/deployments/{number}/canary",
+        "project:developer",
+    ),
     ("POST", "/policies", "admin"),
     ("POST", "/policies/{name}/delete", "admin"),
     ("POST", "/security/secrets", "admin"),

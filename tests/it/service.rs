@@ -661,6 +661,24 @@ async fn a_canary_is_split_by_weight_sticky_and_promoted_or_aborted_by_hand() {
     );
     assert_eq!(service["canary"]["release"], v2);
     assert!(service["canary"]["measured"]["requests"].as_u64().unwrap() >= 40);
+    // The console shows the split, and the buttons on the canary's deployment page.
+    let page = project
+        .server
+        .get_text(&format!("/projects/demo/deployments/{number}"))
+        .await;
+    assert!(
+        page.contains("Promote canary") && page.contains("Abort canary"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"data-track="Canary""#) && page.contains("30 %"),
+        "{page}"
+    );
+    let board = project.server.get_text("/projects/demo/environments").await;
+    assert!(
+        board.contains("data-serving") && board.contains("demo-2</a> at 30 %"),
+        "{board}"
+    );
 
     // Promoted from the command line: every request goes to v2, v1 stops.
     let mut cmd = betcycle(dir.path());
@@ -704,6 +722,34 @@ async fn a_canary_is_split_by_weight_sticky_and_promoted_or_aborted_by_hand() {
     for _ in 0..10 {
         assert!(project.get("app.test").await.1.starts_with("v2 "));
     }
+    // And from the console's button.
+    let v4 = project.release("v4", "ok", None).await;
+    let number = canary_started(&project, v4).await;
+    let answer = project
+        .server
+        .request(
+            Method::POST,
+            &format!("/projects/demo/deployments/{number}/canary"),
+        )
+        .form(&[("action", "abort")])
+        .send()
+        .await
+        .unwrap();
+    // Redirected (and followed) to the deployment's page.
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.url().path(),
+        format!("/projects/demo/deployments/{number}")
+    );
+    let d = wait_deployment(&project.server, "demo", number, |d| {
+        d["status"] == "rolled_back"
+    })
+    .await;
+    assert!(
+        d["timeline"].to_string().contains("abort the canary"),
+        "{d:#}"
+    );
+    assert!(project.get("app.test").await.1.starts_with("v2 "));
     assert_eq!(app_processes(dir.path()).len(), 1);
     project.server.kill();
     for pid in app_processes(dir.path()) {

@@ -303,6 +303,45 @@ pub async fn rollback(
 }
 
 #[derive(Deserialize)]
+pub struct CanaryForm {
+    /// `promote` or `abort`.
+    action: String,
+}
+
+/// Promotes or aborts the deployment's running canary, then shows the deployment.
+pub async fn canary(
+    Console { app, signed }: Console,
+    Path((slug, number)): Path<(String, u64)>,
+    Form(form): Form<CanaryForm>,
+) -> ServerResult<Response> {
+    let control = match form.action.as_str() {
+        "promote" => crate::service::Control::Promote,
+        "abort" => crate::service::Control::Abort,
+        other => {
+            return Err(Error::Invalid(format!("action \"{other}\": use promote or abort")).into());
+        }
+    };
+    let result = app
+        .deployer
+        .steer_canary(&slug, number, control, &signed.audit)
+        .await
+        .map(|_| format!("/projects/{slug}/deployments/{number}"));
+    form::finish(result, |message| async move {
+        let mut panel = deployment_panel(&app, &signed, &slug, number).await?;
+        panel.d.message = message;
+        render(&DeploymentPage {
+            layout: Layout::new(
+                format!("{slug} deployment {number}"),
+                "environments",
+                Some(&signed.principal),
+            ),
+            panel,
+        })
+    })
+    .await
+}
+
+#[derive(Deserialize)]
 pub struct DecisionForm {
     #[serde(default)]
     comment: String,
@@ -423,6 +462,10 @@ pub async fn save_environment(
 #[derive(Template)]
 #[template(path = "delivery/_deployment.html")]
 struct DeploymentPanel {
+    /// The environment's running service, when its target is `service`.
+    service: Option<crate::service::ServiceView>,
+    /// This deployment's canary is running: the promote and abort buttons show.
+    canary_running: bool,
     d: Deployment,
     decisions: Vec<crate::policy::Decision>,
     release: Option<Release>,
@@ -463,7 +506,15 @@ async fn deployment_panel(
     for id in &d.decisions {
         decisions.extend(app.store.decision(*id).await?);
     }
+    let service = app.deployer.services().view(slug, &d.environment);
+    let canary_running = !d.status.is_finished()
+        && service
+            .as_ref()
+            .and_then(|s| s.canary.as_ref())
+            .is_some_and(|c| c.deployment == d.number);
     Ok(DeploymentPanel {
+        service,
+        canary_running,
         decisions,
         release: app.store.release(slug, d.release_number).await?,
         d,
@@ -504,5 +555,6 @@ pub fn routes() -> Vec<Route> {
         GET "/projects/{slug}/deployments/{number}" VIEWER => deployment,
         GET "/projects/{slug}/deployments/{number}/panel" VIEWER => deployment,
         POST "/projects/{slug}/deployments/{number}/decide" DEVELOPER => decide,
+        POST "/projects/{slug}/deployments/{number}/canary" DEVELOPER => canary,
     ]
 }
