@@ -28,8 +28,9 @@ if $quick; then
     "bench/policy-eval.sh 2000 1"
     "bench/store-scale.sh 2000"
     "bench/memory.sh 200"
+    "bench/proxy.sh 2 3"
   )
-  expected=16
+  expected=20
 else
   out=${out:-bench/results.md}
   plan=(
@@ -40,8 +41,9 @@ else
     "bench/policy-eval.sh 100000 3"
     "bench/store-scale.sh 100000 1000000"
     "bench/memory.sh 10000"
+    "bench/proxy.sh 10 20"
   )
-  expected=22
+  expected=26
 fi
 betcycle_bin >/dev/null   # build once, before anything is timed
 # Read before the results file (tracked) is written below.

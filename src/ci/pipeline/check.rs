@@ -138,7 +138,7 @@ pub(super) fn deploy_of(c: &mut Checker, raw: &File) -> BTreeMap<String, deploy:
             Ok(parsed) => deploy = parsed,
             Err(problems) => {
                 for (path, message) in problems {
-                    c.at(section.referenced, path, message);
+                    c.at_key(section.referenced, path, 1, message);
                 }
             }
         }

@@ -30,35 +30,42 @@ pub struct DeployDef {
 }
 
 impl DeployDef {
-    /// The rollout strategy; blue-green when none is written. A problem names the field
-    /// under `strategy` it is in.
+    /// The rollout strategy; blue-green when none is written.
     pub fn strategy(&self) -> Result<Strategy, String> {
+        self.strategy_at().map_err(|(field, message)| match field {
+            Some(field) => format!("{field}: {message}"),
+            None => message,
+        })
+    }
+
+    /// [`DeployDef::strategy`], a problem with the field under `strategy` it is in.
+    fn strategy_at(&self) -> Result<Strategy, (Option<String>, String)> {
         let Some(value) = &self.strategy else {
             return Ok(Strategy::BlueGreen(BlueGreen::default()));
         };
-        let mut fields = value
-            .as_object()
-            .cloned()
-            .ok_or("expected a map such as { kind: canary, steps: [10, 100] }")?;
+        let mut fields = value.as_object().cloned().ok_or((
+            None,
+            "expected a map such as { kind: canary, steps: [10, 100] }".to_string(),
+        ))?;
         let kind = fields.remove("kind");
         let rest = serde_json::Value::Object(fields);
-        fn typed<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T, String> {
+        fn typed<T: serde::de::DeserializeOwned>(
+            v: &serde_json::Value,
+        ) -> Result<T, (Option<String>, String)> {
             serde_path_to_error::deserialize(v).map_err(|e| {
                 let path = e.path().to_string();
-                if path == "." {
-                    e.into_inner().to_string()
-                } else {
-                    format!("{path}: {}", e.into_inner())
-                }
+                let message = e.into_inner().to_string();
+                ((path != ".").then_some(path), message)
             })
         }
         match kind.as_ref().and_then(|k| k.as_str()) {
             Some("blue_green") => typed(&rest).map(Strategy::BlueGreen),
             Some("canary") => typed(&rest).map(Strategy::Canary),
-            Some(other) => Err(format!(
-                "kind: unknown strategy \"{other}\", expected blue_green or canary"
+            Some(other) => Err((
+                Some("kind".into()),
+                format!("unknown strategy \"{other}\", expected blue_green or canary"),
             )),
-            None => Err("kind: missing (blue_green or canary)".into()),
+            None => Err((Some("kind".into()), "missing (blue_green or canary)".into())),
         }
     }
 }
@@ -563,8 +570,14 @@ pub fn parse(
             }
         };
         if def.strategy.is_some() {
-            match (&def.target, def.strategy()) {
-                (_, Err(message)) => problems.push((format!("{here}.strategy"), message)),
+            match (&def.target, def.strategy_at()) {
+                (_, Err((field, message))) => problems.push((
+                    match field {
+                        Some(field) => format!("{here}.strategy.{field}"),
+                        None => format!("{here}.strategy"),
+                    },
+                    message,
+                )),
                 (Target::Service(_), Ok(Strategy::Canary(c))) => {
                     for (field, message) in c.problems() {
                         problems.push((format!("{here}.strategy.{field}"), message));
@@ -710,8 +723,8 @@ mod tests {
         );
         for (field, words) in [
             (
-                "deploy.s2.strategy",
-                "max_error_rate: expected a share such as 1% or 0.01",
+                "deploy.s2.strategy.max_error_rate",
+                "expected a share such as 1% or 0.01",
             ),
             ("deploy.s3.strategy.interval", "expected a duration"),
             (

@@ -194,10 +194,58 @@ impl When {
 /// Collects problems while checking a parsed file.
 struct Checker<'a> {
     file: &'a str,
+    /// The file's text, to place problems found below what the parser located.
+    text: &'a str,
     problems: Vec<Problem>,
 }
 
 impl Checker<'_> {
+    /// Like `at`, for a problem in a value parsed as a whole at `location` (the `deploy:`
+    /// section): the line and column are those of the deepest key of `path` (after its
+    /// first `skip` parts) found in order in the text from `location` on.
+    fn at_key(
+        &mut self,
+        location: Location,
+        path: String,
+        skip: usize,
+        message: impl Into<String>,
+    ) {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let (mut line, mut column) = (
+            (location.line() as usize).max(1),
+            (location.column() as usize).max(1),
+        );
+        'keys: for key in path.split('.').skip(skip) {
+            if key.is_empty() || key.starts_with('[') {
+                continue;
+            }
+            let mut from = column.saturating_sub(1);
+            for l in line..=lines.len() {
+                let text = lines[l - 1];
+                let mut search = from.min(text.len());
+                while let Some(found) = text.get(search..).and_then(|t| t.find(key)) {
+                    let at = search + found;
+                    let before = text[..at].chars().last();
+                    let after = text[at + key.len()..].trim_start();
+                    if before.is_none_or(|c| " {,-\t".contains(c)) && after.starts_with(':') {
+                        (line, column) = (l, at + 1);
+                        continue 'keys;
+                    }
+                    search = at + key.len();
+                }
+                from = 0;
+            }
+            break;
+        }
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line: line as u64,
+            column: column as u64,
+            path,
+            message: message.into(),
+        });
+    }
+
     fn at(&mut self, location: Location, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             file: self.file.to_string(),
@@ -267,7 +315,7 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, Vec<Problem>> {
             }]);
         }
     };
-    check(file, raw)
+    check(file, text, raw)
 }
 
 /// "unknown field `runn`, expected one of name, run, …" → ` (did you mean "run"?)`.
@@ -284,9 +332,10 @@ fn unknown_field_hint(message: &str) -> Option<String> {
     (!hint.is_empty()).then_some(hint)
 }
 
-fn check(file: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
+fn check(file: &str, text: &str, raw: File) -> Result<Pipeline, Vec<Problem>> {
     let mut c = Checker {
         file,
+        text,
         problems: Vec::new(),
     };
     if raw.steps.is_empty() {

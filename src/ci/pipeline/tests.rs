@@ -216,3 +216,28 @@ fn concurrency_groups_use_known_variables_only() {
     );
     assert!(bad[0].contains("did you mean \"branch\""), "{bad:?}");
 }
+
+#[test]
+fn deploy_problems_point_at_their_field() {
+    let got = problems(
+        r#"steps:
+  - name: build
+    run: "true"
+deploy:
+  production:
+    target: { kind: service, command: ./app, host: "app.example.com:80", health: up }
+    strategy:
+      kind: canary
+      steps: [50, 20]
+      max_error_rate: 120%
+"#,
+    );
+    assert_eq!(
+        got,
+        [
+            ".betcycle.yml:6:46: deploy.production.target.host: \"app.example.com:80\" is not a host name (letters, digits, - and ., without a port)",
+            ".betcycle.yml:6:74: deploy.production.target.health: \"up\" must start with /",
+            ".betcycle.yml:10:7: deploy.production.strategy.max_error_rate: expected a share such as 1% or 0.01",
+        ]
+    );
+}

@@ -466,6 +466,8 @@ struct DeploymentPanel {
     service: Option<crate::service::ServiceView>,
     /// This deployment's canary is running: the promote and abort buttons show.
     canary_running: bool,
+    /// The end of the first stable instance's log.
+    service_log: String,
     d: Deployment,
     decisions: Vec<crate::policy::Decision>,
     release: Option<Release>,
@@ -512,9 +514,18 @@ async fn deployment_panel(
             .as_ref()
             .and_then(|s| s.canary.as_ref())
             .is_some_and(|c| c.deployment == d.number);
+    let service_log = match &service {
+        Some(_) => app
+            .deployer
+            .services()
+            .log_tail(slug, &d.environment, crate::service::Track::Stable, 1, 30)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
     Ok(DeploymentPanel {
         service,
         canary_running,
+        service_log,
         decisions,
         release: app.store.release(slug, d.release_number).await?,
         d,
