@@ -194,6 +194,9 @@ pub struct Site {
     /// The canary set and its share in percent.
     pub canary: Option<(Arc<ReleaseSet>, u32)>,
     pub sticky: bool,
+    /// The proxy's metric handles for this service, stable and canary (made at its first
+    /// request).
+    pub meters: std::sync::OnceLock<[proxy::Meters; 2]>,
 }
 
 /// Every site, most specific first (a host's longer path prefixes before shorter).
@@ -665,6 +668,7 @@ impl Services {
             stable: set,
             canary: None,
             sticky: false,
+            meters: Default::default(),
         })?;
         tracing::info!(project = %route.project, environment = %route.environment, release = route.release, adopted, "service restored");
         Ok(())

@@ -94,7 +94,52 @@ impl Default for ProxyMetrics {
     }
 }
 
+/// One site's and track's metric handles, made once (a request only increments).
+pub struct Meters {
+    in_flight: Gauge,
+    durations: Histogram,
+    /// By status class: 1xx … 5xx.
+    requests: [Counter; 5],
+    timeouts: Counter,
+    unanswered: Counter,
+}
+
 impl ProxyMetrics {
+    /// The handles of `service`'s `track`, stable first.
+    pub fn meters(&self, service: &str) -> [Meters; 2] {
+        [Track::Stable, Track::Canary].map(|track| {
+            let set = SetLabels {
+                service: service.to_string(),
+                track: track.as_str(),
+            };
+            let class = |class| {
+                self.requests
+                    .get_or_create(&ClassLabels {
+                        service: service.to_string(),
+                        track: track.as_str(),
+                        class,
+                    })
+                    .clone()
+            };
+            let error = |kind| {
+                self.upstream_errors
+                    .get_or_create(&ErrorLabels {
+                        service: service.to_string(),
+                        track: track.as_str(),
+                        kind,
+                    })
+                    .clone()
+            };
+            Meters {
+                in_flight: self.in_flight.get_or_create(&set).clone(),
+                durations: self.durations.get_or_create(&set).clone(),
+                requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+                timeouts: error("timeout"),
+                unanswered: error("connect"),
+            }
+        })
+    }
+
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "betcycle_proxy_requests",
@@ -132,6 +177,18 @@ struct Shared {
     /// `n * 61 mod 100` is under its weight (61 is prime to 100, so every 100 requests
     /// give the canary exactly its weight, interleaved).
     counter: AtomicU64,
+    /// Request ids: this process's random prefix and a count.
+    id_prefix: u64,
+    ids: AtomicU64,
+}
+
+impl Shared {
+    /// A new request id, unique across restarts (32 hex digits).
+    fn request_id(&self) -> HeaderValue {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}{n:016x}", self.id_prefix))
+            .expect("hex digits are a header value")
+    }
 }
 
 /// Serves the proxy on `listener` until `shutdown`.
@@ -156,6 +213,12 @@ pub async fn serve(
         client,
         limits,
         counter: AtomicU64::new(0),
+        id_prefix: {
+            let mut seed = [0u8; 8];
+            getrandom::fill(&mut seed).expect("the system's random numbers");
+            u64::from_le_bytes(seed)
+        },
+        ids: AtomicU64::new(0),
     });
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
@@ -401,9 +464,7 @@ async fn handle(
         .get("x-request-id")
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a uuid is ASCII")
-        });
+        .unwrap_or_else(|| shared.request_id());
     let Some(host) = host_of(&req) else {
         shared.services.metrics.unrouted.inc();
         return plain(
@@ -438,19 +499,10 @@ async fn handle(
         );
     }
     let (set, track, set_cookie) = choose(&shared, site, &req);
-    let labels = SetLabels {
-        service: site.service.clone(),
-        track: track.as_str(),
-    };
-    let in_flight = InFlight::new(
-        set.clone(),
-        shared
-            .services
-            .metrics
-            .in_flight
-            .get_or_create(&labels)
-            .clone(),
-    );
+    let meters = &site
+        .meters
+        .get_or_init(|| shared.services.metrics.meters(&site.service))[track as usize];
+    let in_flight = InFlight::new(set.clone(), meters.in_flight.clone());
     let Some(upstream) = set.pick().cloned() else {
         return plain(
             StatusCode::BAD_GATEWAY,
@@ -517,24 +569,16 @@ async fn handle(
     )
     .await;
     let took = started.elapsed();
-    let metrics = &shared.services.metrics;
-    let failed = |kind: &'static str, status: StatusCode, text: String| {
-        metrics
-            .upstream_errors
-            .get_or_create(&ErrorLabels {
-                service: labels.service.clone(),
-                track: labels.track,
-                kind,
-            })
-            .inc();
-        count(metrics, &labels, status, took);
+    let failed = |error: &Counter, status: StatusCode, text: String| {
+        error.inc();
+        count(meters, status, took);
         set.stats.record(true, took);
         plain(status, text, &request_id)
     };
     let mut response = match answer {
         Err(_) => {
             return failed(
-                "timeout",
+                &meters.timeouts,
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
                     "the service did not answer within {} s",
@@ -554,7 +598,7 @@ async fn handle(
             }
             tracing::debug!(error = %e, upstream = %upstream.addr, "an instance did not answer");
             return failed(
-                "connect",
+                &meters.unanswered,
                 StatusCode::BAD_GATEWAY,
                 "the service did not answer".into(),
             );
@@ -562,7 +606,7 @@ async fn handle(
         Ok(Ok(response)) => response,
     };
     let status = response.status();
-    count(metrics, &labels, status, took);
+    count(meters, status, took);
     set.stats.record(status.is_server_error(), took);
 
     if status == StatusCode::SWITCHING_PROTOCOLS
@@ -612,24 +656,8 @@ async fn handle(
     Response::from_parts(parts, body.boxed())
 }
 
-fn count(metrics: &ProxyMetrics, labels: &SetLabels, status: StatusCode, took: Duration) {
-    let class = match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics
-        .requests
-        .get_or_create(&ClassLabels {
-            service: labels.service.clone(),
-            track: labels.track,
-            class,
-        })
-        .inc();
-    metrics
-        .durations
-        .get_or_create(labels)
-        .observe(took.as_secs_f64());
+fn count(meters: &Meters, status: StatusCode, took: Duration) {
+    let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+    meters.requests[class].inc();
+    meters.durations.observe(took.as_secs_f64());
 }

@@ -1145,3 +1145,84 @@ async fn a_deployment_log_keeps_its_scroll_position_across_refreshes() {
     );
     browser.close().await;
 }
+
+#[tokio::test]
+#[ignore = "browser test: needs chromium and chromedriver; run with -- --include-ignored"]
+async fn a_developer_watches_a_canary_and_aborts_it_from_its_deployment_page() {
+    use crate::service::{Project, app_processes, canary_started, pipeline, service_target};
+    let axe = axe_source();
+    let browser = Browser::start().await;
+    let dir = tempdir();
+    let strategy = "    strategy: { kind: canary, steps: [25, 100], interval: 10m }\n";
+    let mut project = Project::new(dir.path(), &pipeline(&service_target(""), strategy)).await;
+    let v1 = project.release("v1", "ok", None).await;
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+    let v2 = project.release("v2", "ok", None).await;
+    let number = canary_started(&project, v2).await;
+    for _ in 0..20 {
+        crate::harness::client()
+            .get(format!("{}/", project.proxy))
+            .header("host", "app.test")
+            .send()
+            .await
+            .unwrap();
+    }
+    let base = project.server.url.clone();
+    sign_in(&browser, &base, ADMIN, ADMIN_PASSWORD).await;
+    let c = &browser.client;
+    c.goto(&format!("{base}/projects/demo/deployments/{number}"))
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("#service figure.split"))
+        .await
+        .unwrap();
+    let split = c
+        .find(Locator::Css("#service figure.split svg"))
+        .await
+        .unwrap()
+        .attr("aria-label")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(split, "demo-1 75 %, canary demo-2 25 %");
+    let rows = browser.text("#service table").await;
+    assert!(
+        rows.contains("demo-2") && rows.contains("1/1 healthy"),
+        "{rows}"
+    );
+    browser.snapshot("deployment-canary").await;
+    let problems = axe_violations(&browser, &axe).await;
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The board says what serves.
+    c.goto(&format!("{base}/projects/demo/environments"))
+        .await
+        .unwrap();
+    let serving = browser.text("[data-serving]").await;
+    assert!(serving.contains("canary demo-2 at 25 %"), "{serving}");
+    c.goto(&format!("{base}/projects/demo/deployments/{number}"))
+        .await
+        .unwrap();
+    c.find(Locator::Css("#service button[value=abort]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let question = alert_text(&browser).await;
+    assert!(question.starts_with("Stop the canary?"), "{question}");
+    c.accept_alert().await.unwrap();
+    eval_until(
+        &browser,
+        "const s = document.querySelector('[data-deployment-status]'); return s ? s.textContent : ''",
+        "the deployment shows it was rolled back",
+        |v| v == "rolled_back",
+    )
+    .await;
+    project.server.kill();
+    for pid in app_processes(dir.path()) {
+        // SAFETY: ending the test's own app process.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+    browser.close().await;
+}

@@ -74,28 +74,28 @@ fn python() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn pipeline(target: &str, strategy: &str) -> String {
+pub(crate) fn pipeline(target: &str, strategy: &str) -> String {
     format!(
         "steps:\n  - name: build\n    run: test -f app.py\ndeploy:\n  web:\n    target: {target}\n{strategy}"
     )
 }
 
-fn service_target(extra: &str) -> String {
+pub(crate) fn service_target(extra: &str) -> String {
     format!(
         "{{ kind: service, command: \"{} app.py\", host: app.test, health: {{ path: /healthz, interval: 100ms }}, timeout: 20s, stop_grace: 2s{extra} }}",
         python()
     )
 }
 
-struct Project {
-    server: Server,
+pub(crate) struct Project {
+    pub(crate) server: Server,
     repo: PathBuf,
-    proxy: String,
+    pub(crate) proxy: String,
     releases: u64,
 }
 
 impl Project {
-    async fn new(dir: &Path, pipeline: &str) -> Project {
+    pub(crate) async fn new(dir: &Path, pipeline: &str) -> Project {
         Self::with(dir, pipeline, &[]).await
     }
 
@@ -122,7 +122,12 @@ impl Project {
 
     /// Commits `version` (and `mode`, and the pipeline when given) and waits for its
     /// green run's release; returns the release number.
-    async fn release(&mut self, version: &str, mode: &str, pipeline: Option<&str>) -> u64 {
+    pub(crate) async fn release(
+        &mut self,
+        version: &str,
+        mode: &str,
+        pipeline: Option<&str>,
+    ) -> u64 {
         std::fs::write(self.repo.join("app.py"), APP).unwrap();
         std::fs::write(self.repo.join("version.txt"), version).unwrap();
         std::fs::write(self.repo.join("mode"), mode).unwrap();
@@ -139,7 +144,7 @@ impl Project {
     }
 
     /// Requests a deployment of `release` and waits until it has finished.
-    async fn deploy(&self, release: u64) -> Value {
+    pub(crate) async fn deploy(&self, release: u64) -> Value {
         let (status, d) = self
             .server
             .send_json(
@@ -258,7 +263,7 @@ fn instance_pid(service: &Value) -> u64 {
 }
 
 /// The processes whose command line runs this test's app (from `dir`'s data directory).
-fn app_processes(dir: &Path) -> Vec<u32> {
+pub(crate) fn app_processes(dir: &Path) -> Vec<u32> {
     let marker = dir.join("data").display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -351,7 +356,7 @@ async fn blue_green_under_load_drops_no_request_and_then_serves_only_the_new_rel
     let (_, text) = project.get("app.test").await;
     let words: Vec<&str> = text.split(' ').collect();
     assert_eq!(words[1], "127.0.0.1", "{text}");
-    assert_eq!(words[2].len(), 36, "{text}");
+    assert_eq!(words[2].len(), 32, "{text}");
     // The proxy's metrics are in /metrics, labelled by service and track.
     let metrics = project.server.get("/metrics").await.text().await.unwrap();
     assert!(
@@ -595,7 +600,7 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
 }
 
 /// Requests a deployment and waits until its canary is at its first step.
-async fn canary_started(project: &Project, release: u64) -> u64 {
+pub(crate) async fn canary_started(project: &Project, release: u64) -> u64 {
     let (status, d) = project
         .server
         .send_json(

@@ -104,6 +104,7 @@ async fn deploy(t: &ServiceTarget, job: Job<'_>) -> Result<Outcome> {
         stable,
         canary,
         sticky,
+        meters: Default::default(),
     };
     let (canary, drain) = match &strategy {
         Strategy::BlueGreen(bg) => (None, bg.drain()),
