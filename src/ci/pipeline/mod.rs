@@ -215,27 +215,32 @@ impl Checker<'_> {
             (location.line() as usize).max(1),
             (location.column() as usize).max(1),
         );
-        'keys: for key in path.split('.').skip(skip) {
-            if key.is_empty() || key.starts_with('[') {
-                continue;
-            }
+        // The first `key:` at or after (line, column), as (line, column), 1-based.
+        let find = |key: &str, line: usize, column: usize| -> Option<(usize, usize)> {
             let mut from = column.saturating_sub(1);
-            for l in line..=lines.len() {
-                let text = lines[l - 1];
+            for (i, text) in lines.iter().enumerate().skip(line - 1) {
                 let mut search = from.min(text.len());
                 while let Some(found) = text.get(search..).and_then(|t| t.find(key)) {
                     let at = search + found;
                     let before = text[..at].chars().last();
                     let after = text[at + key.len()..].trim_start();
                     if before.is_none_or(|c| " {,-\t".contains(c)) && after.starts_with(':') {
-                        (line, column) = (l, at + 1);
-                        continue 'keys;
+                        return Some((i + 1, at + 1));
                     }
                     search = at + key.len();
                 }
                 from = 0;
             }
-            break;
+            None
+        };
+        for key in path.split('.').skip(skip) {
+            if key.is_empty() || key.starts_with('[') {
+                continue;
+            }
+            match find(key, line, column) {
+                Some(found) => (line, column) = found,
+                None => break,
+            }
         }
         self.problems.push(Problem {
             file: self.file.to_string(),
