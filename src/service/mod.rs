@@ -438,6 +438,28 @@ impl Services {
         *self.table.write().expect("route lock") = Arc::new(RouteTable { sites });
     }
 
+    /// Stops what an environment serves and forgets it (the environment was deleted).
+    pub async fn remove(&self, project: &str, environment: &str) -> Result<()> {
+        let site = {
+            let mut envs = self.envs.lock().expect("services lock");
+            let site = envs
+                .remove(&(project.to_string(), environment.to_string()))
+                .and_then(|e| e.site);
+            self.rebuild(&envs);
+            site
+        };
+        self.store
+            .delete_service_route(project, environment)
+            .await?;
+        if let Some(site) = site {
+            site.stable.stop().await;
+            if let Some((canary, _)) = &site.canary {
+                canary.stop().await;
+            }
+        }
+        Ok(())
+    }
+
     /// Records which release serves an environment, for the next start.
     pub async fn remember(&self, set: &ReleaseSet, target: &ServiceTarget) -> Result<()> {
         self.store

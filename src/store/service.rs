@@ -70,6 +70,16 @@ impl Store {
         .await
     }
 
+    pub async fn delete_service_route(&self, project: &str, environment: &str) -> Result<()> {
+        let (project, environment) = (project.to_string(), environment.to_string());
+        self.write(move |tx| {
+            tx.open_table(SERVICE_ROUTES)?
+                .remove((project.as_str(), environment.as_str()))?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn service_routes(&self) -> Result<Vec<RouteRecord>> {
         self.read(|db| {
             let tx = db.begin_read()?;

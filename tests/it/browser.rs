@@ -1149,7 +1149,7 @@ async fn a_deployment_log_keeps_its_scroll_position_across_refreshes() {
 #[tokio::test]
 #[ignore = "browser test: needs chromium and chromedriver; run with -- --include-ignored"]
 async fn a_developer_watches_a_canary_and_aborts_it_from_its_deployment_page() {
-    use crate::service::{Project, app_processes, canary_started, pipeline, service_target};
+    use crate::service::{Project, canary_started, pipeline, service_target};
     let axe = axe_source();
     let browser = Browser::start().await;
     let dir = tempdir();
@@ -1220,9 +1220,5 @@ async fn a_developer_watches_a_canary_and_aborts_it_from_its_deployment_page() {
     )
     .await;
     project.server.kill();
-    for pid in app_processes(dir.path()) {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
     browser.close().await;
 }

@@ -92,6 +92,20 @@ pub(crate) struct Project {
     repo: PathBuf,
     pub(crate) proxy: String,
     releases: u64,
+    /// Kills the test's app processes when the test ends, passed or not.
+    reaper: Reaper,
+}
+
+/// Services outlive BetCycle on purpose; a test's must not outlive the test.
+pub(crate) struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in app_processes(&self.0) {
+            // SAFETY: ending the test's own app process (and its group).
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    }
 }
 
 impl Project {
@@ -117,6 +131,7 @@ impl Project {
             repo,
             proxy,
             releases: 0,
+            reaper: Reaper(dir.to_path_buf()),
         }
     }
 
@@ -369,10 +384,6 @@ async fn blue_green_under_load_drops_no_request_and_then_serves_only_the_new_rel
     // A graceful stop leaves the service running for the next start to adopt.
     let left = app_processes(dir.path());
     assert_eq!(left.len(), 1, "{left:?}");
-    for pid in left {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
 }
 
 #[tokio::test]
@@ -423,10 +434,6 @@ async fn a_canary_answering_500_is_rolled_back_and_got_no_more_than_its_weight()
     assert!(service["canary"].is_null(), "{service:#}");
     assert_eq!(app_processes(dir.path()).len(), 1);
     project.server.kill();
-    for pid in app_processes(dir.path()) {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
 }
 
 #[tokio::test]
@@ -498,11 +505,17 @@ async fn a_release_that_never_becomes_healthy_is_aborted_and_the_old_one_keeps_s
         Some("v1")
     );
     assert_eq!(app_processes(dir.path()).len(), 1);
+    // Deleting the environment stops its service.
+    let gone = project
+        .server
+        .request(Method::DELETE, "/api/v1/projects/demo/environments/web")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+    assert_eq!(app_processes(dir.path()), Vec::<u32>::new());
+    assert_eq!(project.get("app.test").await.0, 404);
     project.server.kill();
-    for pid in app_processes(dir.path()) {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
 }
 
 #[tokio::test]
@@ -563,7 +576,7 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
     );
 
     // kill -9 of BetCycle: the app keeps running; the next start adopts it.
-    let Project { server, .. } = project;
+    let Project { server, reaper, .. } = project;
     server.kill();
     assert!(alive(second));
     let server = Server::start_admin(dir.path(), &["--proxy-listen", "127.0.0.1:0"]);
@@ -593,10 +606,7 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
     assert!(answer.starts_with("v1 "), "{answer}");
     assert_eq!(app_processes(dir.path()), vec![second as u32]);
     server.kill();
-    for pid in app_processes(dir.path()) {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
+    drop(reaper);
 }
 
 /// Requests a deployment and waits until its canary is at its first step.
@@ -757,10 +767,6 @@ async fn a_canary_is_split_by_weight_sticky_and_promoted_or_aborted_by_hand() {
     assert!(project.get("app.test").await.1.starts_with("v2 "));
     assert_eq!(app_processes(dir.path()).len(), 1);
     project.server.kill();
-    for pid in app_processes(dir.path()) {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
 }
 
 #[tokio::test]
@@ -835,10 +841,6 @@ async fn the_proxy_speaks_http2_tunnels_websockets_and_limits_bodies() {
     );
     drop(write);
     project.server.kill();
-    for pid in app_processes(dir.path()) {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
 }
 
 /// A stand-in for a Prometheus server: answers every query with `value` and records the
@@ -918,8 +920,4 @@ async fn a_canary_whose_prometheus_query_fails_its_condition_is_rolled_back() {
         Some("v1")
     );
     project.server.kill();
-    for pid in app_processes(dir.path()) {
-        // SAFETY: ending the test's own app process.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
 }

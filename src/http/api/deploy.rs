@@ -65,6 +65,8 @@ pub async fn delete_environment(
             .detail(name.clone()),
         )
         .await?;
+    // A service it ran stops with it.
+    app.deployer.services().remove(&slug, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
