@@ -205,13 +205,28 @@ pub struct RouteTable {
     pub sites: Vec<Arc<Site>>,
 }
 
+/// Whether a site's path `prefix` takes `path`: whole segments only, so `/api` takes
+/// `/api` and `/api/x`, not `/apiary`.
+fn covers(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix.trim_end_matches('/'))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_path_prefix_takes_whole_segments() {
+        let matches = super::covers;
+        assert!(matches("/api", "/api") && matches("/api", "/api/x") && matches("/api/", "/api/x"));
+        assert!(!matches("/api", "/apiary") && !matches("/api", "/"));
+        assert!(matches("/", "/anything"));
+    }
+}
+
 impl RouteTable {
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Site>> {
         self.sites.iter().find(|s| {
-            s.host.eq_ignore_ascii_case(host)
-                && s.path
-                    .as_deref()
-                    .is_none_or(|p| path.starts_with(p.trim_end_matches('/')))
+            s.host.eq_ignore_ascii_case(host) && s.path.as_deref().is_none_or(|p| covers(p, path))
         })
     }
 }
@@ -288,7 +303,23 @@ impl Services {
         let service = format!("{}/{}", spec.project, spec.environment);
         let mut records = spec.adopt.clone();
         if records.is_empty() {
+            // A port the kernel calls free may be one another instance was just given
+            // and has not bound yet.
+            let mut taken: std::collections::HashSet<u16> = self
+                .store
+                .service_instances()
+                .await?
+                .iter()
+                .map(|i| i.port)
+                .collect();
             for slot in 1..=spec.target.instances() {
+                let mut port = supervisor::free_port()?;
+                for _ in 0..20 {
+                    if taken.insert(port) {
+                        break;
+                    }
+                    port = supervisor::free_port()?;
+                }
                 let record = InstanceRecord {
                     id: self.store.next_service_instance_id().await?,
                     project: spec.project.clone(),
@@ -296,7 +327,7 @@ impl Services {
                     deployment: spec.deployment,
                     release: spec.release,
                     slot,
-                    port: supervisor::free_port()?,
+                    port,
                     pid: None,
                     start_ticks: None,
                     restarts: 0,

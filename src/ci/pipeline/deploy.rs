@@ -179,6 +179,20 @@ pub struct Health {
     pub failure_threshold: u32,
 }
 
+/// A problem for each of `fields` (name, value as written) that is not a duration.
+fn durations<const N: usize>(
+    out: &mut Vec<(&'static str, String)>,
+    fields: [(&'static str, Option<&str>); N],
+) {
+    for (field, value) in fields {
+        if let Some(value) = value
+            && let Err(message) = crate::core::config::parse_duration(value)
+        {
+            out.push((field, message));
+        }
+    }
+}
+
 fn duration_or(value: Option<&str>, default: Duration) -> Duration {
     value
         .and_then(|t| crate::core::config::parse_duration(t).ok())
@@ -260,16 +274,13 @@ impl ServiceTarget {
         if !(1..=16).contains(&self.instances()) {
             out.push(("instances", "use 1 to 16 instances".to_string()));
         }
-        for (field, value) in [
-            ("timeout", self.timeout.as_deref()),
-            ("stop_grace", self.stop_grace.as_deref()),
-        ] {
-            if let Some(value) = value
-                && let Err(message) = crate::core::config::parse_duration(value)
-            {
-                out.push((field, message));
-            }
-        }
+        durations(
+            &mut out,
+            [
+                ("timeout", self.timeout.as_deref()),
+                ("stop_grace", self.stop_grace.as_deref()),
+            ],
+        );
         match &self.health {
             Some(HealthDef::Path(path)) | Some(HealthDef::Probe(Probe { path, .. }))
                 if !path.starts_with('/') =>
@@ -277,16 +288,13 @@ impl ServiceTarget {
                 out.push(("health", format!("\"{path}\" must start with /")));
             }
             Some(HealthDef::Probe(p)) => {
-                for (field, value) in [
-                    ("health.interval", p.interval.as_deref()),
-                    ("health.timeout", p.timeout.as_deref()),
-                ] {
-                    if let Some(value) = value
-                        && let Err(message) = crate::core::config::parse_duration(value)
-                    {
-                        out.push((field, message));
-                    }
-                }
+                durations(
+                    &mut out,
+                    [
+                        ("health.interval", p.interval.as_deref()),
+                        ("health.timeout", p.timeout.as_deref()),
+                    ],
+                );
                 for (field, value) in [
                     ("health.success_threshold", p.success_threshold),
                     ("health.failure_threshold", p.failure_threshold),
@@ -460,17 +468,14 @@ impl Canary {
                 out.push(("prometheus.success_condition", message));
             }
         }
-        for (field, value) in [
-            ("interval", self.interval.as_deref()),
-            ("max_p95", self.max_p95.as_deref()),
-            ("drain", self.drain.as_deref()),
-        ] {
-            if let Some(value) = value
-                && let Err(message) = crate::core::config::parse_duration(value)
-            {
-                out.push((field, message));
-            }
-        }
+        durations(
+            &mut out,
+            [
+                ("interval", self.interval.as_deref()),
+                ("max_p95", self.max_p95.as_deref()),
+                ("drain", self.drain.as_deref()),
+            ],
+        );
         out
     }
 }

@@ -234,16 +234,14 @@ pub async fn promote_canary(
     signed: Signed,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Json<Deployment>> {
-    Ok(Json(
-        app.deployer
-            .steer_canary(
-                &slug,
-                number,
-                crate::service::Control::Promote,
-                &signed.audit,
-            )
-            .await?,
-    ))
+    steer(
+        &app,
+        &signed,
+        &slug,
+        number,
+        crate::service::Control::Promote,
+    )
+    .await
 }
 
 /// Stops the running canary; the deployment ends rolled back.
@@ -252,9 +250,19 @@ pub async fn abort_canary(
     signed: Signed,
     Path((slug, number)): Path<(String, u64)>,
 ) -> ServerResult<Json<Deployment>> {
+    steer(&app, &signed, &slug, number, crate::service::Control::Abort).await
+}
+
+async fn steer(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    number: u64,
+    what: crate::service::Control,
+) -> ServerResult<Json<Deployment>> {
     Ok(Json(
         app.deployer
-            .steer_canary(&slug, number, crate::service::Control::Abort, &signed.audit)
+            .steer_canary(slug, number, what, &signed.audit)
             .await?,
     ))
 }
