@@ -122,6 +122,8 @@ pub struct ReleaseSet {
     /// Cancelled at the drain deadline: open WebSockets to the set are closed.
     pub closing: CancellationToken,
     pub stats: stats::Stats,
+    /// What the proxy measured, every [`SAMPLE_EVERY`], the last [`SAMPLES`] of them.
+    pub history: Mutex<VecDeque<stats::Sample>>,
     next: AtomicUsize,
     probes: CancellationToken,
     dir: PathBuf,
@@ -181,6 +183,30 @@ impl ReleaseSet {
         self.probes.cancel();
         futures_util::future::join_all(self.members.iter().map(|m| m.supervised.stop())).await;
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+}
+
+/// How often a release set's measurements are sampled for its chart, and how many
+/// samples are kept (three minutes).
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+pub const SAMPLES: usize = 90;
+
+/// Samples `set`'s measurements until it is stopped.
+async fn sample(set: Arc<ReleaseSet>) {
+    let mut last = set.stats.snapshot();
+    loop {
+        tokio::select! {
+            () = set.probes.cancelled() => return,
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+        let now = set.stats.snapshot();
+        let window = now.since(&last);
+        last = now;
+        let mut history = set.history.lock().expect("history lock");
+        if history.len() == SAMPLES {
+            history.pop_front();
+        }
+        history.push_back(stats::Sample::of(&window));
     }
 }
 
@@ -370,7 +396,7 @@ impl Services {
             ));
             members.push(member);
         }
-        Ok(Arc::new(ReleaseSet {
+        let set = Arc::new(ReleaseSet {
             project: spec.project,
             environment: spec.environment,
             deployment: spec.deployment,
@@ -380,10 +406,13 @@ impl Services {
             in_flight: AtomicU64::new(0),
             closing: CancellationToken::new(),
             stats: stats::Stats::default(),
+            history: Mutex::new(VecDeque::new()),
             next: AtomicUsize::new(0),
             probes,
             dir: spec.dir,
-        }))
+        });
+        tokio::spawn(sample(set.clone()));
+        Ok(set)
     }
 
     /// Waits until every instance of `set` is healthy. Fails at `timeout`, or at once
@@ -806,6 +835,8 @@ pub struct SetView {
     pub measured: stats::Snapshot,
     pub error_rate: f64,
     pub p95_ms: Option<u64>,
+    /// The last three minutes, a sample every 2 s, oldest first.
+    pub history: Vec<stats::Sample>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -821,7 +852,52 @@ pub struct InstanceView {
     pub probes: Vec<health::ProbeResult>,
 }
 
+/// The charts' size in SVG units.
+pub const CHART_WIDTH: usize = 180;
+pub const CHART_HEIGHT: u32 = 40;
+
 impl ServiceView {
+    /// The sets, stable first.
+    pub fn sets(&self) -> Vec<&SetView> {
+        std::iter::once(&self.stable).chain(&self.canary).collect()
+    }
+
+    /// The highest p95 any set had in its history (the latency chart's top), in ms.
+    pub fn top_p95(&self) -> u64 {
+        self.sets()
+            .iter()
+            .flat_map(|s| s.history.iter().filter_map(|h| h.p95_ms))
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// An SVG polyline's points for `set`'s error rate (0 to 100 %) over its history.
+    pub fn error_points(&self, set: &SetView) -> String {
+        Self::points(set, |h| h.error_rate, 1.0)
+    }
+
+    /// An SVG polyline's points for `set`'s p95 over its history, on `top_p95`'s scale.
+    pub fn latency_points(&self, set: &SetView) -> String {
+        let top = self.top_p95() as f64;
+        Self::points(set, |h| h.p95_ms.map_or(0.0, |p| p as f64), top)
+    }
+
+    fn points(set: &SetView, value: impl Fn(&stats::Sample) -> f64, top: f64) -> String {
+        let step = CHART_WIDTH as f64 / (SAMPLES - 1) as f64;
+        let start = SAMPLES.saturating_sub(set.history.len());
+        set.history
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let x = (start + i) as f64 * step;
+                let y = f64::from(CHART_HEIGHT) * (1.0 - (value(h) / top).clamp(0.0, 1.0));
+                format!("{x:.1},{y:.1}")
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// `2/2 healthy`.
     pub fn health_summary(set: &SetView) -> String {
         let healthy = set.instances.iter().filter(|i| i.healthy).count();
@@ -847,6 +923,13 @@ impl SetView {
             error_rate: measured.error_rate(),
             p95_ms: measured.p95().map(|d| d.as_millis() as u64),
             measured,
+            history: set
+                .history
+                .lock()
+                .expect("history lock")
+                .iter()
+                .cloned()
+                .collect(),
             instances: set
                 .members
                 .iter()

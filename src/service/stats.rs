@@ -55,6 +55,28 @@ impl Stats {
     }
 }
 
+/// One sample of a set's history: what happened in one sampling window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    pub at: jiff::Timestamp,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p95_ms: Option<u64>,
+}
+
+impl Sample {
+    pub fn of(window: &Snapshot) -> Sample {
+        Sample {
+            at: jiff::Timestamp::now(),
+            requests: window.requests,
+            errors: window.errors,
+            error_rate: window.error_rate(),
+            p95_ms: window.p95().map(|d| d.as_millis() as u64),
+        }
+    }
+}
+
 impl Snapshot {
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
