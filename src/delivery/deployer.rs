@@ -154,29 +154,7 @@ impl Deployer {
         project: u64,
         wanted: &[(String, String)],
     ) -> Result<Vec<(String, String)>> {
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (values, reads) = self
-            .secrets
-            .resolve(project, Some(&d.environment), "deploy", wanted)
-            .await?;
-        let detail = crate::secrets::describe_reads(&reads);
-        let target = format!("deployment:{}#{}", d.project, d.number);
-        self.store
-            .update_deployment(
-                d.id,
-                move |d| {
-                    d.secrets.extend(reads);
-                    Ok(())
-                },
-                Some(
-                    Record::new(&Context::system(target.clone()), "secret.read", target)
-                        .detail(detail),
-                ),
-            )
-            .await?;
-        Ok(values)
+        reveal(&self.store, &self.secrets, d, project, "deploy", wanted).await
     }
 
     /// Promotes (`Control::Promote`) or aborts (`Control::Abort`) the canary deployment
@@ -242,6 +220,40 @@ impl Deployer {
             )
             .await
     }
+}
+
+/// Resolves secrets for deployment `d`'s target (for `purpose`: a deploy, a service's
+/// restart) in its environment's scope, and records the reads on the deployment and in
+/// the audit log before anything uses them.
+pub async fn reveal(
+    store: &Store,
+    secrets: &Secrets,
+    d: &Deployment,
+    project: u64,
+    purpose: &str,
+    wanted: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (values, reads) = secrets
+        .resolve(project, Some(&d.environment), purpose, wanted)
+        .await?;
+    let detail = crate::secrets::describe_reads(&reads);
+    let target = format!("deployment:{}#{}", d.project, d.number);
+    store
+        .update_deployment(
+            d.id,
+            move |d| {
+                d.secrets.extend(reads);
+                Ok(())
+            },
+            Some(
+                Record::new(&Context::system(target.clone()), "secret.read", target).detail(detail),
+            ),
+        )
+        .await?;
+    Ok(values)
 }
 
 /// The variables every target gets.

@@ -16,5 +16,5 @@ mod request;
 pub mod targets;
 mod worker;
 
-pub use deployer::{CallbackResult, Deployer, variables};
+pub use deployer::{CallbackResult, Deployer, reveal, variables};
 pub use model::*;

@@ -71,35 +71,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// The TLS configuration for new connections: the current certificate (it may be
-/// reloaded), offering only HTTP/1.1 by ALPN (the server speaks no HTTP/2), adjusted once
-/// per loaded certificate.
-#[derive(Clone)]
-struct Tls {
-    config: axum_server::tls_rustls::RustlsConfig,
-    adjusted: Arc<std::sync::Mutex<Option<Adjusted>>>,
-}
-
-/// (the loaded configuration, the same offering HTTP/1.1 only).
-type Adjusted = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
-
-impl Tls {
-    fn current(&self) -> Arc<rustls::ServerConfig> {
-        let loaded = self.config.get_inner();
-        let mut adjusted = self.adjusted.lock().expect("tls lock");
-        match adjusted.as_ref() {
-            Some((from, to)) if Arc::ptr_eq(from, &loaded) => to.clone(),
-            _ => {
-                let mut config = (*loaded).clone();
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let config = Arc::new(config);
-                *adjusted = Some((loaded, config.clone()));
-                config
-            }
-        }
-    }
-}
-
 /// How long a connection has carried no bytes.
 struct Idle {
     started: Instant,
@@ -125,10 +96,8 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let tls = tls.map(|config| Tls {
-        config,
-        adjusted: Default::default(),
-    });
+    // The server speaks no HTTP/2: ALPN offers HTTP/1.1 only.
+    let tls = tls.map(|config| super::tls::Alpn::new(config, &[b"http/1.1"]));
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -163,7 +132,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
-    tls: Option<Tls>,
+    tls: Option<super::tls::Alpn>,
     limits: HttpLimits,
     shutdown: CancellationToken,
     grace: Duration,

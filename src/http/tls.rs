@@ -4,8 +4,47 @@
 use crate::core::config::TlsConfig;
 use crate::core::error::{Error, Result};
 use axum_server::tls_rustls::RustlsConfig;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
+
+/// The TLS configuration for new connections: the current certificate (it may be
+/// reloaded) with the ALPN protocols a listener speaks, adjusted once per loaded
+/// certificate, not per connection.
+#[derive(Clone)]
+pub struct Alpn {
+    config: RustlsConfig,
+    protocols: Vec<Vec<u8>>,
+    adjusted: Arc<Mutex<Option<Adjusted>>>,
+}
+
+/// (the loaded configuration, the same with the listener's protocols).
+type Adjusted = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
+
+impl Alpn {
+    pub fn new(config: RustlsConfig, protocols: &[&[u8]]) -> Alpn {
+        Alpn {
+            config,
+            protocols: protocols.iter().map(|p| p.to_vec()).collect(),
+            adjusted: Default::default(),
+        }
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        let loaded = self.config.get_inner();
+        let mut adjusted = self.adjusted.lock().expect("tls lock");
+        match adjusted.as_ref() {
+            Some((from, to)) if Arc::ptr_eq(from, &loaded) => to.clone(),
+            _ => {
+                let mut config = (*loaded).clone();
+                config.alpn_protocols = self.protocols.clone();
+                let config = Arc::new(config);
+                *adjusted = Some((loaded, config.clone()));
+                config
+            }
+        }
+    }
+}
 
 /// How often the certificate files are checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(5);

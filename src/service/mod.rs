@@ -717,14 +717,16 @@ impl Services {
             .ok_or_else(|| Error::NotFound {
                 what: format!("deployment {}", route.deployment),
             })?;
-        let (values, _) = secrets
-            .resolve(
-                project.id,
-                Some(&route.environment),
-                "service restart",
-                &target.secret_pairs(),
-            )
-            .await?;
+        // Read (and recorded) again: the running processes' values are not kept anywhere.
+        let values = crate::delivery::reveal(
+            &self.store,
+            secrets,
+            &deployment,
+            project.id,
+            "service restart",
+            &target.secret_pairs(),
+        )
+        .await?;
         let dir = self.set_dir(&route.project, &route.environment, route.deployment);
         let mut env = environment_of(&deployment, &release, target, &dir);
         env.extend(values);
@@ -792,16 +794,24 @@ pub fn environment_of(
     env
 }
 
-/// The last `n` lines of a log, on one line.
-pub fn tail(path: &std::path::Path, n: usize) -> String {
+/// The last `n` lines of a log that `keep` keeps.
+fn last_lines(path: &std::path::Path, n: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with("[betcycle "))
-        .collect();
-    let start = lines.len().saturating_sub(n);
-    let out = lines[start..].join(" | ");
-    if out.is_empty() { "(none)".into() } else { out }
+    let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// The last `n` lines the app wrote to its log (not BetCycle's notes), on one line.
+pub fn tail(path: &std::path::Path, n: usize) -> String {
+    let lines = last_lines(path, n, |l| !l.starts_with("[betcycle "));
+    if lines.is_empty() {
+        "(none)".into()
+    } else {
+        lines.join(" | ")
+    }
 }
 
 /// `30s`, or `250 ms` for a duration that is not whole seconds.
@@ -1005,9 +1015,7 @@ impl Services {
                 what: format!("instance {slot}"),
             });
         }
-        let text = std::fs::read_to_string(set.dir.join(format!("instance-{slot}.log")))
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+        let log = set.dir.join(format!("instance-{slot}.log"));
+        Ok(last_lines(&log, lines, |_| true).join("\n"))
     }
 }

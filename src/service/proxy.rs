@@ -199,6 +199,7 @@ pub async fn serve(
     limits: ProxyLimits,
     shutdown: CancellationToken,
 ) {
+    let tls = tls.map(|config| crate::http::tls::Alpn::new(config, &[b"h2", b"http/1.1"]));
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -242,10 +243,8 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls {
                 None => connection(TokioIo::new(stream), peer, false, shared, stop).await,
-                Some(config) => {
-                    let mut server = (*config.get_inner()).clone();
-                    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     match tokio::time::timeout(
                         shared.limits.header_read_timeout,
                         acceptor.accept(stream),

@@ -158,8 +158,8 @@ impl Project {
         self.releases
     }
 
-    /// Requests a deployment of `release` and waits until it has finished.
-    pub(crate) async fn deploy(&self, release: u64) -> Value {
+    /// Requests a deployment of `release` to `web`; returns its number.
+    async fn request_deployment(&self, release: u64) -> u64 {
         let (status, d) = self
             .server
             .send_json(
@@ -169,7 +169,12 @@ impl Project {
             )
             .await;
         assert_eq!(status, 201, "{d}");
-        let number = d["number"].as_u64().unwrap();
+        d["number"].as_u64().unwrap()
+    }
+
+    /// Requests a deployment of `release` and waits until it has finished.
+    pub(crate) async fn deploy(&self, release: u64) -> Value {
+        let number = self.request_deployment(release).await;
         wait_deployment(&self.server, "demo", number, |d| {
             ["succeeded", "failed", "rolled_back"].contains(&d["status"].as_str().unwrap_or(""))
         })
@@ -611,16 +616,7 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
 
 /// Requests a deployment and waits until its canary is at its first step.
 pub(crate) async fn canary_started(project: &Project, release: u64) -> u64 {
-    let (status, d) = project
-        .server
-        .send_json(
-            Method::POST,
-            "/api/v1/projects/demo/deployments",
-            json!({"environment": "web", "release": release}),
-        )
-        .await;
-    assert_eq!(status, 201, "{d}");
-    let number = d["number"].as_u64().unwrap();
+    let number = project.request_deployment(release).await;
     wait_deployment(&project.server, "demo", number, |d| {
         d["timeline"].to_string().contains("canary step 1/2")
     })
