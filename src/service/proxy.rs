@@ -4,7 +4,8 @@
 //! over a keep-alive pool of connections to the instances. WebSocket upgrades are
 //! tunnelled; `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set; a body over the
 //! limit is refused (413); an instance that does not answer is a 502, one too slow a 504.
-//! All HTTP is hyper's; nothing here parses HTTP.
+//! All HTTP is hyper's; nothing here parses HTTP. The proxy runs on threads of its own,
+//! one per core, so proxied traffic and the server's own work do not share a runtime.
 
 use super::{ReleaseSet, Services, Site, Track};
 use bytes::Bytes;
@@ -169,9 +170,9 @@ impl ProxyMetrics {
     }
 }
 
+/// What the proxy's threads share.
 struct Shared {
     services: Arc<Services>,
-    client: Client<HttpConnector, Body>,
     limits: ProxyLimits,
     /// Spreads requests between stable and canary: request n goes to the canary when
     /// `n * 61 mod 100` is under its weight (61 is prime to 100, so every 100 requests
@@ -191,7 +192,17 @@ impl Shared {
     }
 }
 
-/// Serves the proxy on `listener` until `shutdown`.
+/// One proxy thread: its own runtime and its own pool of upstream connections, so a
+/// request, its downstream connection and the upstream connection it borrows are all
+/// driven by one thread (no hand-off between threads per request, as in nginx's
+/// workers).
+struct Worker {
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, Body>,
+}
+
+/// Serves the proxy on `listener` until `shutdown`, with one thread per core, each
+/// accepting from the same socket.
 pub async fn serve(
     listener: TcpListener,
     services: Arc<Services>,
@@ -200,18 +211,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let tls = tls.map(|config| crate::http::tls::Alpn::new(config, &[b"h2", b"http/1.1"]));
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector);
     let shared = Arc::new(Shared {
         services,
-        client,
         limits,
         counter: AtomicU64::new(0),
         id_prefix: {
@@ -222,6 +223,75 @@ pub async fn serve(
         ids: AtomicU64::new(0),
     });
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the proxy cannot take its listener");
+            return;
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut stopped = Vec::with_capacity(threads);
+    for n in 0..threads {
+        let (done, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "the proxy cannot share its listener");
+                break;
+            }
+        };
+        let (shared, tls, permits, stop) = (
+            shared.clone(),
+            tls.clone(),
+            permits.clone(),
+            shutdown.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("proxy-{n}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a proxy thread's runtime");
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accept(listener, shared, tls, permits, stop).await,
+                        Err(e) => tracing::error!(error = %e, "the proxy cannot listen"),
+                    }
+                });
+                drop(runtime);
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => stopped.push(stopped_rx),
+            Err(e) => tracing::error!(error = %e, "the proxy cannot start a thread"),
+        }
+    }
+    drop(listener);
+    for thread in stopped {
+        let _ = thread.await;
+    }
+}
+
+/// One thread's accept loop; its connections run on its own runtime.
+async fn accept(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<crate::http::tls::Alpn>,
+    permits: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector);
+    let worker = Arc::new(Worker { shared, client });
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -239,19 +309,19 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (shared, tls, stop) = (shared.clone(), tls.clone(), shutdown.clone());
+        let (worker, tls, stop) = (worker.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
             match tls {
-                None => connection(TokioIo::new(stream), peer, false, shared, stop).await,
+                None => connection(TokioIo::new(stream), peer, false, worker, stop).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     match tokio::time::timeout(
-                        shared.limits.header_read_timeout,
+                        worker.shared.limits.header_read_timeout,
                         acceptor.accept(stream),
                     )
                     .await
                     {
-                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, true, shared, stop).await,
+                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, true, worker, stop).await,
                         _ => tracing::debug!(%peer, "proxy TLS handshake failed"),
                     }
                 }
@@ -265,7 +335,7 @@ async fn connection<I>(
     io: I,
     peer: SocketAddr,
     tls: bool,
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     shutdown: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -274,15 +344,15 @@ async fn connection<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.limits.header_read_timeout)
-        .max_buf_size(shared.limits.max_header.max(8192));
+        .header_read_timeout(worker.shared.limits.header_read_timeout)
+        .max_buf_size(worker.shared.limits.max_header.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(shared.limits.max_header).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(worker.shared.limits.max_header).unwrap_or(u32::MAX));
     let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, peer, tls, req).await) }
+        let worker = worker.clone();
+        async move { Ok::<_, Infallible>(handle(worker, peer, tls, req).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -453,11 +523,12 @@ impl hyper::body::Body for Tracked {
 }
 
 async fn handle(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     peer: SocketAddr,
     tls: bool,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let shared = &*worker.shared;
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -497,7 +568,7 @@ async fn handle(
             &request_id,
         );
     }
-    let (set, track, set_cookie) = choose(&shared, site, &req);
+    let (set, track, set_cookie) = choose(shared, site, &req);
     let meters = &site
         .meters
         .get_or_init(|| shared.services.metrics.meters(&site.service))[track as usize];
@@ -564,7 +635,7 @@ async fn handle(
     let started = Instant::now();
     let answer = tokio::time::timeout(
         shared.limits.upstream_timeout,
-        shared.client.request(forwarded),
+        worker.client.request(forwarded),
     )
     .await;
     let took = started.elapsed();

@@ -379,9 +379,28 @@ pub fn content_type(response: &reqwest::Response) -> &str {
 }
 
 /// An HTTP client for tests (rustls with the ring provider, as the server uses).
+/// Certificates `client()` trusts (a test's self-signed ones), instead of none.
+static TRUSTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Makes `client()` trust `pem` (for a test whose server speaks HTTPS).
+pub fn trust(pem: &str) {
+    TRUSTED.lock().unwrap().push(pem.to_string());
+}
+
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    let trusted = TRUSTED.lock().unwrap().clone();
+    if trusted.is_empty() {
+        return reqwest::Client::new();
+    }
+    reqwest::Client::builder()
+        .tls_certs_only(
+            trusted
+                .iter()
+                .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
+        )
+        .build()
+        .unwrap()
 }
 
 pub fn tempdir() -> tempfile::TempDir {

@@ -32,6 +32,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             status = 500 if MODE == "fail" else 200
         body = (VERSION + " " + self.headers.get("X-Forwarded-For", "") + " " + self.headers.get("X-Request-Id", "")).encode()
+        if self.path == "/proto":
+            body = (VERSION + " " + self.headers.get("X-Forwarded-Proto", "")).encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -836,6 +838,76 @@ async fn the_proxy_speaks_http2_tunnels_websockets_and_limits_bodies() {
             .contains("over the proxy's limit of 1024 bytes")
     );
     drop(write);
+    project.server.kill();
+}
+
+#[tokio::test]
+async fn the_proxy_serves_https_with_the_servers_certificate_and_picks_up_its_renewal() {
+    let dir = tempdir();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let make = || {
+        let names = ["localhost", "127.0.0.1", "app.test"]
+            .map(String::from)
+            .to_vec();
+        let c = rcgen::generate_simple_self_signed(names).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    };
+    let (first, first_key) = make();
+    let (second, second_key) = make();
+    std::fs::write(&cert, &first).unwrap();
+    std::fs::write(&key, &first_key).unwrap();
+    // The harness's own API calls go to the same (HTTPS) server.
+    crate::harness::trust(&first);
+    crate::harness::trust(&second);
+    let p = pipeline(&service_target(""), "");
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let mut project = Project::with(dir.path(), &p, &tls).await;
+    assert!(project.proxy.starts_with("https://"), "{}", project.proxy);
+    let v1 = project.release("v1", "ok", None).await;
+    assert_eq!(project.deploy(v1).await["status"], "succeeded");
+
+    // By name, as a browser would: SNI and Host are `app.test`.
+    let addr: std::net::SocketAddr = project
+        .proxy
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let trusting = |pem: &str| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()])
+            .resolve("app.test", addr)
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://app.test:{}/proto", addr.port());
+    let answer = trusting(&first).get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "v1 https");
+    assert!(trusting(&second).get(&url).send().await.is_err());
+
+    // A renewed certificate on disk: the proxy's new connections get it, on every thread.
+    std::fs::write(&key, &second_key).unwrap();
+    std::fs::write(&cert, &second).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the proxy kept the old certificate",
+        || async {
+            let client = trusting(&second);
+            for _ in 0..4 {
+                let answer = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                if answer.text().await.map_err(|e| e.to_string())? != "v1 https" {
+                    return Err("a wrong answer".to_string());
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
     project.server.kill();
 }
 
