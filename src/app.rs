@@ -136,6 +136,16 @@ pub async fn serve(mut config: Config) -> Result<()> {
         releases,
         policies.clone(),
     );
+    // Containers a crashed process left go before any run makes new ones.
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        runner.containers.sweep(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("the container engine did not answer the sweep within 10 s");
+    }
     // Services left running by the last process are adopted before anything deploys.
     let services = crate::service::Services::new(
         store.clone(),

@@ -36,6 +36,10 @@ pub struct Run {
     /// Also write the results (statuses, timings, tests, coverage, artifacts) as JSON.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// The container engine's socket for steps with an `image` [default: `DOCKER_HOST`
+    /// when it is a unix:// socket, else /var/run/docker.sock].
+    #[arg(long, value_name = "PATH")]
+    container_socket: Option<String>,
 }
 
 /// Prints step output as `[step] line` and a line per step start and end.
@@ -133,6 +137,7 @@ impl Run {
             .clone()
             .or_else(|| git(&dir, &["rev-parse", "--abbrev-ref", "HEAD"]));
         let context = context(&dir, branch.as_deref(), &self.event);
+        let env_for_socket = env.clone();
         let passthrough = env
             .iter()
             .filter(|(k, _)| PASSTHROUGH_ENV.contains(&k.as_str()))
@@ -156,6 +161,18 @@ impl Run {
             secrets: std::sync::Arc::new(crate::exec::EnvSecrets(env)),
             // The developer's own machine and repository: nothing to hide.
             executor: crate::exec::local::Local::unconfined(),
+            containers: Some(std::sync::Arc::new(
+                crate::exec::container::RunContainers::new(
+                    crate::exec::container::Engine::new(
+                        crate::exec::container::socket_of(
+                            self.container_socket.as_deref(),
+                            &env_for_socket,
+                        ),
+                        format!("betcycle-run-{}", std::process::id()),
+                    ),
+                    "local",
+                ),
+            )),
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 //! results, coverage, artifacts). `betcycle run` uses it directly; the server uses the
 //! same code for its runs.
 
+pub mod container;
 pub mod local;
 mod reports;
 mod services;
@@ -177,6 +178,9 @@ pub struct RunSpec {
     pub secrets: Arc<dyn SecretSource>,
     /// Where the run's processes run (and how they are confined).
     pub executor: Arc<dyn Executor>,
+    /// Where its steps and services with an `image` run; without an engine they fail
+    /// and say so.
+    pub containers: Option<Arc<container::RunContainers>>,
 }
 
 /// One process for an [`Executor`]: a step attempt, a service or a readiness probe.
@@ -190,6 +194,8 @@ pub struct Process {
     pub cancel: CancellationToken,
     /// Called with the output as it arrives, a burst of lines at a time.
     pub on_lines: OnLines,
+    /// Run in a container instead (see [`RunSpec::spawn`]).
+    pub container: Option<container::ContainerSpec>,
 }
 
 pub type OnLines = Arc<dyn Fn(Stream, &[&str]) + Send + Sync>;
@@ -213,14 +219,54 @@ pub trait Executor: Send + Sync {
 impl RunSpec {
     /// The environment every process of this run starts from: passthrough, the
     /// pipeline's `env`, then `extra` (a step's or service's), then BetCycle's context.
-    fn env(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let mut env = self.passthrough.clone();
+    /// A container gets neither the host's variables nor the executor's: its image
+    /// says what `PATH` and `HOME` are.
+    fn env(
+        &self,
+        extra: &BTreeMap<String, String>,
+        in_container: bool,
+    ) -> BTreeMap<String, String> {
+        let mut env = if in_container {
+            BTreeMap::new()
+        } else {
+            self.passthrough.clone()
+        };
         env.extend(self.pipeline.env.clone());
         env.extend(extra.clone());
         env.extend(self.context.clone());
-        env.extend(self.executor.env());
+        if !in_container {
+            env.extend(self.executor.env());
+        }
         env
     }
+
+    /// Starts `process`: in a container when it names one, else through the executor.
+    fn spawn(&self, mut process: Process) -> Result<Spawned, String> {
+        match process.container.take() {
+            None => self.executor.spawn(process),
+            Some(spec) => match &self.containers {
+                Some(containers) => Ok(containers.spawn(process, spec)),
+                None => Err(format!(
+                    "image \"{}\": this executor runs no containers",
+                    spec.image
+                )),
+            },
+        }
+    }
+}
+
+/// What a step's or service's `container` asks of the engine.
+fn container_spec(
+    container: Option<&crate::ci::pipeline::Container>,
+    service: Option<&str>,
+) -> Option<container::ContainerSpec> {
+    container.map(|c| container::ContainerSpec {
+        image: c.image.clone(),
+        memory: c.memory,
+        cpus: c.cpus,
+        service: service.map(str::to_string),
+        exec_in: None,
+    })
 }
 
 /// Passes output on with every revealed secret masked.
@@ -279,7 +325,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Vec<StepResult> {
     let executor = spec.executor.clone();
+    let containers = spec.containers.clone();
     let results = run_confined(spec, observer, cancel).await;
+    if let Some(containers) = containers {
+        containers.clean_up().await;
+    }
     executor.clean_up().await;
     results
 }
@@ -358,7 +408,7 @@ async fn run_step(
         Some(w) => spec.workspace.join(w),
         None => spec.workspace.clone(),
     };
-    let mut env = spec.env(&step.env);
+    let mut env = spec.env(&step.env, step.container.is_some());
     env.insert("BETCYCLE_STEP".into(), step.name.clone());
     env.insert("CI".into(), "true".into());
 
@@ -387,8 +437,9 @@ async fn run_step(
             timeout: step.timeout,
             cancel: cancel.clone(),
             on_lines,
+            container: container_spec(step.container.as_ref(), None),
         };
-        let exit = match spec.executor.spawn(process) {
+        let exit = match spec.spawn(process) {
             Ok(spawned) => spawned.await,
             Err(e) => Exit::SpawnFailed(e),
         };

@@ -7,6 +7,7 @@ mod backup;
 mod browser;
 mod cli;
 mod console;
+mod containers;
 mod deploy;
 mod hardening;
 mod hardening_more;

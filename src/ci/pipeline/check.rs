@@ -4,6 +4,7 @@
 
 use super::model::{File, SecretDef, StepDef};
 use super::*;
+use serde_saphyr::Spanned;
 
 /// Which expanded steps (by index) each written step name stands for.
 pub(super) type ByName = HashMap<String, Vec<usize>>;
@@ -40,7 +41,10 @@ pub(super) fn expand_steps(c: &mut Checker, raw: &File) -> (Vec<(usize, Step)>, 
                 format!("{name} ({})", label.join(", "))
             };
             expanded.push(steps.len());
-            steps.push((i, step(c, &here, def, step_name, values)));
+            steps.push((
+                i,
+                step(c, &here, def, raw.image.as_ref(), step_name, values),
+            ));
         }
         by_name.insert(name, expanded);
     }
@@ -120,9 +124,35 @@ pub(super) fn services_of(c: &mut Checker, raw: &File) -> Vec<Service> {
                 format!("duplicate service name \"{name}\""),
             );
         }
+        let here = format!("services[{i}]");
+        let container = s.image.as_ref().and_then(|image| {
+            let image = image_of(c, &here, image)?;
+            if !is_network_alias(&name) {
+                c.at(
+                    s.name.referenced,
+                    format!("{here}.name"),
+                    "a container service's name is its host name on the run's network: \
+                     use letters, digits and - (e.g. postgres)",
+                );
+            }
+            Some(Container {
+                image,
+                memory: None,
+                cpus: None,
+            })
+        });
+        let run = s.run.clone().unwrap_or_default();
+        if run.trim().is_empty() && container.is_none() {
+            c.at(
+                s.name.referenced,
+                format!("{here}.run"),
+                "a service needs run (or an image whose own command it runs)",
+            );
+        }
         services.push(Service {
             name,
-            run: s.run.clone(),
+            run,
+            container,
             env: s.env.clone(),
             ready: s.ready.clone(),
         });
@@ -188,10 +218,101 @@ pub(super) fn expand_matrix(
     combos
 }
 
+/// An image reference, checked: not empty, no spaces.
+fn image_of(c: &mut Checker, here: &str, image: &Spanned<String>) -> Option<String> {
+    let value = image.value.trim();
+    if value.is_empty() || value.contains(char::is_whitespace) {
+        c.at(
+            image.referenced,
+            format!("{here}.image"),
+            format!(
+                "invalid image \"{}\": expected a reference such as rust:1.95",
+                image.value
+            ),
+        );
+        return None;
+    }
+    Some(value.to_string())
+}
+
+/// Letters, digits and `-`, not at either end: usable as a host name.
+fn is_network_alias(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// The step's container: its image (or the pipeline's) and its limits, checked.
+fn container_of(
+    c: &mut Checker,
+    here: &str,
+    def: &StepDef,
+    default_image: Option<&Spanned<String>>,
+) -> Option<Container> {
+    let memory =
+        def.memory
+            .as_ref()
+            .and_then(|m| match crate::core::config::parse_size(&m.value) {
+                Ok(bytes) if bytes >= 6 * 1024 * 1024 => Some(bytes),
+                Ok(_) => {
+                    c.at(
+                        m.referenced,
+                        format!("{here}.memory"),
+                        "memory must be at least 6 MiB (the container engine's minimum)",
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.at(
+                        m.referenced,
+                        format!("{here}.memory"),
+                        format!("invalid memory \"{}\": {e}", m.value),
+                    );
+                    None
+                }
+            });
+    let cpus = def.cpus.as_ref().and_then(|n| {
+        if n.value > 0.0 && n.value <= 1024.0 {
+            Some(n.value)
+        } else {
+            c.at(
+                n.referenced,
+                format!("{here}.cpus"),
+                "cpus must be more than 0 (e.g. 0.5 or 2)",
+            );
+            None
+        }
+    });
+    let Some(image) = def.image.as_ref().or(default_image) else {
+        if let Some(at) = def
+            .memory
+            .as_ref()
+            .map(|m| (m.referenced, "memory"))
+            .or(def.cpus.as_ref().map(|n| (n.referenced, "cpus")))
+        {
+            c.at(
+                at.0,
+                format!("{here}.{}", at.1),
+                "memory and cpus limit a container: give the step an image",
+            );
+        }
+        return None;
+    };
+    let image = image_of(c, here, image)?;
+    Some(Container {
+        image,
+        memory,
+        cpus,
+    })
+}
+
 pub(super) fn step(
     c: &mut Checker,
     here: &str,
     def: &StepDef,
+    default_image: Option<&Spanned<String>>,
     name: String,
     matrix: BTreeMap<String, String>,
 ) -> Step {
@@ -227,6 +348,7 @@ pub(super) fn step(
         reports: def.reports.clone(),
         secrets: def.secrets.iter().map(SecretDef::pair).collect(),
         matrix,
+        container: container_of(c, here, def, default_image),
     }
 }
 

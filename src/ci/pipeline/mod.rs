@@ -75,12 +75,27 @@ pub struct Step {
     pub secrets: Vec<(String, String)>,
     /// This expansion's matrix values (empty for ordinary steps).
     pub matrix: BTreeMap<String, String>,
+    /// The container the step runs in (its own `image` or the pipeline's); `None` runs
+    /// it as a process on the host.
+    pub container: Option<Container>,
+}
+
+/// A step or service that runs in a container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Container {
+    pub image: String,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Service {
     pub name: String,
+    /// Empty for a container service that runs its image's own command.
     pub run: String,
+    pub container: Option<Container>,
     pub env: BTreeMap<String, String>,
     pub ready: Option<String>,
 }

@@ -30,6 +30,9 @@ impl OneOrMany {
 pub struct File {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The container image of every step that names none.
+    #[serde(default)]
+    pub image: Option<Spanned<String>>,
     pub steps: Vec<StepDef>,
     #[serde(default)]
     pub services: Vec<ServiceDef>,
@@ -45,6 +48,15 @@ pub struct File {
 pub struct StepDef {
     pub name: Spanned<String>,
     pub run: String,
+    /// Run in a container of this image (through the container engine).
+    #[serde(default)]
+    pub image: Option<Spanned<String>>,
+    /// A container step's memory limit (`512 MiB`).
+    #[serde(default)]
+    pub memory: Option<Spanned<String>>,
+    /// A container step's CPU limit, in cores (`1.5`).
+    #[serde(default)]
+    pub cpus: Option<Spanned<f64>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
@@ -110,7 +122,12 @@ pub enum SecretDef {
 #[serde(deny_unknown_fields)]
 pub struct ServiceDef {
     pub name: Spanned<String>,
-    pub run: String,
+    /// The command; with an `image`, optional (the image's own command by default).
+    #[serde(default)]
+    pub run: Option<String>,
+    /// Run in a container of this image, reachable by `name` from container steps.
+    #[serde(default)]
+    pub image: Option<Spanned<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// A command retried until it succeeds before steps start (e.g. `pg_isready`).

@@ -123,6 +123,10 @@ impl Runner {
                 project.isolation,
                 &format!("run-{}", run.id),
             ),
+            containers: Some(Arc::new(crate::exec::container::RunContainers::new(
+                self.containers.clone(),
+                &format!("run-{}", run.id),
+            ))),
         };
         let results = self.run_recorded(&run, spec, &names, &reuse, cancel).await;
 

@@ -67,6 +67,8 @@ pub struct Runner {
     pub(super) releases: mpsc::UnboundedSender<Release>,
     /// The pipeline and infrastructure gates.
     pub(super) policies: crate::policy::Policies,
+    /// Where steps and services with an `image` run.
+    pub containers: Arc<crate::exec::container::Engine>,
 }
 
 /// How often a nearly full data disk is said again in the log while runs wait.
@@ -98,6 +100,10 @@ impl Runner {
             workspace_retention: config.workspace_retention,
             min_free_disk: config.health_min_free_disk,
             mirrors: Arc::new(Mirrors::new(&config.data_dir)),
+            containers: crate::exec::container::Engine::new(
+                config.container_socket.clone(),
+                crate::exec::container::Engine::owner_of_data_dir(&config.data_dir),
+            ),
             data_dir: config.data_dir.clone(),
         })
     }

@@ -135,6 +135,8 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     /// The Prometheus server canary analyses query.
     pub prometheus_url: Option<String>,
+    /// The container engine's socket.
+    pub container_socket: String,
     pub health_min_free_disk: u64,
     /// Each option's final value and where it came from, in [`OPTIONS`] order.
     pub sources: Vec<(&'static str, String, Source)>,
@@ -192,7 +194,12 @@ impl Config {
             Some(_) => (r.path("master_key_file")?, true),
             None => (data_dir.join(crate::secrets::seal::MASTER_KEY_FILE), false),
         };
+        let container_socket = crate::exec::container::socket_of(
+            r.get("containers.socket").map(|(v, _)| v.as_str()),
+            &inputs.env,
+        );
         let sources = r.sources(|key| match key {
+            "containers.socket" => container_socket.clone(),
             "public_url" => public_url.clone(),
             "run_concurrency" => run_concurrency.to_string(),
             "log.dir" => log.dir.display().to_string(),
@@ -236,6 +243,7 @@ impl Config {
                 None => None,
             },
             health_min_free_disk: r.size("health.min_free_disk")?,
+            container_socket: container_socket.clone(),
             sources,
         };
         Ok((config, unknown_env_warnings(&inputs.env)))
@@ -548,6 +556,7 @@ fn example_for(key: &str) -> &'static str {
         "tls.key" => "/etc/betcycle/key.pem",
         "proxy.listen" => "0.0.0.0:8443",
         "prometheus.url" => "http://127.0.0.1:9090",
+        "containers.socket" => "/run/podman/podman.sock",
         _ => "",
     }
 }

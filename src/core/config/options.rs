@@ -273,4 +273,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         value_name: "URL",
         help: "Prometheus server a canary's `prometheus` analysis queries (its /api/v1/query).",
     },
+    OptionSpec {
+        key: "containers.socket",
+        flag: "container-socket",
+        env: "BETCYCLE_CONTAINER_SOCKET",
+        default: None,
+        derived: "`DOCKER_HOST` when it is a unix:// socket, else /var/run/docker.sock",
+        integer: false,
+        value_name: "PATH",
+        help: "The container engine's API socket (Docker, or Podman's Docker-compatible one) for steps and services with an `image`.",
+    },
 ];

@@ -63,6 +63,7 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
             project.isolation,
             &format!("deployment-{}", d.id),
         ),
+        containers: None,
     };
     let log = LogFile::create(&deployer.log_path(d.id))?;
     let results = exec::run(spec, Arc::new(log), shutdown.clone()).await;
@@ -134,6 +135,7 @@ fn step_of(t: &ExecTarget, values: &[(String, String)]) -> Step {
             .map(|(env, _)| (env.clone(), env.clone()))
             .collect(),
         matrix: BTreeMap::new(),
+        container: None,
     }
 }
 
