@@ -80,7 +80,7 @@ impl Engine {
         let unreachable = |e: &dyn std::fmt::Display| {
             format!(
                 "cannot reach the container engine at unix://{}: {e} \
-                 (is Docker or Podman running? containers.socket names its socket)",
+                 (is Docker or Podman running? container.socket names its socket)",
                 self.socket
             )
         };

@@ -337,3 +337,21 @@ async fn a_cancelled_run_and_a_killed_server_leave_no_container_behind() {
     );
     server.kill();
 }
+
+#[tokio::test]
+async fn betcycle_run_runs_image_steps_in_containers_too() {
+    let image = busybox_image();
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    crate::run::git_repo(
+        &repo,
+        &format!(
+            "steps:\n  - {{ name: inside, image: {image}, run: \"cat /etc/betcycle-image && echo out > made.txt\" }}\n  - {{ name: outside, run: \"cat made.txt\", depends_on: [inside] }}\n"
+        ),
+    );
+    let (code, stdout, stderr) = run(betcycle(dir.path()).arg("run").arg("--dir").arg(&repo));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("[inside] inside the test image"), "{stdout}");
+    assert!(stdout.contains("[outside] out"), "{stdout}");
+}

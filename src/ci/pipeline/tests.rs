@@ -241,3 +241,49 @@ deploy:
         ]
     );
 }
+
+#[test]
+fn containers_take_the_pipeline_image_and_their_limits_are_checked() {
+    let p = ok(r#"
+image: rust:1.95
+services:
+  - { name: postgres, image: "postgres:16", ready: pg_isready }
+  - { name: local-cache, run: redis-server }
+steps:
+  - { name: test, run: cargo test, memory: 2 GiB, cpus: 1.5 }
+  - { name: docs, image: "alpine:3", run: echo }
+"#);
+    let test = p.steps[0].container.as_ref().unwrap();
+    assert_eq!(test.image, "rust:1.95");
+    assert_eq!(test.memory, Some(2 * 1024 * 1024 * 1024));
+    assert_eq!(test.cpus, Some(1.5));
+    assert_eq!(p.steps[1].container.as_ref().unwrap().image, "alpine:3");
+    let postgres = &p.services[0];
+    assert_eq!(postgres.container.as_ref().unwrap().image, "postgres:16");
+    assert_eq!(postgres.run, "", "the image's own command");
+    assert!(p.services[1].container.is_none(), "a service names its own image");
+
+    let found = problems(
+        r#"
+services:
+  - { name: "my db", image: "postgres:16" }
+  - { name: nothing }
+steps:
+  - { name: a, run: x, memory: 1 GiB }
+  - { name: b, run: x, image: "bad image", cpus: 0 }
+  - { name: c, run: x, image: "alpine:3", memory: lots }
+"#,
+    );
+    let expected = [
+        ".betcycle.yml:3:13: services[0].name: a container service's name is its host name",
+        ".betcycle.yml:4:13: services[1].run: a service needs run (or an image",
+        ".betcycle.yml:6:32: steps[0].memory: memory and cpus limit a container: give the step an image",
+        ".betcycle.yml:7:31: steps[1].image: invalid image \"bad image\"",
+        ".betcycle.yml:7:50: steps[1].cpus: cpus must be more than 0",
+        ".betcycle.yml:8:51: steps[2].memory: invalid memory \"lots\"",
+    ];
+    for e in expected {
+        assert!(found.iter().any(|f| f.starts_with(e)), "{e}\nnot in\n{found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}

@@ -195,11 +195,11 @@ impl Config {
             None => (data_dir.join(crate::secrets::seal::MASTER_KEY_FILE), false),
         };
         let container_socket = crate::exec::container::socket_of(
-            r.get("containers.socket").map(|(v, _)| v.as_str()),
+            r.get("container.socket").map(|(v, _)| v.as_str()),
             &inputs.env,
         );
         let sources = r.sources(|key| match key {
-            "containers.socket" => container_socket.clone(),
+            "container.socket" => container_socket.clone(),
             "public_url" => public_url.clone(),
             "run_concurrency" => run_concurrency.to_string(),
             "log.dir" => log.dir.display().to_string(),
@@ -556,7 +556,7 @@ fn example_for(key: &str) -> &'static str {
         "tls.key" => "/etc/betcycle/key.pem",
         "proxy.listen" => "0.0.0.0:8443",
         "prometheus.url" => "http://127.0.0.1:9090",
-        "containers.socket" => "/run/podman/podman.sock",
+        "container.socket" => "/run/podman/podman.sock",
         _ => "",
     }
 }

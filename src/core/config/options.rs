@@ -274,7 +274,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "Prometheus server a canary's `prometheus` analysis queries (its /api/v1/query).",
     },
     OptionSpec {
-        key: "containers.socket",
+        key: "container.socket",
         flag: "container-socket",
         env: "BETCYCLE_CONTAINER_SOCKET",
         default: None,
