@@ -29,8 +29,9 @@ if $quick; then
     "bench/store-scale.sh 2000"
     "bench/memory.sh 200"
     "bench/proxy.sh 2 3"
+    "bench/container-overhead.sh 3 1"
   )
-  expected=20
+  expected=21
 else
   out=${out:-bench/results.md}
   plan=(
@@ -42,8 +43,9 @@ else
     "bench/store-scale.sh 100000 1000000"
     "bench/memory.sh 10000"
     "bench/proxy.sh 10 20"
+    "bench/container-overhead.sh 20 3"
   )
-  expected=26
+  expected=27
 fi
 betcycle_bin >/dev/null   # build once, before anything is timed
 # Read before the results file (tracked) is written below.
