@@ -352,6 +352,9 @@ async fn betcycle_run_runs_image_steps_in_containers_too() {
     );
     let (code, stdout, stderr) = run(betcycle(dir.path()).arg("run").arg("--dir").arg(&repo));
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert!(stdout.contains("[inside] inside the test image"), "{stdout}");
+    assert!(
+        stdout.contains("[inside] inside the test image"),
+        "{stdout}"
+    );
     assert!(stdout.contains("[outside] out"), "{stdout}");
 }

@@ -48,15 +48,6 @@ pub struct File {
 pub struct StepDef {
     pub name: Spanned<String>,
     pub run: String,
-    /// Run in a container of this image (through the container engine).
-    #[serde(default)]
-    pub image: Option<Spanned<String>>,
-    /// A container step's memory limit (`512 MiB`).
-    #[serde(default)]
-    pub memory: Option<Spanned<String>>,
-    /// A container step's CPU limit, in cores (`1.5`).
-    #[serde(default)]
-    pub cpus: Option<Spanned<f64>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
@@ -79,6 +70,15 @@ pub struct StepDef {
     pub secrets: Vec<SecretDef>,
     #[serde(default)]
     pub matrix: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+    /// Run in a container of this image (through the container engine).
+    #[serde(default)]
+    pub image: Option<Spanned<String>>,
+    /// A container step's memory limit (`512 MiB`).
+    #[serde(default)]
+    pub memory: Option<Spanned<String>>,
+    /// A container step's CPU limit, in cores (`1.5`).
+    #[serde(default)]
+    pub cpus: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,7 +68,7 @@ fn unknown_keys_name_line_column_path_and_a_suggestion() {
     assert_eq!(
         problems(text),
         [
-            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix (did you mean \"run\"?)"
+            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix, image, memory, cpus (did you mean \"run\"?)"
         ]
     );
     let text = "steps:\n  - name: a\n    run: x\n    retry: lots\n";
@@ -261,7 +261,10 @@ steps:
     let postgres = &p.services[0];
     assert_eq!(postgres.container.as_ref().unwrap().image, "postgres:16");
     assert_eq!(postgres.run, "", "the image's own command");
-    assert!(p.services[1].container.is_none(), "a service names its own image");
+    assert!(
+        p.services[1].container.is_none(),
+        "a service names its own image"
+    );
 
     let found = problems(
         r#"
@@ -283,7 +286,10 @@ steps:
         ".betcycle.yml:8:51: steps[2].memory: invalid memory \"lots\"",
     ];
     for e in expected {
-        assert!(found.iter().any(|f| f.starts_with(e)), "{e}\nnot in\n{found:#?}");
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "{e}\nnot in\n{found:#?}"
+        );
     }
     assert_eq!(found.len(), expected.len(), "{found:#?}");
 }
