@@ -1,7 +1,8 @@
-//! The local executor: runs a [`Pipeline`]'s steps as processes in a workspace,
-//! independent steps in parallel, and collects what they produced (status, timing, test
-//! results, coverage, artifacts). `betcycle run` uses it directly; the server uses the
-//! same code for its runs.
+//! Runs a [`Pipeline`]'s steps in a workspace — as processes on the host (`local/`) or,
+//! for those with an `image`, in containers (`container.rs`) — independent steps in
+//! parallel, and collects what they produced (status, timing, test results, coverage,
+//! artifacts). `betcycle run` uses it directly; the server uses the same code for its
+//! runs.
 
 pub mod container;
 pub mod local;
