@@ -2,8 +2,11 @@
 # Proves the packaging: the release binary is static and serves the console from an empty
 # directory; the Helm chart renders manifests that pass the Kubernetes schemas; the Nix
 # files parse; the systemd unit passes `systemd-analyze verify`; the GitHub workflows are
-# valid YAML. .ci/run calls it; run it alone with `bash packaging/check.sh`.
-# Needs: musl-tools, nix-bin, systemd, file, python3 (with venv) — .ci/run installs them.
+# valid YAML; the scratch image builds, runs healthy, stops gracefully and restarts with
+# its records (`image-check.sh`, on the Docker Engine). .ci/run calls it; run it alone
+# with `bash packaging/check.sh`.
+# Needs: musl-tools, nix-bin, systemd, file, python3 (with venv), curl and a running
+# Docker Engine — .ci/run installs the packages and checks the engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -95,4 +98,6 @@ kill -TERM "$(cat "$empty/pid")"
 sleep 1
 ls -A "$empty"
 rm -rf "$empty"
+
+bash packaging/image-check.sh "$binary"
 echo "--- packaging checks passed"

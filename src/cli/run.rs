@@ -138,6 +138,7 @@ impl Run {
             .or_else(|| git(&dir, &["rev-parse", "--abbrev-ref", "HEAD"]));
         let context = context(&dir, branch.as_deref(), &self.event);
         let env_for_socket = env.clone();
+        let workspace_for_cache = dir.clone();
         let passthrough = env
             .iter()
             .filter(|(k, _)| PASSTHROUGH_ENV.contains(&k.as_str()))
@@ -173,6 +174,8 @@ impl Run {
                     "local",
                 ),
             )),
+            // This machine's own cache directory, one namespace per repository.
+            cache: local_cache(&env_for_socket, &workspace_for_cache),
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -263,4 +266,21 @@ fn summary(results: &[StepResult]) {
             );
         }
     }
+}
+
+/// `betcycle run`'s caches: `$XDG_CACHE_HOME/betcycle` (or `~/.cache/betcycle`), one
+/// namespace per repository directory, at most 5 GiB in all.
+fn local_cache(
+    env: &BTreeMap<String, String>,
+    dir: &std::path::Path,
+) -> Option<crate::exec::cache::CacheSpace> {
+    use sha2::Digest;
+    let root = env
+        .get("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env.get("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+        .join("betcycle");
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let namespace = format!("dir-{}", &crate::identity::secret::hex(&digest)[..16]);
+    Some(crate::exec::cache::Caches::new(root, 5 * 1024 * 1024 * 1024).space(&namespace))
 }

@@ -4,6 +4,7 @@
 //! artifacts). `betcycle run` uses it directly; the server uses the same code for its
 //! runs.
 
+pub mod cache;
 pub mod container;
 pub mod local;
 mod reports;
@@ -182,6 +183,8 @@ pub struct RunSpec {
     /// Where its steps and services with an `image` run; without an engine they fail
     /// and say so.
     pub containers: Option<Arc<container::RunContainers>>,
+    /// Where steps' `cache:` is kept (none: caches are neither restored nor saved).
+    pub cache: Option<cache::CacheSpace>,
 }
 
 /// One process for an [`Executor`]: a step attempt, a service or a readiness probe.
@@ -423,6 +426,7 @@ async fn run_step(
             ..skipped(&step.name, reason)
         };
     }
+    let cache = restore_cache(spec, step, &observer).await;
     let mut attempts = 0;
     let (status, exit_code, reason) = loop {
         attempts += 1;
@@ -463,6 +467,9 @@ async fn run_step(
         );
     };
 
+    if status == StepStatus::Succeeded {
+        save_cache(spec, step, cache, &observer).await;
+    }
     let mut warnings = Vec::new();
     let (tests, coverage) = reports_of(&spec.workspace, step, &mut warnings);
     let artifacts = collect_artifacts(&spec.workspace, &step.artifacts, &mut warnings);

@@ -139,3 +139,84 @@ pub(super) fn outcome_of(step: &Step, exit: Exit) -> (StepStatus, Option<i32>, S
         Exit::SpawnFailed(e) => (StepStatus::Failed, None, e),
     }
 }
+
+/// A step's rendered cache key and whether it was restored.
+pub(super) struct CacheUse {
+    key: String,
+    restored: bool,
+}
+
+/// Restores the step's cache, saying in its log what happened; a failure is said and
+/// the step runs without it.
+pub(super) async fn restore_cache(
+    spec: &RunSpec,
+    step: &Step,
+    observer: &Arc<dyn Observer>,
+) -> Option<CacheUse> {
+    let def = step.cache.as_ref()?;
+    let say =
+        |text: String| observer.line(&step.name, Stream::Stderr, &format!("betcycle: {text}"));
+    let Some(space) = spec.cache.clone() else {
+        say("caches are not kept here; running without".into());
+        return None;
+    };
+    let workspace = spec.workspace.clone();
+    let key = match crate::ci::pipeline::Cache::render(&def.key, |patterns| {
+        cache::CacheSpace::hash_files(&workspace, patterns)
+    }) {
+        Ok(key) => key,
+        Err(e) => {
+            say(format!("cache key: {e}"));
+            return None;
+        }
+    };
+    let (k, ws) = (key.clone(), workspace.clone());
+    let restored = tokio::task::spawn_blocking(move || space.restore(&k, &ws))
+        .await
+        .unwrap_or_else(|e| Err(format!("the restore failed: {e}")));
+    let restored = match restored {
+        Ok(cache::Outcome::Restored { bytes }) => {
+            say(format!("cache restored: key {key}, {bytes} bytes"));
+            true
+        }
+        Ok(_) => {
+            say(format!(
+                "no cache for key {key}; it is saved if the step succeeds"
+            ));
+            false
+        }
+        Err(e) => {
+            say(e);
+            false
+        }
+    };
+    Some(CacheUse { key, restored })
+}
+
+/// Saves the step's cache under its key, unless it was restored from it.
+pub(super) async fn save_cache(
+    spec: &RunSpec,
+    step: &Step,
+    cache: Option<CacheUse>,
+    observer: &Arc<dyn Observer>,
+) {
+    let (Some(def), Some(space), Some(used)) = (&step.cache, spec.cache.clone(), cache) else {
+        return;
+    };
+    if used.restored {
+        return;
+    }
+    let (key, ws, paths) = (used.key.clone(), spec.workspace.clone(), def.paths.clone());
+    let saved = tokio::task::spawn_blocking(move || space.save(&key, &ws, &paths))
+        .await
+        .unwrap_or_else(|e| Err(format!("the save failed: {e}")));
+    let text = match saved {
+        Ok(cache::Outcome::Saved { bytes }) => {
+            format!("cache saved: key {}, {bytes} bytes", used.key)
+        }
+        Ok(cache::Outcome::Skipped(why)) => format!("cache not saved: {why}"),
+        Ok(_) => return,
+        Err(e) => e,
+    };
+    observer.line(&step.name, Stream::Stderr, &format!("betcycle: {text}"));
+}

@@ -5,6 +5,7 @@ mod access;
 mod accounts;
 mod backup;
 mod browser;
+mod caches;
 mod cli;
 mod console;
 mod containers;

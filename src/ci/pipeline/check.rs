@@ -349,7 +349,45 @@ pub(super) fn step(
         secrets: def.secrets.iter().map(SecretDef::pair).collect(),
         matrix,
         container: container_of(c, here, def, default_image),
+        cache: cache_of(c, here, def),
     }
+}
+
+/// The step's `cache`, checked: a key that renders (its patterns valid), paths inside
+/// the workspace.
+fn cache_of(c: &mut Checker, here: &str, def: &StepDef) -> Option<Cache> {
+    let cache = def.cache.as_ref()?;
+    let at = cache.referenced;
+    let mut ok = true;
+    if let Err(e) = Cache::render(&cache.value.key, |_| "0".repeat(64)) {
+        c.at(at, format!("{here}.cache.key"), e);
+        ok = false;
+    }
+    if cache.value.paths.is_empty() {
+        c.at(
+            at,
+            format!("{here}.cache.paths"),
+            "a cache needs at least one path",
+        );
+        ok = false;
+    }
+    for (j, p) in cache.value.paths.iter().enumerate() {
+        if !inside_workspace(p) || p.trim().is_empty() || p.starts_with('~') {
+            c.at(
+                at,
+                format!("{here}.cache.paths[{j}]"),
+                format!(
+                    "cache paths are relative and inside the workspace, not \"{p}\" \
+                     (for a tool's own cache, point it there: CARGO_HOME=.cargo)"
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| Cache {
+        key: cache.value.key.clone(),
+        paths: cache.value.paths.clone(),
+    })
 }
 
 /// The step's `timeout`, checked (more than zero, a duration).

@@ -78,6 +78,61 @@ pub struct Step {
     /// The container the step runs in (its own `image` or the pipeline's); `None` runs
     /// it as a process on the host.
     pub container: Option<Container>,
+    pub cache: Option<Cache>,
+}
+
+/// A step's cache: `paths` (inside the workspace) restored before it runs and saved
+/// after it succeeds, under `key`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cache {
+    /// As written; `{{ hashFiles('…') }}` is replaced when the step runs.
+    pub key: String,
+    pub paths: Vec<String>,
+}
+
+impl Cache {
+    /// The key with each `{{ hashFiles('pattern', …) }}` replaced by `hash(patterns)`;
+    /// an error names what is not understood.
+    pub fn render(key: &str, mut hash: impl FnMut(&[String]) -> String) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = key;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| "a {{ without its }}".to_string())?;
+            let expr = after[..end].trim();
+            let args = expr
+                .strip_prefix("hashFiles(")
+                .and_then(|a| a.strip_suffix(')'))
+                .ok_or_else(|| {
+                    format!("unknown expression \"{expr}\": use hashFiles('pattern', …)")
+                })?;
+            let patterns: Vec<String> = args
+                .split(',')
+                .map(|a| {
+                    let a = a.trim();
+                    a.strip_prefix('\'')
+                        .and_then(|a| a.strip_suffix('\''))
+                        .or_else(|| a.strip_prefix('"').and_then(|a| a.strip_suffix('"')))
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("hashFiles takes quoted patterns, not {a}"))
+                })
+                .collect::<Result<_, _>>()?;
+            for p in &patterns {
+                Glob::new(p).map_err(|e| format!("invalid pattern \"{p}\": {e}"))?;
+            }
+            out.push_str(&hash(&patterns));
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        let out = out.trim().to_string();
+        if out.is_empty() || out.len() > 200 {
+            return Err("a cache key is 1 to 200 characters".into());
+        }
+        Ok(out)
+    }
 }
 
 /// A step or service that runs in a container.

@@ -79,6 +79,17 @@ pub struct StepDef {
     /// A container step's CPU limit, in cores (`1.5`).
     #[serde(default)]
     pub cpus: Option<Spanned<f64>>,
+    /// Files kept between runs under a key.
+    #[serde(default)]
+    pub cache: Option<Spanned<CacheDef>>,
+}
+
+/// `cache: { key: "deps-{{ hashFiles('Cargo.lock') }}", paths: [target] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDef {
+    pub key: String,
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

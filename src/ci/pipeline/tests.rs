@@ -293,3 +293,23 @@ steps:
     }
     assert_eq!(found.len(), expected.len(), "{found:#?}");
 }
+
+#[test]
+fn caches_need_a_key_that_renders_and_paths_inside_the_workspace() {
+    let p = ok(
+        "steps:\n  - name: a\n    run: x\n    cache: { key: \"deps-{{ hashFiles('Cargo.lock') }}\", paths: [target, .cargo] }\n",
+    );
+    let cache = p.steps[0].cache.as_ref().unwrap();
+    assert_eq!(cache.paths, ["target", ".cargo"]);
+    let found = problems(
+        "steps:\n  - name: a\n    run: x\n    cache: { key: \"{{ branch }}\", paths: [~/.cargo/registry, ../up] }\n",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(
+        found[0]
+            .starts_with(".betcycle.yml:4:12: steps[0].cache.key: unknown expression \"branch\""),
+        "{found:#?}"
+    );
+    assert!(found[1].contains("steps[0].cache.paths[0]: cache paths are relative and inside the workspace, not \"~/.cargo/registry\""), "{found:#?}");
+    assert!(found[2].contains("steps[0].cache.paths[1]"), "{found:#?}");
+}

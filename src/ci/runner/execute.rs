@@ -127,6 +127,7 @@ impl Runner {
                 self.containers.clone(),
                 &format!("run-{}", run.id),
             ))),
+            cache: Some(self.caches.space(&format!("project-{}", project.id))),
         };
         let results = self.run_recorded(&run, spec, &names, &reuse, cancel).await;
 

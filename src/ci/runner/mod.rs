@@ -69,6 +69,8 @@ pub struct Runner {
     pub(super) policies: crate::policy::Policies,
     /// Where steps and services with an `image` run.
     pub containers: Arc<crate::exec::container::Engine>,
+    /// Steps' caches, one namespace per project.
+    pub(super) caches: Arc<crate::exec::cache::Caches>,
 }
 
 /// How often a nearly full data disk is said again in the log while runs wait.
@@ -103,6 +105,10 @@ impl Runner {
             containers: crate::exec::container::Engine::new(
                 config.container_socket.clone(),
                 crate::exec::container::Engine::owner_of_data_dir(&config.data_dir),
+            ),
+            caches: crate::exec::cache::Caches::new(
+                config.data_dir.join("cache"),
+                config.cache_max_size,
             ),
             data_dir: config.data_dir.clone(),
         })

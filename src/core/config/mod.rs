@@ -137,6 +137,8 @@ pub struct Config {
     pub prometheus_url: Option<String>,
     /// The container engine's socket.
     pub container_socket: String,
+    /// Space all steps' caches may take together.
+    pub cache_max_size: u64,
     pub health_min_free_disk: u64,
     /// Each option's final value and where it came from, in [`OPTIONS`] order.
     pub sources: Vec<(&'static str, String, Source)>,
@@ -244,6 +246,7 @@ impl Config {
             },
             health_min_free_disk: r.size("health.min_free_disk")?,
             container_socket: container_socket.clone(),
+            cache_max_size: r.size("cache.max_size")?,
             sources,
         };
         Ok((config, unknown_env_warnings(&inputs.env)))

@@ -283,4 +283,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         value_name: "PATH",
         help: "The container engine's API socket (Docker, or Podman's Docker-compatible one) for steps and services with an `image`.",
     },
+    OptionSpec {
+        key: "cache.max_size",
+        flag: "cache-max-size",
+        env: "BETCYCLE_CACHE_MAX_SIZE",
+        default: Some("5 GiB"),
+        derived: "",
+        integer: false,
+        value_name: "SIZE",
+        help: "Space all steps' caches may take together; past it the least recently used keys are removed.",
+    },
 ];

@@ -64,6 +64,7 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
             &format!("deployment-{}", d.id),
         ),
         containers: None,
+        cache: None,
     };
     let log = LogFile::create(&deployer.log_path(d.id))?;
     let results = exec::run(spec, Arc::new(log), shutdown.clone()).await;
@@ -136,6 +137,7 @@ fn step_of(t: &ExecTarget, values: &[(String, String)]) -> Step {
             .collect(),
         matrix: BTreeMap::new(),
         container: None,
+        cache: None,
     }
 }
 
