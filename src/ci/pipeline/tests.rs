@@ -68,7 +68,7 @@ fn unknown_keys_name_line_column_path_and_a_suggestion() {
     assert_eq!(
         problems(text),
         [
-            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix, image, memory, cpus (did you mean \"run\"?)"
+            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix, image, memory, cpus, cache (did you mean \"run\"?)"
         ]
     );
     let text = "steps:\n  - name: a\n    run: x\n    retry: lots\n";
