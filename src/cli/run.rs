@@ -172,6 +172,8 @@ impl Run {
                         format!("betcycle-run-{}", std::process::id()),
                     ),
                     "local",
+                    // A developer's own machine: their own call.
+                    true,
                 ),
             )),
             // This machine's own cache directory, one namespace per repository.

@@ -171,6 +171,9 @@ pub struct ContainerSpec {
     pub image: String,
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
+    /// Asked by the step; refused unless the run allows host access.
+    pub privileged: bool,
+    pub volumes: Vec<String>,
     /// A service's name: its container's host name on the run's network. The container
     /// stays until the run ends.
     pub service: Option<String>,
@@ -188,11 +191,14 @@ pub struct RunContainers {
     services: Mutex<BTreeMap<String, String>>,
     /// Every container of the run not yet removed (removed at the end of the run).
     containers: Mutex<std::collections::BTreeSet<String>>,
+    /// Whether steps may be privileged and mount host paths (the project's setting).
+    host_access: bool,
 }
 
 impl RunContainers {
-    pub fn new(engine: Arc<Engine>, run: &str) -> RunContainers {
+    pub fn new(engine: Arc<Engine>, run: &str, host_access: bool) -> RunContainers {
         RunContainers {
+            host_access,
             engine,
             run: run.to_string(),
             network: OnceCell::new(),
@@ -285,6 +291,14 @@ impl RunContainers {
         p: &Process,
         spec: &ContainerSpec,
     ) -> Result<String, String> {
+        if (spec.privileged || !spec.volumes.is_empty()) && !self.host_access {
+            return Err(
+                "privileged containers and host volumes are off for this project; an \
+                 administrator can allow them (PUT /api/v1/projects/<slug>/containers \
+                 {\"host_access\": true})"
+                    .into(),
+            );
+        }
         Self::ensure_image(docker, &spec.image).await?;
         let network = self.network(docker).await?;
         let workspace = p.workspace.display().to_string();
@@ -301,7 +315,12 @@ impl RunContainers {
             working_dir: Some(p.dir.display().to_string()),
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
-                binds: Some(vec![format!("{workspace}:{workspace}")]),
+                binds: Some(
+                    std::iter::once(format!("{workspace}:{workspace}"))
+                        .chain(spec.volumes.iter().cloned())
+                        .collect(),
+                ),
+                privileged: Some(spec.privileged),
                 network_mode: Some(network.clone()),
                 memory: spec.memory.map(|m| m as i64),
                 nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),

@@ -268,6 +268,8 @@ fn container_spec(
         image: c.image.clone(),
         memory: c.memory,
         cpus: c.cpus,
+        privileged: c.privileged,
+        volumes: c.volumes.clone(),
         service: service.map(str::to_string),
         exec_in: None,
     })

@@ -41,6 +41,10 @@ pub struct Project {
     /// administrator changes it.
     #[serde(default)]
     pub isolation: crate::exec::local::sandbox::Isolation,
+    /// Whether its container steps may be privileged and mount host paths; only an
+    /// administrator turns it on.
+    #[serde(default)]
+    pub container_host_access: bool,
 }
 
 /// The project secret webhook deliveries are verified with.
@@ -89,6 +93,9 @@ pub struct ProjectChange {
     /// Set only through the administrators' isolation route, never from a request body.
     #[serde(skip)]
     pub isolation: Option<crate::exec::local::sandbox::Isolation>,
+    /// Set only through the administrators' containers route.
+    #[serde(skip)]
+    pub container_host_access: Option<bool>,
 }
 
 impl ProjectChange {
@@ -107,6 +114,7 @@ impl ProjectChange {
             forge_api_url: self.forge_api_url,
             poll_interval: self.poll_interval,
             isolation: self.isolation,
+            container_host_access: self.container_host_access,
         }
     }
 }
@@ -237,6 +245,9 @@ pub fn apply(project: &mut Project, change: ProjectChange) -> Result<(), String>
     }
     if let Some(isolation) = change.isolation {
         project.isolation = isolation;
+    }
+    if let Some(allowed) = change.container_host_access {
+        project.container_host_access = allowed;
     }
     Ok(())
 }

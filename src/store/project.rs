@@ -41,6 +41,7 @@ impl Store {
                 forge: None,
                 poll_interval: None,
                 isolation: Default::default(),
+                container_host_access: false,
             };
             projects::apply(&mut project, change).map_err(Error::Invalid)?;
             tx.open_table(PROJECTS)?

@@ -47,6 +47,7 @@ pub(crate) const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/v1/projects/{slug}", "project:maintainer"),
     ("DELETE", "/api/v1/projects/{slug}", "admin"),
     ("PUT", "/api/v1/projects/{slug}/isolation", "admin"),
+    ("PUT", "/api/v1/projects/{slug}/containers", "admin"),
     (
         "PUT",
         "/api/v1/projects/{slug}/members/{subject}",

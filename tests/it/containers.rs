@@ -358,3 +358,45 @@ async fn betcycle_run_runs_image_steps_in_containers_too() {
     );
     assert!(stdout.contains("[outside] out"), "{stdout}");
 }
+
+#[tokio::test]
+async fn host_volumes_and_privileged_mode_wait_for_an_administrator() {
+    let image = busybox_image();
+    let dir = tempdir();
+    let host = dir.path().join("host-files");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("note.txt"), "from the host\n").unwrap();
+    let pipeline = format!(
+        "steps:\n  - {{ name: mounted, image: {image}, run: \"cat /mnt/host/note.txt\", volumes: [\"{}:/mnt/host:ro\"] }}\n",
+        host.display()
+    );
+    let (server, _) = demo(dir.path(), &pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    let run: Value = wait_for(&server, "demo", 1, |r| r["status"] == "failed").await;
+    let reason = run["steps"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("host volumes are off for this project")
+            && reason.contains("/api/v1/projects/<slug>/containers"),
+        "{reason}"
+    );
+
+    let (status, project) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/projects/demo/containers",
+            json!({"host_access": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{project}");
+    assert_eq!(project["container_host_access"], true);
+    trigger(&server, "demo").await;
+    let run: Value = wait_for(&server, "demo", 2, |r| {
+        r["status"] != "queued" && r["status"] != "running"
+    })
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let log = step_log(&server, 2, "mounted").await;
+    assert!(log.contains("from the host"), "{log}");
+    let audit = server.get_text("/api/v1/audit").await;
+    assert!(audit.contains("project.containers"), "{audit}");
+}

@@ -139,6 +139,8 @@ pub(super) fn services_of(c: &mut Checker, raw: &File) -> Vec<Service> {
                 image,
                 memory: None,
                 cpus: None,
+                privileged: false,
+                volumes: Vec::new(),
             })
         });
         let run = s.run.clone().unwrap_or_default();
@@ -285,17 +287,36 @@ fn container_of(
             None
         }
     });
-    let Some(image) = def.image.as_ref().or(default_image) else {
-        if let Some(at) = def
-            .memory
-            .as_ref()
-            .map(|m| (m.referenced, "memory"))
-            .or(def.cpus.as_ref().map(|n| (n.referenced, "cpus")))
-        {
+    for (j, v) in def.volumes.iter().enumerate() {
+        let parts: Vec<&str> = v.value.split(':').collect();
+        let valid = matches!(parts.len(), 2 | 3)
+            && parts[0].starts_with('/')
+            && parts[1].starts_with('/')
+            && parts.get(2).is_none_or(|m| matches!(*m, "ro" | "rw"));
+        if !valid {
             c.at(
-                at.0,
-                format!("{here}.{}", at.1),
-                "memory and cpus limit a container: give the step an image",
+                v.referenced,
+                format!("{here}.volumes[{j}]"),
+                format!(
+                    "invalid volume \"{}\": expected /host/path:/container/path, optionally :ro",
+                    v.value
+                ),
+            );
+        }
+    }
+    let Some(image) = def.image.as_ref().or(default_image) else {
+        let asked = [
+            def.memory.as_ref().map(|m| (m.referenced, "memory")),
+            def.cpus.as_ref().map(|n| (n.referenced, "cpus")),
+            def.volumes.first().map(|v| (v.referenced, "volumes")),
+            def.privileged
+                .then_some((def.name.referenced, "privileged")),
+        ];
+        if let Some((at, field)) = asked.into_iter().flatten().next() {
+            c.at(
+                at,
+                format!("{here}.{field}"),
+                "memory, cpus, volumes and privileged are a container's: give the step an image",
             );
         }
         return None;
@@ -305,6 +326,8 @@ fn container_of(
         image,
         memory,
         cpus,
+        privileged: def.privileged,
+        volumes: def.volumes.iter().map(|v| v.value.clone()).collect(),
     })
 }
 

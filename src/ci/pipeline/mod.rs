@@ -143,6 +143,10 @@ pub struct Container {
     pub memory: Option<u64>,
     /// CPU limit in cores.
     pub cpus: Option<f64>,
+    /// Privileged mode and host mounts (`/host:/container[:ro]`): only where the
+    /// project allows host access.
+    pub privileged: bool,
+    pub volumes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -79,6 +79,13 @@ pub struct StepDef {
     /// A container step's CPU limit, in cores (`1.5`).
     #[serde(default)]
     pub cpus: Option<Spanned<f64>>,
+    /// A privileged container (the project must allow host access).
+    #[serde(default)]
+    pub privileged: bool,
+    /// Host paths mounted into the container, `/host:/container[:ro]` (the project must
+    /// allow host access).
+    #[serde(default)]
+    pub volumes: Vec<Spanned<String>>,
     /// Files kept between runs under a key.
     #[serde(default)]
     pub cache: Option<Spanned<CacheDef>>,

@@ -68,7 +68,7 @@ fn unknown_keys_name_line_column_path_and_a_suggestion() {
     assert_eq!(
         problems(text),
         [
-            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix, image, memory, cpus, cache (did you mean \"run\"?)"
+            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix, image, memory, cpus, privileged, volumes, cache (did you mean \"run\"?)"
         ]
     );
     let text = "steps:\n  - name: a\n    run: x\n    retry: lots\n";
@@ -280,7 +280,7 @@ steps:
     let expected = [
         ".betcycle.yml:3:13: services[0].name: a container service's name is its host name",
         ".betcycle.yml:4:13: services[1].run: a service needs run (or an image",
-        ".betcycle.yml:6:32: steps[0].memory: memory and cpus limit a container: give the step an image",
+        ".betcycle.yml:6:32: steps[0].memory: memory, cpus, volumes and privileged are a container's: give the step an image",
         ".betcycle.yml:7:31: steps[1].image: invalid image \"bad image\"",
         ".betcycle.yml:7:50: steps[1].cpus: cpus must be more than 0",
         ".betcycle.yml:8:51: steps[2].memory: invalid memory \"lots\"",

@@ -126,6 +126,7 @@ impl Runner {
             containers: Some(Arc::new(crate::exec::container::RunContainers::new(
                 self.containers.clone(),
                 &format!("run-{}", run.id),
+                project.container_host_access,
             ))),
             cache: Some(self.caches.space(&format!("project-{}", project.id))),
         };

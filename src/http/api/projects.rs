@@ -96,6 +96,43 @@ pub async fn set_isolation(
     Ok(Json(project))
 }
 
+#[derive(serde::Deserialize)]
+pub struct ContainersChange {
+    /// Whether container steps may be `privileged` and mount host `volumes`.
+    pub host_access: bool,
+}
+
+/// Whether the project's container steps may be privileged and mount host paths;
+/// administrators only, since either gives a step the host.
+pub async fn set_containers(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Json(change): Json<ContainersChange>,
+) -> ServerResult<Json<Project>> {
+    let project = app
+        .store
+        .update_project(
+            &slug,
+            ProjectChange {
+                container_host_access: Some(change.host_access),
+                ..ProjectChange::default()
+            },
+            Record::new(
+                &signed.audit,
+                "project.containers",
+                format!("project:{slug}"),
+            )
+            .detail(if change.host_access {
+                "host access on"
+            } else {
+                "host access off"
+            }),
+        )
+        .await?;
+    Ok(Json(project))
+}
+
 pub async fn delete(
     State(app): State<App>,
     signed: Signed,
@@ -154,6 +191,7 @@ pub fn routes() -> Vec<Route> {
         PATCH "/api/v1/projects/{slug}" MAINTAINER => update,
         DELETE "/api/v1/projects/{slug}" ADMIN => delete,
         PUT "/api/v1/projects/{slug}/isolation" ADMIN => set_isolation,
+        PUT "/api/v1/projects/{slug}/containers" ADMIN => set_containers,
         GET "/api/v1/projects/{slug}/members" VIEWER => members,
         PUT "/api/v1/projects/{slug}/members/{subject}" MAINTAINER => set_member,
         DELETE "/api/v1/projects/{slug}/members/{subject}" MAINTAINER => remove_member,
