@@ -1,8 +1,8 @@
 //! Backups: one `.tar.gz` holding a consistent snapshot of the store and the files under
 //! the data directory that records point at — step logs (`runs/`), artifacts
 //! (`artifacts/`), kept webhook payloads (`deliveries/`) and deployment logs
-//! (`deployments/*.log`). Repository mirrors, workspaces and the server's own log files are
-//! left out: BetCycle makes them again.
+//! (`deployments/*.log`). Repository mirrors, workspaces, step caches (`cache/`) and the
+//! server's own log files are left out: BetCycle makes them again.
 //!
 //! The master key is not in a backup unless asked for (`--include-master-key`): a backup
 //! that carries its key makes the sealed secrets in it readable by whoever holds the file.
