@@ -239,7 +239,17 @@ impl prometheus_client::collector::Collector for StoreCollector {
             "betcycle_store_size_bytes",
             "Size of the database file in bytes",
             self.0.file_size() as f64,
-        )
+        )?;
+        let dir = self.0.path().parent().unwrap_or(std::path::Path::new("."));
+        match crate::core::health::free_disk_bytes(dir) {
+            Some(free) => gauge(
+                &mut encoder,
+                "betcycle_data_disk_free_bytes",
+                "Free space on the data directory's disk in bytes",
+                free as f64,
+            ),
+            None => Ok(()),
+        }
     }
 }
 

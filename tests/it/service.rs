@@ -183,7 +183,7 @@ impl Project {
         .await
     }
 
-    async fn get(&self, host: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, host: &str) -> (u16, String) {
         let r = client()
             .get(format!("{}/", self.proxy))
             .header("host", host)
