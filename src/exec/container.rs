@@ -306,10 +306,15 @@ impl RunContainers {
             Some(s) => format!("{network}-{s}"),
             None => format!("{network}-{}", random_suffix()),
         };
-        let cmd = (!p.script.trim().is_empty())
-            .then(|| vec!["sh".to_string(), "-c".to_string(), p.script.clone()]);
+        // A `run` replaces the image's entrypoint (as Woodpecker and GitLab do), so an
+        // image whose entrypoint is a tool still runs the script; without one (a
+        // service), the image's own entrypoint and command run.
+        let script = !p.script.trim().is_empty();
+        let entrypoint = script.then(|| vec!["sh".to_string(), "-c".to_string()]);
+        let cmd = script.then(|| vec![p.script.clone()]);
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
+            entrypoint,
             cmd,
             env: Some(p.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: Some(p.dir.display().to_string()),

@@ -57,6 +57,35 @@ pub(crate) fn busybox_image() -> &'static str {
     IMAGE
 }
 
+/// [`IMAGE`] with an entrypoint that fails: a step's `run` must replace it.
+pub(crate) fn entrypoint_image() -> &'static str {
+    const TOOL: &str = "betcycle-test-entrypoint:1";
+    let base = busybox_image();
+    let have = Command::new("docker")
+        .args(["image", "inspect", TOOL])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        let dir = tempdir();
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!("FROM {base}\nENTRYPOINT [\"/bin/false\"]\n"),
+        )
+        .unwrap();
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", TOOL])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    TOOL
+}
+
 /// The label BetCycle puts on what `server` creates on the engine (it says so at start).
 fn owner_filter(server: &Server) -> String {
     let owner = server
@@ -98,6 +127,7 @@ async fn step_log(server: &Server, run: u64, step: &str) -> String {
 #[tokio::test]
 async fn container_steps_see_their_image_share_the_workspace_and_reach_services_by_name() {
     let image = busybox_image();
+    let tool = entrypoint_image();
     let dir = tempdir();
     let pipeline = format!(
         r#"image: {image}
@@ -115,6 +145,9 @@ steps:
     depends_on: [look]
     memory: 64 MiB
     cpus: 0.5
+  - name: tool
+    image: {tool}
+    run: echo the script ran, not the entrypoint
   - name: slow
     run: sleep 30
     timeout: 3s
@@ -134,7 +167,7 @@ steps:
     };
     assert_ne!(code, 0);
     assert!(
-        stderr.contains("steps[3].image") && stderr.contains("invalid image"),
+        stderr.contains("steps[4].image") && stderr.contains("invalid image"),
         "{stderr}"
     );
     let pipeline = pipeline.replace(
@@ -162,6 +195,7 @@ steps:
     assert_eq!(run["status"], "failed", "{run:#}");
     assert_eq!(run["steps"][0]["status"], "succeeded", "{run:#}");
     assert_eq!(run["steps"][1]["status"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][2]["status"], "succeeded", "{run:#}");
 
     // The image's files, not the host's; its own HOME, not BetCycle's.
     let look = step_log(&server, 1, "look").await;
@@ -176,6 +210,12 @@ steps:
     let shared = step_log(&server, 1, "shared").await;
     assert!(shared.contains("made by look"), "{shared}");
     assert!(shared.contains("hello-from-web"), "{shared}");
+    // A `run` replaces the image's entrypoint.
+    let tool_log = step_log(&server, 1, "tool").await;
+    assert!(
+        tool_log.contains("the script ran, not the entrypoint"),
+        "{tool_log}"
+    );
     // The timed-out step was stopped and its container removed.
     let slow = run["steps"]
         .as_array()
