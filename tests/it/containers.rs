@@ -148,6 +148,9 @@ steps:
   - name: tool
     image: {tool}
     run: echo the script ran, not the entrypoint
+  - name: three
+    run: echo failing && exit 3
+    allow_failure: true
   - name: slow
     run: sleep 30
     timeout: 3s
@@ -167,7 +170,7 @@ steps:
     };
     assert_ne!(code, 0);
     assert!(
-        stderr.contains("steps[4].image") && stderr.contains("invalid image"),
+        stderr.contains("steps[5].image") && stderr.contains("invalid image"),
         "{stderr}"
     );
     let pipeline = pipeline.replace(
@@ -196,6 +199,9 @@ steps:
     assert_eq!(run["steps"][0]["status"], "succeeded", "{run:#}");
     assert_eq!(run["steps"][1]["status"], "succeeded", "{run:#}");
     assert_eq!(run["steps"][2]["status"], "succeeded", "{run:#}");
+    // A container's exit code is the step's.
+    assert_eq!(run["steps"][3]["status"], "failed_allowed", "{run:#}");
+    assert_eq!(run["steps"][3]["exit_code"], 3, "{run:#}");
 
     // The image's files, not the host's; its own HOME, not BetCycle's.
     let look = step_log(&server, 1, "look").await;
