@@ -10,6 +10,7 @@ mod cli;
 mod console;
 mod containers;
 mod deploy;
+mod flaky;
 mod hardening;
 mod hardening_more;
 mod harness;

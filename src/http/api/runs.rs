@@ -532,11 +532,28 @@ pub async fn rerun(
     Ok((StatusCode::CREATED, Json(run)))
 }
 
+/// The project's flaky tests over its last runs (see `ci::flaky`).
+pub async fn flaky(
+    State(app): State<App>,
+    Path(slug): Path<String>,
+) -> ServerResult<Json<serde_json::Value>> {
+    crate::projects::find(&app.store, &slug).await?;
+    let runs = app
+        .store
+        .project_runs(&slug, Default::default(), crate::ci::flaky::WINDOW)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "window": runs.len(),
+        "tests": crate::ci::flaky::flaky_tests(&runs),
+    })))
+}
+
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
     routes![
         GET "/api/v1/projects/{slug}/runs" VIEWER => list,
+        GET "/api/v1/projects/{slug}/tests/flaky" VIEWER => flaky,
         POST "/api/v1/projects/{slug}/runs" DEVELOPER => trigger,
         GET "/api/v1/projects/{slug}/runs/{number}" VIEWER => show,
         POST "/api/v1/projects/{slug}/runs/{number}/cancel" DEVELOPER => cancel,

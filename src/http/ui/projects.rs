@@ -77,6 +77,8 @@ struct ProjectPage {
     layout: Layout,
     project: Project,
     runs: Vec<Run>,
+    /// Flaky tests over the last [`FLAKY_RUNS`] runs.
+    flaky: Vec<crate::ci::flaky::FlakyTest>,
     maintainer: bool,
     developer: bool,
     done: Option<&'static str>,
@@ -126,6 +128,9 @@ pub async fn show_settings(
     settings_page(&app, &signed, &slug, done_message(done.as_deref()), None).await
 }
 
+/// How many runs the project page looks back for flaky tests (the API looks further).
+const FLAKY_RUNS: usize = 50;
+
 pub(super) async fn project_page(
     app: &App,
     signed: &Signed,
@@ -135,9 +140,14 @@ pub(super) async fn project_page(
 ) -> ServerResult<Html<String>> {
     let project = crate::projects::find(&app.store, slug).await?;
     let role = super::project_role(app, signed, slug).await?;
+    let recent = app
+        .store
+        .project_runs(slug, Default::default(), FLAKY_RUNS)
+        .await?;
     render(&ProjectPage {
         layout: Layout::new(project.name.clone(), "projects", Some(&signed.principal)),
-        runs: app.store.project_runs(slug, Default::default(), 10).await?,
+        flaky: crate::ci::flaky::flaky_tests(&recent),
+        runs: recent.into_iter().take(10).collect(),
         maintainer: role >= Some(Role::Maintainer),
         developer: role >= Some(Role::Developer),
         project,

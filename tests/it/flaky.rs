@@ -1,0 +1,90 @@
+//! Flaky tests: a test that fails, then passes on a re-run of the same commit, is listed
+//! with its history; a test that always passes is not.
+
+use crate::harness::tempdir;
+use crate::runs::{demo, trigger, wait_for};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_test_that_fails_then_passes_on_a_rerun_of_the_same_commit_is_flaky() {
+    let dir = tempdir();
+    // Made before the server starts: a local step reaches only what existed then.
+    let counter = dir.path().join("attempts");
+    std::fs::write(&counter, "0").unwrap();
+    let pipeline = format!(
+        r#"env: {{ COUNTER: "{}" }}
+steps:
+  - name: test
+    run: |
+      n=$(cat "$COUNTER" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$COUNTER"
+      if [ $n -eq 1 ]; then r='<failure message="boom"/>'; else r=''; fi
+      printf '<testsuite name="suite" tests="2"><testcase classname="suite" name="always"/><testcase classname="suite" name="sometimes">%s</testcase></testsuite>' "$r" > junit.xml
+    reports: {{ junit: junit.xml }}
+"#,
+        counter.display()
+    );
+    let (server, _) = demo(dir.path(), &pipeline, &[]).await;
+    trigger(&server, "demo").await;
+    let first: Value = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    assert_eq!(first["steps"][0]["tests"]["failed"], 1, "{first:#}");
+    let (status, none) = server
+        .send_json(
+            Method::GET,
+            "/api/v1/projects/demo/tests/flaky",
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        none["tests"],
+        json!([]),
+        "one failure is not flakiness: {none}"
+    );
+
+    let (status, _) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/projects/demo/runs/1/rerun",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let second: Value = wait_for(&server, "demo", 2, |r| r["status"] == "succeeded").await;
+    assert_eq!(second["steps"][0]["tests"]["failed"], 0, "{second:#}");
+    assert_eq!(second["commit"], first["commit"]);
+
+    let (_, flaky) = server
+        .send_json(
+            Method::GET,
+            "/api/v1/projects/demo/tests/flaky",
+            json!(null),
+        )
+        .await;
+    let tests = flaky["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 1, "{flaky:#}");
+    let t = &tests[0];
+    assert_eq!(t["name"], "suite::sometimes");
+    assert_eq!(t["step"], "test");
+    let short = &first["commit"].as_str().unwrap()[..7];
+    assert_eq!(t["reason"], format!("failed and passed on commit {short}"));
+    assert_eq!(t["failures"], 1);
+    assert_eq!(t["passes"], 1);
+    // The project page lists it too.
+    let page = server.get_text("/projects/demo").await;
+    assert!(
+        page.contains("Flaky tests") && page.contains("suite::sometimes"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("failed and passed on commit {short}")),
+        "{page}"
+    );
+    assert_eq!(
+        t["history"],
+        json!([
+            {"run": 1, "commit": first["commit"], "passed": false},
+            {"run": 2, "commit": first["commit"], "passed": true},
+        ])
+    );
+}
