@@ -88,3 +88,47 @@ steps:
         ])
     );
 }
+
+#[tokio::test]
+async fn a_test_that_flips_across_commits_is_flaky_and_one_fixed_once_is_not() {
+    let dir = tempdir();
+    let counter = dir.path().join("attempts");
+    std::fs::write(&counter, "0").unwrap();
+    // `flips` fails on odd attempts; `fixed` fails on the first only.
+    let pipeline = format!(
+        r#"env: {{ COUNTER: "{}" }}
+steps:
+  - name: test
+    run: |
+      n=$(cat "$COUNTER"); n=$((n+1)); echo $n > "$COUNTER"
+      if [ $((n % 2)) -eq 1 ]; then a='<failure message="odd"/>'; else a=''; fi
+      if [ $n -eq 1 ]; then b='<failure message="first"/>'; else b=''; fi
+      printf '<testsuite name="s" tests="2"><testcase classname="s" name="flips">%s</testcase><testcase classname="s" name="fixed">%s</testcase></testsuite>' "$a" "$b" > junit.xml
+    reports: {{ junit: junit.xml }}
+"#,
+        counter.display()
+    );
+    let (server, repo) = demo(dir.path(), &pipeline, &[]).await;
+    for n in 1..=4 {
+        if n > 1 {
+            crate::run::git(
+                &repo,
+                &["commit", "-q", "--allow-empty", "-m", &format!("c{n}")],
+            );
+        }
+        trigger(&server, "demo").await;
+        wait_for(&server, "demo", n, |r| r["status"] == "succeeded").await;
+    }
+    let (_, flaky) = server
+        .send_json(
+            Method::GET,
+            "/api/v1/projects/demo/tests/flaky",
+            json!(null),
+        )
+        .await;
+    let tests = flaky["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 1, "{flaky:#}");
+    assert_eq!(tests[0]["name"], "s::flips");
+    assert_eq!(tests[0]["reason"], "flipped 3 times");
+    assert_eq!(tests[0]["flips"], 3);
+}
