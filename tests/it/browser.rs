@@ -789,9 +789,18 @@ async fn eval_until(
 async fn the_run_page_draws_the_pipeline_and_its_log_follows_the_tail_until_scrolled_up() {
     let browser = Browser::start().await;
     let dir = tempdir();
+    // `chatty` holds after line 100 until the test says go, so lines are still arriving
+    // when the reader scrolls up, however slow the machine (the directory exists before
+    // the server starts, so the sandboxed step can see the file made in it later).
+    let signal = dir.path().join("signal");
+    std::fs::create_dir_all(&signal).unwrap();
+    let go = signal.join("go");
     let server = demo_project(
         dir.path(),
-        "steps:\n  - name: prepare\n    run: echo ready\n  - name: chatty\n    depends_on: [prepare]\n    run: for i in $(seq 1 300); do echo \"line $i\"; sleep 0.02; done\n  - name: lint\n    run: printf '\\033[34mblue\\033[0m\\n'\n",
+        &format!(
+            "steps:\n  - name: prepare\n    run: echo ready\n  - name: chatty\n    depends_on: [prepare]\n    run: for i in $(seq 1 300); do echo \"line $i\"; if [ $i -eq 100 ]; then while [ ! -f {} ]; do sleep 0.05; done; fi; sleep 0.02; done\n  - name: lint\n    run: printf '\\033[34mblue\\033[0m\\n'\n",
+            go.display()
+        ),
     )
     .await;
     crate::runs::trigger(&server, "demo").await;
@@ -853,8 +862,15 @@ async fn the_run_page_draws_the_pipeline_and_its_log_follows_the_tail_until_scro
     // refreshes (every 2 s).
     eval(&browser, &format!("{log}.scrollTop = 40; return 0")).await;
     let before = eval(&browser, &lines).await.as_u64().unwrap();
+    std::fs::write(&go, "").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(eval(&browser, &lines).await.as_u64().unwrap() > before);
+    let after = eval(&browser, &lines).await.as_u64().unwrap();
+    let status =
+        server.get_json("/api/v1/projects/demo/runs/1").await["steps"][1]["status"].clone();
+    assert!(
+        after > before,
+        "no new lines while scrolled up: {before} then {after}, chatty {status}"
+    );
     assert_eq!(
         eval(&browser, &format!("return {log}.scrollTop")).await,
         40,

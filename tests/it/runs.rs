@@ -535,13 +535,24 @@ async fn a_live_log_client_that_falls_behind_still_gets_every_line_in_order() {
         events * 100 < lines.len(),
         "{events} events: lines come in bursts"
     );
-    for (i, (n, line)) in lines.iter().enumerate().take(300_000) {
-        assert_eq!(
-            (*n, &line["html"]),
-            (i as u64 + 1, &json!((i + 1).to_string()))
-        );
+    // Numbered 1, 2, 3… without a gap; stdout in its order. The stderr line comes
+    // through its own pipe, so under load it may be read before the last stdout lines
+    // (as in any CI that keeps the two streams apart): only its presence is certain.
+    for (i, (n, _)) in lines.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1);
     }
-    assert_eq!(lines[300_000].1["stderr"], true);
+    let stdout: Vec<&Value> = lines
+        .iter()
+        .filter(|(_, l)| l["stderr"] != true)
+        .map(|(_, l)| &l["html"])
+        .collect();
+    assert_eq!(stdout.len(), 300_000);
+    for (i, html) in stdout.iter().enumerate() {
+        assert_eq!(**html, json!((i + 1).to_string()));
+    }
+    let stderr: Vec<&(u64, Value)> = lines.iter().filter(|(_, l)| l["stderr"] == true).collect();
+    assert_eq!(stderr.len(), 1);
+    assert_eq!(stderr[0].1["html"], "done");
     let stored = server
         .get_text("/api/v1/projects/demo/runs/1/steps/flood/log")
         .await;
