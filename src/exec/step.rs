@@ -160,20 +160,25 @@ pub(super) async fn restore_cache(
         say("caches are not kept here; running without".into());
         return None;
     };
-    let workspace = spec.workspace.clone();
-    let key = match crate::ci::pipeline::Cache::render(&def.key, |patterns| {
-        cache::CacheSpace::hash_files(&workspace, patterns)
-    }) {
-        Ok(key) => key,
+    // Hashing the key's files and unpacking read the disk: off the async threads.
+    let (template, ws) = (def.key.clone(), spec.workspace.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        let key = crate::ci::pipeline::Cache::render(&template, |patterns| {
+            cache::CacheSpace::hash_files(&ws, patterns)
+        })
+        .map_err(|e| format!("cache key: {e}"))?;
+        let restored = space.restore(&key, &ws);
+        Ok::<_, String>((key, restored))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the cache restore failed: {e}")));
+    let (key, restored) = match done {
+        Ok(done) => done,
         Err(e) => {
-            say(format!("cache key: {e}"));
+            say(e);
             return None;
         }
     };
-    let (k, ws) = (key.clone(), workspace.clone());
-    let restored = tokio::task::spawn_blocking(move || space.restore(&k, &ws))
-        .await
-        .unwrap_or_else(|e| Err(format!("the restore failed: {e}")));
     let restored = match restored {
         Ok(cache::Outcome::Restored { bytes }) => {
             say(format!("cache restored: key {key}, {bytes} bytes"));
