@@ -1,7 +1,7 @@
 //! Regression tests for defects found by attacking the server (issue 15): each drives the
 //! real binary the way the attack did and failed before its fix.
 
-use crate::harness::{Server, betcycle, client, run as run_cmd, tempdir, texts};
+use crate::harness::{Server, betcycle, client, eventually, run as run_cmd, tempdir, texts};
 use crate::runs::{demo, trigger, wait_for};
 use serde_json::Value;
 use std::path::Path;
@@ -198,26 +198,48 @@ steps:
     );
 }
 
-/// A server killed with `kill -9` while run 1's first step (`sleep 4`, then a line
-/// appended to the returned marker file) runs, then started again with `restart`.
+/// A server killed with `kill -9` while run 1's first step runs, then started again with
+/// `restart`. The step waits for a gate file, then appends a line to the returned marker
+/// file; the gate opens only once the restarted server has killed what the killed one
+/// left, so a step that survived would write too — however long the restart takes.
 pub(crate) async fn killed_during_a_step(
     dir: &Path,
     more_steps: &str,
     restart: &[&str],
 ) -> (Server, std::path::PathBuf) {
     // Beside the data directory: a step may write there (not into the directory that
-    // holds the data directory itself).
+    // holds the data directory itself); made before the server starts, so the sandboxed
+    // step sees the gate created in it later.
     std::fs::create_dir_all(dir.join("out")).unwrap();
-    let marker = dir.join("out/marker");
+    let (marker, gate) = (dir.join("out/marker"), dir.join("out/gate"));
     let pipeline = format!(
-        "steps:\n  - name: slow\n    run: sleep 4; echo done >> {}\n{more_steps}",
+        "steps:\n  - name: slow\n    run: while [ ! -f {} ]; do sleep 0.1; done; echo done >> {}\n{more_steps}",
+        gate.display(),
         marker.display()
     );
     let (server, _repo) = demo(dir, &pipeline, &[]).await;
     trigger(&server, "demo").await;
     wait_for(&server, "demo", 1, running).await;
     server.kill();
-    (Server::start_admin(dir, restart), marker)
+    let server = Server::start_admin(dir, restart);
+    eventually(
+        Duration::from_secs(20),
+        "the restarted server did not kill the steps left running",
+        || async {
+            let killed = server
+                .logs()
+                .iter()
+                .any(|l| l.contains("killed steps the previous BetCycle process left running"));
+            if killed {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    (server, marker)
 }
 
 #[tokio::test]
