@@ -67,6 +67,20 @@ pub struct IsolationChange {
     pub isolation: String,
 }
 
+/// One of the settings only administrators change: `change` applied and audited as
+/// `action` with `detail`.
+async fn admin_setting(
+    app: &App,
+    signed: &Signed,
+    slug: &str,
+    change: ProjectChange,
+    action: &'static str,
+    detail: &str,
+) -> ServerResult<Json<Project>> {
+    let record = Record::new(&signed.audit, action, format!("project:{slug}")).detail(detail);
+    Ok(Json(app.store.update_project(slug, change, record).await?))
+}
+
 /// How far the project's local steps are confined; administrators only, since `off`
 /// lets a pipeline read the server's data directory.
 pub async fn set_isolation(
@@ -77,23 +91,19 @@ pub async fn set_isolation(
 ) -> ServerResult<Json<Project>> {
     let isolation = crate::exec::local::sandbox::Isolation::parse(change.isolation.trim())
         .map_err(ServerError::BadRequest)?;
-    let project = app
-        .store
-        .update_project(
-            &slug,
-            ProjectChange {
-                isolation: Some(isolation),
-                ..ProjectChange::default()
-            },
-            Record::new(
-                &signed.audit,
-                "project.isolation",
-                format!("project:{slug}"),
-            )
-            .detail(isolation.as_str()),
-        )
-        .await?;
-    Ok(Json(project))
+    let change = ProjectChange {
+        isolation: Some(isolation),
+        ..ProjectChange::default()
+    };
+    admin_setting(
+        &app,
+        &signed,
+        &slug,
+        change,
+        "project.isolation",
+        isolation.as_str(),
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -110,27 +120,16 @@ pub async fn set_containers(
     Path(slug): Path<String>,
     Json(change): Json<ContainersChange>,
 ) -> ServerResult<Json<Project>> {
-    let project = app
-        .store
-        .update_project(
-            &slug,
-            ProjectChange {
-                container_host_access: Some(change.host_access),
-                ..ProjectChange::default()
-            },
-            Record::new(
-                &signed.audit,
-                "project.containers",
-                format!("project:{slug}"),
-            )
-            .detail(if change.host_access {
-                "host access on"
-            } else {
-                "host access off"
-            }),
-        )
-        .await?;
-    Ok(Json(project))
+    let detail = if change.host_access {
+        "host access on"
+    } else {
+        "host access off"
+    };
+    let change = ProjectChange {
+        container_host_access: Some(change.host_access),
+        ..ProjectChange::default()
+    };
+    admin_setting(&app, &signed, &slug, change, "project.containers", detail).await
 }
 
 pub async fn delete(
