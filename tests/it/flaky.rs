@@ -5,26 +5,34 @@ use crate::harness::tempdir;
 use crate::runs::{demo, trigger, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// A project whose one step, `test`, counts its attempts in `$COUNTER` (`$n` in
+/// `script`, which writes `junit.xml` from it); the counter file is made before the
+/// server starts, since a local step reaches only what existed then.
+async fn counting_project(
+    dir: &std::path::Path,
+    script: &str,
+) -> (crate::harness::Server, PathBuf) {
+    let counter = dir.join("attempts");
+    std::fs::write(&counter, "0").unwrap();
+    let script: String = script.lines().map(|l| format!("      {l}\n")).collect();
+    let pipeline = format!(
+        "env: {{ COUNTER: \"{}\" }}\nsteps:\n  - name: test\n    run: |\n      n=$(cat \"$COUNTER\"); n=$((n+1)); echo $n > \"$COUNTER\"\n{script}    reports: {{ junit: junit.xml }}\n",
+        counter.display()
+    );
+    demo(dir, &pipeline, &[]).await
+}
 
 #[tokio::test]
 async fn a_test_that_fails_then_passes_on_a_rerun_of_the_same_commit_is_flaky() {
     let dir = tempdir();
-    // Made before the server starts: a local step reaches only what existed then.
-    let counter = dir.path().join("attempts");
-    std::fs::write(&counter, "0").unwrap();
-    let pipeline = format!(
-        r#"env: {{ COUNTER: "{}" }}
-steps:
-  - name: test
-    run: |
-      n=$(cat "$COUNTER" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$COUNTER"
-      if [ $n -eq 1 ]; then r='<failure message="boom"/>'; else r=''; fi
-      printf '<testsuite name="suite" tests="2"><testcase classname="suite" name="always"/><testcase classname="suite" name="sometimes">%s</testcase></testsuite>' "$r" > junit.xml
-    reports: {{ junit: junit.xml }}
-"#,
-        counter.display()
-    );
-    let (server, _) = demo(dir.path(), &pipeline, &[]).await;
+    let (server, _) = counting_project(
+        dir.path(),
+        r#"if [ $n -eq 1 ]; then r='<failure message="boom"/>'; else r=''; fi
+printf '<testsuite name="suite" tests="2"><testcase classname="suite" name="always"/><testcase classname="suite" name="sometimes">%s</testcase></testsuite>' "$r" > junit.xml"#,
+    )
+    .await;
     trigger(&server, "demo").await;
     let first: Value = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     assert_eq!(first["steps"][0]["tests"]["failed"], 1, "{first:#}");
@@ -92,23 +100,14 @@ steps:
 #[tokio::test]
 async fn a_test_that_flips_across_commits_is_flaky_and_one_fixed_once_is_not() {
     let dir = tempdir();
-    let counter = dir.path().join("attempts");
-    std::fs::write(&counter, "0").unwrap();
     // `flips` fails on odd attempts; `fixed` fails on the first only.
-    let pipeline = format!(
-        r#"env: {{ COUNTER: "{}" }}
-steps:
-  - name: test
-    run: |
-      n=$(cat "$COUNTER"); n=$((n+1)); echo $n > "$COUNTER"
-      if [ $((n % 2)) -eq 1 ]; then a='<failure message="odd"/>'; else a=''; fi
-      if [ $n -eq 1 ]; then b='<failure message="first"/>'; else b=''; fi
-      printf '<testsuite name="s" tests="2"><testcase classname="s" name="flips">%s</testcase><testcase classname="s" name="fixed">%s</testcase></testsuite>' "$a" "$b" > junit.xml
-    reports: {{ junit: junit.xml }}
-"#,
-        counter.display()
-    );
-    let (server, repo) = demo(dir.path(), &pipeline, &[]).await;
+    let (server, repo) = counting_project(
+        dir.path(),
+        r#"if [ $((n % 2)) -eq 1 ]; then a='<failure message="odd"/>'; else a=''; fi
+if [ $n -eq 1 ]; then b='<failure message="first"/>'; else b=''; fi
+printf '<testsuite name="s" tests="2"><testcase classname="s" name="flips">%s</testcase><testcase classname="s" name="fixed">%s</testcase></testsuite>' "$a" "$b" > junit.xml"#,
+    )
+    .await;
     for n in 1..=4 {
         if n > 1 {
             crate::run::git(
