@@ -285,6 +285,19 @@ async fn a_missing_image_and_an_engine_that_is_down_fail_the_step_with_the_reaso
     assert_eq!(server.get("/healthz").await.status(), 200);
 }
 
+/// Cancels run `n` and waits until it is cancelled.
+async fn cancel(server: &Server, n: u64) {
+    let response = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/demo/runs/{n}/cancel"),
+            &json!({}),
+        )
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_for(server, "demo", n, |r| r["status"] == "cancelled").await;
+}
+
 /// Waits until the engine runs a container with `filter`'s label.
 async fn container_running(filter: &str) {
     crate::harness::eventually(
@@ -318,15 +331,7 @@ async fn a_cancelled_run_and_a_killed_server_leave_no_container_behind() {
     // Cancel: the container goes with the step.
     trigger(&server, "demo").await;
     container_running(&filter).await;
-    let response = server
-        .call(
-            Method::POST,
-            "/api/v1/projects/demo/runs/1/cancel",
-            &json!({}),
-        )
-        .await;
-    assert!(response.status().is_success(), "{}", response.status());
-    wait_for(&server, "demo", 1, |r| r["status"] == "cancelled").await;
+    cancel(&server, 1).await;
     assert!(
         left_behind(&filter).is_empty(),
         "{:?}",
@@ -367,15 +372,7 @@ async fn a_cancelled_run_and_a_killed_server_leave_no_container_behind() {
     )
     .await;
     wait_for(&server, "demo", 2, |r| r["steps"][0]["running"] == true).await;
-    let response = server
-        .call(
-            Method::POST,
-            "/api/v1/projects/demo/runs/2/cancel",
-            &json!({}),
-        )
-        .await;
-    assert!(response.status().is_success(), "{}", response.status());
-    wait_for(&server, "demo", 2, |r| r["status"] == "cancelled").await;
+    cancel(&server, 2).await;
     assert!(
         left_behind(&filter).is_empty(),
         "{:?}",
