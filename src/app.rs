@@ -373,6 +373,11 @@ fn start_workers(
         crate::projects::poll::work(app.store.clone(), app.runner.clone(), shutdown.clone()),
     );
     workers.start(
+        "agent-leases",
+        AtShutdown::Detach,
+        crate::exec::remote::expire_leases(app.runner.agents.clone(), shutdown.clone()),
+    );
+    workers.start(
         "signals",
         AtShutdown::Detach,
         stop_on_signal(shutdown.clone()),

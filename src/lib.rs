@@ -1,6 +1,7 @@
 //! BetCycle: a self-hosted software delivery platform in one binary. See ARCHITECTURE.md
 //! for the map of this crate: one folder per capability.
 
+pub mod agents;
 pub mod app;
 pub mod ci;
 pub mod cli;

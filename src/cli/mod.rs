@@ -1,6 +1,7 @@
 //! The command line: one file per verb. `main` parses, runs the verb and turns its
 //! outcome into an exit code: 0 success, 1 failure, 2 bad usage or configuration.
 
+mod agent;
 mod audit;
 mod config;
 mod db;
@@ -66,6 +67,8 @@ enum Verb {
     Validate(validate::Validate),
     /// Run a repository's pipeline locally; the exit code is the result.
     Run(run::Run),
+    /// Run steps for a server on this machine (`runs_on:`), with an agent token.
+    Agent(agent::Agent),
     /// Start a run on a server (token from BETCYCLE_TOKEN).
     Trigger(trigger::Trigger),
     /// Deploy a release to an environment on a server (token from BETCYCLE_TOKEN).
@@ -141,6 +144,7 @@ pub fn main() -> ExitCode {
             .map_err(|e| Failure::Runtime(format!("policy worker: {e}"))),
         Verb::Validate(verb) => verb.run(),
         Verb::Run(verb) => verb.run(env),
+        Verb::Agent(verb) => verb.run(env),
         Verb::Trigger(verb) => verb.run(env),
         Verb::Deploy(verb) => verb.run(env),
         Verb::Promote(verb) => verb.run(env),

@@ -178,6 +178,7 @@ impl Run {
             )),
             // This machine's own cache directory, one namespace per repository.
             cache: local_cache(&env_for_socket, &workspace_for_cache),
+            agents: None,
         };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()

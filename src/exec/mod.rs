@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod container;
 pub mod local;
+pub mod remote;
 mod reports;
 mod services;
 mod step;
@@ -185,6 +186,9 @@ pub struct RunSpec {
     pub containers: Option<Arc<container::RunContainers>>,
     /// Where steps' `cache:` is kept (none: caches are neither restored nor saved).
     pub cache: Option<cache::CacheSpace>,
+    /// The queue of the server's agents, for steps with `runs_on` (none: such steps run
+    /// here, and say so).
+    pub agents: Option<Arc<remote::Dispatcher>>,
 }
 
 /// One process for an [`Executor`]: a step attempt, a service or a readiness probe.
@@ -414,7 +418,9 @@ async fn run_step(
         Some(w) => spec.workspace.join(w),
         None => spec.workspace.clone(),
     };
-    let mut env = spec.env(&step.env, step.container.is_some());
+    let remote = spec.agents.as_ref().filter(|_| !step.runs_on.is_empty());
+    // A step on an agent gets the agent's own PATH, HOME and TMPDIR, not the server's.
+    let mut env = spec.env(&step.env, step.container.is_some() || remote.is_some());
     env.insert("BETCYCLE_STEP".into(), step.name.clone());
     env.insert("CI".into(), "true".into());
 
@@ -427,6 +433,13 @@ async fn run_step(
             finished_at: Some(Timestamp::now()),
             ..skipped(&step.name, reason)
         };
+    }
+    if remote.is_none() && !step.runs_on.is_empty() {
+        let line = format!(
+            "betcycle: runs_on [{}]: no agents here, so the step runs on this host",
+            step.runs_on.join(", ")
+        );
+        observer.line(&step.name, Stream::Stderr, &line);
     }
     let cache = restore_cache(spec, step, &observer).await;
     let mut attempts = 0;
@@ -446,9 +459,12 @@ async fn run_step(
             on_lines,
             container: container_spec(step.container.as_ref(), None),
         };
-        let exit = match spec.spawn(process) {
-            Ok(spawned) => spawned.await,
-            Err(e) => Exit::SpawnFailed(e),
+        let exit = match remote {
+            Some(agents) => agents.spawn(process, step.runs_on.clone()).await,
+            None => match spec.spawn(process) {
+                Ok(spawned) => spawned.await,
+                Err(e) => Exit::SpawnFailed(e),
+            },
         };
         let outcome = outcome_of(step, exit);
         let retryable = matches!(

@@ -27,6 +27,7 @@ pub(crate) use routes;
 pub mod need {
     use crate::identity::{Need, Role};
     pub const PUBLIC: Need = Need::Public;
+    pub const AGENT: Need = Need::Agent;
     pub const USER: Need = Need::User;
     pub const ADMIN: Need = Need::Admin;
     pub const VIEWER: Need = Need::Project(Role::Viewer);
@@ -77,6 +78,7 @@ pub fn table() -> Vec<Route> {
         api::backup::routes(),
         api::projects::routes(),
         api::runs::routes(),
+        api::agents::routes(),
         api::hooks::routes(),
         api::schedules::routes(),
         api::deploy::routes(),

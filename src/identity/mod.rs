@@ -270,6 +270,9 @@ pub struct Principal {
 pub enum Need {
     /// Anyone, signed in or not.
     Public,
+    /// A remote agent: its `bca_…` token, checked by the agent routes' own extractor
+    /// (`http::api::agents::Caller`); users and API tokens are not agents.
+    Agent,
     /// Any signed-in user (changes need a write-scoped token).
     User,
     /// An instance administrator (tokens need the admin scope).
@@ -283,6 +286,7 @@ impl fmt::Display for Need {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Need::Public => "public",
+            Need::Agent => "agent",
             Need::User => "user",
             Need::Admin => "admin",
             Need::Project(Role::Viewer) => "project:viewer",
@@ -305,7 +309,7 @@ impl Principal {
         }
         match need {
             // The project role itself is looked up by the route guard.
-            Need::Public | Need::User | Need::Project(_) => Ok(()),
+            Need::Public | Need::Agent | Need::User | Need::Project(_) => Ok(()),
             Need::Admin if !self.user.admin => {
                 Err("only instance administrators may do this".into())
             }

@@ -153,6 +153,14 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 12,
+        description: "create remote agents",
+        apply: |tx| {
+            tx.open_table(AGENTS)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

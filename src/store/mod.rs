@@ -11,6 +11,7 @@
 //! committed before it, so concurrent writers share one `fsync` (`Durable` below). Events
 //! collected during a write are published only once it is durable.
 
+mod agents;
 mod audit;
 mod auth;
 mod backup;

@@ -131,6 +131,9 @@ tables! {
     /// Key: (project slug, environment). Value: JSON [`crate::service::RouteRecord`] — the
     /// release a `service` environment serves, restored at the next start.
     SERVICE_ROUTES: (&str, &str) => &[u8] = "service-routes-1";
+    /// Key: agent name. Value: JSON [`crate::agents::Agent`] — a remote agent and its
+    /// token's digest.
+    AGENTS: &str => &[u8] = "agents-1";
     /// Key: (table name, the record's key as text). Value: JSON
     /// [`crate::store::Quarantined`] — a record that did not decode, set aside (it stays in its
     /// own table) so queues and start-up carry on.

@@ -11,6 +11,13 @@ use std::collections::BTreeSet;
 /// (`betcycle routes`) must match it exactly: a new route without a line here fails.
 pub(crate) const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/setup", "public"),
+    ("POST", "/api/v1/agents", "admin"),
+    ("PUT", "/api/v1/agents/{name}", "admin"),
+    ("DELETE", "/api/v1/agents/{name}", "admin"),
+    ("POST", "/api/v1/agent/poll", "agent"),
+    ("PUT", "/api/v1/agent/jobs/{id}/workspace", "agent"),
+    ("POST", "/api/v1/agent/jobs/{id}/lines", "agent"),
+    ("POST", "/api/v1/agent/jobs/{id}/done", "agent"),
     ("POST", "/api/v1/sessions", "public"),
     ("DELETE", "/api/v1/sessions/current", "user"),
     ("POST", "/api/v1/sessions/revoke-others", "user"),
@@ -290,6 +297,8 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/api/v1/audit", "admin"),
     ("/api/v1/backup", "admin"),
     ("/api/v1/projects", "user"),
+    ("/api/v1/agents", "admin"),
+    ("/api/v1/agent/jobs/{id}/workspace", "agent"),
     ("/api/v1/projects/{slug}", "project:viewer"),
     ("/api/v1/projects/{slug}/members", "project:viewer"),
     ("/api/v1/projects/{slug}/runs", "project:viewer"),
@@ -472,6 +481,15 @@ async fn every_changing_route_is_declared_and_enforced() {
                 "{method} {pattern} with a made-up token: {anonymous}"
             ),
             "public" => assert_ne!(anonymous, 401, "{method} {pattern} is public"),
+            // An agent's credential is its own token; a user's is none.
+            "agent" => {
+                assert_eq!(anonymous, 401, "{method} {pattern} anonymous");
+                assert_eq!(
+                    send(&server, method, &path, Some(&dev_write)).await,
+                    401,
+                    "{method} {pattern} with a user's token"
+                );
+            }
             "user" => {
                 assert_eq!(anonymous, 401, "{method} {pattern} anonymous");
                 assert_eq!(
@@ -609,6 +627,10 @@ async fn every_read_route_is_declared_and_enforced_and_roles_are_told_apart() {
         let as_dev = send(&server, "GET", &path, Some(&dev_read)).await;
         match *need {
             "public" => assert_ne!(anonymous, 401, "GET {pattern} is public"),
+            "agent" => {
+                assert_eq!(anonymous, 401, "GET {pattern} anonymous");
+                assert_eq!(as_dev, 401, "GET {pattern} with a user's token");
+            }
             "user" => {
                 assert_eq!(anonymous, 401, "GET {pattern} anonymous");
                 assert!(

@@ -3,6 +3,7 @@
 
 mod access;
 mod accounts;
+mod agents;
 mod backup;
 mod browser;
 mod caches;

@@ -373,7 +373,34 @@ pub(super) fn step(
         matrix,
         container: container_of(c, here, def, default_image),
         cache: cache_of(c, here, def),
+        runs_on: runs_on_of(c, here, def, default_image),
     }
+}
+
+/// The step's `runs_on` labels, checked: agent labels, and not with an image (agents
+/// run steps as processes on their own host).
+fn runs_on_of(
+    c: &mut Checker,
+    here: &str,
+    def: &StepDef,
+    default_image: Option<&Spanned<String>>,
+) -> Vec<String> {
+    for (j, label) in def.runs_on.iter().enumerate() {
+        if let Err(e) = crate::agents::check_label(&label.value) {
+            c.at(label.referenced, format!("{here}.runs_on[{j}]"), e);
+        }
+    }
+    if let Some(first) = def.runs_on.first()
+        && def.image.as_ref().or(default_image).is_some()
+    {
+        c.at(
+            first.referenced,
+            format!("{here}.runs_on"),
+            "runs_on cannot be combined with an image (the step's or the pipeline's): \
+             agents run steps as processes on their own host",
+        );
+    }
+    def.runs_on.iter().map(|l| l.value.clone()).collect()
 }
 
 /// The step's `cache`, checked: a key that renders (its patterns valid), paths inside

@@ -79,6 +79,8 @@ pub struct Step {
     /// it as a process on the host.
     pub container: Option<Container>,
     pub cache: Option<Cache>,
+    /// Labels an agent must have to run this step; empty: the server runs it.
+    pub runs_on: Vec<String>,
 }
 
 /// A step's cache: `paths` (inside the workspace) restored before it runs and saved

@@ -89,6 +89,9 @@ pub struct StepDef {
     /// Files kept between runs under a key.
     #[serde(default)]
     pub cache: Option<Spanned<CacheDef>>,
+    /// Run on a remote agent that has every one of these labels.
+    #[serde(default)]
+    pub runs_on: Vec<Spanned<String>>,
 }
 
 /// `cache: { key: "deps-{{ hashFiles('Cargo.lock') }}", paths: [target] }`.

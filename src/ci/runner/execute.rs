@@ -129,6 +129,7 @@ impl Runner {
                 project.container_host_access,
             ))),
             cache: Some(self.caches.space(&format!("project-{}", project.id))),
+            agents: Some(self.agents.clone()),
         };
         let results = self.run_recorded(&run, spec, &names, &reuse, cancel).await;
 

@@ -71,6 +71,8 @@ pub struct Runner {
     pub containers: Arc<crate::exec::container::Engine>,
     /// Steps' caches, one namespace per project.
     pub(super) caches: Arc<crate::exec::cache::Caches>,
+    /// The queue of jobs for remote agents (`runs_on:`).
+    pub agents: Arc<crate::exec::remote::Dispatcher>,
 }
 
 /// How often a nearly full data disk is said again in the log while runs wait.
@@ -110,6 +112,7 @@ impl Runner {
                 config.data_dir.join("cache"),
                 config.cache_max_size,
             ),
+            agents: crate::exec::remote::Dispatcher::new(config.agent_lease),
             data_dir: config.data_dir.clone(),
         })
     }

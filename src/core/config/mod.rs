@@ -139,6 +139,8 @@ pub struct Config {
     pub container_socket: String,
     /// Space all steps' caches may take together.
     pub cache_max_size: u64,
+    /// How long an agent holds a job without a word before it goes to another agent.
+    pub agent_lease: Duration,
     pub health_min_free_disk: u64,
     /// Each option's final value and where it came from, in [`OPTIONS`] order.
     pub sources: Vec<(&'static str, String, Source)>,
@@ -247,6 +249,10 @@ impl Config {
             health_min_free_disk: r.size("health.min_free_disk")?,
             container_socket: container_socket.clone(),
             cache_max_size: r.size("cache.max_size")?,
+            agent_lease: match r.duration("agent.lease")? {
+                d if d >= Duration::from_secs(3) => d,
+                _ => return Err(r.invalid("agent.lease", "a lease is at least 3s")),
+            },
             sources,
         };
         Ok((config, unknown_env_warnings(&inputs.env)))

@@ -293,4 +293,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         value_name: "SIZE",
         help: "Space all steps' caches may take together; past it the least recently used keys are removed.",
     },
+    OptionSpec {
+        key: "agent.lease",
+        flag: "agent-lease",
+        env: "BETCYCLE_AGENT_LEASE",
+        default: Some("30s"),
+        derived: "",
+        integer: false,
+        value_name: "DURATION",
+        help: "How long an agent may hold a job without a word (it renews every third of this); then the job goes to another agent.",
+    },
 ];

@@ -65,6 +65,7 @@ async fn deploy(t: &ExecTarget, job: Job<'_>) -> Result<()> {
         ),
         containers: None,
         cache: None,
+        agents: None,
     };
     let log = LogFile::create(&deployer.log_path(d.id))?;
     let results = exec::run(spec, Arc::new(log), shutdown.clone()).await;
@@ -138,6 +139,7 @@ fn step_of(t: &ExecTarget, values: &[(String, String)]) -> Step {
         matrix: BTreeMap::new(),
         container: None,
         cache: None,
+        runs_on: Vec::new(),
     }
 }
 

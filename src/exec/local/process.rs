@@ -20,14 +20,16 @@ pub const PASSTHROUGH_ENV: &[&str] = &[
 /// How long to wait for output still in the pipes after the group was killed.
 const DRAIN: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stream {
     Stdout,
     Stderr,
 }
 
-/// How an attempt ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How an attempt ended (an agent reports it in this shape, too).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exit {
     /// The shell exited with this code (a signal counts as 128 + signal).
     Code(i32),

@@ -1,6 +1,7 @@
 //! The JSON API (`/api/v1/…`) and the operational endpoints (`/healthz`, `/readyz`,
 //! `/metrics`). One file per resource.
 
+pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod backup;
