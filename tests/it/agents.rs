@@ -190,3 +190,243 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A private Docker network and the agent containers on it, removed when dropped.
+struct Fleet {
+    network: String,
+    containers: Vec<String>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        crate::containers::busybox_image();
+        let network = format!("betcycle-test-agents-{}", std::process::id());
+        let _ = docker(&["network", "rm", &network]);
+        docker(&["network", "create", "--driver", "bridge", &network]).unwrap();
+        Fleet {
+            network,
+            containers: Vec::new(),
+        }
+    }
+
+    /// The host's address on the network: where its containers reach the server.
+    fn gateway(&self) -> String {
+        docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &self.network,
+        ])
+        .unwrap()
+    }
+
+    /// Starts `betcycle agent` (this build, the host's C library mounted) in a busybox
+    /// container on the network.
+    fn agent(&mut self, name: &str, server: &str, token: &str, labels: &str) -> String {
+        let container = format!("{}-{name}", self.network);
+        let _ = docker(&["rm", "-f", &container]);
+        let bin = format!("{}:/betcycle:ro", crate::harness::BIN);
+        let token = format!("BETCYCLE_AGENT_TOKEN={token}");
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--network",
+            &self.network,
+            "-v",
+            &bin,
+            "-v",
+            "/lib64:/lib64:ro",
+            "-v",
+            "/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro",
+            "-e",
+            &token,
+            crate::containers::IMAGE,
+            "/betcycle",
+            "agent",
+            "--server",
+            server,
+            "--labels",
+            labels,
+            "--work-dir",
+            "/work",
+        ])
+        .unwrap();
+        self.containers.push(container.clone());
+        container
+    }
+
+    fn logs(&self) -> String {
+        self.containers
+            .iter()
+            .map(|c| {
+                let out = Command::new("docker").args(["logs", c]).output().unwrap();
+                format!(
+                    "--- {c}\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        let _ = docker(&["network", "rm", &self.network]);
+    }
+}
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker").args(args).output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[tokio::test]
+async fn agents_in_containers_share_the_work_and_a_lost_agents_step_finishes_on_the_other() {
+    let mut fleet = Fleet::new();
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_repo(
+        &repo,
+        r#"steps:
+  - name: on-a
+    runs_on: [a]
+    run: echo "ran on $BETCYCLE_AGENT."
+  - name: on-b
+    runs_on: [b]
+    run: echo "ran on $BETCYCLE_AGENT."
+  - name: either-1
+    runs_on: [shared]
+    run: sleep 2; echo "ran on $BETCYCLE_AGENT."
+  - name: either-2
+    runs_on: [shared]
+    run: sleep 2; echo "ran on $BETCYCLE_AGENT."
+  - name: long
+    runs_on: [shared]
+    depends_on: [on-a, on-b, either-1, either-2]
+    run: |
+      echo "started on $BETCYCLE_AGENT"
+      sleep 6
+      echo "finished on $BETCYCLE_AGENT" > finished.txt
+      cat finished.txt
+  - name: after
+    depends_on: [long]
+    run: cat finished.txt
+"#,
+    );
+    let gateway = fleet.gateway();
+    let listen = format!("{gateway}:0");
+    let server = Server::start_admin(dir.path(), &["--listen", &listen, "--agent-lease", "4s"]);
+    project(&server, "demo", &repo).await;
+    let (a, b) = (
+        create_agent(&server, "a").await,
+        create_agent(&server, "b").await,
+    );
+    let container_a = fleet.agent("a", &server.url, &a, "a,shared");
+    let container_b = fleet.agent("b", &server.url, &b, "b,shared");
+    eventually(Duration::from_secs(30), "both agents connected", || async {
+        let listed = agents(&server).await;
+        if listed.iter().all(|a| a["connected"] == true) {
+            Ok(())
+        } else {
+            Err(format!("{listed:#?}\n{}", fleet.logs()))
+        }
+    })
+    .await;
+    trigger(&server, "demo").await;
+
+    // `long` starts on one agent; that agent is cut off the network mid-step.
+    let started = eventually(Duration::from_secs(60), "long started", || async {
+        let log = log_of(&server, 1, 4).await;
+        match ["a", "b"]
+            .into_iter()
+            .find(|n| log.contains(&format!("started on {n}")))
+        {
+            Some(n) => Ok(n),
+            None => Err(format!("{log}\n{}", fleet.logs())),
+        }
+    })
+    .await;
+    let (lost, other, lost_container) = if started == "a" {
+        ("a", "b", &container_a)
+    } else {
+        ("b", "a", &container_b)
+    };
+    docker(&[
+        "network",
+        "disconnect",
+        "-f",
+        &fleet.network,
+        lost_container,
+    ])
+    .unwrap();
+
+    // While the lease runs, the step is the lost agent's; once it is out, never again.
+    eventually(
+        Duration::from_secs(20),
+        "the job left the lost agent",
+        || async {
+            let listed = agents(&server).await;
+            let view = listed.iter().find(|v| v["name"] == lost).unwrap();
+            if view["jobs"] == json!([]) && view["connected"] == false {
+                Ok(())
+            } else {
+                Err(format!("{view:#}"))
+            }
+        },
+    )
+    .await;
+    let run = wait_for(&server, "demo", 1, |r| {
+        r["status"] == "succeeded" || r["status"] == "failed"
+    })
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", fleet.logs());
+    let logs: Vec<String> =
+        futures_util::future::join_all((0..6).map(|i| log_of(&server, 1, i))).await;
+    assert!(logs[0].contains("ran on a."), "{}", logs[0]);
+    assert!(logs[1].contains("ran on b."), "{}", logs[1]);
+    // Capacity 1 each: the two `shared` steps ran side by side, one on each agent.
+    let either: Vec<&str> = [&logs[2], &logs[3]]
+        .iter()
+        .map(|l| if l.contains("ran on a.") { "a" } else { "b" })
+        .collect();
+    assert_ne!(either[0], either[1], "{logs:#?}");
+    let long = &logs[4];
+    assert!(
+        long.contains(&format!(
+            "lost agent {lost} (no word from it within its lease); the step is queued again"
+        )),
+        "{long}"
+    );
+    assert!(
+        long.contains(&format!("running on agent {other}")),
+        "{long}"
+    );
+    assert!(long.contains(&format!("finished on {other}")), "{long}");
+    assert!(
+        !long.contains(&format!("finished on {lost}")),
+        "the lost agent's output after the cut never counted: {long}"
+    );
+    assert!(
+        logs[5].contains(&format!("finished on {other}")),
+        "{}",
+        logs[5]
+    );
+    let listed = agents(&server).await;
+    let view = listed.iter().find(|v| v["name"] == lost).unwrap();
+    assert_eq!(view["jobs"], json!([]), "{view:#}");
+}
