@@ -161,11 +161,12 @@ pub async fn authenticate(store: &Store, token: &str) -> std::result::Result<Age
 /// Pauses, drains or resumes agent `name`.
 pub async fn set_state(
     store: &Store,
+    dispatcher: &Dispatcher,
     name: &str,
     state: AgentState,
     audit: Record,
 ) -> Result<Agent> {
-    store
+    let agent = store
         .update_agent(name, audit.detail(state.as_str()), move |a| {
             if a.revoked_at.is_some() {
                 return Err(Error::Conflict(format!(
@@ -176,7 +177,9 @@ pub async fn set_state(
             a.state = state;
             Ok(())
         })
-        .await
+        .await?;
+    dispatcher.hold_back(name, state != AgentState::Active);
+    Ok(agent)
 }
 
 /// Revokes agent `name`'s token; the jobs it holds go back to the queue.

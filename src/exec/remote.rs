@@ -132,6 +132,8 @@ struct State {
     /// Queued and held jobs; ids rise, so the first queued match is the oldest.
     jobs: BTreeMap<u64, Job>,
     agents: HashMap<String, Contact>,
+    /// Agents that take no new job (paused or draining).
+    held_back: std::collections::HashSet<String>,
 }
 
 /// The server's queue of agent jobs and what it knows of the agents.
@@ -234,16 +236,23 @@ impl Dispatcher {
         })
     }
 
-    /// An agent asks for work: its contact is recorded and, when `accepting` and it holds
-    /// fewer jobs than its capacity, the oldest queued job it can run is given to it —
-    /// waiting up to `wait` for one.
-    pub async fn poll(
-        &self,
-        agent: &str,
-        poll: &Poll,
-        accepting: bool,
-        wait: Duration,
-    ) -> Option<JobSpec> {
+    /// Whether `agent` takes new jobs (an administrator paused or drained it); a poll
+    /// waiting now sees it at once.
+    pub fn hold_back(&self, agent: &str, held: bool) {
+        let mut state = self.state();
+        if held {
+            state.held_back.insert(agent.to_string());
+        } else {
+            state.held_back.remove(agent);
+        }
+        drop(state);
+        self.queued.notify_waiters();
+    }
+
+    /// An agent asks for work: its contact is recorded and, unless it is held back and
+    /// while it holds fewer jobs than its capacity, the oldest queued job it can run is
+    /// given to it — waiting up to `wait` for one.
+    pub async fn poll(&self, agent: &str, poll: &Poll, wait: Duration) -> Option<JobSpec> {
         let until = Instant::now() + wait;
         self.state().agents.insert(
             agent.to_string(),
@@ -255,11 +264,16 @@ impl Dispatcher {
                 seen: Some(Instant::now()),
             },
         );
+        let held_back = self.state().held_back.contains(agent);
         loop {
             let queued = self.queued.notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            match self.claim(agent, poll.capacity, accepting) {
+            if self.state().held_back.contains(agent) != held_back {
+                // Paused, drained or resumed while it waited: it hears so now.
+                return None;
+            }
+            match self.claim(agent, poll.capacity) {
                 Claim::Job(spec, on_lines) => {
                     let line = format!("betcycle: running on agent {agent} (job {})", spec.id);
                     on_lines(Stream::Stderr, &[&line]);
@@ -276,7 +290,7 @@ impl Dispatcher {
         }
     }
 
-    fn claim(&self, agent: &str, capacity: u32, accepting: bool) -> Claim {
+    fn claim(&self, agent: &str, capacity: u32) -> Claim {
         let mut state = self.state();
         let Some(contact) = state.agents.get_mut(agent) else {
             return Claim::Forgotten;
@@ -289,7 +303,7 @@ impl Dispatcher {
             .values()
             .filter(|j| j.holder.as_ref().is_some_and(|h| h.agent == agent))
             .count();
-        if !accepting || held >= capacity as usize {
+        if state.held_back.contains(agent) || held >= capacity as usize {
             return Claim::Nothing;
         }
         let Some(job) = state

@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 pub(crate) const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/setup", "public"),
     ("POST", "/api/v1/agents", "admin"),
+    ("POST", "/settings/agents", "admin"),
+    ("POST", "/settings/agents/{name}", "admin"),
     ("PUT", "/api/v1/agents/{name}", "admin"),
     ("DELETE", "/api/v1/agents/{name}", "admin"),
     ("POST", "/api/v1/agent/poll", "agent"),
@@ -375,6 +377,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/security/teams", "admin"),
     ("/security/audit", "admin"),
     ("/settings/backup", "admin"),
+    ("/settings/agents", "admin"),
     ("/policies", "user"),
     ("/security/secrets", "admin"),
     ("/projects/{slug}/secrets", "project:maintainer"),

@@ -76,14 +76,18 @@ async fn steps_run_on_the_agents_their_labels_choose_and_what_they_change_comes_
         r#"steps:
   - name: build
     runs_on: [linux]
+    secrets: [API_TOKEN]
     run: |
       echo "build on $BETCYCLE_AGENT: $(cat input.txt)"
+      echo "token=$API_TOKEN"
       mkdir -p out && echo "made on $BETCYCLE_AGENT" > out/built.txt
+      printf '<testsuite name="s" tests="1"><testcase classname="s" name="t"/></testsuite>' > out/junit.xml
       rm gone.txt
     artifacts: [out/built.txt]
+    reports: { junit: out/junit.xml }
   - name: gpu
     runs_on: [linux, gpu]
-    run: echo "gpu on $BETCYCLE_AGENT"
+    run: echo "gpu on $BETCYCLE_AGENT, token=[$API_TOKEN]"
   - name: check
     depends_on: [build, gpu]
     run: cat out/built.txt && test ! -e gone.txt
@@ -91,6 +95,12 @@ async fn steps_run_on_the_agents_their_labels_choose_and_what_they_change_comes_
     );
     let server = Server::start_admin(dir.path(), &[]);
     project(&server, "demo", &repo).await;
+    server
+        .set_secret(
+            "/api/v1/projects/demo/secrets/API_TOKEN",
+            "s3cret-for-the-build",
+        )
+        .await;
     let (plain, big) = (
         create_agent(&server, "plain").await,
         create_agent(&server, "big").await,
@@ -114,6 +124,14 @@ async fn steps_run_on_the_agents_their_labels_choose_and_what_they_change_comes_
         "{build}"
     );
     assert!(build.contains("from the repository"), "{build}");
+    // The secret reached the step that lists it, and came back masked.
+    assert!(build.contains("token=***"), "{build}");
+    assert!(!build.contains("s3cret"), "{build}");
+    assert!(
+        gpu.contains("token=[]"),
+        "only listed steps get secrets: {gpu}"
+    );
+    assert_eq!(step(&run, "build")["tests"]["passed"], 1, "{run:#}");
     assert!(
         gpu.contains("gpu on big") && gpu.contains("running on agent big"),
         "only big has the gpu label: {gpu}"
@@ -158,6 +176,39 @@ async fn steps_run_on_the_agents_their_labels_choose_and_what_they_change_comes_
         "{message}"
     );
 
+    let page = server.get_text("/settings/agents").await;
+    assert!(
+        page.contains("big") && page.contains("linux, gpu") && page.contains("connected"),
+        "{page}"
+    );
+
+    // Paused agents take no new job: the next run waits until one is resumed.
+    for name in ["plain", "big"] {
+        set_state(&server, name, "paused").await;
+    }
+    trigger(&server, "demo").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = wait_for(&server, "demo", 2, |r| r["status"] == "running").await;
+    assert!(step(&waiting, "build")["status"].is_null(), "{waiting:#}");
+    let build = log_of(&server, 2, 0).await;
+    assert!(
+        build.contains("waiting for an agent") && !build.contains("running on agent"),
+        "{build}"
+    );
+    let page = server.get_text("/settings/agents").await;
+    assert!(
+        page.contains("wait for an agent") && page.contains("paused"),
+        "{page}"
+    );
+    for name in ["plain", "big"] {
+        set_state(&server, name, "active").await;
+    }
+    let second = wait_for(&server, "demo", 2, |r| {
+        r["status"] == "succeeded" || r["status"] == "failed"
+    })
+    .await;
+    assert_eq!(second["status"], "succeeded", "{second:#}");
+
     // A revoked agent is refused, says why, and stops.
     let (status, _) = server
         .send_json(Method::DELETE, "/api/v1/agents/big", json!(null))
@@ -171,10 +222,37 @@ async fn steps_run_on_the_agents_their_labels_choose_and_what_they_change_comes_
             || said.contains("the token of agent \"big\" was revoked"),
         "{said}"
     );
+    // A drained agent finishes its work and exits 0.
+    set_state(&server, "plain", "draining").await;
+    let exit = wait_exit(&mut agents_running[0], Duration::from_secs(40));
+    assert_eq!(exit.code(), Some(0));
+    let (status, answer) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/agents/plain",
+            json!({ "state": "asleep" }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        answer["message"],
+        "state \"asleep\": use active, paused or draining"
+    );
     for mut agent in agents_running {
         let _ = agent.kill();
         let _ = agent.wait();
     }
+}
+
+async fn set_state(server: &Server, name: &str, state: &str) {
+    let (status, answer) = server
+        .send_json(
+            Method::PUT,
+            &format!("/api/v1/agents/{name}"),
+            json!({ "state": state }),
+        )
+        .await;
+    assert_eq!(status, 204, "{answer}");
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {

@@ -1038,6 +1038,7 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
     .await;
     crate::runs::trigger(&server, "demo").await;
     crate::runs::wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    crate::agents::create_agent(&server, "builder").await;
     sign_in_to_demo(&browser, &server.url).await;
     let c = &browser.client;
     let pages = [
@@ -1055,6 +1056,7 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
         ("policies", "/policies"),
         ("users", "/security/users"),
         ("audit", "/security/audit"),
+        ("agents", "/settings/agents"),
         ("account", "/account"),
     ];
     let mut problems = Vec::new();

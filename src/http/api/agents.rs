@@ -72,7 +72,7 @@ pub async fn set_state(
 ) -> ServerResult<StatusCode> {
     let state = AgentState::parse(change.state.trim()).map_err(ServerError::BadRequest)?;
     let audit = Record::new(&signed.audit, "agent.state", format!("agent:{name}"));
-    agents::set_state(&app.store, &name, state, audit).await?;
+    agents::set_state(&app.store, &app.runner.agents, &name, state, audit).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -134,18 +134,26 @@ pub async fn poll(
             "capacity must be at least 1".into(),
         ));
     }
-    let accepting = agent.state == AgentState::Active;
-    let mut job = app
-        .runner
-        .agents
-        .poll(&agent.name, &poll, accepting, POLL_WAIT)
-        .await;
-    if let Some(job) = &mut job {
-        job.env.insert("BETCYCLE_AGENT".into(), agent.name.clone());
-    }
+    let dispatcher = &app.runner.agents;
+    dispatcher.hold_back(&agent.name, agent.state != AgentState::Active);
+    let mut job = dispatcher.poll(&agent.name, &poll, POLL_WAIT).await;
+    let state = match &mut job {
+        Some(job) => {
+            job.env.insert("BETCYCLE_AGENT".into(), agent.name.clone());
+            agent.state
+        }
+        // An administrator may have paused or drained it while it waited.
+        None => app
+            .store
+            .agents()
+            .await?
+            .into_iter()
+            .find(|a| a.name == agent.name)
+            .map_or(agent.state, |a| a.state),
+    };
     Ok(Json(PollAnswer {
         job,
-        state: agent.state.as_str().into(),
+        state: state.as_str().into(),
     }))
 }
 

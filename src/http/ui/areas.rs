@@ -108,11 +108,18 @@ pub const AREAS: &[Area] = &[
         slug: "settings",
         title: "Settings",
         summary: "Instance configuration, backups and updates.",
-        built: &[(
-            "Backups",
-            "/settings/backup",
-            "download a consistent backup of the running server; how to restore (administrators only)",
-        )],
+        built: &[
+            (
+                "Backups",
+                "/settings/backup",
+                "download a consistent backup of the running server; how to restore (administrators only)",
+            ),
+            (
+                "Agents",
+                "/settings/agents",
+                "build machines that run steps with runs_on: their labels, capacity and jobs (administrators only)",
+            ),
+        ],
         pending: "Editing the instance configuration in the console is not built yet: use the configuration file (betcycle config example). Updates come from betcycle self-update or your package manager.",
     },
 ];

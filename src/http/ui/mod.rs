@@ -3,6 +3,7 @@
 
 mod account;
 mod admin;
+mod agents;
 mod areas;
 mod dashboard;
 mod deploy;
@@ -39,6 +40,7 @@ pub fn routes() -> Vec<Route> {
         account::routes(),
         admin::routes(),
         settings::routes(),
+        agents::routes(),
         policies::routes(),
         secrets::routes(),
         projects::routes(),
@@ -168,6 +170,7 @@ fn done_message(key: Option<&str>) -> Option<&'static str> {
         "project-created" => "Project created.",
         "project-updated" => "Project settings saved.",
         "members-updated" => "Members updated.",
+        "agent-updated" => "Agent updated.",
         _ => return None,
     })
 }
