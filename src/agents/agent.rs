@@ -437,44 +437,53 @@ impl Handle {
 
 /// A job's output waiting to be sent.
 #[derive(Clone, Default)]
-struct Output(Arc<(Mutex<(Vec<Burst>, bool)>, tokio::sync::Notify)>);
+struct Output(Arc<Pending>);
+
+#[derive(Default)]
+struct Pending {
+    /// The bursts not sent yet, and whether the process has ended.
+    held: Mutex<(Vec<Burst>, bool)>,
+    arrived: tokio::sync::Notify,
+}
 
 impl Output {
+    fn held(&self) -> std::sync::MutexGuard<'_, (Vec<Burst>, bool)> {
+        self.0.held.lock().expect("output lock")
+    }
+
     fn push(&self, stream: Stream, lines: &[&str]) {
-        let mut held = self.0.0.lock().expect("output lock");
-        held.0.push(Burst {
+        self.held().0.push(Burst {
             stream,
             lines: lines.iter().map(|l| l.to_string()).collect(),
         });
-        drop(held);
-        self.0.1.notify_one();
+        self.0.arrived.notify_one();
     }
 
     fn close(&self) {
-        self.0.0.lock().expect("output lock").1 = true;
-        self.0.1.notify_one();
+        self.held().1 = true;
+        self.0.arrived.notify_one();
     }
 
     fn is_empty(&self) -> bool {
-        self.0.0.lock().expect("output lock").0.is_empty()
+        self.held().0.is_empty()
+    }
+
+    fn closed(&self) -> bool {
+        self.held().1
     }
 
     /// Waits up to `most` for output (then a little more, to batch it); whether closed.
     async fn wait(&self, most: Duration) -> bool {
         if self.is_empty() && !self.closed() {
-            let _ = tokio::time::timeout(most, self.0.1.notified()).await;
+            let _ = tokio::time::timeout(most, self.0.arrived.notified()).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.closed()
     }
 
-    fn closed(&self) -> bool {
-        self.0.0.lock().expect("output lock").1
-    }
-
     /// Bursts up to about `bytes` of text, oldest first.
     fn take(&self, bytes: usize) -> Vec<Burst> {
-        let mut held = self.0.0.lock().expect("output lock");
+        let mut held = self.held();
         let mut size = 0;
         let mut n = 0;
         for burst in &held.0 {
