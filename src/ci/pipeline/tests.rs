@@ -68,7 +68,7 @@ fn unknown_keys_name_line_column_path_and_a_suggestion() {
     assert_eq!(
         problems(text),
         [
-            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix, image, memory, cpus, privileged, volumes, cache (did you mean \"run\"?)"
+            ".betcycle.yml:5:5: steps[1].runn: unknown field `runn`, expected one of name, run, env, depends_on, when, timeout, retry, allow_failure, workdir, artifacts, reports, secrets, matrix, image, memory, cpus, privileged, volumes, cache, runs_on (did you mean \"run\"?)"
         ]
     );
     let text = "steps:\n  - name: a\n    run: x\n    retry: lots\n";
@@ -312,4 +312,25 @@ fn caches_need_a_key_that_renders_and_paths_inside_the_workspace() {
     );
     assert!(found[1].contains("steps[0].cache.paths[0]: cache paths are relative and inside the workspace, not \"~/.cargo/registry\""), "{found:#?}");
     assert!(found[2].contains("steps[0].cache.paths[1]"), "{found:#?}");
+}
+
+#[test]
+fn runs_on_takes_agent_labels_and_refuses_an_image() {
+    let p = ok(
+        "steps:\n  - { name: gpu, run: nvidia-smi, runs_on: [linux, gpu] }\n  - { name: here, run: 'true' }\n",
+    );
+    assert_eq!(p.steps[0].runs_on, vec!["linux", "gpu"]);
+    assert!(p.steps[1].runs_on.is_empty());
+    assert_eq!(
+        problems("steps:\n  - { name: a, run: 'true', runs_on: [linux, 'big box'] }\n"),
+        vec![
+            ".betcycle.yml:2:46: steps[0].runs_on[1]: \"big box\": a label is 1 to 63 letters, digits, '.', '_' or '-'"
+        ]
+    );
+    assert_eq!(
+        problems("image: alpine:3\nsteps:\n  - name: a\n    run: 'true'\n    runs_on: [linux]\n"),
+        vec![
+            ".betcycle.yml:5:15: steps[0].runs_on: runs_on cannot be combined with an image (the step's or the pipeline's): agents run steps as processes on their own host"
+        ]
+    );
 }
