@@ -30,8 +30,9 @@ if $quick; then
     "bench/memory.sh 200"
     "bench/proxy.sh 2 3"
     "bench/container-overhead.sh 3 1"
+    "bench/agent-dispatch.sh 3"
   )
-  expected=21
+  expected=22
 else
   out=${out:-bench/results.md}
   plan=(
@@ -44,8 +45,9 @@ else
     "bench/memory.sh 10000"
     "bench/proxy.sh 10 20"
     "bench/container-overhead.sh 20 3"
+    "bench/agent-dispatch.sh 30"
   )
-  expected=27
+  expected=28
 fi
 betcycle_bin >/dev/null   # build once, before anything is timed
 # Read before the results file (tracked) is written below.

@@ -193,12 +193,16 @@ pub struct RunContainers {
     containers: Mutex<std::collections::BTreeSet<String>>,
     /// Whether steps may be privileged and mount host paths (the project's setting).
     host_access: bool,
+    /// An administrator's choice (`container.fallback = local`): without a reachable
+    /// engine, steps with an `image` run on the host instead, with a warning.
+    pub(super) fallback_local: bool,
 }
 
 impl RunContainers {
     pub fn new(engine: Arc<Engine>, run: &str, host_access: bool) -> RunContainers {
         RunContainers {
             host_access,
+            fallback_local: false,
             engine,
             run: run.to_string(),
             network: OnceCell::new(),
@@ -260,6 +264,17 @@ impl RunContainers {
     }
 
     /// Starts `process` in a container (or, for a probe, inside its service's).
+    /// Lets steps with an `image` run on the host when the engine cannot be reached.
+    pub fn falling_back(mut self, local: bool) -> RunContainers {
+        self.fallback_local = local;
+        self
+    }
+
+    /// Whether the engine answers (connecting if need be); the error says why not.
+    pub async fn reachable(&self) -> Result<(), String> {
+        self.engine.client().await.map(drop)
+    }
+
     pub fn spawn(self: &Arc<Self>, p: Process, spec: ContainerSpec) -> Spawned {
         let this = self.clone();
         Box::pin(async move {

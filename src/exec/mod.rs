@@ -263,6 +263,31 @@ impl RunSpec {
     }
 }
 
+/// The step's container — or none, with a warning in its log, when the engine cannot
+/// be reached and the administrator lets such steps fall back to the host.
+async fn container_or_fallback<'a>(
+    spec: &RunSpec,
+    step: &'a Step,
+    observer: &Arc<dyn Observer>,
+) -> Option<&'a crate::ci::pipeline::Container> {
+    let container = step.container.as_ref()?;
+    let Some(containers) = spec.containers.as_ref().filter(|c| c.fallback_local) else {
+        return Some(container);
+    };
+    match containers.reachable().await {
+        Ok(()) => Some(container),
+        Err(e) => {
+            let line = format!(
+                "betcycle: warning: {e}; container.fallback is local, so the step runs on \
+                 this host, without image {}",
+                container.image
+            );
+            observer.line(&step.name, Stream::Stderr, &line);
+            None
+        }
+    }
+}
+
 /// What a step's or service's `container` asks of the engine.
 fn container_spec(
     container: Option<&crate::ci::pipeline::Container>,
@@ -418,14 +443,14 @@ async fn run_step(
         Some(w) => spec.workspace.join(w),
         None => spec.workspace.clone(),
     };
-    let remote = spec.agents.as_ref().filter(|_| !step.runs_on.is_empty());
-    // A step on an agent gets the agent's own PATH, HOME and TMPDIR, not the server's.
-    let mut env = spec.env(&step.env, step.container.is_some() || remote.is_some());
-    env.insert("BETCYCLE_STEP".into(), step.name.clone());
-    env.insert("CI".into(), "true".into());
-
     observer.step_started(&step.name);
     let started_at = Timestamp::now();
+    let remote = spec.agents.as_ref().filter(|_| !step.runs_on.is_empty());
+    let container = container_or_fallback(spec, step, &observer).await;
+    // A step on an agent gets the agent's own PATH, HOME and TMPDIR, not the server's.
+    let mut env = spec.env(&step.env, container.is_some() || remote.is_some());
+    env.insert("BETCYCLE_STEP".into(), step.name.clone());
+    env.insert("CI".into(), "true".into());
     if let Err(reason) = reveal_into(spec, step, &observer, masker, &mut env).await {
         return StepResult {
             status: StepStatus::Failed,
@@ -457,7 +482,7 @@ async fn run_step(
             timeout: step.timeout,
             cancel: cancel.clone(),
             on_lines,
-            container: container_spec(step.container.as_ref(), None),
+            container: container_spec(container, None),
         };
         let exit = match remote {
             Some(agents) => agents.spawn(process, step.runs_on.clone()).await,

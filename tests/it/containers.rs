@@ -246,7 +246,8 @@ steps:
 }
 
 #[tokio::test]
-async fn a_missing_image_and_an_engine_that_is_down_fail_the_step_with_the_reason() {
+async fn a_missing_image_and_an_engine_that_is_down_fail_the_step_with_the_reason_unless_it_may_fall_back()
+ {
     let image = busybox_image();
     let dir = tempdir();
     let pipeline = format!(
@@ -283,6 +284,33 @@ async fn a_missing_image_and_an_engine_that_is_down_fail_the_step_with_the_reaso
         "{reason}"
     );
     assert_eq!(server.get("/healthz").await.status(), 200);
+    drop(server);
+
+    // An administrator lets image steps fall back to the host: they run, and say so.
+    let dir = tempdir();
+    let (server, _) = demo(
+        dir.path(),
+        &pipeline,
+        &[
+            "--container-socket",
+            socket.to_str().unwrap(),
+            "--container-fallback",
+            "local",
+        ],
+    )
+    .await;
+    trigger(&server, "demo").await;
+    let run: Value = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
+    assert_eq!(run["steps"][1]["status"], "succeeded", "{run:#}");
+    let log = server
+        .get_text("/api/v1/projects/demo/runs/1/steps/1/log")
+        .await;
+    assert!(
+        log.contains("warning: cannot reach the container engine")
+            && log.contains("container.fallback is local, so the step runs on this host")
+            && log.contains(" o ran"),
+        "{log}"
+    );
 }
 
 /// Cancels run `n` and waits until it is cancelled.

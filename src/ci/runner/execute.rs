@@ -123,11 +123,14 @@ impl Runner {
                 project.isolation,
                 &format!("run-{}", run.id),
             ),
-            containers: Some(Arc::new(crate::exec::container::RunContainers::new(
-                self.containers.clone(),
-                &format!("run-{}", run.id),
-                project.container_host_access,
-            ))),
+            containers: Some(Arc::new(
+                crate::exec::container::RunContainers::new(
+                    self.containers.clone(),
+                    &format!("run-{}", run.id),
+                    project.container_host_access,
+                )
+                .falling_back(self.container_fallback_local),
+            )),
             cache: Some(self.caches.space(&format!("project-{}", project.id))),
             agents: Some(self.agents.clone()),
         };

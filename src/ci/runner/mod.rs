@@ -73,6 +73,8 @@ pub struct Runner {
     pub(super) caches: Arc<crate::exec::cache::Caches>,
     /// The queue of jobs for remote agents (`runs_on:`).
     pub agents: Arc<crate::exec::remote::Dispatcher>,
+    /// Steps with an `image` run on the host when the engine cannot be reached.
+    pub(super) container_fallback_local: bool,
 }
 
 /// How often a nearly full data disk is said again in the log while runs wait.
@@ -113,6 +115,7 @@ impl Runner {
                 config.cache_max_size,
             ),
             agents: crate::exec::remote::Dispatcher::new(config.agent_lease),
+            container_fallback_local: config.container_fallback_local,
             data_dir: config.data_dir.clone(),
         })
     }

@@ -137,6 +137,8 @@ pub struct Config {
     pub prometheus_url: Option<String>,
     /// The container engine's socket.
     pub container_socket: String,
+    /// `container.fallback = local`: without an engine, image steps run on the host.
+    pub container_fallback_local: bool,
     /// Space all steps' caches may take together.
     pub cache_max_size: u64,
     /// How long an agent holds a job without a word before it goes to another agent.
@@ -248,6 +250,13 @@ impl Config {
             },
             health_min_free_disk: r.size("health.min_free_disk")?,
             container_socket: container_socket.clone(),
+            container_fallback_local: match r.get("container.fallback").map(|(v, _)| v.as_str()) {
+                Some("fail") | None => false,
+                Some("local") => true,
+                Some(_) => {
+                    return Err(r.invalid("container.fallback", "expected fail or local"));
+                }
+            },
             cache_max_size: r.size("cache.max_size")?,
             agent_lease: match r.duration("agent.lease")? {
                 d if d >= Duration::from_secs(3) => d,

@@ -284,6 +284,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "The container engine's API socket (Docker, or Podman's Docker-compatible one) for steps and services with an `image`.",
     },
     OptionSpec {
+        key: "container.fallback",
+        flag: "container-fallback",
+        env: "BETCYCLE_CONTAINER_FALLBACK",
+        default: Some("fail"),
+        derived: "",
+        integer: false,
+        value_name: "fail|local",
+        help: "When the container engine cannot be reached: `fail` the steps with an `image`, or run them on the host (`local`) with a warning in their log.",
+    },
+    OptionSpec {
         key: "cache.max_size",
         flag: "cache-max-size",
         env: "BETCYCLE_CACHE_MAX_SIZE",
