@@ -167,7 +167,10 @@ pub async fn serve(mut config: Config) -> Result<()> {
         policies,
         schedules_changed: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::new(Metrics::new(store.clone(), |r| {
-            services.metrics.register(r)
+            services.metrics.register(r);
+            r.register_collector(Box::new(crate::exec::remote::Collector(
+                runner.agents.clone(),
+            )));
         })),
         config: Arc::new(config),
         store: store.clone(),

@@ -253,7 +253,8 @@ impl prometheus_client::collector::Collector for StoreCollector {
     }
 }
 
-fn gauge(
+/// Writes one constant gauge (for collectors that read their figure at scrape time).
+pub(crate) fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

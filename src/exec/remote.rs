@@ -484,6 +484,55 @@ pub async fn expire_leases(dispatcher: Arc<Dispatcher>, stop: tokio_util::sync::
     }
 }
 
+/// The agents' figures at each scrape: connected agents, jobs waiting, jobs held.
+#[derive(Debug)]
+pub struct Collector(pub Arc<Dispatcher>);
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::core::metrics::gauge;
+        let (connected, queued, held) = {
+            let state = self.0.state();
+            let connected = state
+                .agents
+                .values()
+                .filter(|c| self.0.connected(c))
+                .count();
+            let held = state.jobs.values().filter(|j| j.holder.is_some()).count();
+            (connected, state.jobs.len() - held, held)
+        };
+        gauge(
+            &mut encoder,
+            "betcycle_agents_connected",
+            "Remote agents heard from within their lease",
+            connected as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "betcycle_agent_jobs_queued",
+            "Steps with runs_on waiting for an agent",
+            queued as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "betcycle_agent_jobs_running",
+            "Steps with runs_on held by an agent",
+            held as f64,
+        )
+    }
+}
+
 fn held_by<'a>(state: &'a mut State, agent: &str, id: u64) -> Result<&'a mut Job, NotHeld> {
     match state.jobs.get_mut(&id) {
         Some(job) if job.holder.as_ref().is_some_and(|h| h.agent == agent) => Ok(job),

@@ -200,6 +200,14 @@ async fn steps_run_on_the_agents_their_labels_choose_and_what_they_change_comes_
         page.contains("wait for an agent") && page.contains("paused"),
         "{page}"
     );
+    let metrics = server.get_text("/metrics").await;
+    for line in [
+        "betcycle_agents_connected 2.0",
+        "betcycle_agent_jobs_queued 2.0",
+        "betcycle_agent_jobs_running 0.0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     for name in ["plain", "big"] {
         set_state(&server, name, "active").await;
     }
