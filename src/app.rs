@@ -376,6 +376,21 @@ fn start_workers(
         crate::projects::poll::work(app.store.clone(), app.runner.clone(), shutdown.clone()),
     );
     workers.start(
+        "alerts",
+        AtShutdown::Detach,
+        crate::monitoring::work(
+            app.store.clone(),
+            app.events.clone(),
+            app.config.public_url.clone(),
+            shutdown.clone(),
+        ),
+    );
+    workers.start(
+        "notifications",
+        AtShutdown::Detach,
+        crate::monitoring::notify::work(app.store.clone(), app.secrets.clone(), shutdown.clone()),
+    );
+    workers.start(
         "agent-leases",
         AtShutdown::Detach,
         crate::exec::remote::expire_leases(app.runner.agents.clone(), shutdown.clone()),

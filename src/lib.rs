@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod exec;
 pub mod http;
 pub mod identity;
+pub mod monitoring;
 pub mod policy;
 pub mod projects;
 pub mod secrets;

@@ -20,6 +20,8 @@ pub enum ServerError {
     Conflict(String),
     /// A dependency failed for now; worth retrying (503).
     Unavailable(String),
+    /// A remote service BetCycle called refused or failed (502).
+    BadGateway(String),
     TooManyRequests {
         message: String,
         retry_after_secs: u64,
@@ -63,6 +65,7 @@ impl IntoResponse for ServerError {
             ServerError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ServerError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
             ServerError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            ServerError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "bad_gateway", m),
             ServerError::TooManyRequests {
                 message,
                 retry_after_secs,

@@ -79,6 +79,7 @@ pub fn table() -> Vec<Route> {
         api::projects::routes(),
         api::runs::routes(),
         api::agents::routes(),
+        api::alerts::routes(),
         api::hooks::routes(),
         api::schedules::routes(),
         api::deploy::routes(),

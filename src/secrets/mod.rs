@@ -418,8 +418,18 @@ impl Secrets {
 
     /// The current value of a project secret, for BetCycle's own use (webhook
     /// verification, commit statuses); never for a client.
+    /// An instance secret's current value, for BetCycle's own use (a notification
+    /// channel's URL or signing key).
+    pub async fn instance_value(&self, name: &str) -> Result<Option<String>> {
+        self.value_of(Scope::Instance, name).await
+    }
+
     pub async fn project_value(&self, project: u64, name: &str) -> Result<Option<String>> {
-        let scope = Scope::Project { project };
+        self.value_of(Scope::Project { project }, name).await
+    }
+
+    /// The current value of secret `name` in `scope`, opened.
+    async fn value_of(&self, scope: Scope, name: &str) -> Result<Option<String>> {
         match self.get(&scope, name).await? {
             None => Ok(None),
             Some(secret) => {

@@ -161,6 +161,18 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 13,
+        description: "create alerts, their history, silences, channels and the outbox",
+        apply: |tx| {
+            tx.open_table(CHANNELS)?;
+            tx.open_table(ALERTS)?;
+            tx.open_table(ALERT_HISTORY)?;
+            tx.open_table(SILENCES)?;
+            tx.open_table(OUTBOX)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

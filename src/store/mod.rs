@@ -19,6 +19,7 @@ mod codec;
 mod deploy;
 mod instance;
 mod migrations;
+mod monitoring;
 mod policy;
 mod project;
 mod quarantine;

@@ -134,6 +134,18 @@ tables! {
     /// Key: agent name. Value: JSON [`crate::agents::Agent`] — a remote agent and its
     /// token's digest.
     AGENTS: &str => &[u8] = "agents-1";
+    /// Key: channel name. Value: JSON [`crate::monitoring::Channel`] — where notifications
+    /// go (a URL, or the instance secret that holds it).
+    CHANNELS: &str => &[u8] = "channels-1";
+    /// Key: `rule:subject`. Value: JSON [`crate::monitoring::Alert`] — its current state.
+    ALERTS: &str => &[u8] = "alerts-1";
+    /// Key: entry id, from 1. Value: JSON [`crate::monitoring::AlertEvent`].
+    ALERT_HISTORY: u64 => &[u8] = "alert-history-1";
+    /// Key: silence id, from 1. Value: JSON [`crate::monitoring::Silence`].
+    SILENCES: u64 => &[u8] = "silences-1";
+    /// Key: notification id, from 1. Value: JSON [`crate::monitoring::Notification`] — the
+    /// outbox: pending until sent or given up, kept with its outcome.
+    OUTBOX: u64 => &[u8] = "outbox-1";
     /// Key: (table name, the record's key as text). Value: JSON
     /// [`crate::store::Quarantined`] — a record that did not decode, set aside (it stays in its
     /// own table) so queues and start-up carry on.

@@ -4,6 +4,7 @@
 mod access;
 mod accounts;
 mod agents;
+mod alerts;
 mod backup;
 mod browser;
 mod caches;

@@ -2,6 +2,7 @@
 //! `/metrics`). One file per resource.
 
 pub mod agents;
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod backup;

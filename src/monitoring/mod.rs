@@ -1,0 +1,358 @@
+//! Alerts and their notifications. Built-in rules look at the store: a project whose
+//! latest finished run on its default branch failed (`pipeline_failed`), an environment
+//! whose latest finished deployment failed or was rolled back (`deployment_failed`). The
+//! `alerts` worker reconciles what the rules say with the stored alerts: a change is one
+//! write — the alert's new state, its history entry and one notification per channel in
+//! the outbox (none while a silence covers it). The `notifications` worker sends the
+//! outbox with retries (`notify.rs`). Because the state is stored and the rules are read
+//! from records, a restart neither loses a notification nor sends one twice.
+
+pub mod notify;
+
+use crate::core::error::{Error, Result};
+use crate::identity::audit::Record;
+use crate::store::Store;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The built-in rules.
+pub const RULES: &[(&str, &str)] = &[
+    (
+        "pipeline_failed",
+        "the latest finished run on a project's default branch failed",
+    ),
+    (
+        "deployment_failed",
+        "the latest finished deployment to an environment failed or was rolled back",
+    ),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// An alert: one rule about one subject (`demo`, `demo/production`), firing or resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// `rule:subject`.
+    pub key: String,
+    pub rule: String,
+    pub subject: String,
+    pub severity: String,
+    pub state: AlertState,
+    /// When it entered this state.
+    pub since: Timestamp,
+    pub summary: String,
+    /// The console page that shows why.
+    pub link: String,
+}
+
+/// An entry of an alert's history: it fired or resolved, and whether a silence held its
+/// notifications back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub id: u64,
+    pub key: String,
+    pub state: AlertState,
+    pub at: Timestamp,
+    pub summary: String,
+    /// The silence that kept it from being sent, with who made it.
+    #[serde(default)]
+    pub silenced_by: Option<String>,
+}
+
+/// Holds back notifications of the alerts it matches until `until`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: u64,
+    /// A rule name, or every rule.
+    pub rule: Option<String>,
+    /// A subject (`demo`, `demo/production`), or every subject.
+    pub subject: Option<String>,
+    pub until: Timestamp,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+}
+
+impl Silence {
+    pub fn covers(&self, alert: &Alert, now: Timestamp) -> bool {
+        now < self.until
+            && self.rule.as_ref().is_none_or(|r| *r == alert.rule)
+            && self.subject.as_ref().is_none_or(|s| *s == alert.subject)
+    }
+}
+
+/// Where notifications go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// JSON, signed with HMAC-SHA256 when the channel has a signing secret.
+    Webhook,
+    Slack,
+    Discord,
+    Teams,
+    Ntfy,
+    Gotify,
+}
+
+impl ChannelKind {
+    pub fn parse(text: &str) -> std::result::Result<ChannelKind, String> {
+        serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
+            format!("kind \"{text}\": use webhook, slack, discord, teams, ntfy or gotify")
+        })
+    }
+}
+
+/// A notification channel. Its URL is given as is (`url`) or, when it is itself a
+/// credential (a Slack or Discord webhook URL, a Gotify token), as the name of an
+/// instance secret holding it (`url_secret`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_secret: Option<String>,
+    /// The instance secret whose value signs a webhook channel's bodies.
+    #[serde(default)]
+    pub signing_secret: Option<String>,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    Pending,
+    Sent,
+    /// Given up after its attempts.
+    Failed,
+}
+
+/// One message to one channel, in the outbox until it is sent or given up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: u64,
+    pub channel: String,
+    pub alert: String,
+    pub state: AlertState,
+    pub summary: String,
+    pub link: String,
+    pub created_at: Timestamp,
+    pub status: Delivery,
+    pub attempts: u32,
+    pub next_at: Timestamp,
+    #[serde(default)]
+    pub last_error: String,
+    #[serde(default)]
+    pub sent_at: Option<Timestamp>,
+}
+
+/// What the rules say now: the alerts that should be firing, by key.
+pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String, Alert>> {
+    let mut firing = BTreeMap::new();
+    let now = Timestamp::now();
+    for project in store.list_projects().await? {
+        let filter = crate::store::RunFilter {
+            status: None,
+            branch: Some(project.default_branch.clone()),
+        };
+        let runs = store.project_runs(&project.slug, filter, 20).await?;
+        let latest = runs.iter().find(|r| {
+            matches!(
+                r.status,
+                crate::ci::run::RunStatus::Succeeded
+                    | crate::ci::run::RunStatus::Failed
+                    | crate::ci::run::RunStatus::Error
+            )
+        });
+        if let Some(run) = latest.filter(|r| r.status != crate::ci::run::RunStatus::Succeeded) {
+            let alert = Alert {
+                key: format!("pipeline_failed:{}", project.slug),
+                rule: "pipeline_failed".into(),
+                subject: project.slug.clone(),
+                severity: "critical".into(),
+                state: AlertState::Firing,
+                since: run.finished_at.unwrap_or(now),
+                summary: format!(
+                    "{} #{} on {} {}: {}",
+                    project.slug,
+                    run.number,
+                    project.default_branch,
+                    run.status.as_str(),
+                    run.commit_subject
+                ),
+                link: format!("{public_url}/projects/{}/runs/{}", project.slug, run.number),
+            };
+            firing.insert(alert.key.clone(), alert);
+        }
+        let mut latest_by_env: BTreeMap<String, crate::delivery::Deployment> = BTreeMap::new();
+        for d in store.deployments(&project.slug, 100).await? {
+            use crate::delivery::DeploymentStatus as S;
+            if matches!(d.status, S::Succeeded | S::Failed | S::RolledBack) {
+                latest_by_env
+                    .entry(d.environment.clone())
+                    .and_modify(|kept| {
+                        if d.number > kept.number {
+                            *kept = d.clone();
+                        }
+                    })
+                    .or_insert(d);
+            }
+        }
+        for (environment, d) in latest_by_env {
+            if d.status == crate::delivery::DeploymentStatus::Succeeded {
+                continue;
+            }
+            let subject = format!("{}/{environment}", project.slug);
+            let alert = Alert {
+                key: format!("deployment_failed:{subject}"),
+                rule: "deployment_failed".into(),
+                subject: subject.clone(),
+                severity: "critical".into(),
+                state: AlertState::Firing,
+                since: d.finished_at.unwrap_or(now),
+                summary: format!(
+                    "{subject}: deployment #{} of release {} {}{}",
+                    d.number,
+                    d.release_number,
+                    d.status.as_str().replace('_', " "),
+                    if d.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", d.message)
+                    }
+                ),
+                link: format!(
+                    "{public_url}/projects/{}/deployments/{}",
+                    project.slug, d.number
+                ),
+            };
+            firing.insert(alert.key.clone(), alert);
+        }
+    }
+    Ok(firing)
+}
+
+/// One pass of the `alerts` worker: every alert whose state the rules changed is stored
+/// with its history entry and its notifications, in one write each.
+pub async fn reconcile(store: &Store, public_url: &str) -> Result<usize> {
+    let firing = desired(store, public_url).await?;
+    let stored: BTreeMap<String, Alert> = store
+        .alerts()
+        .await?
+        .into_iter()
+        .map(|a| (a.key.clone(), a))
+        .collect();
+    let now = Timestamp::now();
+    let mut changes = Vec::new();
+    for (key, alert) in &firing {
+        if stored
+            .get(key)
+            .is_none_or(|s| s.state != AlertState::Firing)
+        {
+            changes.push(alert.clone());
+        }
+    }
+    for (key, alert) in &stored {
+        if alert.state == AlertState::Firing && !firing.contains_key(key) {
+            changes.push(Alert {
+                state: AlertState::Resolved,
+                since: now,
+                ..alert.clone()
+            });
+        }
+    }
+    let n = changes.len();
+    for alert in changes {
+        tracing::info!(alert = %alert.key, state = alert.state.as_str(), summary = %alert.summary, "alert");
+        store.transition_alert(alert).await?;
+    }
+    Ok(n)
+}
+
+/// Checks a new channel and stores it.
+pub async fn create_channel(store: &Store, channel: Channel, audit: Record) -> Result<Channel> {
+    crate::agents::check_label(&channel.name)
+        .map_err(|e| Error::Invalid(format!("channel name {e}")))?;
+    match (&channel.url, &channel.url_secret) {
+        (Some(url), None) => check_url(url)?,
+        (None, Some(secret)) => {
+            if secret.trim().is_empty() {
+                return Err(Error::Invalid("url_secret names an instance secret".into()));
+            }
+        }
+        _ => {
+            return Err(Error::Invalid(
+                "give the channel either url or url_secret (an instance secret holding the URL)"
+                    .into(),
+            ));
+        }
+    }
+    if channel.signing_secret.is_some() && channel.kind != ChannelKind::Webhook {
+        return Err(Error::Invalid(
+            "signing_secret signs webhook channels only".into(),
+        ));
+    }
+    store.create_channel(channel.clone(), audit).await?;
+    Ok(channel)
+}
+
+/// An http(s) URL with a host, or why not.
+pub fn check_url(url: &str) -> Result<()> {
+    let parsed = url::Url::parse(url).map_err(|e| Error::Invalid(format!("url \"{url}\": {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(Error::Invalid(format!(
+            "url \"{url}\": expected an http(s):// URL with a host"
+        )));
+    }
+    Ok(())
+}
+
+/// The `alerts` worker: reconciles when a run or deployment changes, and every 10 s.
+pub async fn work(
+    store: Store,
+    events: crate::core::events::EventBus,
+    public_url: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use crate::core::events::Event;
+    let mut changes = events.subscribe();
+    loop {
+        if let Err(e) = reconcile(&store, &public_url).await {
+            tracing::warn!(error = %e, "alerts: the rules could not be evaluated");
+        }
+        let tick = tokio::time::sleep(std::time::Duration::from_secs(10));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = &mut tick => break,
+                event = changes.recv() => match event {
+                    Ok(e) if matches!(&e.event,
+                        Event::RunUpdated { status, .. } if status.is_finished())
+                        || matches!(&e.event, Event::DeploymentUpdated { .. }) => break,
+                    Ok(_) => {}
+                    // Missed some: look at everything now.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Stored alerts, their history, silences, notification channels and the outbox. An
+//! alert's change, its history entry and its notifications commit together.
+
+use super::auth::next_id;
+use super::tables::{ALERT_HISTORY, ALERTS, CHANNELS, OUTBOX, SILENCES};
+use super::{Store, codec, quarantine};
+use crate::core::error::{Error, Result};
+use crate::identity::audit::Record;
+use crate::monitoring::{Alert, AlertEvent, Channel, Delivery, Notification, Silence};
+use jiff::Timestamp;
+use redb::{ReadableDatabase, ReadableTable};
+
+impl Store {
+    pub async fn create_channel(&self, channel: Channel, audit: Record) -> Result<()> {
+        self.write(move |tx| {
+            let mut table = tx.open_table(CHANNELS)?;
+            if table.get(channel.name.as_str())?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "channel \"{}\" already exists",
+                    channel.name
+                )));
+            }
+            table.insert(channel.name.as_str(), codec::encode(&channel).as_slice())?;
+            drop(table);
+            tx.audit(audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_channel(&self, name: &str, audit: Record) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            if tx.open_table(CHANNELS)?.remove(name.as_str())?.is_none() {
+                return Err(Error::NotFound {
+                    what: format!("channel \"{name}\""),
+                });
+            }
+            tx.audit(audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn channels(&self) -> Result<Vec<Channel>> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(CHANNELS)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.extend(quarantine::decode_listed(CHANNELS, k.value(), v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn alerts(&self) -> Result<Vec<Alert>> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(ALERTS)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.extend(quarantine::decode_listed(ALERTS, k.value(), v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Stores `alert` in its new state with a history entry and, unless a silence covers
+    /// it, one pending notification per channel.
+    pub async fn transition_alert(&self, alert: Alert) -> Result<AlertEvent> {
+        self.write(move |tx| {
+            let now = Timestamp::now();
+            let mut silenced_by = None;
+            for item in tx.open_table(SILENCES)?.iter()? {
+                let (k, v) = item?;
+                let silence: Option<Silence> =
+                    quarantine::decode_listed(SILENCES, k.value(), v.value());
+                if let Some(s) = silence.filter(|s| s.covers(&alert, now)) {
+                    silenced_by = Some(format!(
+                        "silence {} by {} ({})",
+                        s.id, s.created_by, s.reason
+                    ));
+                    break;
+                }
+            }
+            let event = AlertEvent {
+                id: next_id(tx, ALERT_HISTORY)?,
+                key: alert.key.clone(),
+                state: alert.state,
+                at: now,
+                summary: alert.summary.clone(),
+                silenced_by: silenced_by.clone(),
+            };
+            tx.open_table(ALERT_HISTORY)?
+                .insert(event.id, codec::encode(&event).as_slice())?;
+            tx.open_table(ALERTS)?
+                .insert(alert.key.as_str(), codec::encode(&alert).as_slice())?;
+            if silenced_by.is_none() {
+                let mut channels = Vec::new();
+                for item in tx.open_table(CHANNELS)?.iter()? {
+                    let (k, v) = item?;
+                    let channel: Option<Channel> =
+                        quarantine::decode_listed(CHANNELS, k.value(), v.value());
+                    channels.extend(channel);
+                }
+                for channel in channels {
+                    let n = Notification {
+                        id: next_id(tx, OUTBOX)?,
+                        channel: channel.name,
+                        alert: alert.key.clone(),
+                        state: alert.state,
+                        summary: alert.summary.clone(),
+                        link: alert.link.clone(),
+                        created_at: now,
+                        status: Delivery::Pending,
+                        attempts: 0,
+                        next_at: now,
+                        last_error: String::new(),
+                        sent_at: None,
+                    };
+                    tx.open_table(OUTBOX)?
+                        .insert(n.id, codec::encode(&n).as_slice())?;
+                }
+            }
+            Ok(event)
+        })
+        .await
+    }
+
+    /// The newest `limit` history entries, newest first.
+    pub async fn alert_history(&self, limit: usize) -> Result<Vec<AlertEvent>> {
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(ALERT_HISTORY)?;
+            let mut out = Vec::new();
+            for item in table.iter()?.rev().take(limit) {
+                let (k, v) = item?;
+                out.extend(quarantine::decode_listed(
+                    ALERT_HISTORY,
+                    k.value(),
+                    v.value(),
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn create_silence(&self, mut silence: Silence, audit: Record) -> Result<Silence> {
+        self.write(move |tx| {
+            silence.id = next_id(tx, SILENCES)?;
+            tx.open_table(SILENCES)?
+                .insert(silence.id, codec::encode(&silence).as_slice())?;
+            tx.audit(audit)?;
+            Ok(silence)
+        })
+        .await
+    }
+
+    pub async fn delete_silence(&self, id: u64, audit: Record) -> Result<()> {
+        self.write(move |tx| {
+            if tx.open_table(SILENCES)?.remove(id)?.is_none() {
+                return Err(Error::NotFound {
+                    what: format!("silence {id}"),
+                });
+            }
+            tx.audit(audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn silences(&self) -> Result<Vec<Silence>> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(SILENCES)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.extend(quarantine::decode_listed(SILENCES, k.value(), v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Adds a notification (a channel's test) to the outbox; returns it with its id.
+    pub async fn add_notification(&self, mut n: Notification) -> Result<Notification> {
+        self.write(move |tx| {
+            n.id = next_id(tx, OUTBOX)?;
+            tx.open_table(OUTBOX)?
+                .insert(n.id, codec::encode(&n).as_slice())?;
+            Ok(n)
+        })
+        .await
+    }
+
+    pub async fn put_notification(&self, n: Notification) -> Result<()> {
+        self.write(move |tx| {
+            tx.open_table(OUTBOX)?
+                .insert(n.id, codec::encode(&n).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest `limit` notifications, newest first, or only the pending ones due by
+    /// `due` (oldest first).
+    pub async fn notifications(
+        &self,
+        due: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(OUTBOX)?;
+            let mut out = Vec::new();
+            let decode = |k: u64, v: &[u8]| quarantine::decode_listed::<Notification>(OUTBOX, k, v);
+            match due {
+                Some(now) => {
+                    for item in table.iter()? {
+                        let (k, v) = item?;
+                        if let Some(n) = decode(k.value(), v.value())
+                            .filter(|n| n.status == Delivery::Pending && n.next_at <= now)
+                        {
+                            out.push(n);
+                            if out.len() >= limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for item in table.iter()?.rev().take(limit) {
+                        let (k, v) = item?;
+                        out.extend(decode(k.value(), v.value()));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,231 @@
+//! Alerts and notifications: a pipeline that fails on the default branch notifies a
+//! Slack-shaped and a signed webhook channel once, a green run resolves it, a silence
+//! holds notifications back, a `kill -9` in between loses and repeats nothing, and an
+//! unreachable channel is retried with its error recorded.
+
+use crate::harness::{Server, eventually, message_of, tempdir};
+use crate::run::git_repo;
+use crate::runs::{project, trigger, wait_for};
+use crate::triggers::{recording_server, sign};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Seen = Arc<Mutex<Vec<(String, Value, Value)>>>;
+
+/// Waits until `seen` holds `count` requests (and, for a moment, no more).
+async fn exactly(seen: &Seen, count: usize, what: &str) -> Vec<(String, Value, Value)> {
+    eventually(Duration::from_secs(20), what, || async {
+        let got = seen.lock().unwrap().clone();
+        if got.len() >= count {
+            Ok(())
+        } else {
+            Err(format!("{got:#?}"))
+        }
+    })
+    .await;
+    // Anything sent twice would arrive within the outbox's next rounds.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), count, "{what}: {got:#?}");
+    got
+}
+
+async fn run_to_end(server: &Server, n: u64) -> Value {
+    trigger(server, "demo").await;
+    wait_for(server, "demo", n, |r| {
+        r["status"] == "succeeded" || r["status"] == "failed"
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_failing_pipeline_notifies_once_resolves_once_and_a_silence_holds_it_back() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    // Read by the step; made before the server starts, so the sandboxed step sees it.
+    let outcome = dir.path().join("outcome");
+    std::fs::write(&outcome, "fail").unwrap();
+    git_repo(
+        &repo,
+        &format!(
+            "steps:\n  - name: test\n    run: test \"$(cat {})\" = pass\n",
+            outcome.display()
+        ),
+    );
+    let start = || Server::start_admin(dir.path(), &[]);
+    let server = start();
+    project(&server, "demo", &repo).await;
+    let (slack_url, slack) = recording_server().await;
+    let (hook_url, hook) = recording_server().await;
+    server
+        .set_secret(
+            "/api/v1/secrets/SLACK_OPS_URL",
+            &format!("{slack_url}/services/T0/B0/x"),
+        )
+        .await;
+    server.set_secret("/api/v1/secrets/HOOK_KEY", "hook-signing-key").await;
+    for channel in [
+        json!({"name": "ops", "kind": "slack", "url_secret": "SLACK_OPS_URL"}),
+        json!({"name": "audit-hook", "kind": "webhook", "url": format!("{hook_url}/alerts"), "signing_secret": "HOOK_KEY"}),
+        json!({"name": "down", "kind": "webhook", "url": "http://127.0.0.1:9/nothing-listens"}),
+    ] {
+        let (status, answer) = server
+            .send_json(Method::POST, "/api/v1/channels", channel)
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (_, channels) = server
+        .send_json(Method::GET, "/api/v1/channels", json!(null))
+        .await;
+    assert!(
+        !channels.to_string().contains("services/T0"),
+        "a secret URL is never shown: {channels}"
+    );
+
+    // Bad input is refused with the reason.
+    let (status, answer) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/channels",
+            json!({"name": "bad", "kind": "webhook", "url": "not a url"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("url \"not a url\""),
+        "{answer}"
+    );
+    let (status, answer) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/channels",
+            json!({"name": "bad", "kind": "pager", "url": "https://example.com"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        answer["message"],
+        "kind \"pager\": use webhook, slack, discord, teams, ntfy or gotify"
+    );
+    let response = server
+        .call(Method::POST, "/api/v1/channels/down/test", &json!({}))
+        .await;
+    assert_eq!(response.status(), 502);
+    let message = message_of(response).await;
+    assert!(
+        message.starts_with("channel \"down\" did not take the test notification:"),
+        "{message}"
+    );
+    let (status, answer) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/silences",
+            json!({"rule": "no_such_rule", "duration": "1h", "reason": "x"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown rule \"no_such_rule\""),
+        "{answer}"
+    );
+
+    // A failure on main: one message to each channel.
+    assert_eq!(run_to_end(&server, 1).await["status"], "failed");
+    let got = exactly(&slack, 1, "the Slack message").await;
+    let text = got[0].2["text"].as_str().unwrap();
+    assert!(
+        text.contains("[FIRING] demo #1 on main failed")
+            && text.contains("/projects/demo/runs/1|details>"),
+        "{text}"
+    );
+    assert_eq!(got[0].0, "/services/T0/B0/x");
+    let got = exactly(&hook, 1, "the webhook").await;
+    let (path, headers, body) = &got[0];
+    assert_eq!(path, "/alerts");
+    assert_eq!(body["alert"], "pipeline_failed:demo");
+    assert_eq!(body["state"], "firing");
+    let raw = headers["x-recorded-body"].as_str().unwrap();
+    let signature = headers["x-betcycle-signature-256"].as_str().unwrap();
+    assert_eq!(signature, format!("sha256={}", sign("hook-signing-key", raw.as_bytes())));
+
+    // A green run resolves it; the server is killed right after: the resolved message
+    // still arrives, once, and the firing one is not sent again.
+    std::fs::write(&outcome, "pass").unwrap();
+    assert_eq!(run_to_end(&server, 2).await["status"], "succeeded");
+    server.kill();
+    let server = start();
+    let got = exactly(&slack, 2, "the resolved Slack message").await;
+    let text = got[1].2["text"].as_str().unwrap();
+    assert!(text.contains("[RESOLVED] demo #1 on main failed"), "{text}");
+    let got = exactly(&hook, 2, "the resolved webhook").await;
+    assert_eq!(got[1].2["state"], "resolved");
+
+    // Silenced: the alert fires (in its history, with the silence) but nothing is sent.
+    let (status, silence) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/silences",
+            json!({"rule": "pipeline_failed", "subject": "demo", "duration": "1h", "reason": "fixing the runner"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{silence}");
+    std::fs::write(&outcome, "fail").unwrap();
+    assert_eq!(run_to_end(&server, 3).await["status"], "failed");
+    let alerts = eventually(Duration::from_secs(20), "the silenced firing", || async {
+        let (_, alerts) = server
+            .send_json(Method::GET, "/api/v1/alerts", json!(null))
+            .await;
+        let history = alerts["history"].as_array().unwrap();
+        if history.len() == 3 {
+            Ok(alerts)
+        } else {
+            Err(format!("{alerts:#}"))
+        }
+    })
+    .await;
+    let latest = &alerts["history"][0];
+    assert_eq!(latest["state"], "firing");
+    assert!(
+        latest["silenced_by"]
+            .as_str()
+            .unwrap()
+            .contains("fixing the runner"),
+        "{latest}"
+    );
+    assert_eq!(alerts["alerts"][0]["state"], "firing", "{alerts:#}");
+    exactly(&slack, 2, "nothing while silenced").await;
+    exactly(&hook, 2, "nothing while silenced").await;
+
+    // The unreachable channel: every message kept, retried, with what went wrong.
+    let (_, outbox) = server
+        .send_json(Method::GET, "/api/v1/notifications", json!(null))
+        .await;
+    let down: Vec<&Value> = outbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["channel"] == "down" && n["alert"] != "test")
+        .collect();
+    assert_eq!(down.len(), 2, "{outbox:#}");
+    for n in down {
+        assert_eq!(n["status"], "pending", "{n}");
+        assert!(n["attempts"].as_u64().unwrap() >= 1, "{n}");
+        assert!(!n["last_error"].as_str().unwrap().is_empty(), "{n}");
+    }
+    let sent = outbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "sent")
+        .count();
+    assert_eq!(sent, 4, "two per reachable channel: {outbox:#}");
+}
