@@ -375,15 +375,22 @@ fn start_workers(
         AtShutdown::Detach,
         crate::projects::poll::work(app.store.clone(), app.runner.clone(), shutdown.clone()),
     );
+    let probes_changed = Arc::new(tokio::sync::Notify::new());
     workers.start(
         "alerts",
         AtShutdown::Detach,
         crate::monitoring::work(
             app.store.clone(),
             app.events.clone(),
+            probes_changed.clone(),
             app.config.public_url.clone(),
             shutdown.clone(),
         ),
+    );
+    workers.start(
+        "probes",
+        AtShutdown::Detach,
+        crate::monitoring::probes::work(app.store.clone(), probes_changed, shutdown.clone()),
     );
     workers.start(
         "notifications",

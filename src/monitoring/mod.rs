@@ -8,6 +8,7 @@
 //! from records, a restart neither loses a notification nor sends one twice.
 
 pub mod notify;
+pub mod probes;
 
 use crate::core::error::{Error, Result};
 use crate::identity::audit::Record;
@@ -25,6 +26,10 @@ pub const RULES: &[(&str, &str)] = &[
     (
         "deployment_failed",
         "the latest finished deployment to an environment failed or was rolled back",
+    ),
+    (
+        "probe_down",
+        "a probe failed failure_threshold times in a row (resolved after success_threshold successes)",
     ),
 ];
 
@@ -246,6 +251,31 @@ pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String,
             firing.insert(alert.key.clone(), alert);
         }
     }
+    let probes = store.probes().await?;
+    for state in store.probe_states().await? {
+        let Some(probe) = probes.iter().find(|p| p.name == state.name) else {
+            continue;
+        };
+        if state.status != probes::ProbeStatus::Down {
+            continue;
+        }
+        let error = state
+            .last
+            .as_ref()
+            .map(|r| r.error.clone())
+            .unwrap_or_default();
+        let alert = Alert {
+            key: format!("probe_down:{}", probe.name),
+            rule: "probe_down".into(),
+            subject: probe.name.clone(),
+            severity: "critical".into(),
+            state: AlertState::Firing,
+            since: state.since,
+            summary: format!("probe {} ({}) is down: {error}", probe.name, probe.target),
+            link: format!("{public_url}/monitoring"),
+        };
+        firing.insert(alert.key.clone(), alert);
+    }
     Ok(firing)
 }
 
@@ -324,10 +354,12 @@ pub fn check_url(url: &str) -> Result<()> {
     Ok(())
 }
 
-/// The `alerts` worker: reconciles when a run or deployment changes, and every 10 s.
+/// The `alerts` worker: reconciles when a run or deployment ends, when a probe changes
+/// state, and every 10 s.
 pub async fn work(
     store: Store,
     events: crate::core::events::EventBus,
+    probes_changed: std::sync::Arc<tokio::sync::Notify>,
     public_url: String,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -343,6 +375,7 @@ pub async fn work(
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = &mut tick => break,
+                () = probes_changed.notified() => break,
                 event = changes.recv() => match event {
                     Ok(e) if matches!(&e.event,
                         Event::RunUpdated { status, .. } if status.is_finished())

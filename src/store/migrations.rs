@@ -163,8 +163,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 13,
-        description: "create alerts, their history, silences, channels and the outbox",
+        description: "create alerts, their history, silences, channels, the outbox and probes",
         apply: |tx| {
+            tx.open_table(PROBES)?;
+            tx.open_table(PROBE_STATES)?;
+            tx.open_table(PROBE_RESULTS)?;
             tx.open_table(CHANNELS)?;
             tx.open_table(ALERTS)?;
             tx.open_table(ALERT_HISTORY)?;

@@ -1,11 +1,14 @@
-//! Stored alerts, their history, silences, notification channels and the outbox. An
+//! Stored alerts, their history, silences, notification channels, the outbox and probes. An
 //! alert's change, its history entry and its notifications commit together.
 
 use super::auth::next_id;
-use super::tables::{ALERT_HISTORY, ALERTS, CHANNELS, OUTBOX, SILENCES};
+use super::tables::{
+    ALERT_HISTORY, ALERTS, CHANNELS, OUTBOX, PROBE_RESULTS, PROBE_STATES, PROBES, SILENCES,
+};
 use super::{Store, codec, quarantine};
 use crate::core::error::{Error, Result};
 use crate::identity::audit::Record;
+use crate::monitoring::probes::{Probe, ProbeResult, ProbeState};
 use crate::monitoring::{Alert, AlertEvent, Channel, Delivery, Notification, Silence};
 use jiff::Timestamp;
 use redb::{ReadableDatabase, ReadableTable};
@@ -243,6 +246,131 @@ impl Store {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+}
+
+impl Store {
+    pub async fn create_probe(&self, probe: Probe, audit: Record) -> Result<()> {
+        self.write(move |tx| {
+            let mut table = tx.open_table(PROBES)?;
+            if table.get(probe.name.as_str())?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "probe \"{}\" already exists",
+                    probe.name
+                )));
+            }
+            table.insert(probe.name.as_str(), codec::encode(&probe).as_slice())?;
+            drop(table);
+            tx.audit(audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a probe with its state and results.
+    pub async fn delete_probe(&self, name: &str, audit: Record) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            if tx.open_table(PROBES)?.remove(name.as_str())?.is_none() {
+                return Err(Error::NotFound {
+                    what: format!("probe \"{name}\""),
+                });
+            }
+            tx.open_table(PROBE_STATES)?.remove(name.as_str())?;
+            tx.open_table(PROBE_RESULTS)?.retain_in(
+                (name.as_str(), i64::MIN)..=(name.as_str(), i64::MAX),
+                |_, _| false,
+            )?;
+            tx.audit(audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn probes(&self) -> Result<Vec<Probe>> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(PROBES)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.extend(quarantine::decode_listed(PROBES, k.value(), v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn probe_states(&self) -> Result<Vec<ProbeState>> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(PROBE_STATES)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.extend(quarantine::decode_listed(
+                    PROBE_STATES,
+                    k.value(),
+                    v.value(),
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Stores a batch of results with each probe's state after it, in one write.
+    pub async fn record_probes(&self, batch: Vec<(ProbeResult, ProbeState)>) -> Result<()> {
+        self.write(move |tx| {
+            let mut results = tx.open_table(PROBE_RESULTS)?;
+            let mut states = tx.open_table(PROBE_STATES)?;
+            for (result, state) in batch {
+                let key = (state.name.as_str(), result.at.as_millisecond());
+                results.insert(key, codec::encode(&result).as_slice())?;
+                states.insert(state.name.as_str(), codec::encode(&state).as_slice())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Probe `name`'s results since `since`, oldest first, the newest `limit` of them.
+    pub async fn probe_results(
+        &self,
+        name: &str,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ProbeResult>> {
+        let name = name.to_string();
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(PROBE_RESULTS)?;
+            let range = (name.as_str(), since.as_millisecond())..=(name.as_str(), i64::MAX);
+            let mut out = Vec::new();
+            for item in table.range(range)?.rev().take(limit) {
+                let (k, v) = item?;
+                let (_, at) = k.value();
+                out.extend(quarantine::decode_listed::<ProbeResult>(
+                    PROBE_RESULTS,
+                    format!("{name}@{at}"),
+                    v.value(),
+                ));
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes every probe result older than `before`.
+    pub async fn prune_probe_results(&self, before: Timestamp) -> Result<()> {
+        let before = before.as_millisecond();
+        self.write(move |tx| {
+            tx.open_table(PROBE_RESULTS)?
+                .retain(|(_, at), _| at >= before)?;
+            Ok(())
         })
         .await
     }

@@ -146,6 +146,14 @@ tables! {
     /// Key: notification id, from 1. Value: JSON [`crate::monitoring::Notification`] — the
     /// outbox: pending until sent or given up, kept with its outcome.
     OUTBOX: u64 => &[u8] = "outbox-1";
+    /// Key: probe name. Value: JSON [`crate::monitoring::probes::Probe`].
+    PROBES: &str => &[u8] = "probes-1";
+    /// Key: probe name. Value: JSON [`crate::monitoring::probes::ProbeState`] — up, down
+    /// or unknown, with its streak and last result.
+    PROBE_STATES: &str => &[u8] = "probe-states-1";
+    /// Key: (probe name, Unix milliseconds). Value: JSON
+    /// [`crate::monitoring::probes::ProbeResult`], kept 30 days.
+    PROBE_RESULTS: (&str, i64) => &[u8] = "probe-results-1";
     /// Key: (table name, the record's key as text). Value: JSON
     /// [`crate::store::Quarantined`] — a record that did not decode, set aside (it stays in its
     /// own table) so queues and start-up carry on.

@@ -66,7 +66,9 @@ async fn a_failing_pipeline_notifies_once_resolves_once_and_a_silence_holds_it_b
             &format!("{slack_url}/services/T0/B0/x"),
         )
         .await;
-    server.set_secret("/api/v1/secrets/HOOK_KEY", "hook-signing-key").await;
+    server
+        .set_secret("/api/v1/secrets/HOOK_KEY", "hook-signing-key")
+        .await;
     for channel in [
         json!({"name": "ops", "kind": "slack", "url_secret": "SLACK_OPS_URL"}),
         json!({"name": "audit-hook", "kind": "webhook", "url": format!("{hook_url}/alerts"), "signing_secret": "HOOK_KEY"}),
@@ -155,7 +157,10 @@ async fn a_failing_pipeline_notifies_once_resolves_once_and_a_silence_holds_it_b
     assert_eq!(body["state"], "firing");
     let raw = headers["x-recorded-body"].as_str().unwrap();
     let signature = headers["x-betcycle-signature-256"].as_str().unwrap();
-    assert_eq!(signature, format!("sha256={}", sign("hook-signing-key", raw.as_bytes())));
+    assert_eq!(
+        signature,
+        format!("sha256={}", sign("hook-signing-key", raw.as_bytes()))
+    );
 
     // A green run resolves it; the server is killed right after: the resolved message
     // still arrives, once, and the firing one is not sent again.
@@ -228,4 +233,160 @@ async fn a_failing_pipeline_notifies_once_resolves_once_and_a_silence_holds_it_b
         .filter(|n| n["status"] == "sent")
         .count();
     assert_eq!(sent, 4, "two per reachable channel: {outbox:#}");
+}
+
+/// A local site whose health the test switches: `ok all good`, or 503.
+async fn switchable_site() -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = Arc::new(AtomicBool::new(true));
+    let state = up.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let up = state.load(Ordering::SeqCst);
+            async move {
+                if up {
+                    (axum::http::StatusCode::OK, "ok all good")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, up)
+}
+
+async fn probe_view(server: &Server) -> Value {
+    let (status, probes) = server
+        .send_json(Method::GET, "/api/v1/probes", json!(null))
+        .await;
+    assert_eq!(status, 200, "{probes}");
+    probes[0].clone()
+}
+
+#[tokio::test]
+async fn a_probe_that_goes_down_fires_after_its_threshold_and_resolves_after_its_successes() {
+    use std::sync::atomic::Ordering;
+    let dir = tempdir();
+    let server = Server::start_admin(dir.path(), &[]);
+    let (hook_url, hook) = recording_server().await;
+    let (site, up) = switchable_site().await;
+    let (status, answer) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/channels",
+            json!({"name": "hook", "kind": "webhook", "url": hook_url}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    // Bad input first.
+    for (probe, message) in [
+        (
+            json!({"name": "p", "kind": "tcp", "target": "nohost"}),
+            "target \"nohost\": a tcp probe's target is host:port",
+        ),
+        (
+            json!({"name": "p", "kind": "http", "target": site, "interval": "500ms", "timeout": "100ms"}),
+            "interval: at least 1s",
+        ),
+        (
+            json!({"name": "p", "kind": "http", "target": "ftp://example.com/"}),
+            "url \"ftp://example.com/\": expected an http(s):// URL with a host",
+        ),
+    ] {
+        let (status, answer) = server
+            .send_json(Method::POST, "/api/v1/probes", probe)
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["message"], message);
+    }
+    let (status, created) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/probes",
+            json!({"name": "site", "kind": "http", "target": site, "interval": "1s", "timeout": "1s",
+                   "body_contains": "all good", "failure_threshold": 3, "success_threshold": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    eventually(Duration::from_secs(20), "the probe up", || async {
+        let view = probe_view(&server).await;
+        if view["status"] == "up" {
+            Ok(())
+        } else {
+            Err(format!("{view:#}"))
+        }
+    })
+    .await;
+
+    // Down for good: it fires once, after three failures in a row.
+    up.store(false, Ordering::SeqCst);
+    let got = exactly(&hook, 1, "the probe's firing").await;
+    assert_eq!(got[0].2["alert"], "probe_down:site");
+    assert_eq!(got[0].2["state"], "firing");
+    assert!(
+        got[0].2["summary"]
+            .as_str()
+            .unwrap()
+            .contains("is down: status 503"),
+        "{:#}",
+        got[0].2
+    );
+    let (_, results) = server
+        .send_json(Method::GET, "/api/v1/probes/site/results", json!(null))
+        .await;
+    let results = results["results"].as_array().unwrap();
+    let failing = results
+        .iter()
+        .rev()
+        .take_while(|r| r["ok"] == false)
+        .count();
+    assert!(
+        failing >= 3,
+        "it fired after {failing} failures: {results:#?}"
+    );
+    assert_eq!(probe_view(&server).await["status"], "down");
+
+    // Back up: resolved after two successes.
+    up.store(true, Ordering::SeqCst);
+    let got = exactly(&hook, 2, "the probe's resolved").await;
+    assert_eq!(got[1].2["state"], "resolved");
+    let view = probe_view(&server).await;
+    assert_eq!(view["status"], "up", "{view:#}");
+
+    // Uptime is the share of recorded results that were up.
+    let matched = eventually(
+        Duration::from_secs(10),
+        "uptime matching the results",
+        || async {
+            let (_, before) = server
+                .send_json(Method::GET, "/api/v1/probes/site/results", json!(null))
+                .await;
+            let view = probe_view(&server).await;
+            let (_, after) = server
+                .send_json(Method::GET, "/api/v1/probes/site/results", json!(null))
+                .await;
+            let results = before["results"].as_array().unwrap().clone();
+            if results.len() != after["results"].as_array().unwrap().len() {
+                return Err("a result came in between".to_string());
+            }
+            let ok = results.iter().filter(|r| r["ok"] == true).count();
+            let expected = ok as f64 * 100.0 / results.len() as f64;
+            Ok((
+                expected,
+                view["uptime_24h"].as_f64().unwrap(),
+                results.len(),
+            ))
+        },
+    )
+    .await;
+    let (expected, reported, n) = matched;
+    assert!(
+        (expected - reported).abs() < 1e-9,
+        "{reported} vs {expected} over {n}"
+    );
+    assert!(reported < 100.0 && reported > 0.0, "{reported}");
 }

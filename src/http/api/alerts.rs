@@ -1,7 +1,9 @@
 //! Alerts, silences, notification channels and the outbox (administrators):
 //! `GET /api/v1/alerts`, `GET|POST /api/v1/silences`, `DELETE /api/v1/silences/{id}`,
 //! `GET|POST /api/v1/channels`, `DELETE /api/v1/channels/{name}`,
-//! `POST /api/v1/channels/{name}/test`, `GET /api/v1/notifications`.
+//! `POST /api/v1/channels/{name}/test`, `GET /api/v1/notifications`, and probes:
+//! `GET|POST /api/v1/probes`, `DELETE /api/v1/probes/{name}`,
+//! `GET /api/v1/probes/{name}/results`.
 
 use crate::app::App;
 use crate::http::ServerResult;
@@ -219,6 +221,159 @@ pub async fn notifications(State(app): State<App>) -> ServerResult<Json<Vec<Noti
     Ok(Json(app.store.notifications(None, 200).await?))
 }
 
+#[derive(Deserialize)]
+pub struct NewProbe {
+    pub name: String,
+    pub kind: monitoring::probes::ProbeKind,
+    pub target: String,
+    #[serde(default = "ten_seconds")]
+    pub interval: String,
+    #[serde(default = "five_seconds")]
+    pub timeout: String,
+    #[serde(default)]
+    pub expect_status: Vec<u16>,
+    pub body_contains: Option<String>,
+    #[serde(default = "three")]
+    pub failure_threshold: u32,
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+}
+
+fn ten_seconds() -> String {
+    "10s".into()
+}
+fn five_seconds() -> String {
+    "5s".into()
+}
+fn three() -> u32 {
+    3
+}
+fn one() -> u32 {
+    1
+}
+
+/// A probe with its state and uptime.
+#[derive(Serialize)]
+pub struct ProbeView {
+    #[serde(flatten)]
+    pub probe: monitoring::probes::Probe,
+    pub status: monitoring::probes::ProbeStatus,
+    pub since: Option<Timestamp>,
+    pub last: Option<monitoring::probes::ProbeResult>,
+    /// Percent of results that were up over the last 24 hours, 7 days and 30 days.
+    pub uptime_24h: Option<f64>,
+    pub uptime_7d: Option<f64>,
+    pub uptime_30d: Option<f64>,
+    /// Median latency over the last 24 hours, in milliseconds.
+    pub latency_p50_24h_ms: Option<f64>,
+}
+
+/// Most results read for one probe's figures (30 days at a 30 s interval).
+const RESULTS_READ: usize = 90_000;
+
+async fn view_of(
+    app: &App,
+    probe: monitoring::probes::Probe,
+    states: &[monitoring::probes::ProbeState],
+) -> ServerResult<ProbeView> {
+    use monitoring::probes::{ProbeStatus, uptime};
+    let now = Timestamp::now();
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let results = app
+        .store
+        .probe_results(&probe.name, now - day * 30, RESULTS_READ)
+        .await?;
+    let state = states.iter().find(|s| s.name == probe.name);
+    let mut latencies: Vec<f64> = results
+        .iter()
+        .filter(|r| r.at >= now - day)
+        .map(|r| r.latency_ms)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(ProbeView {
+        status: state.map_or(ProbeStatus::Unknown, |s| s.status),
+        since: state.map(|s| s.since),
+        last: state.and_then(|s| s.last.clone()),
+        uptime_24h: uptime(&results, now - day),
+        uptime_7d: uptime(&results, now - day * 7),
+        uptime_30d: uptime(&results, now - day * 30),
+        latency_p50_24h_ms: latencies.get(latencies.len() / 2).copied(),
+        probe,
+    })
+}
+
+pub async fn probes(State(app): State<App>) -> ServerResult<Json<Vec<ProbeView>>> {
+    let states = app.store.probe_states().await?;
+    let mut out = Vec::new();
+    for probe in app.store.probes().await? {
+        out.push(view_of(&app, probe, &states).await?);
+    }
+    Ok(Json(out))
+}
+
+pub async fn create_probe(
+    State(app): State<App>,
+    signed: Signed,
+    Json(req): Json<NewProbe>,
+) -> ServerResult<(StatusCode, Json<ProbeView>)> {
+    let duration = |field: &str, text: &str| {
+        crate::core::config::parse_duration(text)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| ServerError::BadRequest(format!("{field} \"{text}\": {e}")))
+    };
+    let probe = monitoring::probes::Probe {
+        name: req.name.trim().to_string(),
+        kind: req.kind,
+        target: req.target.trim().to_string(),
+        interval_ms: duration("interval", &req.interval)?,
+        timeout_ms: duration("timeout", &req.timeout)?,
+        expect_status: req.expect_status,
+        body_contains: req.body_contains,
+        failure_threshold: req.failure_threshold,
+        success_threshold: req.success_threshold,
+        created_at: Timestamp::now(),
+        created_by: signed.audit.actor.clone(),
+    };
+    monitoring::probes::check(&probe)?;
+    let audit = Record::new(
+        &signed.audit,
+        "probe.create",
+        format!("probe:{}", probe.name),
+    )
+    .detail(&probe.target);
+    app.store.create_probe(probe.clone(), audit).await?;
+    Ok((StatusCode::CREATED, Json(view_of(&app, probe, &[]).await?)))
+}
+
+pub async fn delete_probe(
+    State(app): State<App>,
+    signed: Signed,
+    Path(name): Path<String>,
+) -> ServerResult<StatusCode> {
+    let audit = Record::new(&signed.audit, "probe.delete", format!("probe:{name}"));
+    app.store.delete_probe(&name, audit).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct ProbeResults {
+    pub name: String,
+    pub results: Vec<monitoring::probes::ProbeResult>,
+}
+
+/// The last 24 hours of a probe's results, oldest first.
+pub async fn probe_results(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ServerResult<Json<ProbeResults>> {
+    if !app.store.probes().await?.iter().any(|p| p.name == name) {
+        return Err(ServerError::NotFound(format!("probe \"{name}\"")));
+    }
+    let since = Timestamp::now() - std::time::Duration::from_secs(24 * 3600);
+    let results = app.store.probe_results(&name, since, RESULTS_READ).await?;
+    Ok(Json(ProbeResults { name, results }))
+}
+
 pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
     routes![
@@ -231,5 +386,9 @@ pub fn routes() -> Vec<Route> {
         DELETE "/api/v1/channels/{name}" ADMIN => delete_channel,
         POST "/api/v1/channels/{name}/test" ADMIN => test_channel,
         GET "/api/v1/notifications" ADMIN => notifications,
+        GET "/api/v1/probes" ADMIN => probes,
+        POST "/api/v1/probes" ADMIN => create_probe,
+        DELETE "/api/v1/probes/{name}" ADMIN => delete_probe,
+        GET "/api/v1/probes/{name}/results" ADMIN => probe_results,
     ]
 }

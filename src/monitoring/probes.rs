@@ -1,0 +1,294 @@
+//! Uptime probes: an HTTP(S) request (status, optionally a body substring) or a TCP
+//! connect, on an interval. Every result is stored (kept 30 days); a probe is `down`
+//! after `failure_threshold` failures in a row and `up` again after `success_threshold`
+//! successes in a row — that state is stored too, and the `probe_down` rule reads it.
+
+use crate::core::error::{Error, Result};
+use crate::store::Store;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long results are kept.
+pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    Http,
+    Tcp,
+}
+
+/// A probe, as an administrator defines it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Probe {
+    pub name: String,
+    pub kind: ProbeKind,
+    /// `http(s)://…` for `http`, `host:port` for `tcp`.
+    pub target: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// For `http`: the status codes that count as up (default 200–399).
+    #[serde(default)]
+    pub expect_status: Vec<u16>,
+    /// For `http`: text the body must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+/// One check's outcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub at: Timestamp,
+    pub ok: bool,
+    pub latency_ms: f64,
+    #[serde(default)]
+    pub error: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeStatus {
+    Unknown,
+    Up,
+    Down,
+}
+
+/// A probe's state: what it is, and the streak that decides when that changes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeState {
+    pub name: String,
+    pub status: ProbeStatus,
+    pub since: Timestamp,
+    /// Results in a row that disagree with `status` (or agree, while unknown).
+    pub streak: u32,
+    pub last: Option<ProbeResult>,
+}
+
+impl ProbeState {
+    pub fn new(name: &str) -> ProbeState {
+        ProbeState {
+            name: name.to_string(),
+            status: ProbeStatus::Unknown,
+            since: Timestamp::now(),
+            streak: 0,
+            last: None,
+        }
+    }
+
+    /// Takes `result` into account; whether the status changed.
+    pub fn observe(&mut self, probe: &Probe, result: ProbeResult) -> bool {
+        let wanted = if result.ok {
+            ProbeStatus::Up
+        } else {
+            ProbeStatus::Down
+        };
+        let at = result.at;
+        self.last = Some(result);
+        if wanted == self.status {
+            self.streak = 0;
+            return false;
+        }
+        self.streak += 1;
+        let needed = match wanted {
+            ProbeStatus::Down => probe.failure_threshold,
+            _ => probe.success_threshold,
+        };
+        if self.streak >= needed.max(1) {
+            self.status = wanted;
+            self.since = at;
+            self.streak = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// Checks a probe definition; the error names the field.
+pub fn check(probe: &Probe) -> Result<()> {
+    crate::agents::check_label(&probe.name).map_err(|e| Error::Invalid(format!("name {e}")))?;
+    match probe.kind {
+        ProbeKind::Http => super::check_url(&probe.target)?,
+        ProbeKind::Tcp => {
+            let ok = probe
+                .target
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(Error::Invalid(format!(
+                    "target \"{}\": a tcp probe's target is host:port",
+                    probe.target
+                )));
+            }
+        }
+    }
+    if probe.interval_ms < 1000 {
+        return Err(Error::Invalid("interval: at least 1s".into()));
+    }
+    if probe.timeout_ms == 0 || probe.timeout_ms > probe.interval_ms {
+        return Err(Error::Invalid(
+            "timeout: more than 0 and at most the interval".into(),
+        ));
+    }
+    if probe.failure_threshold == 0 || probe.success_threshold == 0 {
+        return Err(Error::Invalid(
+            "failure_threshold and success_threshold are at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one check of `probe`.
+pub async fn run_once(client: &reqwest::Client, probe: &Probe) -> ProbeResult {
+    let started = Instant::now();
+    let timeout = Duration::from_millis(probe.timeout_ms);
+    let outcome: std::result::Result<(), String> = match probe.kind {
+        ProbeKind::Tcp => {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&probe.target)).await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("connect: {e}")),
+                Err(_) => Err(format!("no connection within {} ms", probe.timeout_ms)),
+            }
+        }
+        ProbeKind::Http => http_check(client, probe, timeout).await,
+    };
+    ProbeResult {
+        at: Timestamp::now(),
+        ok: outcome.is_ok(),
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        error: outcome.err().unwrap_or_default(),
+    }
+}
+
+async fn http_check(
+    client: &reqwest::Client,
+    probe: &Probe,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let response = client
+        .get(&probe.target)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| crate::core::outbound::describe(&e))?;
+    let status = response.status().as_u16();
+    let expected = if probe.expect_status.is_empty() {
+        (200..400).contains(&status)
+    } else {
+        probe.expect_status.contains(&status)
+    };
+    if !expected {
+        return Err(format!("status {status}"));
+    }
+    if let Some(needle) = &probe.body_contains {
+        let body = response.text().await.map_err(|e| e.to_string())?;
+        if !body.contains(needle.as_str()) {
+            return Err(format!("the body does not contain \"{needle}\""));
+        }
+    }
+    Ok(())
+}
+
+/// Uptime over the results since `since`: the share that were up, as a percentage
+/// (`None` without results).
+pub fn uptime(results: &[ProbeResult], since: Timestamp) -> Option<f64> {
+    let window: Vec<&ProbeResult> = results.iter().filter(|r| r.at >= since).collect();
+    if window.is_empty() {
+        return None;
+    }
+    let up = window.iter().filter(|r| r.ok).count();
+    Some(up as f64 * 100.0 / window.len() as f64)
+}
+
+/// The `probes` worker: each probe runs on its interval; results and state changes are
+/// stored; old results are pruned hourly.
+pub async fn work(
+    store: Store,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let client = match crate::core::outbound::client_builder().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "probes: cannot build the HTTP client");
+            return;
+        }
+    };
+    let mut next: HashMap<String, Instant> = HashMap::new();
+    let mut states: HashMap<String, ProbeState> = store
+        .probe_states()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut pruned = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let probes = match store.probes().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "probes: cannot read the probes");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        next.retain(|name, _| probes.iter().any(|p| p.name == *name));
+        states.retain(|name, _| probes.iter().any(|p| p.name == *name));
+        for probe in probes {
+            let due = next.get(&probe.name).is_none_or(|at| *at <= now);
+            if !due {
+                continue;
+            }
+            next.insert(
+                probe.name.clone(),
+                now + Duration::from_millis(probe.interval_ms),
+            );
+            let client = client.clone();
+            running.spawn(async move {
+                let result = run_once(&client, &probe).await;
+                (probe, result)
+            });
+        }
+        // The results in so far, stored in one write.
+        let mut batch = Vec::new();
+        let mut any_changed = false;
+        while let Some(done) = running.try_join_next() {
+            let Ok((probe, result)) = done else { continue };
+            let state = states
+                .entry(probe.name.clone())
+                .or_insert_with(|| ProbeState::new(&probe.name));
+            if state.observe(&probe, result.clone()) {
+                tracing::info!(probe = %probe.name, status = ?state.status, error = %result.error, "probe");
+                any_changed = true;
+            }
+            batch.push((result, state.clone()));
+        }
+        if !batch.is_empty() {
+            if let Err(e) = store.record_probes(batch).await {
+                tracing::warn!(error = %e, "probes: results could not be stored");
+            }
+            if any_changed {
+                changed.notify_one();
+            }
+        }
+        if pruned.elapsed() > Duration::from_secs(3600) {
+            pruned = Instant::now();
+            let before = Timestamp::now() - RETENTION;
+            if let Err(e) = store.prune_probe_results(before).await {
+                tracing::warn!(error = %e, "probes: old results could not be pruned");
+            }
+        }
+    }
+}
