@@ -2,6 +2,7 @@
 //! outcome into an exit code: 0 success, 1 failure, 2 bad usage or configuration.
 
 mod agent;
+mod alerts;
 mod audit;
 mod config;
 mod db;
@@ -88,6 +89,20 @@ enum Verb {
         #[command(flatten)]
         server: project::ServerArgs,
     },
+    /// Alerts on a server: list, silence (token from BETCYCLE_TOKEN).
+    Alerts {
+        #[command(subcommand)]
+        verb: alerts::AlertsVerb,
+        #[command(flatten)]
+        server: project::ServerArgs,
+    },
+    /// Uptime probes on a server: list (token from BETCYCLE_TOKEN).
+    Probes {
+        #[command(subcommand)]
+        verb: alerts::ProbesVerb,
+        #[command(flatten)]
+        server: project::ServerArgs,
+    },
     /// Replace this binary with the newest release (checksum-verified); --check only reports.
     SelfUpdate(self_update::SelfUpdate),
     /// Back up, restore and check the database and the files that go with it.
@@ -154,6 +169,8 @@ pub fn main() -> ExitCode {
         Verb::SelfUpdate(verb) => verb.run(env),
         Verb::Db(verb) => verb.run(env),
         Verb::Project { verb, server } => verb.run(server, env),
+        Verb::Alerts { verb, server } => verb.run(server, env),
+        Verb::Probes { verb, server } => verb.run(server, env),
         Verb::Routes => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

@@ -10,7 +10,7 @@ use std::time::Duration;
 pub struct ServerArgs {
     /// The server's URL [default: $BETCYCLE_SERVER or http://127.0.0.1:8080].
     #[arg(long, global = true)]
-    server: Option<String>,
+    pub(super) server: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -389,4 +389,46 @@ async fn a_probe_that_goes_down_fires_after_its_threshold_and_resolves_after_its
         "{reported} vs {expected} over {n}"
     );
     assert!(reported < 100.0 && reported > 0.0, "{reported}");
+
+    // The same through the CLI.
+    let cli = |args: &[&str]| {
+        let mut cmd = crate::harness::betcycle(dir.path());
+        cmd.args(args)
+            .env("BETCYCLE_SERVER", &server.url)
+            .env("BETCYCLE_TOKEN", server.token.as_deref().unwrap());
+        crate::harness::run(&mut cmd)
+    };
+    let (code, out, err) = cli(&["probes", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("site") && l.contains(" up ")),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["alerts", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("resolved") && l.contains("probe_down:site")),
+        "{out}"
+    );
+    let (code, out, err) = cli(&[
+        "alerts",
+        "silence",
+        "--rule",
+        "probe_down",
+        "--subject",
+        "site",
+        "--for",
+        "2h",
+        "--reason",
+        "maintenance",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("silence 1 until "), "{out}");
+    let (code, _, err) = cli(&[
+        "alerts", "silence", "--rule", "nope", "--for", "2h", "--reason", "x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown rule \"nope\""), "{err}");
 }
