@@ -316,33 +316,6 @@ pub async fn reconcile(store: &Store, public_url: &str) -> Result<usize> {
     Ok(n)
 }
 
-/// Checks a new channel and stores it.
-pub async fn create_channel(store: &Store, channel: Channel, audit: Record) -> Result<Channel> {
-    crate::agents::check_label(&channel.name)
-        .map_err(|e| Error::Invalid(format!("channel name {e}")))?;
-    match (&channel.url, &channel.url_secret) {
-        (Some(url), None) => check_url(url)?,
-        (None, Some(secret)) => {
-            if secret.trim().is_empty() {
-                return Err(Error::Invalid("url_secret names an instance secret".into()));
-            }
-        }
-        _ => {
-            return Err(Error::Invalid(
-                "give the channel either url or url_secret (an instance secret holding the URL)"
-                    .into(),
-            ));
-        }
-    }
-    if channel.signing_secret.is_some() && channel.kind != ChannelKind::Webhook {
-        return Err(Error::Invalid(
-            "signing_secret signs webhook channels only".into(),
-        ));
-    }
-    store.create_channel(channel.clone(), audit).await?;
-    Ok(channel)
-}
-
 /// An http(s) URL with a host, or why not.
 pub fn check_url(url: &str) -> Result<()> {
     let parsed = url::Url::parse(url).map_err(|e| Error::Invalid(format!("url \"{url}\": {e}")))?;
@@ -388,4 +361,118 @@ pub async fn work(
             }
         }
     }
+}
+
+/// A silence as asked for: `duration` from now, or `until`.
+#[derive(Debug, Default, Deserialize)]
+pub struct NewSilence {
+    pub rule: Option<String>,
+    pub subject: Option<String>,
+    pub duration: Option<String>,
+    pub until: Option<String>,
+    pub reason: String,
+}
+
+/// Checks and stores a silence (audited as `silence.create`).
+pub async fn create_silence(
+    store: &Store,
+    req: NewSilence,
+    by: &crate::identity::audit::Context,
+) -> Result<Silence> {
+    let blank = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let (rule, subject) = (blank(req.rule), blank(req.subject));
+    if let Some(rule) = &rule
+        && !RULES.iter().any(|(name, _)| name == rule)
+    {
+        let known: Vec<&str> = RULES.iter().map(|(n, _)| *n).collect();
+        return Err(Error::Invalid(format!(
+            "unknown rule \"{rule}\": the rules are {}",
+            known.join(", ")
+        )));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(Error::Invalid("a silence needs a reason".into()));
+    }
+    let now = Timestamp::now();
+    let until = match (blank(req.duration), blank(req.until)) {
+        (Some(d), None) => {
+            now + crate::core::config::parse_duration(&d)
+                .map_err(|e| Error::Invalid(format!("duration \"{d}\": {e}")))?
+        }
+        (None, Some(u)) => u
+            .parse::<Timestamp>()
+            .map_err(|e| Error::Invalid(format!("until \"{u}\": {e}")))?,
+        _ => {
+            return Err(Error::Invalid(
+                "give duration (such as 2h) or until (RFC 3339)".into(),
+            ));
+        }
+    };
+    if until <= now {
+        return Err(Error::Invalid("a silence must end in the future".into()));
+    }
+    let target = format!(
+        "silence:{}:{}",
+        rule.as_deref().unwrap_or("*"),
+        subject.as_deref().unwrap_or("*")
+    );
+    let silence = Silence {
+        id: 0,
+        rule,
+        subject,
+        until,
+        reason: req.reason.trim().to_string(),
+        created_by: by.actor.clone(),
+        created_at: now,
+    };
+    let audit = Record::new(by, "silence.create", target).detail(&silence.reason);
+    store.create_silence(silence, audit).await
+}
+
+/// A channel as asked for.
+#[derive(Debug, Default, Deserialize)]
+pub struct NewChannel {
+    pub name: String,
+    pub kind: String,
+    pub url: Option<String>,
+    pub url_secret: Option<String>,
+    pub signing_secret: Option<String>,
+}
+
+/// Checks and stores a channel (audited as `channel.create`).
+pub async fn create_channel(
+    store: &Store,
+    req: NewChannel,
+    by: &crate::identity::audit::Context,
+) -> Result<Channel> {
+    let blank = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let channel = Channel {
+        name: req.name.trim().to_string(),
+        kind: ChannelKind::parse(req.kind.trim()).map_err(Error::Invalid)?,
+        url: blank(req.url),
+        url_secret: blank(req.url_secret),
+        signing_secret: blank(req.signing_secret),
+        created_at: Timestamp::now(),
+        created_by: by.actor.clone(),
+    };
+    crate::agents::check_label(&channel.name)
+        .map_err(|e| Error::Invalid(format!("channel name {e}")))?;
+    match (&channel.url, &channel.url_secret) {
+        (Some(url), None) => check_url(url)?,
+        (None, Some(_)) => {}
+        _ => {
+            return Err(Error::Invalid(
+                "give the channel either url or url_secret (an instance secret holding the URL)"
+                    .into(),
+            ));
+        }
+    }
+    if channel.signing_secret.is_some() && channel.kind != ChannelKind::Webhook {
+        return Err(Error::Invalid(
+            "signing_secret signs webhook channels only".into(),
+        ));
+    }
+    let audit = Record::new(by, "channel.create", format!("channel:{}", channel.name));
+    store.create_channel(channel.clone(), audit).await?;
+    Ok(channel)
 }

@@ -187,3 +187,46 @@ async fn send_due(
     }
     Ok(())
 }
+
+/// Sends a test notification through channel `name` now; the attempt is kept in the
+/// outbox (tried once, not retried). The error says why the channel did not take it.
+pub async fn test(
+    store: &Store,
+    secrets: &Secrets,
+    name: &str,
+    link: &str,
+) -> crate::core::error::Result<std::result::Result<Notification, String>> {
+    let channels = store.channels().await?;
+    let channel = channels.iter().find(|c| c.name == name).ok_or_else(|| {
+        crate::core::error::Error::NotFound {
+            what: format!("channel \"{name}\""),
+        }
+    })?;
+    let now = Timestamp::now();
+    let mut n = Notification {
+        id: 0,
+        channel: name.to_string(),
+        alert: "test".into(),
+        state: AlertState::Firing,
+        summary: format!("a test notification from BetCycle to channel {name}"),
+        link: link.to_string(),
+        created_at: now,
+        status: Delivery::Pending,
+        attempts: 0,
+        next_at: now,
+        last_error: String::new(),
+        sent_at: None,
+    };
+    let client = crate::core::outbound::client_builder()
+        .build()
+        .map_err(|e| crate::core::error::Error::Unavailable(e.to_string()))?;
+    let outcome = send_once(&client, secrets, channel, &n).await;
+    after_attempt(&mut n, outcome.clone());
+    if n.status == Delivery::Pending {
+        n.status = Delivery::Failed;
+    }
+    let n = store.add_notification(n).await?;
+    Ok(outcome
+        .map(|()| n)
+        .map_err(|e| format!("channel \"{name}\" did not take the test notification: {e}")))
+}

@@ -292,3 +292,137 @@ pub async fn work(
         }
     }
 }
+
+/// A probe as asked for (durations as text: `10s`).
+#[derive(Debug, Deserialize)]
+pub struct NewProbe {
+    pub name: String,
+    pub kind: ProbeKind,
+    pub target: String,
+    #[serde(default = "ten_seconds")]
+    pub interval: String,
+    #[serde(default = "five_seconds")]
+    pub timeout: String,
+    #[serde(default)]
+    pub expect_status: Vec<u16>,
+    pub body_contains: Option<String>,
+    #[serde(default = "three")]
+    pub failure_threshold: u32,
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+}
+
+fn ten_seconds() -> String {
+    "10s".into()
+}
+fn five_seconds() -> String {
+    "5s".into()
+}
+fn three() -> u32 {
+    3
+}
+fn one() -> u32 {
+    1
+}
+
+/// Checks and stores a probe (audited as `probe.create`); the `probes` worker picks it
+/// up within a second.
+pub async fn create(
+    store: &Store,
+    req: NewProbe,
+    by: &crate::identity::audit::Context,
+) -> Result<Probe> {
+    let duration = |field: &str, text: &str| {
+        crate::core::config::parse_duration(text)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| Error::Invalid(format!("{field} \"{text}\": {e}")))
+    };
+    let probe = Probe {
+        name: req.name.trim().to_string(),
+        kind: req.kind,
+        target: req.target.trim().to_string(),
+        interval_ms: duration("interval", &req.interval)?,
+        timeout_ms: duration("timeout", &req.timeout)?,
+        expect_status: req.expect_status,
+        body_contains: req.body_contains.filter(|b| !b.is_empty()),
+        failure_threshold: req.failure_threshold,
+        success_threshold: req.success_threshold,
+        created_at: Timestamp::now(),
+        created_by: by.actor.clone(),
+    };
+    check(&probe)?;
+    let audit =
+        crate::identity::audit::Record::new(by, "probe.create", format!("probe:{}", probe.name))
+            .detail(&probe.target);
+    store.create_probe(probe.clone(), audit).await?;
+    Ok(probe)
+}
+
+/// A probe with its state and uptime, as the API and the console show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeView {
+    #[serde(flatten)]
+    pub probe: Probe,
+    pub status: ProbeStatus,
+    pub since: Option<Timestamp>,
+    pub last: Option<ProbeResult>,
+    /// Percent of results that were up over the last 24 hours, 7 days and 30 days.
+    pub uptime_24h: Option<f64>,
+    pub uptime_7d: Option<f64>,
+    pub uptime_30d: Option<f64>,
+    /// Median latency over the last 24 hours, in milliseconds.
+    pub latency_p50_24h_ms: Option<f64>,
+}
+
+impl ProbeView {
+    pub fn status_str(&self) -> &'static str {
+        match self.status {
+            ProbeStatus::Unknown => "unknown",
+            ProbeStatus::Up => "up",
+            ProbeStatus::Down => "down",
+        }
+    }
+
+    /// An uptime figure as the console shows it.
+    pub fn percent(value: &Option<f64>) -> String {
+        value.map_or("–".into(), |p| format!("{p:.2} %"))
+    }
+}
+
+/// Most results read for one probe's figures (30 days at a 30 s interval).
+pub const RESULTS_READ: usize = 90_000;
+
+/// Every probe, with its figures.
+pub async fn views(store: &Store) -> Result<Vec<ProbeView>> {
+    let states = store.probe_states().await?;
+    let mut out = Vec::new();
+    for probe in store.probes().await? {
+        out.push(view_of(store, probe, &states).await?);
+    }
+    Ok(out)
+}
+
+pub async fn view_of(store: &Store, probe: Probe, states: &[ProbeState]) -> Result<ProbeView> {
+    let now = Timestamp::now();
+    let day = Duration::from_secs(24 * 3600);
+    let results = store
+        .probe_results(&probe.name, now - day * 30, RESULTS_READ)
+        .await?;
+    let state = states.iter().find(|s| s.name == probe.name);
+    let mut latencies: Vec<f64> = results
+        .iter()
+        .filter(|r| r.at >= now - day)
+        .map(|r| r.latency_ms)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(ProbeView {
+        status: state.map_or(ProbeStatus::Unknown, |s| s.status),
+        since: state.map(|s| s.since),
+        last: state.and_then(|s| s.last.clone()),
+        uptime_24h: uptime(&results, now - day),
+        uptime_7d: uptime(&results, now - day * 7),
+        uptime_30d: uptime(&results, now - day * 30),
+        latency_p50_24h_ms: latencies.get(latencies.len() / 2).copied(),
+        probe,
+    })
+}

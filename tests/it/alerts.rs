@@ -207,6 +207,13 @@ async fn a_failing_pipeline_notifies_once_resolves_once_and_a_silence_holds_it_b
         "{latest}"
     );
     assert_eq!(alerts["alerts"][0]["state"], "firing", "{alerts:#}");
+    let page = server.get_text("/monitoring").await;
+    assert!(
+        page.contains("pipeline_failed:demo")
+            && page.contains("fixing the runner")
+            && page.contains("Send test notification"),
+        "{page}"
+    );
     exactly(&slack, 2, "nothing while silenced").await;
     exactly(&hook, 2, "nothing while silenced").await;
 

@@ -1057,6 +1057,7 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
         ("users", "/security/users"),
         ("audit", "/security/audit"),
         ("agents", "/settings/agents"),
+        ("monitoring", "/monitoring"),
         ("account", "/account"),
     ];
     let mut problems = Vec::new();

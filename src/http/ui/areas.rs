@@ -60,9 +60,13 @@ pub const AREAS: &[Area] = &[
     Area {
         slug: "monitoring",
         title: "Monitoring",
-        summary: "DORA metrics, pipeline trends, health probes, alert rules and notification channels.",
-        built: &[],
-        pending: "Monitoring is not built yet in this version of BetCycle.",
+        summary: "Alerts, uptime probes, silences and notification channels.",
+        built: &[(
+            "Monitoring",
+            "/monitoring",
+            "alerts and their history, probes with uptime, silences, channels (administrators only)",
+        )],
+        pending: "Trend charts (DORA per week, pipeline durations), alert rules on metrics, email and OTLP tracing are not built yet.",
     },
     Area {
         slug: "security",

@@ -9,6 +9,7 @@ mod dashboard;
 mod deploy;
 mod form;
 mod history;
+mod monitoring;
 mod policies;
 mod projects;
 mod runs;
@@ -41,6 +42,7 @@ pub fn routes() -> Vec<Route> {
         admin::routes(),
         settings::routes(),
         agents::routes(),
+        monitoring::routes(),
         policies::routes(),
         secrets::routes(),
         projects::routes(),
@@ -56,7 +58,7 @@ pub fn routes() -> Vec<Route> {
     // Areas with screens of their own register them above.
     for area in AREAS
         .iter()
-        .filter(|a| !["projects", "runs", "policies"].contains(&a.slug))
+        .filter(|a| !["projects", "runs", "policies", "monitoring"].contains(&a.slug))
     {
         let page = move |signed: Signed| areas::page(area, signed);
         routes.push(route(M::GET, format!("/{}", area.slug), User, page));
@@ -171,6 +173,12 @@ fn done_message(key: Option<&str>) -> Option<&'static str> {
         "project-updated" => "Project settings saved.",
         "members-updated" => "Members updated.",
         "agent-updated" => "Agent updated.",
+        "silence-created" => "Silence created.",
+        "silence-deleted" => "Silence ended.",
+        "probe-created" => "Probe added; its first check runs within a second.",
+        "probe-deleted" => "Probe deleted.",
+        "channel-created" => "Channel added.",
+        "channel-tested" => "The test notification was sent.",
         _ => return None,
     })
 }
