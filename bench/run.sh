@@ -31,8 +31,9 @@ if $quick; then
     "bench/proxy.sh 2 3"
     "bench/container-overhead.sh 3 1"
     "bench/agent-dispatch.sh 3"
+    "bench/probes.sh 20 3"
   )
-  expected=22
+  expected=23
 else
   out=${out:-bench/results.md}
   plan=(
@@ -46,8 +47,9 @@ else
     "bench/proxy.sh 10 20"
     "bench/container-overhead.sh 20 3"
     "bench/agent-dispatch.sh 30"
+    "bench/probes.sh 1000 60"
   )
-  expected=28
+  expected=29
 fi
 betcycle_bin >/dev/null   # build once, before anything is timed
 # Read before the results file (tracked) is written below.

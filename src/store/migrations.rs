@@ -173,6 +173,7 @@ pub const MIGRATIONS: &[Migration] = &[
             tx.open_table(ALERT_HISTORY)?;
             tx.open_table(SILENCES)?;
             tx.open_table(OUTBOX)?;
+            tx.open_table(OUTBOX_PENDING)?;
             Ok(())
         },
     },

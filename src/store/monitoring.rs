@@ -3,7 +3,8 @@
 
 use super::auth::next_id;
 use super::tables::{
-    ALERT_HISTORY, ALERTS, CHANNELS, OUTBOX, PROBE_RESULTS, PROBE_STATES, PROBES, SILENCES,
+    ALERT_HISTORY, ALERTS, CHANNELS, OUTBOX, OUTBOX_PENDING, PROBE_RESULTS, PROBE_STATES, PROBES,
+    SILENCES,
 };
 use super::{Store, codec, quarantine};
 use crate::core::error::{Error, Result};
@@ -126,8 +127,7 @@ impl Store {
                         last_error: String::new(),
                         sent_at: None,
                     };
-                    tx.open_table(OUTBOX)?
-                        .insert(n.id, codec::encode(&n).as_slice())?;
+                    put_notification_in(tx, &n)?;
                 }
             }
             Ok(event)
@@ -196,20 +196,14 @@ impl Store {
     pub async fn add_notification(&self, mut n: Notification) -> Result<Notification> {
         self.write(move |tx| {
             n.id = next_id(tx, OUTBOX)?;
-            tx.open_table(OUTBOX)?
-                .insert(n.id, codec::encode(&n).as_slice())?;
+            put_notification_in(tx, &n)?;
             Ok(n)
         })
         .await
     }
 
     pub async fn put_notification(&self, n: Notification) -> Result<()> {
-        self.write(move |tx| {
-            tx.open_table(OUTBOX)?
-                .insert(n.id, codec::encode(&n).as_slice())?;
-            Ok(())
-        })
-        .await
+        self.write(move |tx| put_notification_in(tx, &n)).await
     }
 
     /// The newest `limit` notifications, newest first, or only the pending ones due by
@@ -226,11 +220,10 @@ impl Store {
             let decode = |k: u64, v: &[u8]| quarantine::decode_listed::<Notification>(OUTBOX, k, v);
             match due {
                 Some(now) => {
-                    for item in table.iter()? {
-                        let (k, v) = item?;
-                        if let Some(n) = decode(k.value(), v.value())
-                            .filter(|n| n.status == Delivery::Pending && n.next_at <= now)
-                        {
+                    for item in tx.open_table(OUTBOX_PENDING)?.iter()? {
+                        let id = item?.0.value();
+                        let Some(v) = table.get(id)? else { continue };
+                        if let Some(n) = decode(id, v.value()).filter(|n| n.next_at <= now) {
                             out.push(n);
                             if out.len() >= limit {
                                 break;
@@ -374,4 +367,17 @@ impl Store {
         })
         .await
     }
+}
+
+/// Writes `n` and keeps the pending index in step with its status.
+fn put_notification_in(tx: &super::WriteTx, n: &Notification) -> Result<()> {
+    tx.open_table(OUTBOX)?
+        .insert(n.id, codec::encode(n).as_slice())?;
+    let mut pending = tx.open_table(OUTBOX_PENDING)?;
+    if n.status == Delivery::Pending {
+        pending.insert(n.id, ())?;
+    } else {
+        pending.remove(n.id)?;
+    }
+    Ok(())
 }

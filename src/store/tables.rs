@@ -146,6 +146,9 @@ tables! {
     /// Key: notification id, from 1. Value: JSON [`crate::monitoring::Notification`] — the
     /// outbox: pending until sent or given up, kept with its outcome.
     OUTBOX: u64 => &[u8] = "outbox-1";
+    /// Key: notification id. Value: nothing. The outbox's pending notifications, so the
+    /// sender looks only at them.
+    OUTBOX_PENDING: u64 => () = "outbox-pending-1";
     /// Key: probe name. Value: JSON [`crate::monitoring::probes::Probe`].
     PROBES: &str => &[u8] = "probes-1";
     /// Key: probe name. Value: JSON [`crate::monitoring::probes::ProbeState`] — up, down
