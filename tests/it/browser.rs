@@ -162,17 +162,17 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
     // Navigation: every area is one click away and says plainly what is not built yet.
     let nav = c.find_all(Locator::Css("nav.sidebar a")).await.unwrap();
     assert_eq!(nav.len(), 10);
-    c.find(Locator::LinkText("Monitoring"))
+    c.find(Locator::LinkText("Cost"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
     c.wait()
-        .for_url(&url::Url::parse(&format!("{}/monitoring", server.url)).unwrap())
+        .for_url(&url::Url::parse(&format!("{}/cost", server.url)).unwrap())
         .await
         .unwrap();
-    assert_eq!(browser.text("main h1").await, "Monitoring");
+    assert_eq!(browser.text("main h1").await, "Cost");
     assert!(
         browser
             .text("main .notice")
@@ -180,7 +180,7 @@ async fn a_person_sees_the_dashboard_and_navigates_the_console() {
             .contains("is not built yet")
     );
     let current = browser.text("nav a[aria-current=page]").await;
-    assert_eq!(current, "Monitoring");
+    assert_eq!(current, "Cost");
     // Policies has its screen: the starter policies are there from the first start.
     c.find(Locator::LinkText("Policies"))
         .await
