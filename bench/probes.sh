@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Probe cost: N HTTP probes at a 10 s interval (timeout 5 s) against one local target
-# (Python's http.server on 127.0.0.1), on a server that runs nothing else. The server's
+# (nginx on 127.0.0.1 answering a fixed 200), on a server that runs nothing else. The server's
 # CPU (utime + stime from /proc) and peak RSS are measured over WINDOW seconds, once
 # every probe has run (11 s after they were made); the same server's idle figures just
 # before the probes were made are the reference in the same run.
@@ -11,9 +11,24 @@ window=${2:-60}
 bench_setup
 bench_admin
 bench_serve
+command -v nginx >/dev/null || { echo "bench/probes.sh needs nginx (apt-get install nginx)" >&2; exit 1; }
 target_port=$(free_port)
-mkdir -p "$dir/site" && echo ok > "$dir/site/up"
-python3 -m http.server --bind 127.0.0.1 "$target_port" --directory "$dir/site" >/dev/null 2>&1 &
+mkdir -p "$dir/site/tmp"
+cat > "$dir/site/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/site/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/site/tmp; proxy_temp_path $dir/site/tmp; fastcgi_temp_path $dir/site/tmp;
+  uwsgi_temp_path $dir/site/tmp; scgi_temp_path $dir/site/tmp;
+  server { listen 127.0.0.1:$target_port; location / { return 200 "ok\n"; } }
+}
+CONF
+nginx -e stderr -p "$dir/site" -c "$dir/site/nginx.conf" 2>>"$dir/site.log" &
+until curl -sf -o /dev/null "http://127.0.0.1:$target_port/up"; do sleep 0.01; done
 
 python3 - "$url" "$token" "$pid" "$n" "$window" "$target_port" <<'PY'
 import json, os, sys, time, urllib.request
