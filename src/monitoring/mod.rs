@@ -65,6 +65,28 @@ pub struct Alert {
     pub link: String,
 }
 
+impl Alert {
+    /// A firing alert of `rule` about `subject` (its key is `rule:subject`).
+    pub fn firing(
+        rule: &str,
+        subject: &str,
+        since: Timestamp,
+        summary: String,
+        link: String,
+    ) -> Alert {
+        Alert {
+            key: format!("{rule}:{subject}"),
+            rule: rule.to_string(),
+            subject: subject.to_string(),
+            severity: "critical".into(),
+            state: AlertState::Firing,
+            since,
+            summary,
+            link,
+        }
+    }
+}
+
 /// An entry of an alert's history: it fired or resolved, and whether a silence held its
 /// notifications back.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,6 +190,27 @@ pub struct Notification {
     pub sent_at: Option<Timestamp>,
 }
 
+impl Notification {
+    /// A notification of `alert` in `state` to `channel`, due now (the store gives it
+    /// its id).
+    pub fn pending(channel: &str, alert: &Alert, now: Timestamp) -> Notification {
+        Notification {
+            id: 0,
+            channel: channel.to_string(),
+            alert: alert.key.clone(),
+            state: alert.state,
+            summary: alert.summary.clone(),
+            link: alert.link.clone(),
+            created_at: now,
+            status: Delivery::Pending,
+            attempts: 0,
+            next_at: now,
+            last_error: String::new(),
+            sent_at: None,
+        }
+    }
+}
+
 /// What the rules say now: the alerts that should be firing, by key.
 pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String, Alert>> {
     let mut firing = BTreeMap::new();
@@ -187,14 +230,11 @@ pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String,
             )
         });
         if let Some(run) = latest.filter(|r| r.status != crate::ci::run::RunStatus::Succeeded) {
-            let alert = Alert {
-                key: format!("pipeline_failed:{}", project.slug),
-                rule: "pipeline_failed".into(),
-                subject: project.slug.clone(),
-                severity: "critical".into(),
-                state: AlertState::Firing,
-                since: run.finished_at.unwrap_or(now),
-                summary: format!(
+            let alert = Alert::firing(
+                "pipeline_failed",
+                &project.slug,
+                run.finished_at.unwrap_or(now),
+                format!(
                     "{} #{} on {} {}: {}",
                     project.slug,
                     run.number,
@@ -202,8 +242,8 @@ pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String,
                     run.status.as_str(),
                     run.commit_subject
                 ),
-                link: format!("{public_url}/projects/{}/runs/{}", project.slug, run.number),
-            };
+                format!("{public_url}/projects/{}/runs/{}", project.slug, run.number),
+            );
             firing.insert(alert.key.clone(), alert);
         }
         let mut latest_by_env: BTreeMap<String, crate::delivery::Deployment> = BTreeMap::new();
@@ -225,14 +265,11 @@ pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String,
                 continue;
             }
             let subject = format!("{}/{environment}", project.slug);
-            let alert = Alert {
-                key: format!("deployment_failed:{subject}"),
-                rule: "deployment_failed".into(),
-                subject: subject.clone(),
-                severity: "critical".into(),
-                state: AlertState::Firing,
-                since: d.finished_at.unwrap_or(now),
-                summary: format!(
+            let alert = Alert::firing(
+                "deployment_failed",
+                &subject,
+                d.finished_at.unwrap_or(now),
+                format!(
                     "{subject}: deployment #{} of release {} {}{}",
                     d.number,
                     d.release_number,
@@ -243,11 +280,11 @@ pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String,
                         format!(": {}", d.message)
                     }
                 ),
-                link: format!(
+                format!(
                     "{public_url}/projects/{}/deployments/{}",
                     project.slug, d.number
                 ),
-            };
+            );
             firing.insert(alert.key.clone(), alert);
         }
     }
@@ -264,16 +301,13 @@ pub async fn desired(store: &Store, public_url: &str) -> Result<BTreeMap<String,
             .as_ref()
             .map(|r| r.error.clone())
             .unwrap_or_default();
-        let alert = Alert {
-            key: format!("probe_down:{}", probe.name),
-            rule: "probe_down".into(),
-            subject: probe.name.clone(),
-            severity: "critical".into(),
-            state: AlertState::Firing,
-            since: state.since,
-            summary: format!("probe {} ({}) is down: {error}", probe.name, probe.target),
-            link: format!("{public_url}/monitoring"),
-        };
+        let alert = Alert::firing(
+            "probe_down",
+            &probe.name,
+            state.since,
+            format!("probe {} ({}) is down: {error}", probe.name, probe.target),
+            format!("{public_url}/monitoring"),
+        );
         firing.insert(alert.key.clone(), alert);
     }
     Ok(firing)

@@ -203,20 +203,15 @@ pub async fn test(
         }
     })?;
     let now = Timestamp::now();
-    let mut n = Notification {
-        id: 0,
-        channel: name.to_string(),
-        alert: "test".into(),
-        state: AlertState::Firing,
-        summary: format!("a test notification from BetCycle to channel {name}"),
-        link: link.to_string(),
-        created_at: now,
-        status: Delivery::Pending,
-        attempts: 0,
-        next_at: now,
-        last_error: String::new(),
-        sent_at: None,
-    };
+    let test = super::Alert::firing(
+        "test",
+        name,
+        now,
+        format!("a test notification from BetCycle to channel {name}"),
+        link.to_string(),
+    );
+    let mut n = Notification::pending(name, &test, now);
+    n.alert = "test".into();
     let client = crate::core::outbound::client_builder()
         .build()
         .map_err(|e| crate::core::error::Error::Unavailable(e.to_string()))?;

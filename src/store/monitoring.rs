@@ -115,17 +115,7 @@ impl Store {
                 for channel in channels {
                     let n = Notification {
                         id: next_id(tx, OUTBOX)?,
-                        channel: channel.name,
-                        alert: alert.key.clone(),
-                        state: alert.state,
-                        summary: alert.summary.clone(),
-                        link: alert.link.clone(),
-                        created_at: now,
-                        status: Delivery::Pending,
-                        attempts: 0,
-                        next_at: now,
-                        last_error: String::new(),
-                        sent_at: None,
+                        ..Notification::pending(&channel.name, &alert, now)
                     };
                     put_notification_in(tx, &n)?;
                 }
