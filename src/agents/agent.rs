@@ -228,9 +228,23 @@ impl Agent {
         if cancel.is_cancelled() {
             return Err(Failed::NotHeld("the job was stopped before its end".into()));
         }
-        let deleted = self
-            .send_changes(job.id, dir, &workspace, &manifest)
-            .await?;
+        // Packing and sending a big workspace can outlast the lease: keep it meanwhile.
+        let beat = tokio::spawn(self.clone_handle().keep_lease(job.id, lease));
+        let reported = self.report(job, dir, &workspace, &manifest, &exit).await;
+        beat.abort();
+        reported.map(|()| exit)
+    }
+
+    /// Sends the step's changes, then how it ended.
+    async fn report(
+        &self,
+        job: &JobSpec,
+        dir: &Path,
+        workspace: &Path,
+        manifest: &Manifest,
+        exit: &Exit,
+    ) -> Result<(), Failed> {
+        let deleted = self.send_changes(job.id, dir, workspace, manifest).await?;
         let done = Done {
             exit: exit.clone(),
             deleted,
@@ -240,8 +254,7 @@ impl Agent {
             .post(self.url(&format!("/api/v1/agent/jobs/{}/done", job.id)))
             .timeout(Duration::from_secs(60))
             .json(&done);
-        self.retrying(request).await?;
-        Ok(exit)
+        self.retrying(request).await.map(drop)
     }
 
     /// Sends `request` until it is answered (or the server says the job is not held).
@@ -381,6 +394,22 @@ struct Handle {
 }
 
 impl Handle {
+    /// Renews the lease on job `id` every third of it, until aborted.
+    async fn keep_lease(self, id: u64, lease: Duration) {
+        let url = format!("{}/api/v1/agent/jobs/{id}/lines", self.url);
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let _ = self
+                .client
+                .post(&url)
+                .bearer_auth(&self.token)
+                .timeout(lease / 2)
+                .json(&Lines::default())
+                .send()
+                .await;
+        }
+    }
+
     /// Sends the job's output in batches, and nothing at least every third of the lease
     /// to keep it; cancels the job when the server says it is no longer held.
     async fn send_output(
