@@ -64,15 +64,23 @@ impl Browser {
         }
     }
 
+    /// The text of the first element matching `css`, once there. A page still finishing
+    /// its navigation (a form's redirect) can abort the command or stale the element:
+    /// that is tried again, for up to 15 s.
     async fn text(&self, css: &str) -> String {
-        self.client
-            .wait()
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = self.client.wait().for_element(Locator::Css(css)).await;
+            let error = match found {
+                Ok(element) => match element.text().await {
+                    Ok(text) => return text,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            assert!(Instant::now() < deadline, "no text at {css}: {error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Saves a screenshot under $BETCYCLE_SCREENSHOTS, when set, for people to look at.
