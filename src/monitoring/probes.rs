@@ -11,6 +11,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// How often the worker reads the probe definitions again (a new probe's first check
+/// runs within this).
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
 /// How long results are kept.
 pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -231,22 +235,26 @@ pub async fn work(
         .collect();
     let mut running = tokio::task::JoinSet::new();
     let mut pruned = Instant::now();
+    let (mut probes, mut loaded): (Vec<Probe>, Option<Instant>) = (Vec::new(), None);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        let probes = match store.probes().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "probes: cannot read the probes");
-                continue;
+        // The definitions change rarely: read them once a second, not every tick.
+        if loaded.is_none_or(|at| at.elapsed() >= RELOAD_EVERY) {
+            match store.probes().await {
+                Ok(p) => {
+                    probes = p;
+                    loaded = Some(Instant::now());
+                    next.retain(|name, _| probes.iter().any(|p| p.name == *name));
+                    states.retain(|name, _| probes.iter().any(|p| p.name == *name));
+                }
+                Err(e) => tracing::warn!(error = %e, "probes: cannot read the probes"),
             }
-        };
+        }
         let now = Instant::now();
-        next.retain(|name, _| probes.iter().any(|p| p.name == *name));
-        states.retain(|name, _| probes.iter().any(|p| p.name == *name));
-        for probe in probes {
+        for probe in &probes {
             let due = next.get(&probe.name).is_none_or(|at| *at <= now);
             if !due {
                 continue;
@@ -255,7 +263,7 @@ pub async fn work(
                 probe.name.clone(),
                 now + Duration::from_millis(probe.interval_ms),
             );
-            let client = client.clone();
+            let (client, probe) = (client.clone(), probe.clone());
             running.spawn(async move {
                 let result = run_once(&client, &probe).await;
                 (probe, result)
