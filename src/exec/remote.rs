@@ -185,10 +185,10 @@ impl Dispatcher {
             let mut state = self.state();
             state.next_id += 1;
             let id = state.next_id;
-            let connected = state.agents.values().any(|a| {
-                a.seen.is_some_and(|s| s.elapsed() < self.lease)
-                    && labels.iter().all(|l| a.labels.contains(l))
-            });
+            let connected = state
+                .agents
+                .values()
+                .any(|a| self.connected(a) && labels.iter().all(|l| a.labels.contains(l)));
             state.jobs.insert(
                 id,
                 Job {
