@@ -42,14 +42,8 @@ pub struct Agent {
 
 impl Agent {
     pub fn run(self, _env: BTreeMap<String, String>) -> Result<ExitCode, Failure> {
-        let url = url::Url::parse(&self.server)
+        crate::core::outbound::check_http_url(&self.server)
             .map_err(|e| Failure::Usage(format!("--server {}: {e}", self.server)))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Failure::Usage(format!(
-                "--server {}: expected an http(s):// URL",
-                self.server
-            )));
-        }
         if !self.token.starts_with(crate::agents::TOKEN_PREFIX) {
             return Err(Failure::Usage(
                 "--token: an agent token starts with bca_ (an administrator creates one)".into(),

@@ -11,6 +11,16 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         .tls_certs_merge(bundled_roots())
 }
 
+/// Whether `url` is one an outbound client can call: http(s) with a host. The error is
+/// the reason, for the caller to put after what the URL was for.
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err("expected an http(s):// URL with a host".into());
+    }
+    Ok(())
+}
+
 /// The Mozilla root certificates this binary carries.
 pub fn bundled_roots() -> Vec<reqwest::Certificate> {
     webpki_root_certs::TLS_SERVER_ROOT_CERTS

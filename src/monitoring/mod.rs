@@ -352,13 +352,8 @@ pub async fn reconcile(store: &Store, public_url: &str) -> Result<usize> {
 
 /// An http(s) URL with a host, or why not.
 pub fn check_url(url: &str) -> Result<()> {
-    let parsed = url::Url::parse(url).map_err(|e| Error::Invalid(format!("url \"{url}\": {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(Error::Invalid(format!(
-            "url \"{url}\": expected an http(s):// URL with a host"
-        )));
-    }
-    Ok(())
+    crate::core::outbound::check_http_url(url)
+        .map_err(|e| Error::Invalid(format!("url \"{url}\": {e}")))
 }
 
 /// The `alerts` worker: reconciles when a run or deployment ends, when a probe changes
