@@ -24,6 +24,19 @@ async fn counting_project(
     demo(dir, &pipeline, &[]).await
 }
 
+/// `GET /api/v1/projects/demo/tests/flaky`, answered 200.
+async fn flaky_tests(server: &crate::harness::Server) -> Value {
+    let (status, flaky) = server
+        .send_json(
+            Method::GET,
+            "/api/v1/projects/demo/tests/flaky",
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200, "{flaky}");
+    flaky
+}
+
 #[tokio::test]
 async fn a_test_that_fails_then_passes_on_a_rerun_of_the_same_commit_is_flaky() {
     let dir = tempdir();
@@ -36,14 +49,7 @@ printf '<testsuite name="suite" tests="2"><testcase classname="suite" name="alwa
     trigger(&server, "demo").await;
     let first: Value = wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     assert_eq!(first["steps"][0]["tests"]["failed"], 1, "{first:#}");
-    let (status, none) = server
-        .send_json(
-            Method::GET,
-            "/api/v1/projects/demo/tests/flaky",
-            json!(null),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let none = flaky_tests(&server).await;
     assert_eq!(
         none["tests"],
         json!([]),
@@ -62,13 +68,7 @@ printf '<testsuite name="suite" tests="2"><testcase classname="suite" name="alwa
     assert_eq!(second["steps"][0]["tests"]["failed"], 0, "{second:#}");
     assert_eq!(second["commit"], first["commit"]);
 
-    let (_, flaky) = server
-        .send_json(
-            Method::GET,
-            "/api/v1/projects/demo/tests/flaky",
-            json!(null),
-        )
-        .await;
+    let flaky = flaky_tests(&server).await;
     let tests = flaky["tests"].as_array().unwrap();
     assert_eq!(tests.len(), 1, "{flaky:#}");
     let t = &tests[0];
@@ -118,13 +118,7 @@ printf '<testsuite name="s" tests="2"><testcase classname="s" name="flips">%s</t
         trigger(&server, "demo").await;
         wait_for(&server, "demo", n, |r| r["status"] == "succeeded").await;
     }
-    let (_, flaky) = server
-        .send_json(
-            Method::GET,
-            "/api/v1/projects/demo/tests/flaky",
-            json!(null),
-        )
-        .await;
+    let flaky = flaky_tests(&server).await;
     let tests = flaky["tests"].as_array().unwrap();
     assert_eq!(tests.len(), 1, "{flaky:#}");
     assert_eq!(tests[0]["name"], "s::flips");
