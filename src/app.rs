@@ -380,10 +380,15 @@ fn start_workers(
         "alerts",
         AtShutdown::Detach,
         crate::monitoring::work(
-            app.store.clone(),
+            crate::monitoring::Sources {
+                store: app.store.clone(),
+                metrics: app.metrics.clone(),
+                runner: app.runner.clone(),
+                data_dir: app.config.data_dir.clone(),
+                public_url: app.config.public_url.clone(),
+            },
             app.events.clone(),
             probes_changed.clone(),
-            app.config.public_url.clone(),
             shutdown.clone(),
         ),
     );

@@ -1,4 +1,4 @@
-//! `betcycle alerts list|silence` and `betcycle probes list`: alerts and probes on a
+//! `betcycle alerts list|rules|silence` and `betcycle probes list`: alerts and probes on a
 //! server, through its API (token from `BETCYCLE_TOKEN`, an administrator's).
 
 use super::Failure;
@@ -10,11 +10,13 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AlertsVerb {
-    /// The alerts (firing first), then the latest history.
+    /// The alerts (firing first).
     List,
+    /// The alert rules with their settings.
+    Rules,
     /// Hold back the notifications of matching alerts for a while.
     Silence {
-        /// The rule (pipeline_failed, deployment_failed, probe_down); every rule if left out.
+        /// The rule (`betcycle alerts rules` lists them); every rule if left out.
         #[arg(long)]
         rule: Option<String>,
         /// The subject (`demo`, `demo/production`, a probe's name); every one if left out.
@@ -50,14 +52,35 @@ impl AlertsVerb {
             match self {
                 AlertsVerb::List => {
                     let answer = api.send(Method::GET, "/api/v1/alerts", None).await?;
-                    println!("{:<9} {:<40} {:<26} SUMMARY", "STATE", "ALERT", "SINCE");
+                    println!(
+                        "{:<9} {:<9} {:<40} {:<26} SUMMARY",
+                        "STATE", "SEVERITY", "ALERT", "SINCE"
+                    );
                     for a in answer["alerts"].as_array().into_iter().flatten() {
                         println!(
-                            "{:<9} {:<40} {:<26} {}",
+                            "{:<9} {:<9} {:<40} {:<26} {}",
                             a["state"].as_str().unwrap_or_default(),
+                            a["severity"].as_str().unwrap_or_default(),
                             a["key"].as_str().unwrap_or_default(),
                             a["since"].as_str().unwrap_or_default(),
                             a["summary"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+                AlertsVerb::Rules => {
+                    let rules = api.send(Method::GET, "/api/v1/alert-rules", None).await?;
+                    println!(
+                        "{:<24} {:<8} {:<9} {:<8} DESCRIPTION",
+                        "RULE", "ENABLED", "SEVERITY", "FOR"
+                    );
+                    for r in rules.as_array().into_iter().flatten() {
+                        println!(
+                            "{:<24} {:<8} {:<9} {:<8} {}",
+                            r["name"].as_str().unwrap_or_default(),
+                            if r["enabled"] == true { "yes" } else { "no" },
+                            r["severity"].as_str().unwrap_or_default(),
+                            format!("{}s", r["for_seconds"].as_u64().unwrap_or(0)),
+                            r["description"].as_str().unwrap_or_default()
                         );
                     }
                 }

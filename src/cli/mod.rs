@@ -89,7 +89,7 @@ enum Verb {
         #[command(flatten)]
         server: project::ServerArgs,
     },
-    /// Alerts on a server: list, silence (token from BETCYCLE_TOKEN).
+    /// Alerts on a server: list, rules, silence (token from BETCYCLE_TOKEN).
     Alerts {
         #[command(subcommand)]
         verb: alerts::AlertsVerb,

@@ -37,6 +37,8 @@ pub enum Event {
         healthy: bool,
         detail: String,
     },
+    /// An alert rule was changed, added or removed.
+    AlertRulesChanged,
 }
 
 impl Event {
@@ -47,6 +49,7 @@ impl Event {
             Event::RunUpdated { .. } => "run_updated",
             Event::DeploymentUpdated { .. } => "deployment_updated",
             Event::ServiceHealth { .. } => "service_health",
+            Event::AlertRulesChanged => "alert_rules_changed",
         }
     }
 }

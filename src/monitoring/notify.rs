@@ -1,5 +1,5 @@
-//! Sending notifications: each channel kind's request, and the `notifications` worker
-//! that sends the outbox — every pending notification that is due, retried with backoff
+//! Sending notifications: each channel kind's request (email in `email.rs`), and the
+//! `notifications` worker that sends the outbox — every pending notification that is due, retried with backoff
 //! (2 s, 4 s, … up to 5 min) and given up after [`MAX_ATTEMPTS`], each outcome stored.
 
 use super::{AlertState, Channel, ChannelKind, Delivery, Notification};
@@ -9,28 +9,40 @@ use jiff::Timestamp;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+pub mod email;
+
 /// Attempts before a notification is given up (marked failed).
 pub const MAX_ATTEMPTS: u32 = 8;
 
-/// The request a channel gets for `n`: its URL, body and extra headers.
+/// The channel's URL: given, or read from the instance secret that holds it.
+async fn url_of(secrets: &Secrets, channel: &Channel) -> Result<String, String> {
+    match (&channel.url, &channel.url_secret) {
+        (Some(url), _) => Ok(url.clone()),
+        (None, Some(name)) => secrets
+            .instance_value(name)
+            .await
+            .map_err(|e| format!("cannot read secret {name}: {e}"))?
+            .ok_or_else(|| format!("the instance secret {name} (the channel's URL) is not set")),
+        (None, None) => Err("the channel has no URL".into()),
+    }
+}
+
+/// `FIRING` or `RESOLVED`, and its emoji.
+fn state_label(state: AlertState) -> (&'static str, &'static str) {
+    match state {
+        AlertState::Firing => ("FIRING", "🔴"),
+        AlertState::Resolved => ("RESOLVED", "✅"),
+    }
+}
+
+/// The request an HTTP channel gets for `n`: its URL, body and extra headers.
 pub async fn request_for(
     secrets: &Secrets,
     channel: &Channel,
     n: &Notification,
 ) -> Result<(String, Vec<u8>, Vec<(String, String)>), String> {
-    let url = match (&channel.url, &channel.url_secret) {
-        (Some(url), _) => url.clone(),
-        (None, Some(name)) => secrets
-            .instance_value(name)
-            .await
-            .map_err(|e| format!("cannot read secret {name}: {e}"))?
-            .ok_or_else(|| format!("the instance secret {name} (the channel's URL) is not set"))?,
-        (None, None) => return Err("the channel has no URL".into()),
-    };
-    let (label, emoji) = match n.state {
-        AlertState::Firing => ("FIRING", "🔴"),
-        AlertState::Resolved => ("RESOLVED", "✅"),
-    };
+    let url = url_of(secrets, channel).await?;
+    let (label, emoji) = state_label(n.state);
     let text = format!("{emoji} [{label}] {}", n.summary);
     let json = |v: serde_json::Value| serde_json::to_vec(&v).expect("JSON");
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
@@ -39,6 +51,7 @@ pub async fn request_for(
             let body = json(serde_json::json!({
                 "alert": n.alert,
                 "state": n.state.as_str(),
+                "severity": n.severity,
                 "summary": n.summary,
                 "link": n.link,
                 "notification": n.id,
@@ -90,6 +103,7 @@ pub async fn request_for(
             "message": format!("{} {}", n.summary, n.link),
             "priority": if n.state == AlertState::Firing { 8 } else { 4 },
         })),
+        ChannelKind::Email => return Err("an email channel is not an HTTP request".into()),
     };
     Ok((url, body, headers))
 }
@@ -101,6 +115,10 @@ pub async fn send_once(
     channel: &Channel,
     n: &Notification,
 ) -> Result<(), String> {
+    if channel.kind == ChannelKind::Email {
+        let url = url_of(secrets, channel).await?;
+        return email::send(&url, channel, n).await;
+    }
     let (url, body, headers) = request_for(secrets, channel, n).await?;
     let mut request = client
         .post(&url)

@@ -177,6 +177,14 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 14,
+        description: "create alert rules",
+        apply: |tx| {
+            tx.open_table(ALERT_RULES)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

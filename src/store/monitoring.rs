@@ -3,13 +3,14 @@
 
 use super::auth::next_id;
 use super::tables::{
-    ALERT_HISTORY, ALERTS, CHANNELS, OUTBOX, OUTBOX_PENDING, PROBE_RESULTS, PROBE_STATES, PROBES,
-    SILENCES,
+    ALERT_HISTORY, ALERT_RULES, ALERTS, CHANNELS, OUTBOX, OUTBOX_PENDING, PROBE_RESULTS,
+    PROBE_STATES, PROBES, SILENCES,
 };
 use super::{Store, codec, quarantine};
 use crate::core::error::{Error, Result};
 use crate::identity::audit::Record;
 use crate::monitoring::probes::{Probe, ProbeResult, ProbeState};
+use crate::monitoring::rules::Rule;
 use crate::monitoring::{Alert, AlertEvent, Channel, Delivery, Notification, Silence};
 use jiff::Timestamp;
 use redb::{ReadableDatabase, ReadableTable};
@@ -74,23 +75,15 @@ impl Store {
         .await
     }
 
-    /// Stores `alert` in its new state with a history entry and, unless a silence covers
-    /// it, one pending notification per channel.
-    pub async fn transition_alert(&self, alert: Alert) -> Result<AlertEvent> {
+    /// Stores `alert` in its new state with a history entry and, when `send` and no
+    /// silence covers it, one pending notification per channel.
+    pub async fn transition_alert(&self, mut alert: Alert, send: bool) -> Result<AlertEvent> {
         self.write(move |tx| {
             let now = Timestamp::now();
-            let mut silenced_by = None;
-            for item in tx.open_table(SILENCES)?.iter()? {
-                let (k, v) = item?;
-                let silence: Option<Silence> =
-                    quarantine::decode_listed(SILENCES, k.value(), v.value());
-                if let Some(s) = silence.filter(|s| s.covers(&alert, now)) {
-                    silenced_by = Some(format!(
-                        "silence {} by {} ({})",
-                        s.id, s.created_by, s.reason
-                    ));
-                    break;
-                }
+            let silenced_by = silence_over(tx, &alert, now)?;
+            let notify = send && silenced_by.is_none();
+            if notify {
+                alert.notified_at = Some(now);
             }
             let event = AlertEvent {
                 id: next_id(tx, ALERT_HISTORY)?,
@@ -98,29 +91,73 @@ impl Store {
                 state: alert.state,
                 at: now,
                 summary: alert.summary.clone(),
-                silenced_by: silenced_by.clone(),
+                silenced_by,
             };
             tx.open_table(ALERT_HISTORY)?
                 .insert(event.id, codec::encode(&event).as_slice())?;
             tx.open_table(ALERTS)?
                 .insert(alert.key.as_str(), codec::encode(&alert).as_slice())?;
-            if silenced_by.is_none() {
-                let mut channels = Vec::new();
-                for item in tx.open_table(CHANNELS)?.iter()? {
-                    let (k, v) = item?;
-                    let channel: Option<Channel> =
-                        quarantine::decode_listed(CHANNELS, k.value(), v.value());
-                    channels.extend(channel);
-                }
-                for channel in channels {
-                    let n = Notification {
-                        id: next_id(tx, OUTBOX)?,
-                        ..Notification::pending(&channel.name, &alert, now)
-                    };
-                    put_notification_in(tx, &n)?;
-                }
+            if notify {
+                notify_channels_in(tx, &alert, now)?;
             }
             Ok(event)
+        })
+        .await
+    }
+
+    /// Sends a firing alert's notification again (its rule's renotify interval passed),
+    /// unless a silence covers it now. Whether it was sent.
+    pub async fn renotify_alert(&self, mut alert: Alert) -> Result<bool> {
+        self.write(move |tx| {
+            let now = Timestamp::now();
+            if silence_over(tx, &alert, now)?.is_some() {
+                return Ok(false);
+            }
+            alert.notified_at = Some(now);
+            tx.open_table(ALERTS)?
+                .insert(alert.key.as_str(), codec::encode(&alert).as_slice())?;
+            notify_channels_in(tx, &alert, now)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// The stored rules: built-in rules' changed settings and the metric rules.
+    pub async fn alert_rules(&self) -> Result<Vec<Rule>> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(ALERT_RULES)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.extend(quarantine::decode_listed(ALERT_RULES, k.value(), v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn put_alert_rule(&self, rule: Rule, audit: Record) -> Result<()> {
+        self.write(move |tx| {
+            tx.open_table(ALERT_RULES)?
+                .insert(rule.name.as_str(), codec::encode(&rule).as_slice())?;
+            tx.audit(audit)?;
+            tx.publish(crate::core::events::Event::AlertRulesChanged);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a stored rule; whether there was one.
+    pub async fn delete_alert_rule(&self, name: &str, audit: Record) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            let removed = tx.open_table(ALERT_RULES)?.remove(name.as_str())?.is_some();
+            if removed {
+                tx.audit(audit)?;
+                tx.publish(crate::core::events::Event::AlertRulesChanged);
+            }
+            Ok(removed)
         })
         .await
     }
@@ -368,6 +405,39 @@ fn put_notification_in(tx: &super::WriteTx, n: &Notification) -> Result<()> {
         pending.insert(n.id, ())?;
     } else {
         pending.remove(n.id)?;
+    }
+    Ok(())
+}
+
+/// The silence that covers `alert` at `now`, described with who made it.
+fn silence_over(tx: &super::WriteTx, alert: &Alert, now: Timestamp) -> Result<Option<String>> {
+    for item in tx.open_table(SILENCES)?.iter()? {
+        let (k, v) = item?;
+        let silence: Option<Silence> = quarantine::decode_listed(SILENCES, k.value(), v.value());
+        if let Some(s) = silence.filter(|s| s.covers(alert, now)) {
+            return Ok(Some(format!(
+                "silence {} by {} ({})",
+                s.id, s.created_by, s.reason
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// One pending notification of `alert` per channel.
+fn notify_channels_in(tx: &super::WriteTx, alert: &Alert, now: Timestamp) -> Result<()> {
+    let mut channels = Vec::new();
+    for item in tx.open_table(CHANNELS)?.iter()? {
+        let (k, v) = item?;
+        let channel: Option<Channel> = quarantine::decode_listed(CHANNELS, k.value(), v.value());
+        channels.extend(channel);
+    }
+    for channel in channels {
+        let n = Notification {
+            id: next_id(tx, OUTBOX)?,
+            ..Notification::pending(&channel.name, alert, now)
+        };
+        put_notification_in(tx, &n)?;
     }
     Ok(())
 }

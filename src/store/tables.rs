@@ -143,6 +143,9 @@ tables! {
     ALERT_HISTORY: u64 => &[u8] = "alert-history-1";
     /// Key: silence id, from 1. Value: JSON [`crate::monitoring::Silence`].
     SILENCES: u64 => &[u8] = "silences-1";
+    /// Key: rule name. Value: JSON [`crate::monitoring::rules::Rule`] — a built-in rule's
+    /// settings once an administrator changed them, and every metric rule.
+    ALERT_RULES: &str => &[u8] = "alert-rules-1";
     /// Key: notification id, from 1. Value: JSON [`crate::monitoring::Notification`] — the
     /// outbox: pending until sent or given up, kept with its outcome.
     OUTBOX: u64 => &[u8] = "outbox-1";

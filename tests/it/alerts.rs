@@ -10,7 +10,7 @@ use crate::triggers::{recording_server, sign};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Seen = Arc<Mutex<Vec<(String, Value, Value)>>>;
 
@@ -97,12 +97,12 @@ async fn a_failing_pipeline_notifies_once_resolves_once_and_a_silence_holds_it_b
         (
             "/api/v1/channels",
             json!({"name": "bad", "kind": "pager", "url": "https://example.com"}),
-            "kind \"pager\": use webhook, slack, discord, teams, ntfy or gotify",
+            "kind \"pager\": use webhook, slack, discord, teams, ntfy, gotify or email",
         ),
         (
             "/api/v1/silences",
             json!({"rule": "no_such_rule", "duration": "1h", "reason": "x"}),
-            "unknown rule \"no_such_rule\": the rules are pipeline_failed, deployment_failed, probe_down",
+            "unknown rule \"no_such_rule\": the rules are pipeline_failed, deployment_failed, probe_down, queue_stuck, runner_saturated, disk_low, audit_chain_broken",
         ),
     ] {
         let (status, answer) = server.send_json(Method::POST, path, body).await;
@@ -417,4 +417,434 @@ async fn a_probe_that_goes_down_fires_after_its_threshold_and_resolves_after_its
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown rule \"nope\""), "{err}");
+}
+
+/// A message the SMTP server took: envelope, data, and how the client got there.
+#[derive(Clone, Debug, Default)]
+struct Mail {
+    from: String,
+    to: Vec<String>,
+    data: String,
+    /// It came after STARTTLS.
+    tls: bool,
+    /// The user that authenticated (AUTH PLAIN).
+    user: String,
+}
+
+type Mails = Arc<Mutex<Vec<Mail>>>;
+
+/// A small real SMTP server on 127.0.0.1 that offers STARTTLS with `cert`/`key`, wants
+/// TLS before anything else, takes AUTH PLAIN for `bot`/`s3cret` only, and records every
+/// message it takes.
+async fn smtp_server(cert: &str, key: &str) -> (u16, Mails) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mails: Mails = Arc::default();
+    let seen = mails.clone();
+
+    async fn line<S: AsyncRead + Unpin>(s: &mut BufReader<S>) -> Option<String> {
+        let mut text = String::new();
+        match s.read_line(&mut text).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+        }
+    }
+    async fn say<S: AsyncRead + AsyncWrite + Unpin>(s: &mut BufReader<S>, text: &str) {
+        let _ = s.get_mut().write_all(text.as_bytes()).await;
+    }
+    async fn after_tls<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Mails) {
+        use base64::Engine;
+        let mut s = BufReader::new(stream);
+        let mut mail = Mail {
+            tls: true,
+            ..Mail::default()
+        };
+        while let Some(command) = line(&mut s).await {
+            let upper = command.to_ascii_uppercase();
+            if upper.starts_with("EHLO") {
+                say(&mut s, "250-localhost\r\n250 AUTH PLAIN\r\n").await;
+            } else if let Some(b64) = upper.strip_prefix("AUTH PLAIN ").map(|_| &command[11..]) {
+                let plain = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .unwrap_or_default();
+                if plain == b"\0bot\0s3cret" {
+                    mail.user = "bot".into();
+                    say(&mut s, "235 2.7.0 accepted\r\n").await;
+                } else {
+                    say(&mut s, "535 5.7.8 bad credentials\r\n").await;
+                }
+            } else if mail.user.is_empty() && !upper.starts_with("QUIT") {
+                say(&mut s, "530 5.7.0 authentication required\r\n").await;
+            } else if upper.starts_with("MAIL FROM:") {
+                mail.from = command[10..].trim().to_string();
+                say(&mut s, "250 ok\r\n").await;
+            } else if upper.starts_with("RCPT TO:") {
+                mail.to.push(command[8..].trim().to_string());
+                say(&mut s, "250 ok\r\n").await;
+            } else if upper == "DATA" {
+                say(&mut s, "354 end with <CRLF>.<CRLF>\r\n").await;
+                let mut data = String::new();
+                while let Some(l) = line(&mut s).await {
+                    if l == "." {
+                        break;
+                    }
+                    data.push_str(&l);
+                    data.push('\n');
+                }
+                mail.data = data;
+                seen.lock().unwrap().push(mail.clone());
+                mail.from.clear();
+                mail.to.clear();
+                say(&mut s, "250 queued\r\n").await;
+            } else if upper.starts_with("QUIT") {
+                say(&mut s, "221 bye\r\n").await;
+                return;
+            } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+                say(&mut s, "250 ok\r\n").await;
+            } else {
+                say(&mut s, "502 unknown command\r\n").await;
+            }
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut s = BufReader::new(stream);
+                say(&mut s, "220 localhost ESMTP recording server\r\n").await;
+                while let Some(command) = line(&mut s).await {
+                    let upper = command.to_ascii_uppercase();
+                    if upper.starts_with("EHLO") {
+                        say(&mut s, "250-localhost\r\n250 STARTTLS\r\n").await;
+                    } else if upper == "STARTTLS" {
+                        say(&mut s, "220 2.0.0 go ahead\r\n").await;
+                        if let Ok(tls) = acceptor.accept(s.into_inner()).await {
+                            after_tls(tls, seen).await;
+                        }
+                        return;
+                    } else if upper.starts_with("QUIT") {
+                        say(&mut s, "221 bye\r\n").await;
+                        return;
+                    } else {
+                        say(&mut s, "530 5.7.0 must issue a STARTTLS command first\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    (port, mails)
+}
+
+/// The Subject header of a recorded message, unfolded (a long header continues on
+/// lines that start with white space).
+fn subject_of(mail: &Mail) -> String {
+    let mut lines = mail
+        .data
+        .lines()
+        .skip_while(|l| !l.starts_with("Subject: "));
+    let Some(first) = lines.next() else {
+        return String::new();
+    };
+    let mut subject = first["Subject: ".len()..].to_string();
+    for more in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+        subject.push_str(more);
+    }
+    subject
+}
+
+/// Waits until `mails` holds `count` messages; returns them.
+async fn mails_at_least(mails: &Mails, count: usize, what: &str) -> Vec<Mail> {
+    eventually(Duration::from_secs(30), what, || async {
+        let got = mails.lock().unwrap().clone();
+        if got.len() >= count {
+            Ok(got)
+        } else {
+            Err(format!("{got:#?}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn email_arrives_over_starttls_and_rules_on_metrics_fire_after_their_for_and_renotify() {
+    let dir = tempdir();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (made.cert.pem(), made.signing_key.serialize_pem());
+    let ca_file = dir.path().join("smtp-ca.pem");
+    std::fs::write(&ca_file, &cert).unwrap();
+    let (port, mails) = smtp_server(&cert, &key).await;
+    // The server trusts the SMTP server's certificate as a system root, as an operator's
+    // own CA would be.
+    let mut cmd = crate::harness::betcycle(dir.path());
+    cmd.env("SSL_CERT_FILE", &ca_file);
+    let server = Server::start_admin_with(cmd, dir.path(), &[]);
+    server
+        .set_secret(
+            "/api/v1/secrets/SMTP_URL",
+            &format!("smtp://bot:s3cret@localhost:{port}"),
+        )
+        .await;
+
+    // Bad channels first: each says what is wrong.
+    for (channel, message) in [
+        (
+            json!({"name": "m", "kind": "email", "url": "smtp://mail.example.com?tls=sometimes", "to": ["a@example.com"]}),
+            "url: tls=sometimes: use required (the default), opportunistic or none",
+        ),
+        (
+            json!({"name": "m", "kind": "email", "url": "imap://mail.example.com", "to": ["a@example.com"]}),
+            "url: scheme imap: expected smtp:// (STARTTLS) or smtps:// (TLS)",
+        ),
+        (
+            json!({"name": "m", "kind": "email", "url_secret": "SMTP_URL"}),
+            "an email channel needs to (one or more addresses)",
+        ),
+        (
+            json!({"name": "m", "kind": "email", "url_secret": "SMTP_URL", "to": "not an address"}),
+            "to \"not an address\": not an email address such as ops@example.com or Ops <ops@example.com> (Invalid input)",
+        ),
+        (
+            json!({"name": "m", "kind": "slack", "url": "https://hooks.example.com/x", "to": ["a@example.com"]}),
+            "to and from are for email channels",
+        ),
+    ] {
+        let (status, answer) = server
+            .send_json(Method::POST, "/api/v1/channels", channel)
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["message"], message);
+    }
+    let (status, answer) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/channels",
+            json!({"name": "mail", "kind": "email", "url_secret": "SMTP_URL",
+                   "to": "ops@example.com, lead@example.com", "from": "BetCycle <ci@example.com>"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["to"], json!(["ops@example.com", "lead@example.com"]));
+    assert!(
+        !answer.to_string().contains("s3cret"),
+        "the SMTP password stays in the secret: {answer}"
+    );
+
+    // The test button: one message, over TLS, authenticated, to both recipients.
+    let (status, answer) = server
+        .send_json(Method::POST, "/api/v1/channels/mail/test", json!(null))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let got = mails_at_least(&mails, 1, "the test email").await;
+    assert_eq!(
+        subject_of(&got[0]),
+        "[BetCycle] FIRING: a test notification from BetCycle to channel mail"
+    );
+    assert!(got[0].tls && got[0].user == "bot", "{:?}", got[0]);
+    assert_eq!(got[0].from, "<ci@example.com>");
+    assert_eq!(got[0].to, vec!["<ops@example.com>", "<lead@example.com>"]);
+
+    // Rules: bad ones are refused with the reason.
+    for (name, change, message) in [
+        (
+            "db_size",
+            json!({"metric": "betcycle_no_such_metric", "op": ">", "threshold": 1}),
+            "unknown metric \"betcycle_no_such_metric\"",
+        ),
+        (
+            "db_size",
+            json!({"metric": "betcycle_store_size_bytes", "op": "=>", "threshold": 1}),
+            "op \"=>\": use >, >=, <, <=, == or !=",
+        ),
+        (
+            "db_size",
+            json!({"metric": "betcycle_store_size_bytes", "op": ">"}),
+            "a metric rule needs metric, op and threshold",
+        ),
+        (
+            "pipeline_failed",
+            json!({"threshold": 2}),
+            "threshold is for queue_stuck, disk_low and metric rules, not pipeline_failed",
+        ),
+        (
+            "disk_low",
+            json!({"renotify": "5s"}),
+            "renotify \"5s\": at least 10s (or 0s: never)",
+        ),
+        (
+            "disk_low",
+            json!({"severity": "loud"}),
+            "severity \"loud\": use critical, warning or info",
+        ),
+    ] {
+        let (status, answer) = server
+            .send_json(Method::PUT, &format!("/api/v1/alert-rules/{name}"), change)
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        let text = answer["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{text}");
+    }
+
+    // A rule on a metric that holds now, for 3 s, sent again every 10 s.
+    let created = Instant::now();
+    let (status, rule) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/alert-rules/db_size",
+            json!({"metric": "betcycle_store_size_bytes", "op": ">", "threshold": 0,
+                   "for": "3s", "renotify": "10s", "severity": "warning"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rule}");
+    assert_eq!(rule["description"], "betcycle_store_size_bytes > 0");
+    let got = mails_at_least(&mails, 2, "the metric rule's email").await;
+    let fired = Instant::now();
+    assert!(
+        created.elapsed() >= Duration::from_secs(3),
+        "it fired only after its for"
+    );
+    let subject = subject_of(&got[1]);
+    assert!(
+        subject.starts_with("[BetCycle] FIRING: db_size: betcycle_store_size_bytes = "),
+        "{subject}"
+    );
+    assert!(got[1].data.contains("Severity: warning"), "{}", got[1].data);
+    let (_, alerts) = server
+        .send_json(Method::GET, "/api/v1/alerts", json!(null))
+        .await;
+    let alert = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule"] == "db_size")
+        .cloned()
+        .expect("the db_size alert");
+    assert_eq!(alert["state"], "firing");
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(alert["key"], "db_size:betcycle_store_size_bytes");
+    let got = mails_at_least(&mails, 3, "the renotified email").await;
+    assert!(
+        fired.elapsed() >= Duration::from_secs(9),
+        "renotify waits its interval"
+    );
+    assert_eq!(subject_of(&got[2]), subject_of(&got[1]));
+
+    // Changed so it no longer holds: resolved, and said so.
+    let (status, answer) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/alert-rules/db_size",
+            json!({"threshold": 1e15, "renotify": "0s"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let got = mails_at_least(&mails, 4, "the resolved email").await;
+    assert!(
+        subject_of(&got[3]).starts_with("[BetCycle] RESOLVED: db_size:"),
+        "{}",
+        subject_of(&got[3])
+    );
+
+    // A built-in rule with a setting: disk_low at an absurd threshold fires; its
+    // resolution is not sent (send_resolved false) but is in the history.
+    let (status, answer) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/alert-rules/disk_low",
+            json!({"threshold": 1e18, "send_resolved": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let got = mails_at_least(&mails, 5, "the disk_low email").await;
+    assert!(
+        subject_of(&got[4]).starts_with("[BetCycle] FIRING: the data directory "),
+        "{}",
+        subject_of(&got[4])
+    );
+    let (status, answer) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/alert-rules/disk_low",
+            json!({"threshold": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    eventually(Duration::from_secs(20), "disk_low resolved", || async {
+        let (_, alerts) = server
+            .send_json(Method::GET, "/api/v1/alerts", json!(null))
+            .await;
+        let resolved = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "disk_low" && a["state"] == "resolved");
+        if resolved {
+            Ok(())
+        } else {
+            Err(alerts.to_string())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mails.lock().unwrap().len(),
+        5,
+        "no resolved email for disk_low"
+    );
+    server
+        .expect(
+            Method::DELETE,
+            "/api/v1/alert-rules/disk_low",
+            &json!(null),
+            204,
+        )
+        .await;
+    let rules = server.get_json("/api/v1/alert-rules").await;
+    let disk = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "disk_low")
+        .unwrap();
+    assert_eq!(disk["send_resolved"], true, "back to its defaults: {disk}");
+    // A metric rule can be silenced by name; an unknown one cannot be deleted.
+    let (status, answer) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/silences",
+            json!({"rule": "db_size", "duration": "1h", "reason": "resizing"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    server
+        .expect(
+            Method::DELETE,
+            "/api/v1/alert-rules/nope",
+            &json!(null),
+            404,
+        )
+        .await;
+    // The CLI lists the rules.
+    let (code, out, err) = crate::harness::run(
+        crate::harness::betcycle(dir.path())
+            .args(["alerts", "rules"])
+            .env("BETCYCLE_SERVER", &server.url)
+            .env("BETCYCLE_TOKEN", server.token.as_deref().unwrap()),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("db_size") && out.contains("warning"), "{out}");
 }

@@ -98,11 +98,16 @@ impl Server {
     /// Like `start`, with an administrator `ADMIN` (created before the first start if
     /// missing) whose admin-scoped token `get` sends.
     pub fn start_admin(root: &Path, extra: &[&str]) -> Server {
+        Self::start_admin_with(betcycle(root), root, extra)
+    }
+
+    /// `start_admin` with the command to start (its environment set by the test).
+    pub fn start_admin_with(cmd: Command, root: &Path, extra: &[&str]) -> Server {
         if !root.join("data/betcycle.redb").exists() {
             add_user(root, ADMIN, ADMIN_PASSWORD, true);
         }
         let token = create_token(root, ADMIN, "admin");
-        let mut server = Self::start(root, extra);
+        let mut server = Self::start_with(cmd, root, extra);
         server.token = Some(token);
         server
     }

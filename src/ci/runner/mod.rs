@@ -120,6 +120,11 @@ impl Runner {
         })
     }
 
+    /// Runs executing now, and how many may (`run_concurrency`).
+    pub fn slots(&self) -> (usize, usize) {
+        (self.active.lock().expect("runner lock").len(), self.limit)
+    }
+
     /// Live output of run `id`, while it executes.
     pub fn subscribe(&self, id: u64) -> Option<tokio::sync::broadcast::Receiver<LiveEvent>> {
         self.live

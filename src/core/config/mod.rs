@@ -511,6 +511,22 @@ fn unknown_env_warnings(env: &BTreeMap<String, String>) -> Vec<String> {
         .collect()
 }
 
+/// A size as `parse_size` reads it back: `512 MiB`, `1.5 GiB`, `900 B`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    format!("{} {}", text.trim_end_matches(".0"), UNITS[unit])
+}
+
 /// Parses a size such as `64 MiB`, `1GB` or `1048576`.
 pub fn parse_size(value: &str) -> Result<u64, String> {
     value

@@ -1,5 +1,6 @@
-//! Alerts, silences, notification channels, the outbox and probes (administrators):
-//! `GET /api/v1/alerts`, `GET|POST /api/v1/silences`, `DELETE /api/v1/silences/{id}`,
+//! Alerts, their rules, silences, notification channels, the outbox and probes
+//! (administrators): `GET /api/v1/alerts`, `GET /api/v1/alert-rules`,
+//! `PUT|DELETE /api/v1/alert-rules/{name}`, `GET|POST /api/v1/silences`, `DELETE /api/v1/silences/{id}`,
 //! `GET|POST /api/v1/channels`, `DELETE /api/v1/channels/{name}`,
 //! `POST /api/v1/channels/{name}/test`, `GET /api/v1/notifications`,
 //! `GET|POST /api/v1/probes`, `DELETE /api/v1/probes/{name}`,
@@ -12,6 +13,7 @@ use crate::http::error::ServerError;
 use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
 use crate::monitoring::probes::{self, NewProbe, ProbeResult, ProbeView};
+use crate::monitoring::rules::{Rule, RuleChange};
 use crate::monitoring::{
     self, Alert, AlertEvent, AlertState, Channel, NewChannel, NewSilence, Notification, Silence,
     notify,
@@ -24,15 +26,9 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 pub struct Alerts {
-    pub rules: Vec<RuleView>,
+    pub rules: Vec<Rule>,
     pub alerts: Vec<Alert>,
     pub history: Vec<AlertEvent>,
-}
-
-#[derive(Serialize)]
-pub struct RuleView {
-    pub name: &'static str,
-    pub description: &'static str,
 }
 
 /// The alerts, firing first, and the newest history.
@@ -42,10 +38,7 @@ pub async fn alerts_of(app: &App) -> crate::core::error::Result<Alerts> {
         (a.state != AlertState::Firing, &a.key).cmp(&(b.state != AlertState::Firing, &b.key))
     });
     Ok(Alerts {
-        rules: monitoring::RULES
-            .iter()
-            .map(|(name, description)| RuleView { name, description })
-            .collect(),
+        rules: monitoring::all_rules(&app.store).await?,
         alerts,
         history: app.store.alert_history(200).await?,
     })
@@ -53,6 +46,35 @@ pub async fn alerts_of(app: &App) -> crate::core::error::Result<Alerts> {
 
 pub async fn alerts(State(app): State<App>) -> ServerResult<Json<Alerts>> {
     Ok(Json(alerts_of(&app).await?))
+}
+
+pub async fn alert_rules(State(app): State<App>) -> ServerResult<Json<Vec<Rule>>> {
+    Ok(Json(monitoring::all_rules(&app.store).await?))
+}
+
+/// Changes a built-in rule's settings, or makes or replaces a metric rule.
+pub async fn update_alert_rule(
+    State(app): State<App>,
+    signed: Signed,
+    Path(name): Path<String>,
+    Json(change): Json<RuleChange>,
+) -> ServerResult<Json<Rule>> {
+    let metrics = app.metrics.clone();
+    let text = tokio::task::spawn_blocking(move || metrics.render_text())
+        .await
+        .unwrap_or_default();
+    let rule = monitoring::update_rule(&app.store, &text, &name, change, &signed.audit).await?;
+    Ok(Json(rule))
+}
+
+/// Removes a metric rule, or puts a built-in rule back to its defaults.
+pub async fn delete_alert_rule(
+    State(app): State<App>,
+    signed: Signed,
+    Path(name): Path<String>,
+) -> ServerResult<StatusCode> {
+    monitoring::delete_rule(&app.store, &name, &signed.audit).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn silences(State(app): State<App>) -> ServerResult<Json<Vec<Silence>>> {
@@ -167,6 +189,9 @@ pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
     routes![
         GET "/api/v1/alerts" ADMIN => alerts,
+        GET "/api/v1/alert-rules" ADMIN => alert_rules,
+        PUT "/api/v1/alert-rules/{name}" ADMIN => update_alert_rule,
+        DELETE "/api/v1/alert-rules/{name}" ADMIN => delete_alert_rule,
         GET "/api/v1/silences" ADMIN => silences,
         POST "/api/v1/silences" ADMIN => create_silence,
         DELETE "/api/v1/silences/{id}" ADMIN => delete_silence,

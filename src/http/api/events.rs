@@ -37,6 +37,8 @@ impl Visible {
         use crate::core::events::Event as E;
         let project = match event {
             E::InstanceStarted { .. } => return true,
+            // Alert rules are an administrator's.
+            E::AlertRulesChanged => return self.principal.user.admin,
             E::RunUpdated { project, .. }
             | E::DeploymentUpdated { project, .. }
             | E::ServiceHealth { project, .. } => project,

@@ -25,7 +25,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 struct MonitoringPage {
     layout: Layout,
     admin: bool,
-    rules: &'static [(&'static str, &'static str)],
+    rules: Vec<crate::monitoring::rules::Rule>,
     alerts: Vec<Alert>,
     history: Vec<AlertEvent>,
     silences: Vec<Silence>,
@@ -47,7 +47,7 @@ async fn page_with(
         return render(&MonitoringPage {
             layout,
             admin: false,
-            rules: monitoring::RULES,
+            rules: monitoring::all_rules(&app.store).await?,
             alerts: Vec::new(),
             history: Vec::new(),
             silences: Vec::new(),
@@ -63,7 +63,7 @@ async fn page_with(
     render(&MonitoringPage {
         layout,
         admin: true,
-        rules: monitoring::RULES,
+        rules: alerts.rules,
         alerts: alerts.alerts,
         history: alerts.history.into_iter().take(20).collect(),
         silences: app
