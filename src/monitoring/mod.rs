@@ -823,3 +823,23 @@ pub async fn delete_rule(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{rules, streak_holds};
+
+    #[test]
+    fn a_streak_fires_after_its_failures_and_resolves_after_its_successes() {
+        let mut rule = rules::default_of("pipeline_failed").unwrap();
+        rule.failure_threshold = 2;
+        rule.success_threshold = 3;
+        // Newest first. Not firing: two failures in a row are needed.
+        assert!(!streak_holds(&[true], false, &rule));
+        assert!(!streak_holds(&[true, false, true], false, &rule));
+        assert!(streak_holds(&[true, true, false], false, &rule));
+        // Firing: it holds until three successes in a row.
+        assert!(streak_holds(&[false, false, true], true, &rule));
+        assert!(streak_holds(&[false, false], true, &rule));
+        assert!(!streak_holds(&[false, false, false, true], true, &rule));
+    }
+}

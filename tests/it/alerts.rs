@@ -848,3 +848,148 @@ async fn email_arrives_over_starttls_and_rules_on_metrics_fire_after_their_for_a
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("db_size") && out.contains("warning"), "{out}");
 }
+
+/// The alert of `key` as the API shows it (Null when there is none).
+async fn alert_of(server: &Server, key: &str) -> Value {
+    let alerts = server.get_json("/api/v1/alerts").await;
+    alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == key)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until alert `key` is in `state`.
+async fn alert_in(server: &Server, key: &str, state: &str) -> Value {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{key} {state}"),
+        || async {
+            let alert = alert_of(server, key).await;
+            if alert["state"] == state {
+                Ok(alert)
+            } else {
+                Err(alert.to_string())
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn built_in_rules_watch_the_queue_the_run_slots_failure_streaks_and_the_audit_chain() {
+    let dir = tempdir();
+    let slow = dir.path().join("slow");
+    let red = dir.path().join("red");
+    std::fs::create_dir_all(&slow).unwrap();
+    std::fs::create_dir_all(&red).unwrap();
+    git_repo(&slow, "steps:\n  - name: wait\n    run: sleep 60\n");
+    git_repo(&red, "steps:\n  - name: test\n    run: exit 1\n");
+    let start = || Server::start_admin(dir.path(), &["--run-concurrency", "1"]);
+    let server = start();
+    project(&server, "slow", &slow).await;
+    project(&server, "red", &red).await;
+    for (rule, change) in [
+        ("queue_stuck", json!({"threshold": 0.05})),
+        ("runner_saturated", json!({"for": "0s", "severity": "info"})),
+        (
+            "pipeline_failed",
+            json!({"failure_threshold": 2, "success_threshold": 1}),
+        ),
+    ] {
+        let (status, answer) = server
+            .send_json(Method::PUT, &format!("/api/v1/alert-rules/{rule}"), change)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/alert-rules/probe_down",
+            json!({"failure_threshold": 2}),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+
+    // One slot, taken by slow #1; slow #2 waits.
+    trigger(&server, "slow").await;
+    wait_for(&server, "slow", 1, |r| r["status"] == "running").await;
+    trigger(&server, "slow").await;
+    let stuck = alert_in(&server, "queue_stuck:slow", "firing").await;
+    assert!(
+        stuck["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("slow #2 has been queued for "),
+        "{stuck}"
+    );
+    assert_eq!(stuck["severity"], "warning");
+    let saturated = alert_in(&server, "runner_saturated:runner", "firing").await;
+    assert_eq!(saturated["severity"], "info");
+    for n in [2, 1] {
+        server
+            .expect(
+                Method::POST,
+                &format!("/api/v1/projects/slow/runs/{n}/cancel"),
+                &json!({}),
+                200,
+            )
+            .await;
+    }
+    alert_in(&server, "queue_stuck:slow", "resolved").await;
+    alert_in(&server, "runner_saturated:runner", "resolved").await;
+
+    // Two failures in a row fire pipeline_failed, not one.
+    trigger(&server, "red").await;
+    wait_for(&server, "red", 1, |r| r["status"] == "failed").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        alert_of(&server, "pipeline_failed:red").await,
+        Value::Null,
+        "one failure is below the threshold"
+    );
+    trigger(&server, "red").await;
+    wait_for(&server, "red", 2, |r| r["status"] == "failed").await;
+    let failed = alert_in(&server, "pipeline_failed:red", "firing").await;
+    assert!(
+        failed["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("red #2 on main failed"),
+        "{failed}"
+    );
+
+    // The audit log altered behind the server's back: found when it starts again.
+    server.stop();
+    {
+        use redb::ReadableTable;
+        let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit-1");
+        let db = redb::Database::open(dir.path().join("data/betcycle.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(table).unwrap();
+            let value = t.get(2).unwrap().unwrap().value().to_vec();
+            let altered = String::from_utf8(value)
+                .unwrap()
+                .replace("\"outcome\":\"success\"", "\"outcome\":\"failure\"");
+            t.insert(2, altered.as_bytes()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let server = start();
+    let broken = alert_in(&server, "audit_chain_broken:audit", "firing").await;
+    assert!(
+        broken["summary"]
+            .as_str()
+            .unwrap()
+            .contains("audit entry 2 was altered"),
+        "{broken}"
+    );
+    // The failure streak's alert survived the restart as it was.
+    assert_eq!(
+        alert_of(&server, "pipeline_failed:red").await["state"],
+        "firing"
+    );
+}
