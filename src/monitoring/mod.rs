@@ -10,6 +10,7 @@
 pub mod notify;
 pub mod probes;
 pub mod rules;
+pub mod trends;
 
 use crate::core::error::{Error, Result};
 use crate::identity::audit::Record;

@@ -327,6 +327,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/api/v1/projects/{slug}/members", "project:viewer"),
     ("/api/v1/projects/{slug}/runs", "project:viewer"),
     ("/api/v1/projects/{slug}/tests/flaky", "project:viewer"),
+    ("/api/v1/projects/{slug}/trends", "project:viewer"),
     ("/api/v1/projects/{slug}/runs/{number}", "project:viewer"),
     (
         "/api/v1/projects/{slug}/runs/{number}/steps/{step}/log",

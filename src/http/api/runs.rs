@@ -548,12 +548,24 @@ pub async fn flaky(
     })))
 }
 
+/// The project's trends week by week (see `monitoring::trends`): the data of the
+/// console's Trends charts.
+pub async fn trends(
+    State(app): State<App>,
+    Path(slug): Path<String>,
+) -> ServerResult<Json<crate::monitoring::trends::Trends>> {
+    Ok(Json(
+        crate::monitoring::trends::of_project(&app.store, &slug).await?,
+    ))
+}
+
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
     routes![
         GET "/api/v1/projects/{slug}/runs" VIEWER => list,
         GET "/api/v1/projects/{slug}/tests/flaky" VIEWER => flaky,
+        GET "/api/v1/projects/{slug}/trends" VIEWER => trends,
         POST "/api/v1/projects/{slug}/runs" DEVELOPER => trigger,
         GET "/api/v1/projects/{slug}/runs/{number}" VIEWER => show,
         POST "/api/v1/projects/{slug}/runs/{number}/cancel" DEVELOPER => cancel,
