@@ -415,6 +415,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
         "project:viewer",
     ),
     ("/projects/{slug}/triggers", "project:viewer"),
+    ("/projects/{slug}/trends", "project:viewer"),
     ("/projects/{slug}/environments", "project:viewer"),
     ("/projects/{slug}/deployments/{number}", "project:viewer"),
     (

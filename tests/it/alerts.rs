@@ -993,3 +993,112 @@ async fn built_in_rules_watch_the_queue_the_run_slots_failure_streaks_and_the_au
         "firing"
     );
 }
+
+#[tokio::test]
+async fn trends_count_each_weeks_runs_and_deployments_and_the_console_draws_them() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    // Read by the step and the deployment; made before the server starts (the sandbox).
+    let outcome = dir.path().join("outcome");
+    let target = dir.path().join("target");
+    std::fs::write(&outcome, "fail").unwrap();
+    std::fs::write(&target, "down").unwrap();
+    git_repo(
+        &repo,
+        &format!(
+            "steps:\n  - {{ name: build, run: 'sleep 0.3' }}\n  - {{ name: test, run: 'test \"$(cat {o})\" = pass', depends_on: [build] }}\ndeploy:\n  staging: {{ target: {{ kind: exec, run: 'test \"$(cat {t})\" = up' }} }}\n",
+            o = outcome.display(),
+            t = target.display()
+        ),
+    );
+    let server = Server::start_admin(dir.path(), &[]);
+    project(&server, "demo", &repo).await;
+    server
+        .expect(
+            Method::PUT,
+            "/api/v1/projects/demo/environments/staging",
+            &json!({}),
+            201,
+        )
+        .await;
+    for n in 1..=3 {
+        if n == 2 {
+            std::fs::write(&outcome, "pass").unwrap();
+        }
+        let run = run_to_end(&server, n).await;
+        let expected = if n == 1 { "failed" } else { "succeeded" };
+        assert_eq!(run["status"], expected, "{run}");
+    }
+    for (n, state) in [(1, "down"), (2, "up")] {
+        std::fs::write(&target, state).unwrap();
+        let d = server
+            .expect(
+                Method::POST,
+                "/api/v1/projects/demo/deployments",
+                &json!({"environment": "staging"}),
+                201,
+            )
+            .await;
+        assert_eq!(d["number"], n);
+        let expected = if n == 1 { "failed" } else { "succeeded" };
+        crate::deploy::wait_deployment(&server, "demo", n, |d| d["status"] == expected).await;
+    }
+
+    let t = server.get_json("/api/v1/projects/demo/trends").await;
+    assert_eq!(t["weeks"], 12);
+    let weeks = t["pipeline"].as_array().unwrap();
+    assert_eq!(weeks.len(), 12);
+    let this = &weeks[11];
+    assert_eq!(
+        (&this["runs"], &this["succeeded"], &this["failed"]),
+        (&json!(3), &json!(2), &json!(1)),
+        "{this}"
+    );
+    assert!(
+        (this["success_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9,
+        "{this}"
+    );
+    assert!(
+        this["duration_p50_seconds"].as_f64().unwrap() >= 0.3,
+        "{this}"
+    );
+    assert!(this["queue_p95_seconds"].as_f64().is_some(), "{this}");
+    assert_eq!(weeks[0]["runs"], 0);
+    assert_eq!(weeks[0]["success_rate"], Value::Null);
+    let staging = &t["environments"][0];
+    assert_eq!(staging["environment"], "staging");
+    let week = &staging["weeks"][11];
+    assert_eq!(
+        (
+            &week["changes"],
+            &week["failed_changes"],
+            &week["deployments"]
+        ),
+        (&json!(2), &json!(1), &json!(1)),
+        "{week}"
+    );
+    assert_eq!(week["change_fail_rate"], 0.5);
+    assert!(week["recovery_time_seconds"].as_f64().is_some(), "{week}");
+    let slowest = &t["slowest_steps"][0];
+    assert_eq!(slowest["name"], "build", "{t:#}");
+    assert_eq!(slowest["runs"], 3);
+    assert!(slowest["p50_seconds"].as_f64().unwrap() >= 0.3);
+
+    // The console draws the same numbers.
+    let page = server.get_text("/projects/demo/trends").await;
+    for text in [
+        "Runs per week",
+        ": 2 runs succeeded, 1 failed</title>",
+        "Run duration per week, p50 and p95",
+        "Deployments to staging per week",
+        ": 1 deployments succeeded, 1 failed</title>",
+        "fail rate 50 %",
+        "<td>build</td><td>3</td>",
+    ] {
+        assert!(page.contains(text), "{text} not in\n{page}");
+    }
+    // A project that does not exist: 404, not an empty chart.
+    let response = server.get("/api/v1/projects/nope/trends").await;
+    assert_eq!(response.status(), 404);
+}

@@ -1060,6 +1060,7 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
         ("step", "/projects/demo/runs/1/steps/0"),
         ("environments", "/projects/demo/environments"),
         ("triggers", "/projects/demo/triggers"),
+        ("trends", "/projects/demo/trends"),
         ("secrets", "/projects/demo/secrets"),
         ("policies", "/policies"),
         ("users", "/security/users"),

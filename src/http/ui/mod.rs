@@ -5,6 +5,7 @@ mod account;
 mod admin;
 mod agents;
 mod areas;
+mod chart;
 mod dashboard;
 mod deploy;
 mod form;
@@ -16,6 +17,7 @@ mod runs;
 mod secrets;
 mod settings;
 mod sign_in;
+mod trends;
 mod triggers;
 
 use super::assets;
@@ -49,6 +51,7 @@ pub fn routes() -> Vec<Route> {
         runs::routes(),
         history::routes(),
         triggers::routes(),
+        trends::routes(),
         deploy::routes(),
     ]
     .into_iter()
