@@ -788,6 +788,27 @@ pub async fn create_channel(
     Ok(channel)
 }
 
+/// The rules, the alerts (firing first) and the newest history: `GET /api/v1/alerts`
+/// and the Monitoring page.
+#[derive(Serialize)]
+pub struct AlertsView {
+    pub rules: Vec<rules::Rule>,
+    pub alerts: Vec<Alert>,
+    pub history: Vec<AlertEvent>,
+}
+
+pub async fn alerts_view(store: &Store) -> Result<AlertsView> {
+    let mut alerts = store.alerts().await?;
+    alerts.sort_by(|a, b| {
+        (a.state != AlertState::Firing, &a.key).cmp(&(b.state != AlertState::Firing, &b.key))
+    });
+    Ok(AlertsView {
+        rules: all_rules(store).await?,
+        alerts,
+        history: store.alert_history(200).await?,
+    })
+}
+
 /// Every rule with its settings.
 pub async fn all_rules(store: &Store) -> Result<Vec<rules::Rule>> {
     Ok(rules::merge(store.alert_rules().await?))

@@ -14,38 +14,15 @@ use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
 use crate::monitoring::probes::{self, NewProbe, ProbeResult, ProbeView};
 use crate::monitoring::rules::{Rule, RuleChange};
-use crate::monitoring::{
-    self, Alert, AlertEvent, AlertState, Channel, NewChannel, NewSilence, Notification, Silence,
-    notify,
-};
+use crate::monitoring::{self, Channel, NewChannel, NewSilence, Notification, Silence, notify};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use jiff::Timestamp;
 use serde::Serialize;
 
-#[derive(Serialize)]
-pub struct Alerts {
-    pub rules: Vec<Rule>,
-    pub alerts: Vec<Alert>,
-    pub history: Vec<AlertEvent>,
-}
-
-/// The alerts, firing first, and the newest history.
-pub async fn alerts_of(app: &App) -> crate::core::error::Result<Alerts> {
-    let mut alerts = app.store.alerts().await?;
-    alerts.sort_by(|a, b| {
-        (a.state != AlertState::Firing, &a.key).cmp(&(b.state != AlertState::Firing, &b.key))
-    });
-    Ok(Alerts {
-        rules: monitoring::all_rules(&app.store).await?,
-        alerts,
-        history: app.store.alert_history(200).await?,
-    })
-}
-
-pub async fn alerts(State(app): State<App>) -> ServerResult<Json<Alerts>> {
-    Ok(Json(alerts_of(&app).await?))
+pub async fn alerts(State(app): State<App>) -> ServerResult<Json<monitoring::AlertsView>> {
+    Ok(Json(monitoring::alerts_view(&app.store).await?))
 }
 
 pub async fn alert_rules(State(app): State<App>) -> ServerResult<Json<Vec<Rule>>> {

@@ -58,7 +58,7 @@ async fn page_with(
             error,
         });
     }
-    let alerts = crate::http::api::alerts::alerts_of(app).await?;
+    let alerts = monitoring::alerts_view(&app.store).await?;
     let now = jiff::Timestamp::now();
     render(&MonitoringPage {
         layout,
