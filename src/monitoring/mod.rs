@@ -1,11 +1,12 @@
-//! Alerts and their notifications. Built-in rules look at the store: a project whose
-//! latest finished run on its default branch failed (`pipeline_failed`), an environment
-//! whose latest finished deployment failed or was rolled back (`deployment_failed`). The
-//! `alerts` worker reconciles what the rules say with the stored alerts: a change is one
-//! write — the alert's new state, its history entry and one notification per channel in
-//! the outbox (none while a silence covers it). The `notifications` worker sends the
-//! outbox with retries (`notify.rs`). Because the state is stored and the rules are read
-//! from records, a restart neither loses a notification nor sends one twice.
+//! Alerts and their notifications. Rules (`rules.rs`: built-in ones and rules on
+//! BetCycle's own metrics, each with its settings) read the store and what `Sources`
+//! adds: failed runs and deployments, stuck queues, busy run slots, probe states, the
+//! disk, the audit chain, `/metrics`. The `alerts` worker reconciles what the rules say
+//! with the stored alerts: a change is one write — the alert's new state, its history
+//! entry and one notification per channel in the outbox (none while a silence covers
+//! it). The `notifications` worker sends the outbox with retries (`notify.rs`). Because
+//! the state is stored and the rules are read from records, a restart neither loses a
+//! notification nor sends one twice. `trends.rs` is a project's weeks, for charts.
 
 pub mod notify;
 pub mod probes;
@@ -239,7 +240,8 @@ pub struct Evaluator {
     audit: Option<(std::time::Instant, Option<String>)>,
 }
 
-/// A run or deployment that counts for a streak rule: whether it went wrong.
+/// Whether a streak rule's condition holds: `failed` says, newest first, whether each
+/// finished run (or deployment) went wrong; `firing`, whether its alert fires now.
 fn streak_holds(failed: &[bool], firing: bool, rule: &rules::Rule) -> bool {
     let (need, want_failed) = if firing {
         (rule.success_threshold as usize, false)
@@ -428,6 +430,34 @@ impl Evaluator {
                     format!("{public_url}/monitoring"),
                 );
                 out.insert(alert.key.clone(), alert);
+            }
+        }
+        if let Some(rule) = rule("certificate_expiring") {
+            let days = rule.threshold.unwrap_or(14.0);
+            for state in store.probe_states().await? {
+                let Some(expires) = state.last.as_ref().and_then(|r| r.cert_expires_at) else {
+                    continue;
+                };
+                let left = (expires - now).total(jiff::Unit::Second).unwrap_or(0.0) / 86_400.0;
+                if left < days {
+                    let when = if left <= 0.0 {
+                        "has expired".to_string()
+                    } else {
+                        format!("expires in {left:.1} days")
+                    };
+                    let alert = Alert::firing(
+                        "certificate_expiring",
+                        &state.name,
+                        now,
+                        format!(
+                            "the certificate of probe {} {when} ({}; threshold {days} days)",
+                            state.name,
+                            expires.strftime("%Y-%m-%d %H:%M UTC")
+                        ),
+                        format!("{public_url}/monitoring"),
+                    );
+                    out.insert(alert.key.clone(), alert);
+                }
             }
         }
         if let Some(rule) = rule("disk_low") {

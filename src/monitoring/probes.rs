@@ -54,6 +54,9 @@ pub struct ProbeResult {
     pub latency_ms: f64,
     #[serde(default)]
     pub error: String,
+    /// An HTTPS probe's: when the certificate the server presented stops being valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +155,7 @@ pub fn check(probe: &Probe) -> Result<()> {
 pub async fn run_once(client: &reqwest::Client, probe: &Probe) -> ProbeResult {
     let started = Instant::now();
     let timeout = Duration::from_millis(probe.timeout_ms);
+    let mut cert_expires_at = None;
     let outcome: std::result::Result<(), String> = match probe.kind {
         ProbeKind::Tcp => {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&probe.target)).await
@@ -161,20 +165,35 @@ pub async fn run_once(client: &reqwest::Client, probe: &Probe) -> ProbeResult {
                 Err(_) => Err(format!("no connection within {} ms", probe.timeout_ms)),
             }
         }
-        ProbeKind::Http => http_check(client, probe, timeout).await,
+        ProbeKind::Http => http_check(client, probe, timeout, &mut cert_expires_at).await,
     };
     ProbeResult {
         at: Timestamp::now(),
         ok: outcome.is_ok(),
         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
         error: outcome.err().unwrap_or_default(),
+        cert_expires_at,
     }
+}
+
+/// When the certificate `der` stops being valid (its notAfter), if it parses.
+pub fn not_after(der: &[u8]) -> Option<Timestamp> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let seconds = cert
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs();
+    Timestamp::from_second(i64::try_from(seconds).ok()?).ok()
 }
 
 async fn http_check(
     client: &reqwest::Client,
     probe: &Probe,
     timeout: Duration,
+    cert_expires_at: &mut Option<Timestamp>,
 ) -> std::result::Result<(), String> {
     let response = client
         .get(&probe.target)
@@ -182,6 +201,11 @@ async fn http_check(
         .send()
         .await
         .map_err(|e| crate::core::outbound::describe(&e))?;
+    *cert_expires_at = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .and_then(not_after);
     let status = response.status().as_u16();
     let expected = if probe.expect_status.is_empty() {
         (200..400).contains(&status)
@@ -218,7 +242,11 @@ pub async fn work(
     changed: std::sync::Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
-    let client = match crate::core::outbound::client_builder().build() {
+    // With the server's certificate on each HTTPS response, for its expiry.
+    let client = match crate::core::outbound::client_builder()
+        .tls_info(true)
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "probes: cannot build the HTTP client");

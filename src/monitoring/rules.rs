@@ -104,8 +104,8 @@ pub struct Rule {
     pub renotify_seconds: u64,
     /// Send a notification when it resolves.
     pub send_resolved: bool,
-    /// `queue_stuck`: minutes a run may wait; `disk_low`: free bytes; a metric rule: the
-    /// value compared with.
+    /// `certificate_expiring`: days; `queue_stuck`: minutes a run may wait; `disk_low`:
+    /// free bytes; a metric rule: the value compared with.
     #[serde(default)]
     pub threshold: Option<f64>,
     /// A metric rule's metric, as its samples are named in `/metrics`.
@@ -163,6 +163,14 @@ const BUILTIN: &[Builtin] = &[
         severity: Severity::Critical,
         takes: Takes::Nothing,
         threshold: None,
+        for_seconds: 0,
+    },
+    Builtin {
+        name: "certificate_expiring",
+        description: "the certificate an HTTPS probe's server presents expires within threshold days",
+        severity: Severity::Warning,
+        takes: Takes::Threshold,
+        threshold: Some(14.0),
         for_seconds: 0,
     },
     Builtin {
@@ -358,7 +366,7 @@ pub fn apply(
     if let Some(v) = change.threshold {
         if builtin && takes != Some(Takes::Threshold) {
             return Err(invalid(format!(
-                "threshold is for queue_stuck, disk_low and metric rules, not {name}"
+                "threshold is for certificate_expiring, queue_stuck, disk_low and metric rules, not {name}"
             )));
         }
         if !v.is_finite() || (builtin && v <= 0.0) {

@@ -102,7 +102,7 @@ async fn a_failing_pipeline_notifies_once_resolves_once_and_a_silence_holds_it_b
         (
             "/api/v1/silences",
             json!({"rule": "no_such_rule", "duration": "1h", "reason": "x"}),
-            "unknown rule \"no_such_rule\": the rules are pipeline_failed, deployment_failed, probe_down, queue_stuck, runner_saturated, disk_low, audit_chain_broken",
+            "unknown rule \"no_such_rule\": the rules are pipeline_failed, deployment_failed, probe_down, certificate_expiring, queue_stuck, runner_saturated, disk_low, audit_chain_broken",
         ),
     ] {
         let (status, answer) = server.send_json(Method::POST, path, body).await;
@@ -678,7 +678,7 @@ async fn email_arrives_over_starttls_and_rules_on_metrics_fire_after_their_for_a
         (
             "pipeline_failed",
             json!({"threshold": 2}),
-            "threshold is for queue_stuck, disk_low and metric rules, not pipeline_failed",
+            "threshold is for certificate_expiring, queue_stuck, disk_low and metric rules, not pipeline_failed",
         ),
         (
             "disk_low",
@@ -1101,4 +1101,106 @@ async fn trends_count_each_weeks_runs_and_deployments_and_the_console_draws_them
     // A project that does not exist: 404, not an empty chart.
     let response = server.get("/api/v1/projects/nope/trends").await;
     assert_eq!(response.status(), 404);
+}
+
+/// A small real HTTPS server on 127.0.0.1 presenting `cert`: every request gets `200 ok`.
+async fn https_site(cert: &str, key: &str) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_https_probe_reads_the_certificates_expiry_and_fires_certificate_expiring() {
+    let dir = tempdir();
+    // A certificate for localhost that ends in five days.
+    let ends = jiff::Timestamp::now() + Duration::from_secs(5 * 86_400);
+    let date = ends.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after =
+        rcgen::date_time_ymd(i32::from(date.year()), date.month() as u8, date.day() as u8);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let ca_file = dir.path().join("site-ca.pem");
+    std::fs::write(&ca_file, cert.pem()).unwrap();
+    let port = https_site(&cert.pem(), &key.serialize_pem()).await;
+    let mut cmd = crate::harness::betcycle(dir.path());
+    cmd.env("SSL_CERT_FILE", &ca_file);
+    let server = Server::start_admin_with(cmd, dir.path(), &[]);
+    let (status, answer) = server
+        .send_json(
+            Method::POST,
+            "/api/v1/probes",
+            json!({"name": "site", "kind": "http", "target": format!("https://localhost:{port}/"),
+                   "interval": "1s", "timeout": "1s"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let alert = alert_in(&server, "certificate_expiring:site", "firing").await;
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("the certificate of probe site expires in 4.")
+            || summary.starts_with("the certificate of probe site expires in 5."),
+        "{summary}"
+    );
+    assert!(summary.contains(&format!("{date}")), "{summary}");
+    assert_eq!(alert["severity"], "warning");
+    let probe = probe_view(&server).await;
+    assert_eq!(probe["status"], "up", "{probe}");
+    let expires: jiff::Timestamp = probe["last"]["cert_expires_at"]
+        .as_str()
+        .expect("the certificate's expiry")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        expires.to_zoned(jiff::tz::TimeZone::UTC).date(),
+        date,
+        "{probe}"
+    );
+    // Three days is inside the certificate's life: resolved.
+    let (status, answer) = server
+        .send_json(
+            Method::PUT,
+            "/api/v1/alert-rules/certificate_expiring",
+            json!({"threshold": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    alert_in(&server, "certificate_expiring:site", "resolved").await;
 }
