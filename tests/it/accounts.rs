@@ -23,6 +23,28 @@ async fn sign_in(server: &Server, name: &str, password: &str) -> reqwest::Respon
         .unwrap()
 }
 
+/// Alters audit entry `seq` in the store of `data` behind the server's back (its
+/// outcome turned from success to failure), as an attacker with the file would.
+pub(crate) fn alter_audit_entry(data: &std::path::Path, seq: u64) {
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit-1");
+    let db = redb::Database::open(data.join("betcycle.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut t = tx.open_table(table).unwrap();
+        let value = t.get(seq).unwrap().unwrap().value().to_vec();
+        let altered = String::from_utf8(value.clone())
+            .unwrap()
+            .replace("\"outcome\":\"success\"", "\"outcome\":\"failure\"");
+        assert_ne!(
+            altered.as_bytes(),
+            value.as_slice(),
+            "entry {seq} has no success outcome"
+        );
+        t.insert(seq, altered.as_bytes()).unwrap();
+    }
+    tx.commit().unwrap();
+}
+
 #[tokio::test]
 async fn first_admin_needs_the_set_up_token_then_signs_in_with_a_safe_cookie() {
     let dir = tempdir();
@@ -409,19 +431,7 @@ async fn audit_log_records_changes_and_verify_names_an_altered_or_removed_entry(
     std::fs::create_dir_all(&removed).unwrap();
     std::fs::copy(data.join("betcycle.redb"), removed.join("betcycle.redb")).unwrap();
     let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit-1");
-    {
-        let db = redb::Database::open(data.join("betcycle.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(table).unwrap();
-            let value = t.get(2).unwrap().unwrap().value().to_vec();
-            let altered = String::from_utf8(value)
-                .unwrap()
-                .replace("\"outcome\":\"success\"", "\"outcome\":\"failure\"");
-            t.insert(2, altered.as_bytes()).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    alter_audit_entry(&data, 2);
     let (code, _, stderr) = verify(&data);
     assert_eq!(code, 1);
     assert!(stderr.contains("audit entry 2 was altered"), "{stderr}");

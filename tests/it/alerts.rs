@@ -419,6 +419,30 @@ async fn a_probe_that_goes_down_fires_after_its_threshold_and_resolves_after_its
     assert!(err.contains("unknown rule \"nope\""), "{err}");
 }
 
+/// A TLS acceptor presenting `cert` (PEM) with `key`, for a test's own servers.
+fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Changes rule `name` (`PUT /api/v1/alert-rules/{name}`), asserting it was taken.
+async fn put_rule(server: &Server, name: &str, change: Value) -> Value {
+    let (status, answer) = server
+        .send_json(Method::PUT, &format!("/api/v1/alert-rules/{name}"), change)
+        .await;
+    assert_eq!(status, 200, "{name}: {answer}");
+    answer
+}
+
 /// A message the SMTP server took: envelope, data, and how the client got there.
 #[derive(Clone, Debug, Default)]
 struct Mail {
@@ -437,18 +461,8 @@ type Mails = Arc<Mutex<Vec<Mail>>>;
 /// TLS before anything else, takes AUTH PLAIN for `bot`/`s3cret` only, and records every
 /// message it takes.
 async fn smtp_server(cert: &str, key: &str) -> (u16, Mails) {
-    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(cert, key);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let mails: Mails = Arc::default();
@@ -701,15 +715,13 @@ async fn email_arrives_over_starttls_and_rules_on_metrics_fire_after_their_for_a
 
     // A rule on a metric that holds now, for 3 s, sent again every 10 s.
     let created = Instant::now();
-    let (status, rule) = server
-        .send_json(
-            Method::PUT,
-            "/api/v1/alert-rules/db_size",
-            json!({"metric": "betcycle_store_size_bytes", "op": ">", "threshold": 0,
+    let rule = put_rule(
+        &server,
+        "db_size",
+        json!({"metric": "betcycle_store_size_bytes", "op": ">", "threshold": 0,
                    "for": "3s", "renotify": "10s", "severity": "warning"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{rule}");
+    )
+    .await;
     assert_eq!(rule["description"], "betcycle_store_size_bytes > 0");
     let got = mails_at_least(&mails, 2, "the metric rule's email").await;
     let fired = Instant::now();
@@ -744,14 +756,12 @@ async fn email_arrives_over_starttls_and_rules_on_metrics_fire_after_their_for_a
     assert_eq!(subject_of(&got[2]), subject_of(&got[1]));
 
     // Changed so it no longer holds: resolved, and said so.
-    let (status, answer) = server
-        .send_json(
-            Method::PUT,
-            "/api/v1/alert-rules/db_size",
-            json!({"threshold": 1e15, "renotify": "0s"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    put_rule(
+        &server,
+        "db_size",
+        json!({"threshold": 1e15, "renotify": "0s"}),
+    )
+    .await;
     let got = mails_at_least(&mails, 4, "the resolved email").await;
     assert!(
         subject_of(&got[3]).starts_with("[BetCycle] RESOLVED: db_size:"),
@@ -761,44 +771,20 @@ async fn email_arrives_over_starttls_and_rules_on_metrics_fire_after_their_for_a
 
     // A built-in rule with a setting: disk_low at an absurd threshold fires; its
     // resolution is not sent (send_resolved false) but is in the history.
-    let (status, answer) = server
-        .send_json(
-            Method::PUT,
-            "/api/v1/alert-rules/disk_low",
-            json!({"threshold": 1e18, "send_resolved": false}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    put_rule(
+        &server,
+        "disk_low",
+        json!({"threshold": 1e18, "send_resolved": false}),
+    )
+    .await;
     let got = mails_at_least(&mails, 5, "the disk_low email").await;
     assert!(
         subject_of(&got[4]).starts_with("[BetCycle] FIRING: the data directory "),
         "{}",
         subject_of(&got[4])
     );
-    let (status, answer) = server
-        .send_json(
-            Method::PUT,
-            "/api/v1/alert-rules/disk_low",
-            json!({"threshold": 1}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    eventually(Duration::from_secs(20), "disk_low resolved", || async {
-        let (_, alerts) = server
-            .send_json(Method::GET, "/api/v1/alerts", json!(null))
-            .await;
-        let resolved = alerts["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["rule"] == "disk_low" && a["state"] == "resolved");
-        if resolved {
-            Ok(())
-        } else {
-            Err(alerts.to_string())
-        }
-    })
-    .await;
+    put_rule(&server, "disk_low", json!({"threshold": 1})).await;
+    alert_in(&server, "disk_low:data_dir", "resolved").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         mails.lock().unwrap().len(),
@@ -899,10 +885,7 @@ async fn built_in_rules_watch_the_queue_the_run_slots_failure_streaks_and_the_au
             json!({"failure_threshold": 2, "success_threshold": 1}),
         ),
     ] {
-        let (status, answer) = server
-            .send_json(Method::PUT, &format!("/api/v1/alert-rules/{rule}"), change)
-            .await;
-        assert_eq!(status, 200, "{answer}");
+        put_rule(&server, rule, change).await;
     }
     let (status, answer) = server
         .send_json(
@@ -963,21 +946,7 @@ async fn built_in_rules_watch_the_queue_the_run_slots_failure_streaks_and_the_au
 
     // The audit log altered behind the server's back: found when it starts again.
     server.stop();
-    {
-        use redb::ReadableTable;
-        let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit-1");
-        let db = redb::Database::open(dir.path().join("data/betcycle.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(table).unwrap();
-            let value = t.get(2).unwrap().unwrap().value().to_vec();
-            let altered = String::from_utf8(value)
-                .unwrap()
-                .replace("\"outcome\":\"success\"", "\"outcome\":\"failure\"");
-            t.insert(2, altered.as_bytes()).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    crate::accounts::alter_audit_entry(&dir.path().join("data"), 2);
     let server = start();
     let broken = alert_in(&server, "audit_chain_broken:audit", "firing").await;
     assert!(
@@ -1105,18 +1074,8 @@ async fn trends_count_each_weeks_runs_and_deployments_and_the_console_draws_them
 
 /// A small real HTTPS server on 127.0.0.1 presenting `cert`: every request gets `200 ok`.
 async fn https_site(cert: &str, key: &str) -> u16 {
-    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(cert, key);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -1194,13 +1153,6 @@ async fn an_https_probe_reads_the_certificates_expiry_and_fires_certificate_expi
         "{probe}"
     );
     // Three days is inside the certificate's life: resolved.
-    let (status, answer) = server
-        .send_json(
-            Method::PUT,
-            "/api/v1/alert-rules/certificate_expiring",
-            json!({"threshold": 3}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    put_rule(&server, "certificate_expiring", json!({"threshold": 3})).await;
     alert_in(&server, "certificate_expiring:site", "resolved").await;
 }
