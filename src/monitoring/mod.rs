@@ -353,13 +353,18 @@ impl Evaluator {
                     out.insert(alert.key.clone(), alert);
                 }
             }
-            let queued_filter = crate::store::RunFilter {
-                status: Some(crate::ci::run::RunStatus::Queued),
-                branch: None,
+            // Only the queue rules look at queued runs.
+            let queued = if rule("queue_stuck").is_some() || rule("runner_saturated").is_some() {
+                let queued_filter = crate::store::RunFilter {
+                    status: Some(crate::ci::run::RunStatus::Queued),
+                    branch: None,
+                };
+                store
+                    .project_runs(&project.slug, queued_filter, 100)
+                    .await?
+            } else {
+                Vec::new()
             };
-            let queued = store
-                .project_runs(&project.slug, queued_filter, 100)
-                .await?;
             queued_anywhere |= !queued.is_empty();
             if let Some(rule) = rule("queue_stuck")
                 && let Some(oldest) = queued.iter().min_by_key(|r| r.created_at)
@@ -408,9 +413,10 @@ impl Evaluator {
                 out.insert(alert.key.clone(), alert);
             }
         }
+        let probe_states = store.probe_states().await?;
         if rule("probe_down").is_some() {
             let probes = store.probes().await?;
-            for state in store.probe_states().await? {
+            for state in &probe_states {
                 let Some(probe) = probes.iter().find(|p| p.name == state.name) else {
                     continue;
                 };
@@ -434,7 +440,7 @@ impl Evaluator {
         }
         if let Some(rule) = rule("certificate_expiring") {
             let days = rule.threshold.unwrap_or(14.0);
-            for state in store.probe_states().await? {
+            for state in &probe_states {
                 let Some(expires) = state.last.as_ref().and_then(|r| r.cert_expires_at) else {
                     continue;
                 };

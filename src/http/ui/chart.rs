@@ -108,29 +108,25 @@ pub fn lines(
     let lines = series
         .iter()
         .map(|(class, name, values)| {
-            let mut segments = Vec::new();
-            let mut current: Vec<String> = Vec::new();
+            // Unbroken stretches of (x, y); a gap where a week has no value.
+            let mut stretches: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
             for (i, v) in values.iter().enumerate() {
                 match v {
-                    Some(v) => current.push(format!("{},{}", num(x_of(i)), num(y_of(*v)))),
-                    None if !current.is_empty() => segments.push(std::mem::take(&mut current)),
-                    None => {}
+                    Some(v) => stretches.last_mut().expect("one").push((x_of(i), y_of(*v))),
+                    None => stretches.push(Vec::new()),
                 }
             }
-            if !current.is_empty() {
-                segments.push(current);
-            }
-            // A lone point is drawn as a short flat stroke so it shows.
-            let segments = segments
+            let segments = stretches
                 .into_iter()
-                .map(|points| {
-                    if points.len() == 1 {
-                        let (x, y) = points[0].split_once(',').expect("x,y");
-                        let x: f64 = x.parse().unwrap_or(0.0);
-                        format!("{},{y} {},{y}", num(x - 2.0), num(x + 2.0))
-                    } else {
-                        points.join(" ")
-                    }
+                .filter(|points| !points.is_empty())
+                .map(|points| match points[..] {
+                    // A lone point is drawn as a short flat stroke so it shows.
+                    [(x, y)] => format!("{},{y} {},{y}", num(x - 2.0), num(x + 2.0), y = num(y)),
+                    _ => points
+                        .iter()
+                        .map(|(x, y)| format!("{},{}", num(*x), num(*y)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 })
                 .collect();
             Line {

@@ -19,58 +19,23 @@ use axum::extract::Path;
 use axum::response::{Html, Response};
 use serde::Deserialize;
 
-/// One bar of the deployments-per-day chart, in SVG units.
-pub struct Bar {
-    pub x: u32,
-    pub ok_y: u32,
-    pub ok_h: u32,
-    pub bad_y: u32,
-    pub bad_h: u32,
-    pub title: String,
-}
-
-/// The DORA figures as shown, with the chart's bars.
+/// The DORA figures as shown, with the deployments-per-day chart.
 pub struct DoraView {
     pub dora: Dora,
-    pub bars: Vec<Bar>,
+    pub chart: super::chart::Bars,
     pub lead_time: String,
     pub fail_rate: String,
     pub recovery: String,
-    /// The chart's scale: deployments on its busiest day (0: none in the window).
+    /// Deployments on the busiest day (0: none in the window).
     pub top: u64,
-    /// The first and last days the chart shows.
-    pub first_day: String,
-    pub last_day: String,
 }
-
-const CHART_HEIGHT: u32 = 80;
 
 impl DoraView {
     fn new(dora: Dora) -> Self {
-        let top = dora
+        let days: Vec<(String, u64, u64)> = dora
             .daily
             .iter()
-            .map(|d| d.succeeded + d.failed)
-            .max()
-            .unwrap_or(0);
-        let busiest = top;
-        let top = top.max(1);
-        let scale = |n: u64| (n * u64::from(CHART_HEIGHT) / top) as u32;
-        let bars = dora
-            .daily
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let (ok_h, bad_h) = (scale(d.succeeded), scale(d.failed));
-                Bar {
-                    x: i as u32 * 10,
-                    ok_y: CHART_HEIGHT - ok_h,
-                    ok_h,
-                    bad_y: CHART_HEIGHT - ok_h - bad_h,
-                    bad_h,
-                    title: format!("{}: {} succeeded, {} failed", d.date, d.succeeded, d.failed),
-                }
-            })
+            .map(|d| (d.date.to_string(), d.succeeded, d.failed))
             .collect();
         let human =
             |s: Option<f64>| s.map_or("—".to_string(), |s| crate::delivery::human(s as u64));
@@ -80,24 +45,10 @@ impl DoraView {
             fail_rate: dora
                 .change_fail_rate
                 .map_or("—".to_string(), |r| format!("{:.0}%", r * 100.0)),
-            bars,
-            top: busiest,
-            first_day: dora
-                .daily
-                .first()
-                .map(|d| d.date.to_string())
-                .unwrap_or_default(),
-            last_day: dora
-                .daily
-                .last()
-                .map(|d| d.date.to_string())
-                .unwrap_or_default(),
+            top: days.iter().map(|d| d.1 + d.2).max().unwrap_or(0),
+            chart: super::chart::bars("deployments per day", "deployments", &days),
             dora,
         }
-    }
-
-    pub fn width(&self) -> usize {
-        self.bars.len() * 10
     }
 }
 

@@ -8,7 +8,7 @@ use super::{Console, Layout, render};
 use crate::http::ServerResult;
 use crate::http::routes::{Route, routes};
 use crate::identity::Role;
-use crate::monitoring::trends::{self, SlowStep, Trends};
+use crate::monitoring::trends::{self, PipelineWeek, SlowStep, Trends};
 use askama::Template;
 use axum::extract::Path;
 use axum::response::Html;
@@ -70,40 +70,22 @@ fn charts(t: &Trends) -> (Bars, Lines, Lines, Lines, Vec<EnvironmentCharts>) {
         )],
         percent,
     );
-    let durations = chart::lines(
-        "Run duration per week, p50 and p95",
-        &weeks,
-        &[
-            (
-                "line-p50",
-                "p50",
-                t.pipeline.iter().map(|w| w.duration_p50_seconds).collect(),
-            ),
-            (
-                "line-p95",
-                "p95",
-                t.pipeline.iter().map(|w| w.duration_p95_seconds).collect(),
-            ),
-        ],
-        seconds,
-    );
-    let queue = chart::lines(
-        "Queue time per week, p50 and p95",
-        &weeks,
-        &[
-            (
-                "line-p50",
-                "p50",
-                t.pipeline.iter().map(|w| w.queue_p50_seconds).collect(),
-            ),
-            (
-                "line-p95",
-                "p95",
-                t.pipeline.iter().map(|w| w.queue_p95_seconds).collect(),
-            ),
-        ],
-        seconds,
-    );
+    // A p50 and a p95 line of seconds, each week's pair read by `of`.
+    let p50_p95 = |label: &str, of: fn(&PipelineWeek) -> (Option<f64>, Option<f64>)| {
+        let (p50, p95) = t.pipeline.iter().map(of).unzip();
+        chart::lines(
+            label,
+            &weeks,
+            &[("line-p50", "p50", p50), ("line-p95", "p95", p95)],
+            seconds,
+        )
+    };
+    let durations = p50_p95("Run duration per week, p50 and p95", |w| {
+        (w.duration_p50_seconds, w.duration_p95_seconds)
+    });
+    let queue = p50_p95("Queue time per week, p50 and p95", |w| {
+        (w.queue_p50_seconds, w.queue_p95_seconds)
+    });
     let environments = t
         .environments
         .iter()
