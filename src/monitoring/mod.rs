@@ -11,6 +11,7 @@
 pub mod notify;
 pub mod probes;
 pub mod rules;
+pub mod status;
 pub mod trends;
 
 use crate::core::error::{Error, Result};
@@ -53,6 +54,9 @@ pub struct Alert {
     /// When its notification was last queued (firing, or sent again by renotify).
     #[serde(default)]
     pub notified_at: Option<Timestamp>,
+    /// The project it is about (a slug), whose channels it also goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 impl Alert {
@@ -74,7 +78,14 @@ impl Alert {
             summary,
             link,
             notified_at: None,
+            project: None,
         }
+    }
+
+    /// The same alert, about `project`.
+    pub fn in_project(mut self, project: Option<&str>) -> Alert {
+        self.project = project.map(str::to_string);
+        self
     }
 }
 
@@ -157,8 +168,19 @@ pub struct Channel {
     /// An email channel's sender (default `BetCycle <betcycle@SMTP host>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// A project's channel (a slug) takes only that project's alerts; an instance
+    /// channel (none) takes every alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub created_at: Timestamp,
     pub created_by: String,
+}
+
+impl Channel {
+    /// Whether `alert` is sent through this channel.
+    pub fn takes(&self, alert: &Alert) -> bool {
+        self.project.is_none() || self.project == alert.project
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,7 +328,8 @@ impl Evaluator {
                             run.commit_subject
                         ),
                         format!("{public_url}/projects/{}/runs/{}", project.slug, run.number),
-                    );
+                    )
+                    .in_project(Some(&project.slug));
                     out.insert(alert.key.clone(), alert);
                 }
             }
@@ -349,7 +372,8 @@ impl Evaluator {
                             "{public_url}/projects/{}/deployments/{}",
                             project.slug, d.number
                         ),
-                    );
+                    )
+                    .in_project(Some(&project.slug));
                     out.insert(alert.key.clone(), alert);
                 }
             }
@@ -393,7 +417,8 @@ impl Evaluator {
                             "{public_url}/projects/{}/runs/{}",
                             project.slug, oldest.number
                         ),
-                    );
+                    )
+                    .in_project(Some(&project.slug));
                     out.insert(alert.key.clone(), alert);
                 }
             }
@@ -414,8 +439,14 @@ impl Evaluator {
             }
         }
         let probe_states = store.probe_states().await?;
+        let probes = store.probes().await?;
+        let project_of = |name: &str| {
+            probes
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.project.as_deref())
+        };
         if rule("probe_down").is_some() {
-            let probes = store.probes().await?;
             for state in &probe_states {
                 let Some(probe) = probes.iter().find(|p| p.name == state.name) else {
                     continue;
@@ -434,7 +465,8 @@ impl Evaluator {
                     state.since,
                     format!("probe {} ({}) is down: {error}", probe.name, probe.target),
                     format!("{public_url}/monitoring"),
-                );
+                )
+                .in_project(probe.project.as_deref());
                 out.insert(alert.key.clone(), alert);
             }
         }
@@ -461,7 +493,8 @@ impl Evaluator {
                             expires.strftime("%Y-%m-%d %H:%M UTC")
                         ),
                         format!("{public_url}/monitoring"),
-                    );
+                    )
+                    .in_project(project_of(&state.name));
                     out.insert(alert.key.clone(), alert);
                 }
             }
@@ -631,6 +664,16 @@ impl Evaluator {
     }
 }
 
+/// That a probe's or channel's `project`, when given, exists.
+pub async fn check_project(store: &Store, project: Option<&str>) -> Result<()> {
+    match project {
+        Some(slug) if store.project(slug).await?.is_none() => Err(Error::Invalid(format!(
+            "project \"{slug}\": no such project"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// An http(s) URL with a host, or why not.
 pub fn check_url(url: &str) -> Result<()> {
     crate::core::outbound::check_http_url(url)
@@ -754,6 +797,8 @@ pub struct NewChannel {
     /// commas (a console form's field).
     pub to: Option<Addresses>,
     pub from: Option<String>,
+    /// The project whose alerts it takes (all alerts when absent).
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -791,6 +836,7 @@ pub async fn create_channel(
         signing_secret: blank(req.signing_secret),
         to: req.to.map(Addresses::into_list).unwrap_or_default(),
         from: blank(req.from),
+        project: blank(req.project),
         created_at: Timestamp::now(),
         created_by: by.actor.clone(),
     };
@@ -819,6 +865,7 @@ pub async fn create_channel(
             "signing_secret signs webhook channels only".into(),
         ));
     }
+    check_project(store, channel.project.as_deref()).await?;
     let audit = Record::new(by, "channel.create", format!("channel:{}", channel.name));
     store.create_channel(channel.clone(), audit).await?;
     Ok(channel)

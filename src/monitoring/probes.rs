@@ -1,7 +1,9 @@
-//! Uptime probes: an HTTP(S) request (status, optionally a body substring) or a TCP
-//! connect, on an interval. Every result is stored (kept 30 days); a probe is `down`
-//! after `failure_threshold` failures in a row and `up` again after `success_threshold`
-//! successes in a row — that state is stored too, and the `probe_down` rule reads it.
+//! Uptime probes: an HTTP(S) request (status, optionally a body substring or a JSONPath
+//! check), a TCP connect or a DNS query, on an interval. Every result is stored (kept 30
+//! days) and summed into hourly and daily summaries (kept longer, for status pages); a
+//! probe is `down` after `failure_threshold` failures in a row and `up` again after
+//! `success_threshold` successes in a row — that state is stored too, and the
+//! `probe_down` rule reads it.
 
 use crate::core::error::{Error, Result};
 use crate::store::Store;
@@ -23,6 +25,7 @@ pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub enum ProbeKind {
     Http,
     Tcp,
+    Dns,
 }
 
 /// A probe, as an administrator defines it.
@@ -40,6 +43,27 @@ pub struct Probe {
     /// For `http`: text the body must contain.
     #[serde(default)]
     pub body_contains: Option<String>,
+    /// For `http`: a JSONPath (RFC 9535, `$.status`) that must find something in the JSON
+    /// body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_path: Option<String>,
+    /// With `json_path`: what one of the values it finds must be (a string's text, or the
+    /// JSON of anything else: `true`, `3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_equals: Option<String>,
+    /// For `dns`: the name asked for (the target is the DNS server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_name: Option<String>,
+    /// For `dns`: the record type asked for (`A` unless given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_type: Option<String>,
+    /// For `dns`: an answer one of the records must be (`192.0.2.7`, `mail.example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_answer: Option<String>,
+    /// The project it belongs to (a slug): its status page shows it and its alerts also
+    /// go to the project's channels. Instance-wide when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub failure_threshold: u32,
     pub success_threshold: u32,
     pub created_at: Timestamp,
@@ -57,6 +81,104 @@ pub struct ProbeResult {
     /// An HTTPS probe's: when the certificate the server presented stops being valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires_at: Option<Timestamp>,
+}
+
+/// What a probe's summaries sum up: an hour or a day (UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Hour,
+    Day,
+}
+
+impl Period {
+    pub const ALL: [Period; 2] = [Period::Hour, Period::Day];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Hour => "hour",
+            Period::Day => "day",
+        }
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<Period, String> {
+        match text {
+            "hour" => Ok(Period::Hour),
+            "day" => Ok(Period::Day),
+            other => Err(format!("per \"{other}\": hour or day")),
+        }
+    }
+
+    pub fn seconds(self) -> i64 {
+        match self {
+            Period::Hour => 3600,
+            Period::Day => 24 * 3600,
+        }
+    }
+
+    /// The start of the hour or day that holds `at`, in Unix seconds.
+    pub fn start_of(self, at: Timestamp) -> i64 {
+        at.as_second().div_euclid(self.seconds()) * self.seconds()
+    }
+
+    /// How long its summaries are kept: hours 90 days, days 400 days (a status page
+    /// shows 90 days; the raw results go after 30).
+    pub fn retention(self) -> Duration {
+        let day = Duration::from_secs(24 * 3600);
+        match self {
+            Period::Hour => day * 90,
+            Period::Day => day * 400,
+        }
+    }
+}
+
+/// One hour's or one day's results of a probe, summed as they are recorded.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    /// The start of the hour or day.
+    pub start: Timestamp,
+    pub checks: u64,
+    /// How many of them were up.
+    pub ok: u64,
+    pub latency_total_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+impl ProbeSummary {
+    pub fn add(&mut self, result: &ProbeResult) {
+        self.checks += 1;
+        self.ok += u64::from(result.ok);
+        self.latency_total_ms += result.latency_ms;
+        self.latency_max_ms = self.latency_max_ms.max(result.latency_ms);
+    }
+
+    /// The share of checks that were up, as a percentage.
+    pub fn uptime(&self) -> Option<f64> {
+        (self.checks > 0).then(|| self.ok as f64 * 100.0 / self.checks as f64)
+    }
+
+    pub fn latency_avg_ms(&self) -> Option<f64> {
+        (self.checks > 0).then(|| self.latency_total_ms / self.checks as f64)
+    }
+}
+
+/// A summary as the API shows it: with its uptime and mean latency.
+#[derive(Clone, Debug, Serialize)]
+pub struct SummaryView {
+    #[serde(flatten)]
+    pub summary: ProbeSummary,
+    pub uptime: Option<f64>,
+    pub latency_avg_ms: Option<f64>,
+}
+
+impl From<ProbeSummary> for SummaryView {
+    fn from(summary: ProbeSummary) -> SummaryView {
+        SummaryView {
+            uptime: summary.uptime(),
+            latency_avg_ms: summary.latency_avg_ms(),
+            summary,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +242,7 @@ impl ProbeState {
 /// Checks a probe definition; the error names the field.
 pub fn check(probe: &Probe) -> Result<()> {
     crate::agents::check_label(&probe.name).map_err(|e| Error::Invalid(format!("name {e}")))?;
+    let invalid = |field: &str, message: &str| Err(Error::Invalid(format!("{field}: {message}")));
     match probe.kind {
         ProbeKind::Http => super::check_url(&probe.target)?,
         ProbeKind::Tcp => {
@@ -134,6 +257,45 @@ pub fn check(probe: &Probe) -> Result<()> {
                 )));
             }
         }
+        ProbeKind::Dns => {
+            dns_server(&probe.target)
+                .map_err(|e| Error::Invalid(format!("target \"{}\": {e}", probe.target)))?;
+            let Some(name) = &probe.query_name else {
+                return invalid("query_name", "a dns probe asks for a name (example.com)");
+            };
+            hickory_proto::rr::Name::from_ascii(name)
+                .map_err(|e| Error::Invalid(format!("query_name \"{name}\": {e}")))?;
+            query_type(probe).map_err(Error::Invalid)?;
+        }
+    }
+    let http_only = [
+        ("body_contains", probe.body_contains.is_some()),
+        ("json_path", probe.json_path.is_some()),
+        ("expect_status", !probe.expect_status.is_empty()),
+    ];
+    let dns_only = [
+        ("query_name", probe.query_name.is_some()),
+        ("query_type", probe.query_type.is_some()),
+        ("expect_answer", probe.expect_answer.is_some()),
+    ];
+    for (field, given) in http_only {
+        if given && probe.kind != ProbeKind::Http {
+            return invalid(field, "only http probes check a response");
+        }
+    }
+    for (field, given) in dns_only {
+        if given && probe.kind != ProbeKind::Dns {
+            return invalid(field, "only dns probes ask a DNS server");
+        }
+    }
+    if let Some(path) = &probe.json_path {
+        serde_json_path::JsonPath::parse(path)
+            .map_err(|e| Error::Invalid(format!("json_path \"{path}\": {e}")))?;
+    } else if probe.json_equals.is_some() {
+        return invalid(
+            "json_equals",
+            "compares what json_path finds: give json_path",
+        );
     }
     if probe.interval_ms < 1000 {
         return Err(Error::Invalid("interval: at least 1s".into()));
@@ -166,6 +328,10 @@ pub async fn run_once(client: &reqwest::Client, probe: &Probe) -> ProbeResult {
             }
         }
         ProbeKind::Http => http_check(client, probe, timeout, &mut cert_expires_at).await,
+        ProbeKind::Dns => match tokio::time::timeout(timeout, dns_check(probe)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("no answer within {} ms", probe.timeout_ms)),
+        },
     };
     ProbeResult {
         at: Timestamp::now(),
@@ -215,10 +381,184 @@ async fn http_check(
     if !expected {
         return Err(format!("status {status}"));
     }
-    if let Some(needle) = &probe.body_contains {
-        let body = response.text().await.map_err(|e| e.to_string())?;
-        if !body.contains(needle.as_str()) {
-            return Err(format!("the body does not contain \"{needle}\""));
+    if probe.body_contains.is_none() && probe.json_path.is_none() {
+        return Ok(());
+    }
+    let body = read_body(response).await?;
+    if let Some(needle) = &probe.body_contains
+        && !String::from_utf8_lossy(&body).contains(needle.as_str())
+    {
+        return Err(format!("the body does not contain \"{needle}\""));
+    }
+    if let Some(path) = &probe.json_path {
+        json_check(&body, path, probe.json_equals.as_deref())?;
+    }
+    Ok(())
+}
+
+/// The most of a response body a probe reads.
+const BODY_LIMIT: usize = 1 << 20;
+
+async fn read_body(mut response: reqwest::Response) -> std::result::Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(format!("the body is larger than {BODY_LIMIT} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Whether the JSONPath `path` finds something in `body` (equal to `equals`, if given).
+pub fn json_check(
+    body: &[u8],
+    path: &str,
+    equals: Option<&str>,
+) -> std::result::Result<(), String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let parsed = serde_json_path::JsonPath::parse(path).map_err(|e| format!("{path}: {e}"))?;
+    let found = parsed.query(&value).all();
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match equals {
+        None if found.is_empty() => Err(format!("{path} finds nothing in the body")),
+        None => Ok(()),
+        Some(want) if found.iter().any(|v| text(v) == want) => Ok(()),
+        Some(want) => {
+            let seen: Vec<String> = found.iter().take(3).map(|v| text(v)).collect();
+            if seen.is_empty() {
+                Err(format!(
+                    "{path} finds nothing in the body (wanted \"{want}\")"
+                ))
+            } else {
+                Err(format!("{path} is {}, not \"{want}\"", seen.join(", ")))
+            }
+        }
+    }
+}
+
+/// A dns probe's server: `host`, `host:port`, `ip` or `[ipv6]:port` (port 53 unless
+/// given).
+pub fn dns_server(target: &str) -> std::result::Result<(String, u16), String> {
+    let target = target.trim();
+    if let Ok(addr) = target.parse::<std::net::SocketAddr>() {
+        return Ok((addr.ip().to_string(), addr.port()));
+    }
+    if let Ok(ip) = target.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok((ip.to_string(), 53));
+    }
+    let (host, port) = match target.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("port \"{port}\" is not a number"))?,
+        ),
+        None => (target, 53),
+    };
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return Err("a dns probe's target is its DNS server: host or host:port".into());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn query_type(probe: &Probe) -> std::result::Result<hickory_proto::rr::RecordType, String> {
+    use hickory_proto::rr::RecordType;
+    let text = probe
+        .query_type
+        .as_deref()
+        .unwrap_or("A")
+        .trim()
+        .to_ascii_uppercase();
+    let known = [
+        "A", "AAAA", "CNAME", "MX", "NS", "TXT", "SRV", "PTR", "SOA", "CAA",
+    ];
+    match text.parse::<RecordType>() {
+        Ok(t) if known.contains(&text.as_str()) => Ok(t),
+        _ => Err(format!(
+            "query_type \"{text}\": one of {}",
+            known.join(", ")
+        )),
+    }
+}
+
+/// Asks the probe's DNS server (UDP) for its name and type: up when the answer is
+/// NOERROR with at least one record of that type (and `expect_answer` among them).
+async fn dns_check(probe: &Probe) -> std::result::Result<(), String> {
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::Name;
+    let name_text = probe.query_name.as_deref().unwrap_or_default();
+    let name = Name::from_ascii(name_text).map_err(|e| e.to_string())?;
+    let rtype = query_type(probe)?;
+    let mut id = [0u8; 2];
+    getrandom::fill(&mut id).expect("the system's random numbers");
+    let mut query = Message::query();
+    query.metadata.id = u16::from_be_bytes(id);
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(name, rtype));
+    let bytes = query.to_vec().map_err(|e| e.to_string())?;
+    let (host, port) = dns_server(&probe.target)?;
+    let server = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    let local = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("{server}: {e}"))?;
+    socket
+        .send(&bytes)
+        .await
+        .map_err(|e| format!("send to {server}: {e}"))?;
+    let mut buf = vec![0u8; 4096];
+    let answer = loop {
+        let n = socket
+            .recv(&mut buf)
+            .await
+            .map_err(|e| format!("{server}: {e}"))?;
+        // Anything that is not the answer to this query is ignored (as resolvers do).
+        match Message::from_vec(&buf[..n]) {
+            Ok(m) if m.metadata.id == query.metadata.id => break m,
+            _ => continue,
+        }
+    };
+    if answer.metadata.response_code != ResponseCode::NoError {
+        return Err(format!(
+            "{name_text} {rtype}: {}",
+            answer.metadata.response_code
+        ));
+    }
+    let records: Vec<String> = answer
+        .answers
+        .iter()
+        .filter(|r| r.record_type() == rtype)
+        .map(|r| r.data.to_string())
+        .collect();
+    if records.is_empty() {
+        return Err(format!("{name_text} has no {rtype} record"));
+    }
+    if let Some(want) = &probe.expect_answer {
+        let same = |a: &str| {
+            a.trim_end_matches('.')
+                .eq_ignore_ascii_case(want.trim_end_matches('.'))
+        };
+        if !records.iter().any(|r| same(r)) {
+            return Err(format!(
+                "{name_text} {rtype} is {}, not {want}",
+                records.join(", ")
+            ));
         }
     }
     Ok(())
@@ -236,7 +576,8 @@ pub fn uptime(results: &[ProbeResult], since: Timestamp) -> Option<f64> {
 }
 
 /// The `probes` worker: each probe runs on its interval; results and state changes are
-/// stored; old results are pruned hourly.
+/// stored (with the summaries they add to); old results and summaries are pruned
+/// hourly.
 pub async fn work(
     store: Store,
     changed: std::sync::Arc<tokio::sync::Notify>,
@@ -321,8 +662,7 @@ pub async fn work(
         }
         if pruned.elapsed() > Duration::from_secs(3600) {
             pruned = Instant::now();
-            let before = Timestamp::now() - RETENTION;
-            if let Err(e) = store.prune_probe_results(before).await {
+            if let Err(e) = store.prune_probe_results(Timestamp::now()).await {
                 tracing::warn!(error = %e, "probes: old results could not be pruned");
             }
         }
@@ -342,10 +682,23 @@ pub struct NewProbe {
     #[serde(default)]
     pub expect_status: Vec<u16>,
     pub body_contains: Option<String>,
+    pub json_path: Option<String>,
+    pub json_equals: Option<String>,
+    pub query_name: Option<String>,
+    pub query_type: Option<String>,
+    pub expect_answer: Option<String>,
+    pub project: Option<String>,
     #[serde(default = "three")]
     pub failure_threshold: u32,
     #[serde(default = "one")]
     pub success_threshold: u32,
+}
+
+/// A form field as given: absent when empty (the console's forms send every field).
+fn given(field: Option<String>) -> Option<String> {
+    field
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
 }
 
 fn ten_seconds() -> String {
@@ -381,12 +734,19 @@ pub async fn create(
         timeout_ms: duration("timeout", &req.timeout)?,
         expect_status: req.expect_status,
         body_contains: req.body_contains.filter(|b| !b.is_empty()),
+        json_path: given(req.json_path),
+        json_equals: given(req.json_equals),
+        query_name: given(req.query_name),
+        query_type: given(req.query_type),
+        expect_answer: given(req.expect_answer),
+        project: given(req.project),
         failure_threshold: req.failure_threshold,
         success_threshold: req.success_threshold,
         created_at: Timestamp::now(),
         created_by: by.actor.clone(),
     };
     check(&probe)?;
+    super::check_project(store, probe.project.as_deref()).await?;
     let audit =
         crate::identity::audit::Record::new(by, "probe.create", format!("probe:{}", probe.name))
             .detail(&probe.target);

@@ -45,6 +45,10 @@ pub struct Project {
     /// administrator turns it on.
     #[serde(default)]
     pub container_host_access: bool,
+    /// Whether its public status page (`/status/{slug}`) is shown; only an administrator
+    /// turns it on.
+    #[serde(default)]
+    pub status_page: bool,
 }
 
 /// The project secret webhook deliveries are verified with.
@@ -96,6 +100,9 @@ pub struct ProjectChange {
     /// Set only through the administrators' containers route.
     #[serde(skip)]
     pub container_host_access: Option<bool>,
+    /// Set only through the administrators' status page route.
+    #[serde(skip)]
+    pub status_page: Option<bool>,
 }
 
 impl ProjectChange {
@@ -115,6 +122,7 @@ impl ProjectChange {
             poll_interval: self.poll_interval,
             isolation: self.isolation,
             container_host_access: self.container_host_access,
+            status_page: self.status_page,
         }
     }
 }
@@ -248,6 +256,9 @@ pub fn apply(project: &mut Project, change: ProjectChange) -> Result<(), String>
     }
     if let Some(allowed) = change.container_host_access {
         project.container_host_access = allowed;
+    }
+    if let Some(shown) = change.status_page {
+        project.status_page = shown;
     }
     Ok(())
 }

@@ -185,6 +185,27 @@ pub const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        version: 15,
+        description: "create probe summaries, summed from the results kept so far",
+        apply: |tx| {
+            let results = tx.open_table(PROBE_RESULTS)?;
+            let mut summaries = tx.open_table(PROBE_SUMMARIES)?;
+            for item in results.iter()? {
+                let (k, v) = item?;
+                let (name, _) = k.value();
+                // A result that does not decode is left out of the sums (it stays where it is).
+                let Ok(result) = codec::decode::<crate::monitoring::probes::ProbeResult>(
+                    PROBE_RESULTS,
+                    v.value(),
+                ) else {
+                    continue;
+                };
+                super::monitoring::add_to_summaries(&mut summaries, name, &result)?;
+            }
+            Ok(())
+        },
+    },
 ];
 
 /// The schema version this build writes.

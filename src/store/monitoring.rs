@@ -4,12 +4,12 @@
 use super::auth::next_id;
 use super::tables::{
     ALERT_HISTORY, ALERT_RULES, ALERTS, CHANNELS, OUTBOX, OUTBOX_PENDING, PROBE_RESULTS,
-    PROBE_STATES, PROBES, SILENCES,
+    PROBE_STATES, PROBE_SUMMARIES, PROBES, SILENCES,
 };
 use super::{Store, codec, quarantine};
 use crate::core::error::{Error, Result};
 use crate::identity::audit::Record;
-use crate::monitoring::probes::{Probe, ProbeResult, ProbeState};
+use crate::monitoring::probes::{Period, Probe, ProbeResult, ProbeState, ProbeSummary};
 use crate::monitoring::rules::Rule;
 use crate::monitoring::{Alert, AlertEvent, Channel, Delivery, Notification, Silence};
 use jiff::Timestamp;
@@ -303,6 +303,10 @@ impl Store {
                 (name.as_str(), i64::MIN)..=(name.as_str(), i64::MAX),
                 |_, _| false,
             )?;
+            tx.open_table(PROBE_SUMMARIES)?.retain_in(
+                (name.as_str(), "", i64::MIN)..=(name.as_str(), "~", i64::MAX),
+                |_, _| false,
+            )?;
             tx.audit(audit)?;
             Ok(())
         })
@@ -341,17 +345,48 @@ impl Store {
         .await
     }
 
-    /// Stores a batch of results with each probe's state after it, in one write.
+    /// Stores a batch of results with each probe's state after it, and adds them to
+    /// their hourly and daily summaries, in one write.
     pub async fn record_probes(&self, batch: Vec<(ProbeResult, ProbeState)>) -> Result<()> {
         self.write(move |tx| {
             let mut results = tx.open_table(PROBE_RESULTS)?;
             let mut states = tx.open_table(PROBE_STATES)?;
+            let mut summaries = tx.open_table(PROBE_SUMMARIES)?;
             for (result, state) in batch {
                 let key = (state.name.as_str(), result.at.as_millisecond());
                 results.insert(key, codec::encode(&result).as_slice())?;
                 states.insert(state.name.as_str(), codec::encode(&state).as_slice())?;
+                add_to_summaries(&mut summaries, &state.name, &result)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Probe `name`'s summaries per `period` from the one holding `since`, oldest first.
+    pub async fn probe_summaries(
+        &self,
+        name: &str,
+        period: Period,
+        since: Timestamp,
+    ) -> Result<Vec<ProbeSummary>> {
+        let name = name.to_string();
+        self.read(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(PROBE_SUMMARIES)?;
+            let from = (name.as_str(), period.as_str(), period.start_of(since));
+            let to = (name.as_str(), period.as_str(), i64::MAX);
+            let mut out = Vec::new();
+            for item in table.range(from..=to)? {
+                let (k, v) = item?;
+                let (_, _, start) = k.value();
+                out.extend(quarantine::decode_listed::<ProbeSummary>(
+                    PROBE_SUMMARIES,
+                    format!("{name}@{}@{start}", period.as_str()),
+                    v.value(),
+                ));
+            }
+            Ok(out)
         })
         .await
     }
@@ -384,16 +419,48 @@ impl Store {
         .await
     }
 
-    /// Removes every probe result older than `before`.
-    pub async fn prune_probe_results(&self, before: Timestamp) -> Result<()> {
-        let before = before.as_millisecond();
+    /// Removes the probe results and summaries older than their retention at `now`.
+    pub async fn prune_probe_results(&self, now: Timestamp) -> Result<()> {
+        let before = (now - crate::monitoring::probes::RETENTION).as_millisecond();
+        let kept_from = |period: Period| (now - period.retention()).as_second();
+        let (hours, days) = (kept_from(Period::Hour), kept_from(Period::Day));
         self.write(move |tx| {
             tx.open_table(PROBE_RESULTS)?
                 .retain(|(_, at), _| at >= before)?;
+            tx.open_table(PROBE_SUMMARIES)?
+                .retain(|(_, period, start), _| {
+                    start
+                        >= if period == Period::Hour.as_str() {
+                            hours
+                        } else {
+                            days
+                        }
+                })?;
             Ok(())
         })
         .await
     }
+}
+
+/// Adds `result` to probe `name`'s hourly and daily summaries.
+pub(super) fn add_to_summaries(
+    table: &mut redb::Table<(&str, &str, i64), &[u8]>,
+    name: &str,
+    result: &ProbeResult,
+) -> Result<()> {
+    for period in Period::ALL {
+        let start = period.start_of(result.at);
+        let key = (name, period.as_str(), start);
+        let mut summary: ProbeSummary = match table.get(key)? {
+            // A summary that does not decode starts again rather than stop the probes.
+            Some(v) => codec::decode(PROBE_SUMMARIES, v.value()).unwrap_or_default(),
+            None => ProbeSummary::default(),
+        };
+        summary.start = Timestamp::from_second(start).unwrap_or(result.at);
+        summary.add(result);
+        table.insert(key, codec::encode(&summary).as_slice())?;
+    }
+    Ok(())
 }
 
 /// Writes `n` and keeps the pending index in step with its status.
@@ -432,7 +499,7 @@ fn notify_channels_in(tx: &super::WriteTx, alert: &Alert, now: Timestamp) -> Res
         let channel: Option<Channel> = quarantine::decode_listed(CHANNELS, k.value(), v.value());
         channels.extend(channel);
     }
-    for channel in channels {
+    for channel in channels.into_iter().filter(|c| c.takes(alert)) {
         let n = Notification {
             id: next_id(tx, OUTBOX)?,
             ..Notification::pending(&channel.name, alert, now)

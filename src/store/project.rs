@@ -42,6 +42,7 @@ impl Store {
                 poll_interval: None,
                 isolation: Default::default(),
                 container_host_access: false,
+                status_page: false,
             };
             projects::apply(&mut project, change).map_err(Error::Invalid)?;
             tx.open_table(PROJECTS)?

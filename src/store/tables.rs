@@ -160,6 +160,10 @@ tables! {
     /// Key: (probe name, Unix milliseconds). Value: JSON
     /// [`crate::monitoring::probes::ProbeResult`], kept 30 days.
     PROBE_RESULTS: (&str, i64) => &[u8] = "probe-results-1";
+    /// Key: (probe name, `hour` or `day`, the period's start in Unix seconds). Value: JSON
+    /// [`crate::monitoring::probes::ProbeSummary`] — written with the results it sums;
+    /// hours kept 90 days, days 400.
+    PROBE_SUMMARIES: (&str, &str, i64) => &[u8] = "probe-summaries-1";
     /// Key: (table name, the record's key as text). Value: JSON
     /// [`crate::store::Quarantined`] — a record that did not decode, set aside (it stays in its
     /// own table) so queues and start-up carry on.

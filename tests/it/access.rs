@@ -26,6 +26,7 @@ pub(crate) const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/monitoring/silences/{id}/delete", "admin"),
     ("POST", "/monitoring/probes", "admin"),
     ("POST", "/monitoring/probes/{name}/delete", "admin"),
+    ("POST", "/monitoring/status-pages/{slug}", "admin"),
     ("POST", "/monitoring/channels", "admin"),
     ("POST", "/monitoring/channels/{name}/test", "admin"),
     ("POST", "/settings/agents/{name}", "admin"),
@@ -72,6 +73,7 @@ pub(crate) const CHANGING_ROUTES: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/v1/projects/{slug}", "admin"),
     ("PUT", "/api/v1/projects/{slug}/isolation", "admin"),
     ("PUT", "/api/v1/projects/{slug}/containers", "admin"),
+    ("PUT", "/api/v1/projects/{slug}/status-page", "admin"),
     (
         "PUT",
         "/api/v1/projects/{slug}/members/{subject}",
@@ -319,6 +321,8 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/api/v1/alert-rules", "admin"),
     ("/api/v1/probes", "admin"),
     ("/api/v1/probes/{name}/results", "admin"),
+    ("/api/v1/probes/{name}/summaries", "admin"),
+    ("/api/v1/status/{slug}", "public"),
     ("/api/v1/silences", "admin"),
     ("/api/v1/channels", "admin"),
     ("/api/v1/notifications", "admin"),
@@ -416,6 +420,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ),
     ("/projects/{slug}/triggers", "project:viewer"),
     ("/projects/{slug}/trends", "project:viewer"),
+    ("/status/{slug}", "public"),
     ("/projects/{slug}/environments", "project:viewer"),
     ("/projects/{slug}/deployments/{number}", "project:viewer"),
     (

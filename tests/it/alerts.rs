@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Seen = Arc<Mutex<Vec<(String, Value, Value)>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<(String, Value, Value)>>>;
 
 /// Waits until `seen` holds `count` requests (and, for a moment, no more).
 async fn exactly(seen: &Seen, count: usize, what: &str) -> Vec<(String, Value, Value)> {

@@ -28,4 +28,5 @@ mod schedules;
 mod secrets;
 mod service;
 mod ship;
+mod status_pages;
 mod triggers;

@@ -4,7 +4,8 @@
 //! `GET|POST /api/v1/channels`, `DELETE /api/v1/channels/{name}`,
 //! `POST /api/v1/channels/{name}/test`, `GET /api/v1/notifications`,
 //! `GET|POST /api/v1/probes`, `DELETE /api/v1/probes/{name}`,
-//! `GET /api/v1/probes/{name}/results`.
+//! `GET /api/v1/probes/{name}/results`, `GET /api/v1/probes/{name}/summaries`; and a
+//! project's public status page, `GET /api/v1/status/{slug}` (anyone, once turned on).
 
 use crate::app::App;
 use crate::http::ServerResult;
@@ -12,11 +13,12 @@ use crate::http::auth::Signed;
 use crate::http::error::ServerError;
 use crate::http::routes::{Route, routes};
 use crate::identity::audit::Record;
-use crate::monitoring::probes::{self, NewProbe, ProbeResult, ProbeView};
+use crate::monitoring::probes::{self, NewProbe, Period, ProbeResult, ProbeView, SummaryView};
 use crate::monitoring::rules::{Rule, RuleChange};
+use crate::monitoring::status::{self, StatusPage};
 use crate::monitoring::{self, Channel, NewChannel, NewSilence, Notification, Silence, notify};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -181,5 +183,55 @@ pub fn routes() -> Vec<Route> {
         POST "/api/v1/probes" ADMIN => create_probe,
         DELETE "/api/v1/probes/{name}" ADMIN => delete_probe,
         GET "/api/v1/probes/{name}/results" ADMIN => probe_results,
+        GET "/api/v1/probes/{name}/summaries" ADMIN => probe_summaries,
+        GET "/api/v1/status/{slug}" PUBLIC => status_page,
     ]
+}
+
+#[derive(serde::Deserialize)]
+pub struct SummariesQuery {
+    /// `hour` (the default) or `day`.
+    pub per: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ProbeSummaries {
+    pub name: String,
+    pub per: Period,
+    pub summaries: Vec<SummaryView>,
+}
+
+/// A probe's hourly (last 7 days) or daily (last 90 days) summaries, oldest first.
+pub async fn probe_summaries(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(q): Query<SummariesQuery>,
+) -> ServerResult<Json<ProbeSummaries>> {
+    let per = Period::parse(q.per.as_deref().unwrap_or("hour")).map_err(ServerError::BadRequest)?;
+    if !app.store.probes().await?.iter().any(|p| p.name == name) {
+        return Err(ServerError::NotFound(format!("probe \"{name}\"")));
+    }
+    let days = match per {
+        Period::Hour => 7,
+        Period::Day => status::DAYS as u64,
+    };
+    let since = Timestamp::now() - std::time::Duration::from_secs(days * 24 * 3600);
+    let summaries = app.store.probe_summaries(&name, per, since).await?;
+    Ok(Json(ProbeSummaries {
+        name,
+        per,
+        summaries: summaries.into_iter().map(SummaryView::from).collect(),
+    }))
+}
+
+/// A project's status page, when an administrator turned it on (404 otherwise, as for a
+/// project that does not exist).
+pub async fn status_page(
+    State(app): State<App>,
+    Path(slug): Path<String>,
+) -> ServerResult<Json<StatusPage>> {
+    status::shown(&app.store, &slug)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ServerError::NotFound(format!("status page \"{slug}\"")))
 }

@@ -132,6 +132,28 @@ pub async fn set_containers(
     admin_setting(&app, &signed, &slug, change, "project.containers", detail).await
 }
 
+#[derive(serde::Deserialize)]
+pub struct StatusPageChange {
+    /// Whether `/status/{slug}` is shown to anyone, signed in or not.
+    pub enabled: bool,
+}
+
+/// Turns the project's public status page on or off; administrators only, since it
+/// shows the project's probes to anyone.
+pub async fn set_status_page(
+    State(app): State<App>,
+    signed: Signed,
+    Path(slug): Path<String>,
+    Json(change): Json<StatusPageChange>,
+) -> ServerResult<Json<Project>> {
+    let detail = if change.enabled { "on" } else { "off" };
+    let change = ProjectChange {
+        status_page: Some(change.enabled),
+        ..ProjectChange::default()
+    };
+    admin_setting(&app, &signed, &slug, change, "project.status_page", detail).await
+}
+
 pub async fn delete(
     State(app): State<App>,
     signed: Signed,
@@ -191,6 +213,7 @@ pub fn routes() -> Vec<Route> {
         DELETE "/api/v1/projects/{slug}" ADMIN => delete,
         PUT "/api/v1/projects/{slug}/isolation" ADMIN => set_isolation,
         PUT "/api/v1/projects/{slug}/containers" ADMIN => set_containers,
+        PUT "/api/v1/projects/{slug}/status-page" ADMIN => set_status_page,
         GET "/api/v1/projects/{slug}/members" VIEWER => members,
         PUT "/api/v1/projects/{slug}/members/{subject}" MAINTAINER => set_member,
         DELETE "/api/v1/projects/{slug}/members/{subject}" MAINTAINER => remove_member,

@@ -17,6 +17,7 @@ mod runs;
 mod secrets;
 mod settings;
 mod sign_in;
+mod status;
 mod trends;
 mod triggers;
 
@@ -52,6 +53,7 @@ pub fn routes() -> Vec<Route> {
         history::routes(),
         triggers::routes(),
         trends::routes(),
+        status::routes(),
         deploy::routes(),
     ]
     .into_iter()
@@ -182,6 +184,8 @@ fn done_message(key: Option<&str>) -> Option<&'static str> {
         "probe-deleted" => "Probe deleted.",
         "channel-created" => "Channel added.",
         "channel-tested" => "The test notification was sent.",
+        "status-page-on" => "The status page is shown to anyone at /status/{project}.",
+        "status-page-off" => "The status page is hidden.",
         _ => return None,
     })
 }

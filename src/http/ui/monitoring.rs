@@ -1,6 +1,7 @@
 //! `/monitoring`: the alerts (firing first) and their history, the uptime probes, the
-//! notification channels and the latest notifications, with forms to silence, add a
-//! probe or a channel and send a channel a test (administrators).
+//! notification channels, the latest notifications and the projects' status pages, with
+//! forms to silence, add a probe or a channel, send a channel a test and turn a status
+//! page on or off (administrators).
 
 use super::form::form_failed;
 use super::{Console, Done, Layout, done_message, render};
@@ -32,6 +33,7 @@ struct MonitoringPage {
     probes: Vec<ProbeView>,
     channels: Vec<Channel>,
     notifications: Vec<Notification>,
+    projects: Vec<crate::projects::Project>,
     done: Option<&'static str>,
     error: Option<String>,
 }
@@ -54,6 +56,7 @@ async fn page_with(
             probes: Vec::new(),
             channels: Vec::new(),
             notifications: Vec::new(),
+            projects: Vec::new(),
             done,
             error,
         });
@@ -76,6 +79,7 @@ async fn page_with(
         probes: probes::views(&app.store).await?,
         channels: app.store.channels().await?,
         notifications: app.store.notifications(None, 20).await?,
+        projects: app.store.list_projects().await?,
         done,
         error,
     })
@@ -155,6 +159,38 @@ pub async fn test_channel(
     finish(&app, &signed, result, "channel-tested").await
 }
 
+#[derive(serde::Deserialize)]
+pub struct StatusPageForm {
+    /// `on` or `off`.
+    pub status_page: String,
+}
+
+pub async fn set_status_page(
+    Console { app, signed }: Console,
+    Path(slug): Path<String>,
+    Form(form): Form<StatusPageForm>,
+) -> ServerResult<Response> {
+    let on = form.status_page == "on";
+    let change = crate::projects::ProjectChange {
+        status_page: Some(on),
+        ..Default::default()
+    };
+    let detail = if on { "on" } else { "off" };
+    let audit = Record::new(
+        &signed.audit,
+        "project.status_page",
+        format!("project:{slug}"),
+    )
+    .detail(detail);
+    let result = app.store.update_project(&slug, change, audit).await;
+    let done = if on {
+        "status-page-on"
+    } else {
+        "status-page-off"
+    };
+    finish(&app, &signed, result.map(drop), done).await
+}
+
 /// The routes this file answers, with who may call them (see `http::routes`).
 pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
@@ -166,5 +202,6 @@ pub fn routes() -> Vec<Route> {
         POST "/monitoring/probes/{name}/delete" ADMIN => delete_probe,
         POST "/monitoring/channels" ADMIN => create_channel,
         POST "/monitoring/channels/{name}/test" ADMIN => test_channel,
+        POST "/monitoring/status-pages/{slug}" ADMIN => set_status_page,
     ]
 }
