@@ -677,8 +677,8 @@ pub struct NewProbe {
     pub target: String,
     #[serde(default = "ten_seconds")]
     pub interval: String,
-    #[serde(default = "five_seconds")]
-    pub timeout: String,
+    /// 5 s, or the interval when that is shorter.
+    pub timeout: Option<String>,
     #[serde(default)]
     pub expect_status: Vec<u16>,
     pub body_contains: Option<String>,
@@ -704,9 +704,6 @@ fn given(field: Option<String>) -> Option<String> {
 fn ten_seconds() -> String {
     "10s".into()
 }
-fn five_seconds() -> String {
-    "5s".into()
-}
 fn three() -> u32 {
     3
 }
@@ -731,7 +728,10 @@ pub async fn create(
         kind: req.kind,
         target: req.target.trim().to_string(),
         interval_ms: duration("interval", &req.interval)?,
-        timeout_ms: duration("timeout", &req.timeout)?,
+        timeout_ms: match given(req.timeout) {
+            Some(text) => duration("timeout", &text)?,
+            None => duration("interval", &req.interval)?.min(5000),
+        },
         expect_status: req.expect_status,
         body_contains: req.body_contains.filter(|b| !b.is_empty()),
         json_path: given(req.json_path),

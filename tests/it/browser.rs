@@ -1047,6 +1047,21 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
     crate::runs::trigger(&server, "demo").await;
     crate::runs::wait_for(&server, "demo", 1, |r| r["status"] == "succeeded").await;
     crate::agents::create_agent(&server, "builder").await;
+    // A public status page with one probe on it, checking the server itself.
+    let probe = serde_json::json!({"name": "site", "kind": "http", "project": "demo",
+        "target": format!("{}/healthz", server.url), "interval": "1s"});
+    server
+        .expect(reqwest::Method::POST, "/api/v1/probes", &probe, 201)
+        .await;
+    let shown = serde_json::json!({"enabled": true});
+    server
+        .expect(
+            reqwest::Method::PUT,
+            "/api/v1/projects/demo/status-page",
+            &shown,
+            200,
+        )
+        .await;
     sign_in_to_demo(&browser, &server.url).await;
     let c = &browser.client;
     let pages = [
@@ -1067,6 +1082,7 @@ async fn the_main_pages_fit_a_phone_and_pass_axe() {
         ("audit", "/security/audit"),
         ("agents", "/settings/agents"),
         ("monitoring", "/monitoring"),
+        ("status-page", "/status/demo"),
         ("account", "/account"),
     ];
     let mut problems = Vec::new();
