@@ -395,7 +395,12 @@ fn start_workers(
     workers.start(
         "probes",
         AtShutdown::Detach,
-        crate::monitoring::probes::work(app.store.clone(), probes_changed, shutdown.clone()),
+        crate::monitoring::probes::work(
+            app.store.clone(),
+            app.deployer.services().clone(),
+            probes_changed,
+            shutdown.clone(),
+        ),
     );
     workers.start(
         "notifications",

@@ -1,5 +1,6 @@
 //! Uptime probes: an HTTP(S) request (status, optionally a body substring or a JSONPath
-//! check), a TCP connect or a DNS query, on an interval. Every result is stored (kept 30
+//! check), a TCP connect, a DNS query, or — kept by BetCycle for every environment a
+//! `service` target serves — the service's health check on each instance, on an interval. Every result is stored (kept 30
 //! days) and summed into hourly and daily summaries (kept longer, for status pages); a
 //! probe is `down` after `failure_threshold` failures in a row and `up` again after
 //! `success_threshold` successes in a row — that state is stored too, and the
@@ -26,6 +27,9 @@ pub enum ProbeKind {
     Http,
     Tcp,
     Dns,
+    /// A `service` target's health check on every instance serving its environment; made,
+    /// kept up to date and removed by BetCycle.
+    Service,
 }
 
 /// A probe, as an administrator defines it.
@@ -60,6 +64,9 @@ pub struct Probe {
     /// For `dns`: an answer one of the records must be (`192.0.2.7`, `mail.example.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_answer: Option<String>,
+    /// For `service` (whose target is `project/environment`): the health check's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
     /// The project it belongs to (a slug): its status page shows it and its alerts also
     /// go to the project's channels. Instance-wide when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +274,12 @@ pub fn check(probe: &Probe) -> Result<()> {
                 .map_err(|e| Error::Invalid(format!("query_name \"{name}\": {e}")))?;
             query_type(probe).map_err(Error::Invalid)?;
         }
+        ProbeKind::Service => {
+            return invalid(
+                "kind",
+                "service probes are made by BetCycle for each environment a service target serves",
+            );
+        }
     }
     let http_only = [
         ("body_contains", probe.body_contains.is_some()),
@@ -313,8 +326,47 @@ pub fn check(probe: &Probe) -> Result<()> {
     Ok(())
 }
 
+/// The probe BetCycle keeps for the service `project/environment` serves, from its
+/// health check.
+pub fn for_service(
+    project: &str,
+    environment: &str,
+    health: &crate::ci::pipeline::deploy::Health,
+) -> Probe {
+    let interval_ms = (health.interval.as_millis() as u64).max(1000);
+    Probe {
+        name: format!("service.{project}.{environment}"),
+        kind: ProbeKind::Service,
+        target: format!("{project}/{environment}"),
+        interval_ms,
+        timeout_ms: (health.timeout.as_millis() as u64).clamp(1, interval_ms),
+        expect_status: Vec::new(),
+        body_contains: None,
+        json_path: None,
+        json_equals: None,
+        query_name: None,
+        query_type: None,
+        expect_answer: None,
+        health_path: Some(health.path.clone()),
+        project: Some(project.to_string()),
+        failure_threshold: health.failure_threshold.max(1),
+        success_threshold: health.success_threshold.max(1),
+        created_at: Timestamp::now(),
+        created_by: "betcycle".into(),
+    }
+}
+
+/// Where a service probe looks: each instance serving an environment (slot, port).
+pub trait ServingInstances: Send + Sync {
+    fn serving(&self, project: &str, environment: &str) -> Vec<(u32, u16)>;
+}
+
 /// Runs one check of `probe`.
-pub async fn run_once(client: &reqwest::Client, probe: &Probe) -> ProbeResult {
+pub async fn run_once(
+    client: &reqwest::Client,
+    probe: &Probe,
+    services: &dyn ServingInstances,
+) -> ProbeResult {
     let started = Instant::now();
     let timeout = Duration::from_millis(probe.timeout_ms);
     let mut cert_expires_at = None;
@@ -332,6 +384,7 @@ pub async fn run_once(client: &reqwest::Client, probe: &Probe) -> ProbeResult {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("no answer within {} ms", probe.timeout_ms)),
         },
+        ProbeKind::Service => service_check(client, probe, timeout, services).await,
     };
     ProbeResult {
         at: Timestamp::now(),
@@ -394,6 +447,44 @@ async fn http_check(
         json_check(&body, path, probe.json_equals.as_deref())?;
     }
     Ok(())
+}
+
+/// Up when every instance serving the environment answers its health check with 2xx or
+/// 3xx; the error names each that did not.
+async fn service_check(
+    client: &reqwest::Client,
+    probe: &Probe,
+    timeout: Duration,
+    services: &dyn ServingInstances,
+) -> std::result::Result<(), String> {
+    let (project, environment) = probe.target.split_once('/').unwrap_or((&probe.target, ""));
+    let instances = services.serving(project, environment);
+    if instances.is_empty() {
+        return Err(format!("no instance serves {}", probe.target));
+    }
+    let path = probe.health_path.as_deref().unwrap_or("/");
+    let checks = instances.iter().map(|(slot, port)| async move {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let answer = client.get(&url).timeout(timeout).send().await;
+        match answer {
+            Ok(r) if r.status().is_success() || r.status().is_redirection() => None,
+            Ok(r) => Some(format!("instance {slot}: status {}", r.status().as_u16())),
+            Err(e) => Some(format!(
+                "instance {slot}: {}",
+                crate::core::outbound::describe(&e)
+            )),
+        }
+    });
+    let failed: Vec<String> = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
 /// The most of a response body a probe reads.
@@ -580,6 +671,7 @@ pub fn uptime(results: &[ProbeResult], since: Timestamp) -> Option<f64> {
 /// hourly.
 pub async fn work(
     store: Store,
+    services: std::sync::Arc<dyn ServingInstances>,
     changed: std::sync::Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
@@ -632,9 +724,9 @@ pub async fn work(
                 probe.name.clone(),
                 now + Duration::from_millis(probe.interval_ms),
             );
-            let (client, probe) = (client.clone(), probe.clone());
+            let (client, probe, services) = (client.clone(), probe.clone(), services.clone());
             running.spawn(async move {
-                let result = run_once(&client, &probe).await;
+                let result = run_once(&client, &probe, services.as_ref()).await;
                 (probe, result)
             });
         }
@@ -739,6 +831,7 @@ pub async fn create(
         query_name: given(req.query_name),
         query_type: given(req.query_type),
         expect_answer: given(req.expect_answer),
+        health_path: None,
         project: given(req.project),
         failure_threshold: req.failure_threshold,
         success_threshold: req.success_threshold,

@@ -511,6 +511,8 @@ impl Services {
         self.store
             .delete_service_route(project, environment)
             .await?;
+        let probe = format!("service.{project}.{environment}");
+        self.store.remove_managed_probe(&probe).await?;
         if let Some(site) = site {
             site.stable.stop().await;
             if let Some((canary, _)) = &site.canary {
@@ -520,7 +522,8 @@ impl Services {
         Ok(())
     }
 
-    /// Records which release serves an environment, for the next start.
+    /// Records which release serves an environment, for the next start, and keeps the
+    /// environment's service probe (its health check, with uptime and `probe_down`).
     pub async fn remember(&self, set: &ReleaseSet, target: &ServiceTarget) -> Result<()> {
         self.store
             .put_service_route(RouteRecord {
@@ -531,7 +534,13 @@ impl Services {
                 deployment: set.deployment,
                 release: set.release,
             })
-            .await
+            .await?;
+        let probe = crate::monitoring::probes::for_service(
+            &set.project,
+            &set.environment,
+            &target.health(),
+        );
+        self.store.put_managed_probe(probe).await
     }
 
     /// Waits until the requests in flight to `set` are done, at most `grace`; then
@@ -964,6 +973,21 @@ impl SetView {
                 })
                 .collect(),
         }
+    }
+}
+
+impl crate::monitoring::probes::ServingInstances for Services {
+    /// The instances of the release that serves the environment now (its stable set).
+    fn serving(&self, project: &str, environment: &str) -> Vec<(u32, u16)> {
+        self.site(project, environment)
+            .map(|site| {
+                site.stable
+                    .members
+                    .iter()
+                    .map(|m| (m.supervised.snapshot().slot, m.supervised.port()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -289,28 +289,42 @@ impl Store {
         .await
     }
 
-    /// Removes a probe with its state and results.
+    /// Removes a probe with its state, results and summaries.
     pub async fn delete_probe(&self, name: &str, audit: Record) -> Result<()> {
         let name = name.to_string();
         self.write(move |tx| {
-            if tx.open_table(PROBES)?.remove(name.as_str())?.is_none() {
+            if !remove_probe_in(tx, &name)? {
                 return Err(Error::NotFound {
                     what: format!("probe \"{name}\""),
                 });
             }
-            tx.open_table(PROBE_STATES)?.remove(name.as_str())?;
-            tx.open_table(PROBE_RESULTS)?.retain_in(
-                (name.as_str(), i64::MIN)..=(name.as_str(), i64::MAX),
-                |_, _| false,
-            )?;
-            tx.open_table(PROBE_SUMMARIES)?.retain_in(
-                (name.as_str(), "", i64::MIN)..=(name.as_str(), "~", i64::MAX),
-                |_, _| false,
-            )?;
             tx.audit(audit)?;
             Ok(())
         })
         .await
+    }
+
+    /// Stores a probe BetCycle keeps itself (a service's), replacing the one of that
+    /// name but keeping when it was made.
+    pub async fn put_managed_probe(&self, mut probe: Probe) -> Result<()> {
+        self.write(move |tx| {
+            let mut table = tx.open_table(PROBES)?;
+            if let Some(old) = table.get(probe.name.as_str())? {
+                if let Ok(old) = codec::decode::<Probe>(PROBES, old.value()) {
+                    probe.created_at = old.created_at;
+                }
+            }
+            table.insert(probe.name.as_str(), codec::encode(&probe).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a probe BetCycle keeps itself, if it is there.
+    pub async fn remove_managed_probe(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |tx| remove_probe_in(tx, &name).map(drop))
+            .await
     }
 
     pub async fn probes(&self) -> Result<Vec<Probe>> {
@@ -440,6 +454,19 @@ impl Store {
         })
         .await
     }
+}
+
+/// Removes probe `name` with its state, results and summaries; whether it was there.
+fn remove_probe_in(tx: &super::WriteTx, name: &str) -> Result<bool> {
+    if tx.open_table(PROBES)?.remove(name)?.is_none() {
+        return Ok(false);
+    }
+    tx.open_table(PROBE_STATES)?.remove(name)?;
+    tx.open_table(PROBE_RESULTS)?
+        .retain_in((name, i64::MIN)..=(name, i64::MAX), |_, _| false)?;
+    tx.open_table(PROBE_SUMMARIES)?
+        .retain_in((name, "", i64::MIN)..=(name, "~", i64::MAX), |_, _| false)?;
+    Ok(true)
 }
 
 /// Adds `result` to probe `name`'s hourly and daily summaries.

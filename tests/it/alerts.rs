@@ -848,7 +848,7 @@ async fn alert_of(server: &Server, key: &str) -> Value {
 }
 
 /// Waits until alert `key` is in `state`.
-async fn alert_in(server: &Server, key: &str, state: &str) -> Value {
+pub(crate) async fn alert_in(server: &Server, key: &str, state: &str) -> Value {
     eventually(
         Duration::from_secs(30),
         &format!("{key} {state}"),

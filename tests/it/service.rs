@@ -5,10 +5,12 @@
 //! healthy aborted, crashes and `kill -9` of BetCycle survived without a second process,
 //! and bad input recorded with its reason.
 
+use crate::alerts::alert_in;
 use crate::deploy::wait_deployment;
 use crate::harness::{Server, client, eventually, tempdir};
 use crate::run::git;
 use crate::runs::{demo, trigger, wait_for};
+use crate::status_pages::probe_is;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -533,6 +535,24 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
     let v1 = project.release("v1", "ok", None).await;
     assert_eq!(project.deploy(v1).await["status"], "succeeded");
     let first = instance_pid(&project.service().await);
+    // BetCycle keeps a probe of the environment's health check, in the project: up, then
+    // down (and alerting) while the instance is frozen, up again once it runs.
+    let probe = probe_is(&project.server, "service.demo.web", "up").await;
+    assert_eq!(probe["kind"], "service", "{probe:#}");
+    assert_eq!(probe["target"], "demo/web");
+    assert_eq!(probe["health_path"], "/healthz");
+    assert_eq!(probe["project"], "demo");
+    // SAFETY: pausing the test's own app process.
+    unsafe { libc::kill(first as i32, libc::SIGSTOP) };
+    let down = probe_is(&project.server, "service.demo.web", "down").await;
+    let error = down["last"]["error"].as_str().unwrap();
+    assert!(error.starts_with("instance 1: "), "{down:#}");
+    let alert = alert_in(&project.server, "probe_down:service.demo.web", "firing").await;
+    assert_eq!(alert["project"], "demo", "{alert:#}");
+    // SAFETY: as above.
+    unsafe { libc::kill(first as i32, libc::SIGCONT) };
+    probe_is(&project.server, "service.demo.web", "up").await;
+    alert_in(&project.server, "probe_down:service.demo.web", "resolved").await;
     let mut events = project.server.get("/api/v1/events").await;
     assert_eq!(events.status(), 200);
     // SAFETY: killing the test's own app process.
@@ -612,6 +632,16 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
     .await;
     assert!(answer.starts_with("v1 "), "{answer}");
     assert_eq!(app_processes(dir.path()), vec![second as u32]);
+    // The probe came through the restart and checks the adopted instance.
+    let probes = server.get_json("/api/v1/probes").await;
+    let kept: Vec<&Value> = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "service")
+        .collect();
+    assert_eq!(kept.len(), 1, "{probes:#}");
+    probe_is(&server, "service.demo.web", "up").await;
     server.kill();
     drop(reaper);
 }

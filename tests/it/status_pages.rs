@@ -89,7 +89,7 @@ async fn probe(server: &Server, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no probe {name}: {probes:#}"))
 }
 
-async fn probe_is(server: &Server, name: &str, status: &str) -> Value {
+pub(crate) async fn probe_is(server: &Server, name: &str, status: &str) -> Value {
     eventually(
         Duration::from_secs(20),
         &format!("probe {name} {status}"),
