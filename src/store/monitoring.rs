@@ -309,10 +309,10 @@ impl Store {
     pub async fn put_managed_probe(&self, mut probe: Probe) -> Result<()> {
         self.write(move |tx| {
             let mut table = tx.open_table(PROBES)?;
-            if let Some(old) = table.get(probe.name.as_str())? {
-                if let Ok(old) = codec::decode::<Probe>(PROBES, old.value()) {
-                    probe.created_at = old.created_at;
-                }
+            if let Some(old) = table.get(probe.name.as_str())?
+                && let Ok(old) = codec::decode::<Probe>(PROBES, old.value())
+            {
+                probe.created_at = old.created_at;
             }
             table.insert(probe.name.as_str(), codec::encode(&probe).as_slice())?;
             Ok(())
