@@ -1,6 +1,7 @@
 //! A project's trends, week by week: its pipeline (runs, success rate, duration and queue
-//! time p50/p95), each environment's DORA figures, and its slowest steps. Weeks are the
-//! seven-day windows that end now, oldest first — the same windows `delivery::dora`
+//! time p50/p95), each environment's DORA figures, and its slowest steps; and the
+//! activity of several projects side by side (runs and deployments per week). Weeks are
+//! the seven-day windows that end now, oldest first — the same windows `delivery::dora`
 //! computes over, so a week here and the board's 7-day figures agree.
 
 use crate::ci::run::{Run, RunStatus};
@@ -257,6 +258,160 @@ fn slowest_steps(runs: &[Run], from: Timestamp, to: Timestamp) -> Vec<SlowStep> 
     out.sort_by(|a, b| b.p50_seconds.total_cmp(&a.p50_seconds));
     out.truncate(SLOWEST);
     out
+}
+
+/// A week of one project's (or every project's) activity: the runs and deployments that
+/// finished in it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ActivityWeek {
+    /// The week's first day (none in a project's totals).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub week: String,
+    pub runs: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub deployments: u64,
+    /// Failed or rolled back.
+    pub failed_deployments: u64,
+}
+
+impl ActivityWeek {
+    fn add(&mut self, other: &ActivityWeek) {
+        self.runs += other.runs;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.deployments += other.deployments;
+        self.failed_deployments += other.failed_deployments;
+    }
+}
+
+/// A project's activity over the weeks, with its totals.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectActivity {
+    pub project: String,
+    #[serde(flatten)]
+    pub total: ActivityWeek,
+    /// When its latest run or deployment finished.
+    pub last_activity_at: Option<Timestamp>,
+    pub weeks: Vec<ActivityWeek>,
+}
+
+impl ProjectActivity {
+    /// succeeded ÷ (succeeded + failed) over the weeks.
+    pub fn success_rate(&self) -> Option<f64> {
+        let done = self.total.succeeded + self.total.failed;
+        (done > 0).then(|| self.total.succeeded as f64 / done as f64)
+    }
+}
+
+/// Several projects' activity: every project's weeks summed, and each project's, busiest
+/// first.
+#[derive(Clone, Debug, Serialize)]
+pub struct Activity {
+    pub weeks: u32,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub total: Vec<ActivityWeek>,
+    pub projects: Vec<ProjectActivity>,
+}
+
+/// How many of a project's latest runs (and deployments) the activity reads at most.
+pub const ACTIVITY_READ: usize = 2_000;
+
+/// The activity of the projects `slugs` over the last [`WEEKS`] weeks.
+pub async fn activity(
+    store: &crate::store::Store,
+    slugs: &[String],
+) -> crate::core::error::Result<Activity> {
+    let now = Timestamp::now();
+    let mut projects = Vec::new();
+    for slug in slugs {
+        let runs = store
+            .project_runs(slug, Default::default(), ACTIVITY_READ)
+            .await?;
+        let deployments = store.deployments(slug, ACTIVITY_READ).await?;
+        projects.push(project_activity(slug, &runs, &deployments, now));
+    }
+    Ok(activity_of(projects, now))
+}
+
+/// Sums `projects` week by week and sorts them busiest first.
+pub fn activity_of(mut projects: Vec<ProjectActivity>, now: Timestamp) -> Activity {
+    let windows = windows(now);
+    let mut total: Vec<ActivityWeek> = windows
+        .iter()
+        .map(|(week, _, _)| ActivityWeek {
+            week: week.clone(),
+            ..Default::default()
+        })
+        .collect();
+    for p in &projects {
+        for (sum, week) in total.iter_mut().zip(&p.weeks) {
+            sum.add(week);
+        }
+    }
+    projects.sort_by(|a, b| {
+        (b.total.runs + b.total.deployments)
+            .cmp(&(a.total.runs + a.total.deployments))
+            .then(a.project.cmp(&b.project))
+    });
+    Activity {
+        weeks: WEEKS,
+        from: windows.first().map_or(now, |w| w.1),
+        to: now,
+        total,
+        projects,
+    }
+}
+
+/// One project's weeks of runs and deployments (any order).
+pub fn project_activity(
+    slug: &str,
+    runs: &[Run],
+    deployments: &[Deployment],
+    now: Timestamp,
+) -> ProjectActivity {
+    use crate::delivery::DeploymentStatus as D;
+    let mut weeks = Vec::new();
+    let mut total = ActivityWeek::default();
+    for (week, from, to) in windows(now) {
+        let within = |t: Option<Timestamp>| t.is_some_and(|t| t >= from && t < to);
+        let mut w = ActivityWeek {
+            week,
+            ..Default::default()
+        };
+        for run in runs.iter().filter(|r| within(r.finished_at)) {
+            w.runs += 1;
+            match run.status {
+                RunStatus::Succeeded => w.succeeded += 1,
+                RunStatus::Failed | RunStatus::Error => w.failed += 1,
+                _ => {}
+            }
+        }
+        for d in deployments.iter().filter(|d| within(d.finished_at)) {
+            match d.status {
+                D::Succeeded => w.deployments += 1,
+                D::Failed | D::RolledBack => {
+                    w.deployments += 1;
+                    w.failed_deployments += 1;
+                }
+                _ => {}
+            }
+        }
+        total.add(&w);
+        weeks.push(w);
+    }
+    let last_run = runs.iter().filter_map(|r| r.finished_at).max();
+    let last_deployment = deployments.iter().filter_map(|d| d.finished_at).max();
+    ProjectActivity {
+        project: slug.to_string(),
+        total: ActivityWeek {
+            week: String::new(),
+            ..total
+        },
+        last_activity_at: last_run.max(last_deployment),
+        weeks,
+    }
 }
 
 #[cfg(test)]

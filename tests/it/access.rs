@@ -316,6 +316,7 @@ pub(crate) const READ_ROUTES: &[(&str, &str)] = &[
     ("/api/v1/audit", "admin"),
     ("/api/v1/backup", "admin"),
     ("/api/v1/projects", "user"),
+    ("/api/v1/activity", "user"),
     ("/api/v1/agents", "admin"),
     ("/api/v1/alerts", "admin"),
     ("/api/v1/alert-rules", "admin"),

@@ -1070,6 +1070,45 @@ async fn trends_count_each_weeks_runs_and_deployments_and_the_console_draws_them
     // A project that does not exist: 404, not an empty chart.
     let response = server.get("/api/v1/projects/nope/trends").await;
     assert_eq!(response.status(), 404);
+
+    // The activity across projects: demo's weeks and totals, a quiet project after it,
+    // the instance's weeks their sum; the projects page draws them.
+    project(&server, "quiet", &repo).await;
+    let a = server.get_json("/api/v1/activity").await;
+    let projects = a["projects"].as_array().unwrap();
+    let slugs: Vec<&str> = projects
+        .iter()
+        .map(|p| p["project"].as_str().unwrap())
+        .collect();
+    assert_eq!(slugs, ["demo", "quiet"], "busiest first: {a:#}");
+    let demo = &projects[0];
+    assert_eq!(
+        (
+            &demo["runs"],
+            &demo["succeeded"],
+            &demo["failed"],
+            &demo["deployments"],
+            &demo["failed_deployments"]
+        ),
+        (&json!(3), &json!(2), &json!(1), &json!(2), &json!(1)),
+        "{demo:#}"
+    );
+    assert!(demo["last_activity_at"].is_string(), "{demo:#}");
+    assert_eq!(projects[1]["runs"], 0);
+    assert!(projects[1]["last_activity_at"].is_null());
+    let total = a["total"].as_array().unwrap();
+    assert_eq!(total.len(), 12);
+    assert_eq!(total[11], demo["weeks"][11], "{a:#}");
+    assert_eq!(total[11]["week"], weeks[11]["week"]);
+    let page = server.get_text("/projects").await;
+    for text in [
+        "Runs per week, every project listed",
+        ": 2 runs succeeded, 1 failed</title>",
+        "Deployments per week, every project listed",
+        "<td>3</td><td>67 %</td><td>2 <span class=\"muted\">(1 failed)</span></td>",
+    ] {
+        assert!(page.contains(text), "{text} not in\n{page}");
+    }
 }
 
 /// A small real HTTPS server on 127.0.0.1 presenting `cert`: every request gets `200 ok`.

@@ -24,6 +24,22 @@ pub async fn list(State(app): State<App>, signed: Signed) -> ServerResult<Json<V
     Ok(Json(visible(&app.store, &signed.principal).await?))
 }
 
+/// The activity of the projects you can see, week by week (12 weeks): runs and
+/// deployments, summed and per project, busiest first.
+pub async fn activity(
+    State(app): State<App>,
+    signed: Signed,
+) -> ServerResult<Json<crate::monitoring::trends::Activity>> {
+    let slugs: Vec<String> = visible(&app.store, &signed.principal)
+        .await?
+        .into_iter()
+        .map(|v| v.project.slug)
+        .collect();
+    Ok(Json(
+        crate::monitoring::trends::activity(&app.store, &slugs).await?,
+    ))
+}
+
 pub async fn create(
     State(app): State<App>,
     signed: Signed,
@@ -207,6 +223,7 @@ pub fn routes() -> Vec<Route> {
     use crate::http::routes::need::*;
     routes![
         GET "/api/v1/projects" USER => list,
+        GET "/api/v1/activity" USER => activity,
         POST "/api/v1/projects" ADMIN => create,
         GET "/api/v1/projects/{slug}" VIEWER => show,
         PATCH "/api/v1/projects/{slug}" MAINTAINER => update,

@@ -11,6 +11,7 @@ use crate::http::auth::Signed;
 use crate::http::routes::{Route, routes};
 use crate::identity::Role;
 use crate::identity::audit::Record;
+use crate::monitoring::trends::{ActivityWeek, ProjectActivity};
 use crate::projects::{
     Member, Project, ProjectChange, ProjectView, bind_member, member_views, visible,
 };
@@ -24,9 +25,25 @@ use serde::Deserialize;
 #[template(path = "projects/projects.html")]
 struct ProjectsPage {
     layout: Layout,
-    projects: Vec<ProjectView>,
+    /// Each project with its activity over 12 weeks.
+    projects: Vec<(ProjectView, Option<ProjectActivity>)>,
+    /// Every listed project's runs per week.
+    runs: super::chart::Bars,
+    deployments: super::chart::Bars,
     admin: bool,
     error: Option<String>,
+}
+
+impl ProjectsPage {
+    fn rate(&self, a: &ProjectActivity) -> String {
+        a.success_rate()
+            .map_or("–".into(), |r| format!("{:.0} %", r * 100.0))
+    }
+
+    fn when(&self, a: &ProjectActivity) -> String {
+        a.last_activity_at
+            .map_or("–".into(), crate::http::present::utc)
+    }
 }
 
 async fn list_page(
@@ -34,9 +51,45 @@ async fn list_page(
     signed: &Signed,
     error: Option<String>,
 ) -> ServerResult<Html<String>> {
+    let projects = visible(&app.store, &signed.principal).await?;
+    let slugs: Vec<String> = projects.iter().map(|p| p.project.slug.clone()).collect();
+    let activity = crate::monitoring::trends::activity(&app.store, &slugs).await?;
+    let weekly = |of: fn(&ActivityWeek) -> (u64, u64)| -> Vec<(String, u64, u64)> {
+        activity
+            .total
+            .iter()
+            .map(|w| {
+                let (ok, bad) = of(w);
+                (w.week.clone(), ok, bad)
+            })
+            .collect()
+    };
+    let runs = super::chart::bars(
+        "Runs per week, every project listed",
+        "runs",
+        &weekly(|w| (w.succeeded, w.failed)),
+    );
+    let deployments = super::chart::bars(
+        "Deployments per week, every project listed",
+        "deployments",
+        &weekly(|w| (w.deployments - w.failed_deployments, w.failed_deployments)),
+    );
+    let projects = projects
+        .into_iter()
+        .map(|p| {
+            let a = activity
+                .projects
+                .iter()
+                .find(|a| a.project == p.project.slug)
+                .cloned();
+            (p, a)
+        })
+        .collect();
     render(&ProjectsPage {
         layout: Layout::new("Projects", "projects", Some(&signed.principal)),
-        projects: visible(&app.store, &signed.principal).await?,
+        projects,
+        runs,
+        deployments,
         admin: signed.principal.user.admin,
         error,
     })
