@@ -62,6 +62,7 @@ impl Agent {
             dir: self.work_dir.join("logs"),
             max_files: 0,
             step_max_size: 0,
+            otlp_endpoint: None,
         })
         .map_err(Failure::Runtime)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

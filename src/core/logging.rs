@@ -1,6 +1,8 @@
 //! Logging: `tracing` to stderr (text on a terminal, JSON otherwise, or as configured) and
 //! to daily rolling JSON files under the log directory, keeping `log.max_files` of them.
 //! Every line written inside a request carries its `request_id` (from the request span).
+//! With `otlp.endpoint`, BetCycle's own spans (requests, runs, steps) also go to an
+//! OpenTelemetry collector ([`super::telemetry`]).
 
 use crate::core::config::{LogConfig, LogFormat};
 use std::io::IsTerminal;
@@ -8,8 +10,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
 
-/// Keeps the file writer flushing; drop it last, at exit.
-pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+/// Keeps the file writer flushing and the span exporter running; drop it last, at exit
+/// (the spans not yet sent are sent then).
+pub struct LogGuard {
+    _file: Option<tracing_appender::non_blocking::WorkerGuard>,
+    _spans: Option<super::telemetry::Exporter>,
+}
 
 pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
     let filter = || EnvFilter::builder().parse_lossy(&config.level);
@@ -62,10 +68,21 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
         (Some(layer), Some(guard))
     };
 
+    let (spans, exporter) = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let (layer, exporter) = super::telemetry::layer(endpoint)?;
+            (Some(layer), Some(exporter))
+        }
+        None => (None, None),
+    };
     tracing_subscriber::registry()
         .with(console)
         .with(file)
+        .with(spans)
         .try_init()
         .map_err(|e| format!("cannot start logging: {e}"))?;
-    Ok(LogGuard(guard))
+    Ok(LogGuard {
+        _file: guard,
+        _spans: exporter,
+    })
 }

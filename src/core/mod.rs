@@ -13,4 +13,5 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod systemd;
+pub mod telemetry;
 pub mod workers;

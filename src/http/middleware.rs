@@ -61,9 +61,22 @@ pub async fn observe(State(app): State<App>, mut req: Request, next: Next) -> Re
         source,
     });
 
-    let span = tracing::info_span!("request", request_id = %request_id);
+    // `otel.*` and the `http.*` names are OpenTelemetry's, for the OTLP export.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 
     if status.is_client_error() || status.is_server_error() {
         let info = match response.extensions_mut().remove::<ErrorInfo>() {

@@ -29,4 +29,5 @@ mod secrets;
 mod service;
 mod ship;
 mod status_pages;
+mod telemetry;
 mod triggers;

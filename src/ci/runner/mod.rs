@@ -241,7 +241,38 @@ impl Runner {
             self.active.lock().expect("runner lock").remove(&id);
             return;
         }
-        let outcome = self.execute_inner(run, &cancel).await;
+        // The run's span (its steps' are inside it): for the OTLP export and the log lines
+        // written while it runs.
+        let span = tracing::info_span!(
+            "run",
+            otel.name = %format!("run {} #{}", run.project, run.number),
+            project = %run.project,
+            run = run.number,
+            commit = %run.commit,
+            branch = run.branch.as_deref().unwrap_or(""),
+            event = %run.event,
+            status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let outcome = {
+            use tracing::Instrument;
+            self.execute_inner(run, &cancel)
+                .instrument(span.clone())
+                .await
+        };
+        match &outcome {
+            Ok((status, _)) => {
+                span.record("status", status.as_str());
+                if *status != RunStatus::Succeeded {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            Err(_) => {
+                span.record("status", "error");
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        drop(span);
         self.active.lock().expect("runner lock").remove(&id);
         if shutdown.is_cancelled() {
             // Left `running` on purpose: the next start re-queues it.

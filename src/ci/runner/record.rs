@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::exec::local::process::Stream;
-use crate::exec::{Observer, StepResult};
+use crate::exec::{Observer, StepResult, StepStatus};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,10 @@ pub(super) struct RunObserver {
     max_log: u64,
     updates: mpsc::UnboundedSender<Update>,
     live: tokio::sync::broadcast::Sender<LiveEvent>,
+    /// The run's span (current when the observer is made) and each running step's, open
+    /// from its start to its end: the OTLP export's step spans.
+    run_span: tracing::Span,
+    spans: Vec<Mutex<Option<tracing::Span>>>,
 }
 
 impl RunObserver {
@@ -52,6 +56,8 @@ impl RunObserver {
             max_log: runner.max_step_log,
             updates,
             live,
+            run_span: tracing::Span::current(),
+            spans: names.iter().map(|_| Mutex::new(None)).collect(),
         }
     }
 }
@@ -90,6 +96,15 @@ impl Observer for RunObserver {
             }
             Err(e) => self.log_failed(i, format!("cannot create {}: {e}", self.paths[i].display())),
         }
+        *self.spans[i].lock().expect("span lock") = Some(tracing::info_span!(
+            parent: &self.run_span,
+            "step",
+            otel.name = %format!("step {step}"),
+            step = %step,
+            status = tracing::field::Empty,
+            exit_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        ));
         let _ = self.updates.send(Update::Started(i));
     }
 
@@ -174,6 +189,15 @@ impl Observer for RunObserver {
             result
                 .warnings
                 .push(format!("the step log is incomplete: {problem}"));
+        }
+        if let Some(span) = self.spans[i].lock().expect("span lock").take() {
+            span.record("status", result.status.label());
+            if let Some(code) = result.exit_code {
+                span.record("exit_code", code);
+            }
+            if matches!(result.status, StepStatus::Failed | StepStatus::TimedOut) {
+                span.record("otel.status_code", "ERROR");
+            }
         }
         let _ = self.live.send(LiveEvent::StepDone { step: i });
         let _ = self.updates.send(Update::Finished(i, Box::new(result)));

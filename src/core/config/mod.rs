@@ -88,6 +88,8 @@ pub struct LogConfig {
     pub dir: PathBuf,
     pub max_files: usize,
     pub step_max_size: u64,
+    /// Where spans are exported (OTLP/HTTP, the traces URL in full), when anywhere.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -374,7 +376,29 @@ impl Resolved {
             dir,
             max_files,
             step_max_size: self.size("log.step_max_size")?,
+            otlp_endpoint: self.otlp_endpoint()?,
         })
+    }
+
+    /// `otlp.endpoint` as the URL spans are posted to: `/v1/traces` added to a bare
+    /// address, as OpenTelemetry's exporters do with `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    fn otlp_endpoint(&self) -> Result<Option<String>, ConfigError> {
+        let Some((value, _)) = self.get("otlp.endpoint") else {
+            return Ok(None);
+        };
+        let url = url::Url::parse(value)
+            .map_err(|e| self.invalid("otlp.endpoint", &format!("not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(self.invalid(
+                "otlp.endpoint",
+                "expected an http(s):// URL such as http://127.0.0.1:4318",
+            ));
+        }
+        Ok(Some(if url.path() == "/" || url.path().is_empty() {
+            format!("{}/v1/traces", value.trim_end_matches('/'))
+        } else {
+            value.to_string()
+        }))
     }
 
     /// Where each option's value came from; derived ones show the value `derived` gives.
@@ -590,6 +614,7 @@ fn example_for(key: &str) -> &'static str {
         "tls.key" => "/etc/betcycle/key.pem",
         "proxy.listen" => "0.0.0.0:8443",
         "prometheus.url" => "http://127.0.0.1:9090",
+        "otlp.endpoint" => "http://127.0.0.1:4318",
         "container.socket" => "/run/podman/podman.sock",
         _ => "",
     }

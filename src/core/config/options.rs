@@ -274,6 +274,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "Prometheus server a canary's `prometheus` analysis queries (its /api/v1/query).",
     },
     OptionSpec {
+        key: "otlp.endpoint",
+        flag: "otlp-endpoint",
+        env: "BETCYCLE_OTLP_ENDPOINT",
+        default: None,
+        derived: "unset: no traces are exported",
+        integer: false,
+        value_name: "URL",
+        help: "An OpenTelemetry collector's OTLP/HTTP address (`http://127.0.0.1:4318`; `/v1/traces` is added when the URL has no path): request, run and step spans are sent there as protobuf.",
+    },
+    OptionSpec {
         key: "container.socket",
         flag: "container-socket",
         env: "BETCYCLE_CONTAINER_SOCKET",
