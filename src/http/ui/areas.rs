@@ -60,13 +60,14 @@ pub const AREAS: &[Area] = &[
     Area {
         slug: "monitoring",
         title: "Monitoring",
-        summary: "Alerts, uptime probes, silences and notification channels.",
+        summary: "Alerts, uptime probes, status pages, silences and notification channels.",
         built: &[(
             "Monitoring",
             "/monitoring",
-            "alerts and their history, probes with uptime, silences, channels (administrators only)",
+            "alerts and their history, probes with uptime, status pages, silences, channels (administrators only)",
         )],
-        pending: "Trend charts (DORA per week, pipeline durations), alert rules on metrics, email and OTLP tracing are not built yet.",
+        // Monitoring has its own page; this area page is never shown.
+        pending: "",
     },
     Area {
         slug: "security",
