@@ -196,6 +196,16 @@ pub enum ProbeStatus {
     Down,
 }
 
+impl ProbeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeStatus::Unknown => "unknown",
+            ProbeStatus::Up => "up",
+            ProbeStatus::Down => "down",
+        }
+    }
+}
+
 /// A probe's state: what it is, and the streak that decides when that changes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProbeState {
@@ -865,11 +875,7 @@ pub struct ProbeView {
 
 impl ProbeView {
     pub fn status_str(&self) -> &'static str {
-        match self.status {
-            ProbeStatus::Unknown => "unknown",
-            ProbeStatus::Up => "up",
-            ProbeStatus::Down => "down",
-        }
+        self.status.as_str()
     }
 
     /// An uptime figure as the console shows it.

@@ -90,11 +90,7 @@ impl StatusPage {
 
 impl ProbeStatusView {
     pub fn status_str(&self) -> &'static str {
-        match self.status {
-            ProbeStatus::Unknown => "unknown",
-            ProbeStatus::Up => "up",
-            ProbeStatus::Down => "down",
-        }
+        self.status.as_str()
     }
 }
 
