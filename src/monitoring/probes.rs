@@ -71,6 +71,9 @@ pub struct Probe {
     /// go to the project's channels. Instance-wide when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// The project's environment it watches (`production`), if it watches one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     pub failure_threshold: u32,
     pub success_threshold: u32,
     pub created_at: Timestamp,
@@ -359,6 +362,7 @@ pub fn for_service(
         expect_answer: None,
         health_path: Some(health.path.clone()),
         project: Some(project.to_string()),
+        environment: Some(environment.to_string()),
         failure_threshold: health.failure_threshold.max(1),
         success_threshold: health.success_threshold.max(1),
         created_at: Timestamp::now(),
@@ -790,6 +794,7 @@ pub struct NewProbe {
     pub query_type: Option<String>,
     pub expect_answer: Option<String>,
     pub project: Option<String>,
+    pub environment: Option<String>,
     #[serde(default = "three")]
     pub failure_threshold: u32,
     #[serde(default = "one")]
@@ -843,6 +848,7 @@ pub async fn create(
         expect_answer: given(req.expect_answer),
         health_path: None,
         project: given(req.project),
+        environment: given(req.environment),
         failure_threshold: req.failure_threshold,
         success_threshold: req.success_threshold,
         created_at: Timestamp::now(),
@@ -850,6 +856,23 @@ pub async fn create(
     };
     check(&probe)?;
     super::check_project(store, probe.project.as_deref()).await?;
+    if let Some(environment) = &probe.environment {
+        let Some(project) = &probe.project else {
+            return Err(Error::Invalid(
+                "environment: name the project whose environment it is".into(),
+            ));
+        };
+        if !store
+            .environments(project)
+            .await?
+            .iter()
+            .any(|e| e.name == *environment)
+        {
+            return Err(Error::Invalid(format!(
+                "environment \"{environment}\": {project} has no such environment"
+            )));
+        }
+    }
     let audit =
         crate::identity::audit::Record::new(by, "probe.create", format!("probe:{}", probe.name))
             .detail(&probe.target);

@@ -30,6 +30,8 @@ pub struct StatusPage {
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeStatusView {
     pub name: String,
+    /// The environment it watches, if one.
+    pub environment: Option<String>,
     pub status: ProbeStatus,
     pub since: Option<Timestamp>,
     pub uptime_24h: Option<f64>,
@@ -145,6 +147,7 @@ pub async fn page(store: &Store, project: &str, name: &str) -> Result<StatusPage
             .collect();
         views.push(ProbeStatusView {
             name: probe.name.clone(),
+            environment: probe.environment.clone(),
             status: state.map_or(ProbeStatus::Unknown, |s| s.status),
             since: state.map(|s| s.since),
             uptime_24h: uptime(now - day),

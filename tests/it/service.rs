@@ -542,6 +542,7 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
     assert_eq!(probe["target"], "demo/web");
     assert_eq!(probe["health_path"], "/healthz");
     assert_eq!(probe["project"], "demo");
+    assert_eq!(probe["environment"], "web");
     // SAFETY: pausing the test's own app process.
     unsafe { libc::kill(first as i32, libc::SIGSTOP) };
     let down = probe_is(&project.server, "service.demo.web", "down").await;

@@ -124,6 +124,14 @@ async fn dns_and_json_probes_add_up_to_summaries_a_public_status_page_and_projec
     let server = Server::start_admin(dir.path(), &[]);
     project(&server, "shop", &repo).await;
     project(&server, "other", &repo).await;
+    server
+        .expect(
+            Method::PUT,
+            "/api/v1/projects/shop/environments/staging",
+            &json!({}),
+            201,
+        )
+        .await;
     let dns = dns_server().await;
     let (site, up) = json_site().await;
     let (instance_url, instance_seen) = recording_server().await;
@@ -170,6 +178,14 @@ async fn dns_and_json_probes_add_up_to_summaries_a_public_status_page_and_projec
             json!({"name": "p", "kind": "http", "target": site, "project": "nope"}),
             "project \"nope\": no such project",
         ),
+        (
+            json!({"name": "p", "kind": "http", "target": site, "environment": "staging"}),
+            "environment: name the project whose environment it is",
+        ),
+        (
+            json!({"name": "p", "kind": "http", "target": site, "project": "shop", "environment": "prod"}),
+            "environment \"prod\": shop has no such environment",
+        ),
     ] {
         let (status, answer) = server.send_json(Method::POST, "/api/v1/probes", body).await;
         assert_eq!(status, 400, "{answer}");
@@ -203,7 +219,8 @@ async fn dns_and_json_probes_add_up_to_summaries_a_public_status_page_and_projec
     // The probes: DNS right, DNS wrong, a name the server does not know, JSON.
     for body in [
         json!({"name": "dns-app", "kind": "dns", "target": dns_target, "query_name": "app.shop.test",
-               "expect_answer": "192.0.2.7", "interval": "1s", "timeout": "1s", "project": "shop"}),
+               "expect_answer": "192.0.2.7", "interval": "1s", "timeout": "1s", "project": "shop",
+               "environment": "staging"}),
         json!({"name": "dns-moved", "kind": "dns", "target": dns_target, "query_name": "app.shop.test",
                "expect_answer": "192.0.2.8", "interval": "1s", "timeout": "1s", "failure_threshold": 1}),
         json!({"name": "dns-missing", "kind": "dns", "target": dns_target, "query_name": "missing.shop.test",
@@ -355,6 +372,8 @@ async fn dns_and_json_probes_add_up_to_summaries_a_public_status_page_and_projec
     let uptime = api["uptime_24h"].as_f64().unwrap();
     assert!(uptime > 0.0 && uptime < 100.0, "{api:#}");
     assert_eq!(page["probes"][2]["uptime_24h"], 100.0, "{page:#}");
+    assert_eq!(page["probes"][2]["environment"], "staging", "{page:#}");
+    assert!(page["probes"][0]["environment"].is_null(), "{page:#}");
     assert_eq!(page["incidents"][0]["probe"], "api", "{page:#}");
     assert!(page["incidents"][0]["resolved_at"].is_null(), "{page:#}");
     let (status, html) = anonymous(&server, "/status/shop").await;
