@@ -239,17 +239,9 @@ impl Config {
                 }),
                 None => None,
             },
-            prometheus_url: match r.get("prometheus.url") {
-                Some((value, _)) => {
-                    let url = url::Url::parse(value)
-                        .map_err(|e| r.invalid("prometheus.url", &format!("not a URL ({e})")))?;
-                    if !matches!(url.scheme(), "http" | "https") {
-                        return Err(r.invalid("prometheus.url", "expected an http(s):// URL"));
-                    }
-                    Some(value.trim_end_matches('/').to_string())
-                }
-                None => None,
-            },
+            prometheus_url: r
+                .http_url("prometheus.url", "expected an http(s):// URL")?
+                .map(|(value, _)| value.trim_end_matches('/').to_string()),
             health_min_free_disk: r.size("health.min_free_disk")?,
             container_socket: container_socket.clone(),
             container_fallback_local: match r.get("container.fallback").map(|(v, _)| v.as_str()) {
@@ -383,22 +375,31 @@ impl Resolved {
     /// `otlp.endpoint` as the URL spans are posted to: `/v1/traces` added to a bare
     /// address, as OpenTelemetry's exporters do with `OTEL_EXPORTER_OTLP_ENDPOINT`.
     fn otlp_endpoint(&self) -> Result<Option<String>, ConfigError> {
-        let Some((value, _)) = self.get("otlp.endpoint") else {
+        let expected = "expected an http(s):// URL such as http://127.0.0.1:4318";
+        Ok(self
+            .http_url("otlp.endpoint", expected)?
+            .map(|(value, url)| match url.path() {
+                "" | "/" => format!("{}/v1/traces", value.trim_end_matches('/')),
+                _ => value.to_string(),
+            }))
+    }
+
+    /// Option `key` as an http(s) URL with a host (as written, and parsed), if set;
+    /// `expected` says what it should be when it is not.
+    fn http_url(
+        &self,
+        key: &'static str,
+        expected: &str,
+    ) -> Result<Option<(&str, url::Url)>, ConfigError> {
+        let Some((value, _)) = self.get(key) else {
             return Ok(None);
         };
-        let url = url::Url::parse(value)
-            .map_err(|e| self.invalid("otlp.endpoint", &format!("not a URL ({e})")))?;
+        let url =
+            url::Url::parse(value).map_err(|e| self.invalid(key, &format!("not a URL ({e})")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(self.invalid(
-                "otlp.endpoint",
-                "expected an http(s):// URL such as http://127.0.0.1:4318",
-            ));
+            return Err(self.invalid(key, expected));
         }
-        Ok(Some(if url.path() == "/" || url.path().is_empty() {
-            format!("{}/v1/traces", value.trim_end_matches('/'))
-        } else {
-            value.to_string()
-        }))
+        Ok(Some((value.as_str(), url)))
     }
 
     /// Where each option's value came from; derived ones show the value `derived` gives.
