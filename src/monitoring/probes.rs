@@ -1,10 +1,10 @@
 //! Uptime probes: an HTTP(S) request (status, optionally a body substring or a JSONPath
 //! check), a TCP connect, a DNS query, or — kept by BetCycle for every environment a
-//! `service` target serves — the service's health check on each instance, on an interval. Every result is stored (kept 30
-//! days) and summed into hourly and daily summaries (kept longer, for status pages); a
-//! probe is `down` after `failure_threshold` failures in a row and `up` again after
-//! `success_threshold` successes in a row — that state is stored too, and the
-//! `probe_down` rule reads it.
+//! `service` target serves — the service's health check on each instance, on an
+//! interval. Every result is stored (kept 30 days) and summed into hourly and daily
+//! summaries (kept longer, for status pages); a probe is `down` after `failure_threshold`
+//! failures in a row and `up` again after `success_threshold` successes in a row — that
+//! state is stored too, and the `probe_down` rule reads it.
 
 use crate::core::error::{Error, Result};
 use crate::store::Store;
@@ -348,7 +348,7 @@ pub fn for_service(
 ) -> Probe {
     let interval_ms = (health.interval.as_millis() as u64).max(1000);
     Probe {
-        name: format!("service.{project}.{environment}"),
+        name: service_probe_name(project, environment),
         kind: ProbeKind::Service,
         target: format!("{project}/{environment}"),
         interval_ms,
@@ -368,6 +368,11 @@ pub fn for_service(
         created_at: Timestamp::now(),
         created_by: "betcycle".into(),
     }
+}
+
+/// The name of the probe BetCycle keeps for the service `project/environment` serves.
+pub fn service_probe_name(project: &str, environment: &str) -> String {
+    format!("service.{project}.{environment}")
 }
 
 /// Where a service probe looks: each instance serving an environment (slot, port).

@@ -511,7 +511,7 @@ impl Services {
         self.store
             .delete_service_route(project, environment)
             .await?;
-        let probe = format!("service.{project}.{environment}");
+        let probe = crate::monitoring::probes::service_probe_name(project, environment);
         self.store.remove_managed_probe(&probe).await?;
         if let Some(site) = site {
             site.stable.stop().await;
