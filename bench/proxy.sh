@@ -2,12 +2,14 @@
 # The built-in proxy. The upstream is nginx answering a fixed 200 (one worker), run as a
 # `service` release by BetCycle's own supervisor; wrk loads it for SECS seconds each
 # through BetCycle's proxy, through nginx proxying to the same instance (keep-alive pool,
-# as many workers as cores), and directly. Then SWITCHES blue-green deployments under
-# constant load through BetCycle's proxy, counting every failed request.
-#   usage: bench/proxy.sh [SECS] [SWITCHES]
+# as many workers as cores; ROUNDS times each, alternated) and directly. Then SWITCHES
+# blue-green deployments under constant load through BetCycle's proxy, counting every
+# failed request.
+#   usage: bench/proxy.sh [SECS] [SWITCHES] [ROUNDS]
 . "$(dirname "$0")/lib.sh"
 secs=${1:-10}
 switches=${2:-20}
+rounds=${3:-3}
 for tool in nginx wrk; do
   command -v $tool >/dev/null || { echo "bench/proxy.sh needs $tool (apt-get install $tool)" >&2; exit 1; }
 done
@@ -89,23 +91,60 @@ http {
 }
 EOF
 "$nginx_bin" -e stderr -p "$dir/peer" -c "$dir/peer/nginx.conf" 2>>"$dir/peer.log" &
+peer_pid=$!
 until curl -sf -o /dev/null "http://127.0.0.1:$peer_port/"; do sleep 0.01; done
 
-# requests/s and p99 (ms) of `wrk` against $1.
+# CPU time (user + system, clock ticks) so far of the proxy: BetCycle's proxy threads
+# (`proxy-N`) for "ours", nginx's worker processes for "peer".
+cpu_ticks() {
+  python3 - "$1" "$pid" "$peer_pid" <<'PY'
+import glob, sys
+which, ours, peer = sys.argv[1:]
+def ticks(stat):
+    fields = open(stat).read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+if which == "ours":
+    stats = [t + "/stat" for t in glob.glob(f"/proc/{ours}/task/*")
+             if open(t + "/comm").read().startswith("proxy-")]
+else:
+    stats = [f"/proc/{c}/stat" for c in open(f"/proc/{peer}/task/{peer}/children").read().split()]
+print(sum(ticks(s) for s in stats))
+PY
+}
+
+# requests/s and p99 (ms) of `wrk` against $1; with $2 (ours, peer), also the proxy's
+# CPU time per request in µs ($cpu).
 load() {
+  local before=0
+  [ -n "${2:-}" ] && before=$(cpu_ticks "$2")
   wrk -t2 -c32 -d"${secs}s" --latency -H "Host: app.bench" "$1" > "$dir/wrk.out"
+  cpu=
+  if [ -n "${2:-}" ]; then
+    cpu=$(python3 -c "import os, sys; t = int(sys.argv[2]) - int(sys.argv[1]); n = int(sys.argv[3])
+print(f'{t / os.sysconf(\"SC_CLK_TCK\") / n * 1e6:.1f}')" "$before" "$(cpu_ticks "$2")" \
+      "$(awk '/requests in/ { print $1 }' "$dir/wrk.out")")
+  fi
   rps=$(awk '/^Requests\/sec/ { print $2 }' "$dir/wrk.out")
   p99=$(awk '$1 == "99%" { v = $2; u = v; gsub(/[0-9.]/, "", u); sub(/[a-z]+$/, "", v);
     if (u == "us") v /= 1000; else if (u == "s") v *= 1000; printf "%.2f", v }' "$dir/wrk.out")
   bad=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$dir/wrk.out")
-  echo "$1: $rps req/s, p99 $p99 ms, $bad failed" >&2
+  echo "$1: $rps req/s, p99 $p99 ms, $bad failed${cpu:+, proxy CPU $cpu µs a request}" >&2
 }
+# ROUNDS rounds of nginx then BetCycle, each figure the median of its rounds (this
+# machine is shared: alternating and taking medians keeps a slow moment from deciding).
+median() { python3 -c "import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
 load "http://127.0.0.1:$upstream_port/"; direct_rps=$rps
-load "http://127.0.0.1:$peer_port/"; nginx_rps=$rps; nginx_p99=$p99
-load "http://127.0.0.1:$proxy_port/"; ours_rps=$rps; ours_p99=$p99
+declare -a n_rps n_p99 n_cpu o_rps o_p99 o_cpu
+for _ in $(seq "$rounds"); do
+  load "http://127.0.0.1:$peer_port/" peer; n_rps+=("$rps"); n_p99+=("$p99"); n_cpu+=("$cpu")
+  load "http://127.0.0.1:$proxy_port/" ours; o_rps+=("$rps"); o_p99+=("$p99"); o_cpu+=("$cpu")
+done
+nginx_rps=$(median "${n_rps[@]}"); nginx_p99=$(median "${n_p99[@]}"); nginx_cpu=$(median "${n_cpu[@]}")
+ours_rps=$(median "${o_rps[@]}"); ours_p99=$(median "${o_p99[@]}"); ours_cpu=$(median "${o_cpu[@]}")
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
-row "proxy requests/s (wrk -c32, ${secs}s)" "≥ 100 % of nginx's" "$ours_rps/s" "nginx $nginx_rps/s" "$(ratio "$ours_rps" "$nginx_rps")"
+row "proxy requests/s (wrk -c32, ${secs}s, median of $rounds)" "≥ 100 % of nginx's" "$ours_rps/s" "nginx $nginx_rps/s" "$(ratio "$ours_rps" "$nginx_rps")"
 row "proxy p99 latency (same load)" "≤ 1.2× nginx's" "$ours_p99 ms" "nginx $nginx_p99 ms" "$(ratio "$ours_p99" "$nginx_p99")"
+row "proxy CPU time per request (same load)" "(for reference)" "$ours_cpu µs" "nginx $nginx_cpu µs" "$(ratio "$ours_cpu" "$nginx_cpu")"
 row "proxy requests/s vs no proxy" "(for reference)" "$ours_rps/s" "direct $direct_rps/s" "$(ratio "$ours_rps" "$direct_rps")"
 
 # Blue-green switches under constant load: every non-2xx answer and socket error counts.

@@ -28,7 +28,7 @@ if $quick; then
     "bench/policy-eval.sh 2000 1"
     "bench/store-scale.sh 2000"
     "bench/memory.sh 200"
-    "bench/proxy.sh 2 3"
+    "bench/proxy.sh 2 3 1"
     "bench/container-overhead.sh 3 1"
     "bench/agent-dispatch.sh 3"
     "bench/probes.sh 20 3"

@@ -12,6 +12,7 @@
 
 pub mod health;
 pub mod proxy;
+pub mod shard;
 pub mod stats;
 pub mod supervisor;
 
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use supervisor::{Launch, Supervised};
@@ -118,26 +119,29 @@ pub struct ReleaseSet {
     pub label: String,
     pub members: Vec<Arc<Member>>,
     /// Requests in flight to this set (drain waits for 0).
-    pub in_flight: AtomicU64,
+    pub in_flight: shard::InProgress,
     /// Cancelled at the drain deadline: open WebSockets to the set are closed.
     pub closing: CancellationToken,
     pub stats: stats::Stats,
     /// What the proxy measured, every [`SAMPLE_EVERY`], the last [`SAMPLES`] of them.
     pub history: Mutex<VecDeque<stats::Sample>>,
-    next: AtomicUsize,
+    /// While this set is a canary: the requests split between it and the stable set.
+    /// One count for all proxy threads (the one counter they share, and only during a
+    /// canary), so every 100 requests give the canary exactly its weight.
+    pub split: crossbeam_utils::CachePadded<AtomicU64>,
     probes: CancellationToken,
     dir: PathBuf,
 }
 
 impl ReleaseSet {
-    /// The next healthy instance, round-robin; any instance when none is healthy (the
-    /// request then fails as it would without the proxy).
-    pub fn pick(&self) -> Option<&Arc<Upstream>> {
+    /// The next healthy instance, round-robin from the caller's count `start` (each
+    /// proxy thread keeps its own); any instance when none is healthy (the request then
+    /// fails as it would without the proxy).
+    pub fn pick(&self, start: usize) -> Option<&Arc<Upstream>> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &self.members[(start + i) % n].upstream)
             .find(|u| u.healthy.load(Ordering::Relaxed))
@@ -210,7 +214,9 @@ async fn sample(set: Arc<ReleaseSet>) {
     }
 }
 
-/// What the proxy routes for one environment.
+/// What the proxy routes for one environment. Never changed once made: a switch makes a
+/// new one (so a proxy thread may keep its own copy until the table's version moves).
+#[derive(Clone)]
 pub struct Site {
     pub host: String,
     pub path: Option<String>,
@@ -246,6 +252,15 @@ mod tests {
         assert!(matches("/api", "/api") && matches("/api", "/api/x") && matches("/api/", "/api/x"));
         assert!(!matches("/api", "/apiary") && !matches("/api", "/"));
         assert!(matches("/", "/anything"));
+    }
+}
+
+impl Site {
+    pub fn set(&self, track: Track) -> &Arc<ReleaseSet> {
+        match (&self.canary, track) {
+            (Some((canary, _)), Track::Canary) => canary,
+            _ => &self.stable,
+        }
     }
 }
 
@@ -292,6 +307,8 @@ pub struct Services {
     data_dir: PathBuf,
     http: reqwest::Client,
     table: RwLock<Arc<RouteTable>>,
+    /// Moves on every change of `table` (proxy threads keep a copy until it does).
+    version: AtomicU64,
     envs: Mutex<HashMap<(String, String), EnvState>>,
     pub metrics: proxy::ProxyMetrics,
     /// The Prometheus server canary analyses query (`prometheus.url`).
@@ -306,6 +323,7 @@ impl Services {
             prometheus,
             http: health::client(),
             table: RwLock::new(Arc::new(RouteTable::default())),
+            version: AtomicU64::new(0),
             envs: Mutex::new(HashMap::new()),
             metrics: proxy::ProxyMetrics::default(),
         })
@@ -320,8 +338,16 @@ impl Services {
             .join(deployment.to_string())
     }
 
-    pub fn table(&self) -> Arc<RouteTable> {
-        self.table.read().expect("route lock").clone()
+    /// The route table's version: it moves (sequentially consistent, after the new
+    /// table is in place) on every change.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// The route table with its version.
+    pub fn versioned_table(&self) -> (u64, Arc<RouteTable>) {
+        let table = self.table.read().expect("route lock");
+        (self.version.load(Ordering::SeqCst), table.clone())
     }
 
     /// Starts (or adopts) a release set's instances and their probes.
@@ -403,11 +429,11 @@ impl Services {
             release: spec.release,
             label: spec.label,
             members,
-            in_flight: AtomicU64::new(0),
+            in_flight: shard::InProgress::default(),
             closing: CancellationToken::new(),
             stats: stats::Stats::default(),
             history: Mutex::new(VecDeque::new()),
-            next: AtomicUsize::new(0),
+            split: Default::default(),
             probes,
             dir: spec.dir,
         });
@@ -495,7 +521,9 @@ impl Services {
             let len = |s: &Site| s.path.as_deref().map_or(0, str::len);
             a.host.cmp(&b.host).then(len(b).cmp(&len(a)))
         });
-        *self.table.write().expect("route lock") = Arc::new(RouteTable { sites });
+        let mut table = self.table.write().expect("route lock");
+        *table = Arc::new(RouteTable { sites });
+        self.version.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Stops what an environment serves and forgets it (the environment was deleted).
@@ -544,10 +572,13 @@ impl Services {
     }
 
     /// Waits until the requests in flight to `set` are done, at most `grace`; then
-    /// closes its WebSockets and stops it.
+    /// closes its WebSockets and stops it. Called once `set` is out of the route table:
+    /// a proxy thread counts a request in flight before it checks the table's version
+    /// (both sequentially consistent), so a request either is counted here or sees the
+    /// new table and goes there.
     pub async fn retire(&self, set: Arc<ReleaseSet>, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        while set.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        while set.in_flight.get() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         set.closing.cancel();
@@ -938,7 +969,7 @@ impl SetView {
             label: set.label.clone(),
             track,
             weight,
-            in_flight: set.in_flight.load(Ordering::Relaxed),
+            in_flight: set.in_flight.get(),
             error_rate: measured.error_rate(),
             p95_ms: measured.p95().map(|d| d.as_millis() as u64),
             measured,

@@ -5,9 +5,13 @@
 //! tunnelled; `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set; a body over the
 //! limit is refused (413); an instance that does not answer is a 502, one too slow a 504.
 //! All HTTP is hyper's; nothing here parses HTTP. The proxy runs on threads of its own,
-//! one per core, so proxied traffic and the server's own work do not share a runtime.
+//! one per core, so proxied traffic and the server's own work do not share a runtime,
+//! and a request writes almost nothing another proxy thread writes: each thread keeps
+//! its own copy of the route table and its own counts, and the shared counters are
+//! sharded ([`super::shard`]); only a canary's split is one count for all.
 
-use super::{ReleaseSet, Services, Site, Track};
+use super::shard::{Counter, Gauge, Histogram};
+use super::{RouteTable, Services, Site, Track};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -17,15 +21,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -82,12 +84,7 @@ impl Default for ProxyMetrics {
     fn default() -> Self {
         ProxyMetrics {
             requests: Family::default(),
-            durations: Family::new_with_constructor(|| {
-                Histogram::new([
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ])
-            }),
+            durations: Family::default(),
             in_flight: Family::default(),
             upstream_errors: Family::default(),
             unrouted: Counter::default(),
@@ -96,6 +93,7 @@ impl Default for ProxyMetrics {
 }
 
 /// One site's and track's metric handles, made once (a request only increments).
+#[derive(Clone)]
 pub struct Meters {
     in_flight: Gauge,
     durations: Histogram,
@@ -170,26 +168,64 @@ impl ProxyMetrics {
     }
 }
 
-/// What the proxy's threads share.
+/// What the proxy's threads share (read only).
 struct Shared {
     services: Arc<Services>,
     limits: ProxyLimits,
-    /// Spreads requests between stable and canary: request n goes to the canary when
-    /// `n * 61 mod 100` is under its weight (61 is prime to 100, so every 100 requests
-    /// give the canary exactly its weight, interleaved).
-    counter: AtomicU64,
-    /// Request ids: this process's random prefix and a count.
+    /// This process's random prefix of request ids.
     id_prefix: u64,
-    ids: AtomicU64,
 }
 
-impl Shared {
-    /// A new request id, unique across restarts (32 hex digits).
-    fn request_id(&self) -> HeaderValue {
-        let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:016x}{n:016x}", self.id_prefix))
-            .expect("hex digits are a header value")
-    }
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+}
+
+/// What one proxy thread keeps to itself.
+#[derive(Default)]
+struct Local {
+    /// The thread's number (part of its request ids).
+    thread: u64,
+    /// Requests this thread took: its request ids and its round-robin over instances.
+    requests: u64,
+    /// A copy of the route table and the version it was copied at; its sites are this
+    /// thread's own allocations, so counting references to them stays on this core.
+    table: Option<(u64, RouteTable)>,
+}
+
+/// The thread's next request number, and a new request id, unique across restarts
+/// (32 hex digits: the process's prefix, the thread, the count).
+fn next_request(shared: &Shared) -> (u64, HeaderValue) {
+    LOCAL.with_borrow_mut(|local| {
+        local.requests += 1;
+        let low = (local.thread << 56) | (local.requests & 0x00ff_ffff_ffff_ffff);
+        let mut id = [0u8; 32];
+        for (i, digit) in id.iter_mut().enumerate() {
+            let word = if i < 16 { shared.id_prefix } else { low };
+            let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
+            *digit = b"0123456789abcdef"[nibble as usize];
+        }
+        let id = HeaderValue::from_bytes(&id).expect("hex digits are a header value");
+        (local.requests, id)
+    })
+}
+
+/// The site serving `host` and `path`, from this thread's copy of the route table
+/// (copied again when the table's version moved), with that version.
+fn route(services: &Services, host: &str, path: &str) -> Option<(Arc<Site>, u64)> {
+    LOCAL.with_borrow_mut(|local| {
+        let version = services.version();
+        if local.table.as_ref().is_none_or(|(v, _)| *v != version) {
+            let (version, table) = services.versioned_table();
+            let sites = table
+                .sites
+                .iter()
+                .map(|s| Arc::new(Site::clone(s)))
+                .collect();
+            local.table = Some((version, RouteTable { sites }));
+        }
+        let (version, table) = local.table.as_ref()?;
+        Some((table.find(host, path)?.clone(), *version))
+    })
 }
 
 /// One proxy thread: its own runtime and its own pool of upstream connections, so a
@@ -214,13 +250,11 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         services,
         limits,
-        counter: AtomicU64::new(0),
         id_prefix: {
             let mut seed = [0u8; 8];
             getrandom::fill(&mut seed).expect("the system's random numbers");
             u64::from_le_bytes(seed)
         },
-        ids: AtomicU64::new(0),
     });
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let listener = match listener.into_std() {
@@ -230,7 +264,7 @@ pub async fn serve(
             return;
         }
     };
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = super::shard::shards();
     let mut stopped = Vec::with_capacity(threads);
     for n in 0..threads {
         let (done, stopped_rx) = tokio::sync::oneshot::channel::<()>();
@@ -250,6 +284,8 @@ pub async fn serve(
         let spawned = std::thread::Builder::new()
             .name(format!("proxy-{n}"))
             .spawn(move || {
+                super::shard::enter(n);
+                LOCAL.with_borrow_mut(|local| local.thread = n as u64);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -400,32 +436,35 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
 
-/// Hop-by-hop headers, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Hop-by-hop headers, never forwarded (RFC 9110 section 7.6.1); names, not text, so
+/// removing them parses nothing.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -446,10 +485,12 @@ fn wants_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
-/// Which set of `site` serves this request, and the cookie to set when it is sticky.
-fn choose(shared: &Shared, site: &Site, req: &Request<Incoming>) -> (Arc<ReleaseSet>, Track, bool) {
+/// Which set of `site` serves a request, and whether to set the sticky cookie. Request
+/// n of a canary goes to it when `n * 61 mod 100` is under its weight (61 is prime to
+/// 100, so every 100 requests give the canary exactly its weight, interleaved).
+fn choose(site: &Site, req: &Request<Incoming>) -> (Track, bool) {
     let Some((canary, weight)) = site.canary.as_ref().filter(|(_, w)| *w > 0) else {
-        return (site.stable.clone(), Track::Stable, false);
+        return (Track::Stable, false);
     };
     if site.sticky {
         let pinned = req
@@ -460,40 +501,45 @@ fn choose(shared: &Shared, site: &Site, req: &Request<Incoming>) -> (Arc<Release
             .flat_map(|v| v.split(';'))
             .find_map(|c| c.trim().strip_prefix(COOKIE_PREFIX));
         match pinned {
-            Some("canary") => return (canary.clone(), Track::Canary, false),
-            Some("stable") => return (site.stable.clone(), Track::Stable, false),
+            Some("canary") => return (Track::Canary, false),
+            Some("stable") => return (Track::Stable, false),
             _ => {}
         }
     }
-    let n = shared.counter.fetch_add(1, Ordering::Relaxed);
-    if (n * 61) % 100 < u64::from(*weight) {
-        (canary.clone(), Track::Canary, site.sticky)
+    let n = canary.split.fetch_add(1, Ordering::Relaxed);
+    if (n.wrapping_mul(61)) % 100 < u64::from(*weight) {
+        (Track::Canary, site.sticky)
     } else {
-        (site.stable.clone(), Track::Stable, site.sticky)
+        (Track::Stable, site.sticky)
     }
 }
 
 const COOKIE_PREFIX: &str = "betcycle_track=";
 
-/// Holds a request's place in its set's in-flight count until the response body (or
-/// the WebSocket) is done.
+/// Holds a request's place in its set's in-flight count (and gauge) until the response
+/// body (or the WebSocket) is done.
 struct InFlight {
-    set: Arc<ReleaseSet>,
-    gauge: Gauge,
+    site: Arc<Site>,
+    track: Track,
 }
 
 impl InFlight {
-    fn new(set: Arc<ReleaseSet>, gauge: Gauge) -> Self {
-        set.in_flight.fetch_add(1, Ordering::AcqRel);
-        gauge.inc();
-        InFlight { set, gauge }
+    /// `site`'s meters are made.
+    fn new(site: Arc<Site>, track: Track) -> Self {
+        site.set(track).in_flight.enter();
+        if let Some(meters) = site.meters.get() {
+            meters[track as usize].in_flight.inc();
+        }
+        InFlight { site, track }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.set.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
+        self.site.set(self.track).in_flight.leave();
+        if let Some(meters) = self.site.meters.get() {
+            meters[self.track as usize].in_flight.dec();
+        }
     }
 }
 
@@ -529,12 +575,13 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let shared = &*worker.shared;
+    let (n, new_id) = next_request(shared);
     let request_id = req
         .headers()
         .get("x-request-id")
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .cloned()
-        .unwrap_or_else(|| shared.request_id());
+        .unwrap_or(new_id);
     let Some(host) = host_of(&req) else {
         shared.services.metrics.unrouted.inc();
         return plain(
@@ -543,14 +590,25 @@ async fn handle(
             &request_id,
         );
     };
-    let table = shared.services.table();
-    let Some(site) = table.find(&host, req.uri().path()) else {
-        shared.services.metrics.unrouted.inc();
-        return plain(
-            StatusCode::NOT_FOUND,
-            format!("no service is deployed for host {host}"),
-            &request_id,
-        );
+    // Counted in flight before the table's version is checked again: a request either
+    // is counted for the set it goes to, or sees that the table moved (a switch) and is
+    // routed again; so a retired set's count cannot miss it (see `Services::retire`).
+    let (site, track, set_cookie, in_flight) = loop {
+        let Some((site, version)) = route(&shared.services, &host, req.uri().path()) else {
+            shared.services.metrics.unrouted.inc();
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("no service is deployed for host {host}"),
+                &request_id,
+            );
+        };
+        let (track, set_cookie) = choose(&site, &req);
+        site.meters
+            .get_or_init(|| shared.services.metrics.meters(&site.service));
+        let in_flight = InFlight::new(site.clone(), track);
+        if shared.services.version() == version {
+            break (site, track, set_cookie, in_flight);
+        }
     };
     if let Some(length) = req
         .headers()
@@ -568,12 +626,9 @@ async fn handle(
             &request_id,
         );
     }
-    let (set, track, set_cookie) = choose(shared, site, &req);
-    let meters = &site
-        .meters
-        .get_or_init(|| shared.services.metrics.meters(&site.service))[track as usize];
-    let in_flight = InFlight::new(set.clone(), meters.in_flight.clone());
-    let Some(upstream) = set.pick().cloned() else {
+    let meters = &site.meters.get().expect("made above")[track as usize];
+    let set = site.set(track);
+    let Some(addr) = set.pick(n as usize).map(|u| u.addr) else {
         return plain(
             StatusCode::BAD_GATEWAY,
             "the service has no instance".into(),
@@ -589,7 +644,7 @@ async fn handle(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    parts.uri = format!("http://{}{path}", upstream.addr)
+    parts.uri = format!("http://{addr}{path}")
         .parse()
         .expect("an address and a path make a URI");
     parts.version = hyper::Version::HTTP_11;
@@ -666,7 +721,7 @@ async fn handle(
                     &request_id,
                 );
             }
-            tracing::debug!(error = %e, upstream = %upstream.addr, "an instance did not answer");
+            tracing::debug!(error = %e, upstream = %addr, "an instance did not answer");
             return failed(
                 &meters.unanswered,
                 StatusCode::BAD_GATEWAY,
@@ -729,5 +784,5 @@ async fn handle(
 fn count(meters: &Meters, status: StatusCode, took: Duration) {
     let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
     meters.requests[class].inc();
-    meters.durations.observe(took.as_secs_f64());
+    meters.durations.observe(took);
 }

@@ -1,6 +1,7 @@
 //! What the proxy measured for one release: requests, errors and a latency histogram,
 //! read by the canary analysis as the difference of two snapshots.
 
+use super::shard::Sharded;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,8 +11,12 @@ const BOUNDS_MS: [u64; 14] = [
     1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
 ];
 
+/// Written by every proxy thread, so kept in one shard per thread.
 #[derive(Default)]
-pub struct Stats {
+pub struct Stats(Sharded<Counts>);
+
+#[derive(Default)]
+struct Counts {
     requests: AtomicU64,
     errors: AtomicU64,
     buckets: [AtomicU64; BOUNDS_MS.len() + 1],
@@ -30,28 +35,32 @@ pub struct Snapshot {
 impl Stats {
     /// One answered request; `error` for a 5xx or an upstream failure.
     pub fn record(&self, error: bool, took: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let counts = self.0.local();
+        counts.requests.fetch_add(1, Ordering::Relaxed);
         if error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            counts.errors.fetch_add(1, Ordering::Relaxed);
         }
         let ms = took.as_millis() as u64;
         let i = BOUNDS_MS
             .iter()
             .position(|&b| ms < b)
             .unwrap_or(BOUNDS_MS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        counts.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            requests: self.requests.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            buckets: self
-                .buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
+        let mut total = Snapshot {
+            buckets: vec![0; BOUNDS_MS.len() + 1],
+            ..Snapshot::default()
+        };
+        for counts in self.0.iter() {
+            total.requests += counts.requests.load(Ordering::Relaxed);
+            total.errors += counts.errors.load(Ordering::Relaxed);
+            for (sum, n) in total.buckets.iter_mut().zip(&counts.buckets) {
+                *sum += n.load(Ordering::Relaxed);
+            }
         }
+        total
     }
 }
 

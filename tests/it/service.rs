@@ -389,6 +389,43 @@ async fn blue_green_under_load_drops_no_request_and_then_serves_only_the_new_rel
         ),
         "{metrics}"
     );
+    // Every proxy thread counts in a shard of its own; what /metrics shows adds them up
+    // exactly (requests on new connections, which any proxy thread may take).
+    let value = |metrics: &str, series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    let requests =
+        r#"betcycle_proxy_requests_total{service="demo/web",track="stable",class="2xx"}"#;
+    let durations =
+        r#"betcycle_proxy_request_duration_seconds_count{service="demo/web",track="stable"}"#;
+    let in_flight = r#"betcycle_proxy_in_flight_requests{service="demo/web",track="stable"}"#;
+    let before = (value(&metrics, requests), value(&metrics, durations));
+    for _ in 0..24 {
+        assert_eq!(project.get("app.test").await.0, 200);
+    }
+    let metrics = project.server.get("/metrics").await.text().await.unwrap();
+    assert_eq!(value(&metrics, requests), before.0 + 24, "{metrics}");
+    assert_eq!(value(&metrics, durations), before.1 + 24, "{metrics}");
+    assert_eq!(value(&metrics, in_flight), 0, "{metrics}");
+    for kind in [
+        "betcycle_proxy_requests_total counter",
+        "betcycle_proxy_request_duration_seconds histogram",
+        "betcycle_proxy_in_flight_requests gauge",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {kind}\n")),
+            "{kind}: {metrics}"
+        );
+    }
+    let service = project.service().await;
+    assert_eq!(service["stable"]["in_flight"], 0);
+    assert!(
+        service["stable"]["measured"]["requests"].as_u64().unwrap() >= 24,
+        "{service}"
+    );
     project.server.stop();
     // A graceful stop leaves the service running for the next start to adopt.
     let left = app_processes(dir.path());
