@@ -71,25 +71,13 @@ struct ErrorLabels {
 
 /// `/metrics` families, labelled by service (`project/environment`, bounded by the
 /// environments that exist) and track (stable, canary) — never by host or path as sent.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ProxyMetrics {
     requests: Family<ClassLabels, Counter>,
     durations: Family<SetLabels, Histogram>,
     in_flight: Family<SetLabels, Gauge>,
     upstream_errors: Family<ErrorLabels, Counter>,
     unrouted: Counter,
-}
-
-impl Default for ProxyMetrics {
-    fn default() -> Self {
-        ProxyMetrics {
-            requests: Family::default(),
-            durations: Family::default(),
-            in_flight: Family::default(),
-            upstream_errors: Family::default(),
-            unrouted: Counter::default(),
-        }
-    }
 }
 
 /// One site's and track's metric handles, made once (a request only increments).
