@@ -141,7 +141,7 @@ for _ in $(seq "$rounds"); do
 done
 nginx_rps=$(median "${n_rps[@]}"); nginx_p99=$(median "${n_p99[@]}"); nginx_cpu=$(median "${n_cpu[@]}")
 ours_rps=$(median "${o_rps[@]}"); ours_p99=$(median "${o_p99[@]}"); ours_cpu=$(median "${o_cpu[@]}")
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+ratio() { python3 -c "print(f'{$1 / $2:.2f}' if $2 else 'n/a')"; }
 row "proxy requests/s (wrk -c32, ${secs}s, median of $rounds)" "≥ 100 % of nginx's" "$ours_rps/s" "nginx $nginx_rps/s" "$(ratio "$ours_rps" "$nginx_rps")"
 row "proxy p99 latency (same load)" "≤ 1.2× nginx's" "$ours_p99 ms" "nginx $nginx_p99 ms" "$(ratio "$ours_p99" "$nginx_p99")"
 row "proxy CPU time per request (same load)" "(for reference)" "$ours_cpu µs" "nginx $nginx_cpu µs" "$(ratio "$ours_cpu" "$nginx_cpu")"
