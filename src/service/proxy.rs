@@ -13,10 +13,10 @@
 use super::shard::{Counter, Gauge, Histogram};
 use super::{RouteTable, Services, Site, Track};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -34,7 +34,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// The proxy's limits.
 #[derive(Clone, Copy, Debug)]
@@ -222,7 +221,7 @@ fn route(services: &Services, host: &str, path: &str) -> Option<(Arc<Site>, u64)
 /// workers).
 struct Worker {
     shared: Arc<Shared>,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector, Limited<Incoming>>,
 }
 
 /// Serves the proxy on `listener` until `shutdown`, with one thread per core, each
@@ -355,9 +354,16 @@ async fn accept(
     }
 }
 
+/// Who a downstream connection is from: its address, and its IP as the
+/// `X-Forwarded-For` value (made once per connection, not per request).
+struct Peer {
+    addr: SocketAddr,
+    ip: HeaderValue,
+}
+
 async fn connection<I>(
     io: I,
-    peer: SocketAddr,
+    addr: SocketAddr,
     tls: bool,
     worker: Arc<Worker>,
     shutdown: CancellationToken,
@@ -374,16 +380,21 @@ async fn connection<I>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(worker.shared.limits.max_header).unwrap_or(u32::MAX));
+    let peer = Arc::new(Peer {
+        addr,
+        ip: HeaderValue::from_maybe_shared(Bytes::from(addr.ip().to_string()))
+            .expect("an IP address is a header value"),
+    });
     let service = hyper::service::service_fn(move |req| {
-        let worker = worker.clone();
-        async move { Ok::<_, Infallible>(handle(worker, peer, tls, req).await) }
+        let (worker, peer) = (worker.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(handle(worker, &peer, tls, req).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "proxy connection ended");
+                tracing::debug!(peer = %addr, error = %e, "proxy connection ended");
             }
         }
         () = shutdown.cancelled() => {}
@@ -392,15 +403,11 @@ async fn connection<I>(
 
 /// A plain-text answer from the proxy itself.
 fn plain(status: StatusCode, text: String, request_id: &HeaderValue) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(format!(
-            "{} {}\n{text}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        )))
-        .map_err(|never| match never {})
-        .boxed(),
-    );
+    let mut r = Response::new(Body::Own(Full::new(Bytes::from(format!(
+        "{} {}\n{text}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -418,10 +425,10 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
-        .map(|a| a.host().to_string());
-    let raw = header.or_else(|| req.uri().authority().map(|a| a.host().to_string()))?;
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
+    let host =
+        |a: &hyper::http::uri::Authority| a.host().trim_end_matches('.').to_ascii_lowercase();
+    header.as_ref().or(req.uri().authority()).map(host)
 }
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 section 7.6.1); names, not text, so
@@ -531,34 +538,50 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted in flight until it has been sent.
-struct Tracked {
-    inner: Incoming,
-    _in_flight: InFlight,
+/// What the proxy answers with: an instance's body, which keeps its request counted in
+/// flight until it has been sent, or a text of the proxy's own (empty for an upgrade).
+/// One type for both, so no answer is boxed.
+enum Body {
+    Proxied {
+        inner: Incoming,
+        _in_flight: InFlight,
+    },
+    Own(Full<Bytes>),
 }
 
-impl hyper::body::Body for Tracked {
+impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
+        match self.get_mut() {
+            Body::Proxied { inner, .. } => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Body::Own(text) => Pin::new(text)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            Body::Proxied { inner, .. } => inner.is_end_stream(),
+            Body::Own(text) => text.is_end_stream(),
+        }
     }
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        match self {
+            Body::Proxied { inner, .. } => inner.size_hint(),
+            Body::Own(text) => text.size_hint(),
+        }
     }
 }
 
 async fn handle(
     worker: Arc<Worker>,
-    peer: SocketAddr,
+    peer: &Peer,
     tls: bool,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -616,7 +639,7 @@ async fn handle(
     }
     let meters = &site.meters.get().expect("made above")[track as usize];
     let set = site.set(track);
-    let Some(addr) = set.pick(n as usize).map(|u| u.addr) else {
+    let Some(upstream) = set.pick(n as usize) else {
         return plain(
             StatusCode::BAD_GATEWAY,
             "the service has no instance".into(),
@@ -627,17 +650,14 @@ async fn handle(
     let upgrade = wants_upgrade(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = format!("http://{addr}{path}")
-        .parse()
-        .expect("an address and a path make a URI");
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut uri = String::with_capacity(upstream.origin.len() + path.len());
+    uri.push_str(&upstream.origin);
+    uri.push_str(path);
+    parts.uri = Uri::try_from(uri).expect("an address and a path make a URI");
     parts.version = hyper::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    if let Ok(value) = HeaderValue::from_str(&host) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(host)) {
         parts.headers.insert(header::HOST, value.clone());
         parts
             .headers
@@ -648,10 +668,10 @@ async fn handle(
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
     {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", peer.addr.ip())).ok(),
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         parts
             .headers
             .insert(HeaderName::from_static("x-forwarded-for"), value);
@@ -673,7 +693,7 @@ async fn handle(
         body,
         usize::try_from(shared.limits.max_body).unwrap_or(usize::MAX),
     );
-    let forwarded = Request::from_parts(parts, limited.boxed());
+    let forwarded = Request::from_parts(parts, limited);
 
     let started = Instant::now();
     let answer = tokio::time::timeout(
@@ -709,7 +729,7 @@ async fn handle(
                     &request_id,
                 );
             }
-            tracing::debug!(error = %e, upstream = %addr, "an instance did not answer");
+            tracing::debug!(error = %e, upstream = %upstream.addr, "an instance did not answer");
             return failed(
                 &meters.unanswered,
                 StatusCode::BAD_GATEWAY,
@@ -742,10 +762,7 @@ async fn handle(
         parts
             .headers
             .insert(HeaderName::from_static("x-request-id"), request_id);
-        return Response::from_parts(
-            parts,
-            http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
-        );
+        return Response::from_parts(parts, Body::Own(Full::new(Bytes::new())));
     }
 
     let (mut parts, body) = response.into_parts();
@@ -762,11 +779,11 @@ async fn handle(
             parts.headers.append(header::SET_COOKIE, v);
         }
     }
-    let body = Tracked {
+    let body = Body::Proxied {
         inner: body,
         _in_flight: in_flight,
     };
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body)
 }
 
 fn count(meters: &Meters, status: StatusCode, took: Duration) {
