@@ -63,7 +63,8 @@ print(api("GET", "/api/v1/projects/bench/environments/bench/service")["stable"][
 PY
 )
 
-# The peer: nginx proxying to the same instance over a keep-alive pool.
+# The peer: nginx proxying to the same instance over a keep-alive pool, adding the same
+# headers BetCycle's proxy adds (X-Forwarded-For/Proto/Host, X-Request-Id both ways).
 peer_port=$(free_port)
 mkdir -p "$dir/peer/tmp"
 cat > "$dir/peer/nginx.conf" <<EOF
@@ -86,6 +87,9 @@ http {
       proxy_set_header Host \$host;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Request-Id \$request_id;
+      add_header X-Request-Id \$request_id always;
     }
   }
 }

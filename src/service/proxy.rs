@@ -297,7 +297,7 @@ pub async fn serve(
     }
 }
 
-/// One thread's accept loop; its connections run on its own runtime.
+/// One thread's accept loop, until `shutdown`; its connections run on its own runtime.
 async fn accept(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -332,10 +332,13 @@ async fn accept(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (worker, tls, stop) = (worker.clone(), tls.clone(), shutdown.clone());
+        // No cancellation future per connection (polling one locks its waiter list on
+        // every wake-up): at shutdown this loop returns and the thread drops its runtime,
+        // which drops every connection it still holds.
+        let (worker, tls) = (worker.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
-                None => connection(TokioIo::new(stream), peer, false, worker, stop).await,
+                None => connection(TokioIo::new(stream), peer, false, worker).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     match tokio::time::timeout(
@@ -344,7 +347,7 @@ async fn accept(
                     )
                     .await
                     {
-                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, true, worker, stop).await,
+                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, true, worker).await,
                         _ => tracing::debug!(%peer, "proxy TLS handshake failed"),
                     }
                 }
@@ -361,13 +364,8 @@ struct Peer {
     ip: HeaderValue,
 }
 
-async fn connection<I>(
-    io: I,
-    addr: SocketAddr,
-    tls: bool,
-    worker: Arc<Worker>,
-    shutdown: CancellationToken,
-) where
+async fn connection<I>(io: I, addr: SocketAddr, tls: bool, worker: Arc<Worker>)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -389,15 +387,8 @@ async fn connection<I>(
         let (worker, peer) = (worker.clone(), peer.clone());
         async move { Ok::<_, Infallible>(handle(worker, &peer, tls, req).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(peer = %addr, error = %e, "proxy connection ended");
-            }
-        }
-        () = shutdown.cancelled() => {}
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!(peer = %addr, error = %e, "proxy connection ended");
     }
 }
 
