@@ -159,8 +159,6 @@ impl ProxyMetrics {
 struct Shared {
     services: Arc<Services>,
     limits: ProxyLimits,
-    /// This process's random prefix of request ids.
-    id_prefix: u64,
 }
 
 thread_local! {
@@ -170,8 +168,8 @@ thread_local! {
 /// What one proxy thread keeps to itself.
 #[derive(Default)]
 struct Local {
-    /// The thread's number (part of its request ids).
-    thread: u64,
+    /// The random first half of this thread's request ids.
+    id_prefix: u64,
     /// Requests this thread took: its request ids and its round-robin over instances.
     requests: u64,
     /// A copy of the route table and the version it was copied at; its sites are this
@@ -179,15 +177,18 @@ struct Local {
     table: Option<(u64, RouteTable)>,
 }
 
-/// The thread's next request number, and a new request id, unique across restarts
-/// (32 hex digits: the process's prefix, the thread, the count).
-fn next_request(shared: &Shared) -> (u64, HeaderValue) {
+/// The thread's next request number, and a new request id, unique across threads and
+/// restarts (32 hex digits: the thread's random prefix, then the count).
+fn next_request() -> (u64, HeaderValue) {
     LOCAL.with_borrow_mut(|local| {
         local.requests += 1;
-        let low = (local.thread << 56) | (local.requests & 0x00ff_ffff_ffff_ffff);
         let mut id = [0u8; 32];
         for (i, digit) in id.iter_mut().enumerate() {
-            let word = if i < 16 { shared.id_prefix } else { low };
+            let word = if i < 16 {
+                local.id_prefix
+            } else {
+                local.requests
+            };
             let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
             *digit = b"0123456789abcdef"[nibble as usize];
         }
@@ -234,15 +235,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let tls = tls.map(|config| crate::http::tls::Alpn::new(config, &[b"h2", b"http/1.1"]));
-    let shared = Arc::new(Shared {
-        services,
-        limits,
-        id_prefix: {
-            let mut seed = [0u8; 8];
-            getrandom::fill(&mut seed).expect("the system's random numbers");
-            u64::from_le_bytes(seed)
-        },
-    });
+    let shared = Arc::new(Shared { services, limits });
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let listener = match listener.into_std() {
         Ok(l) => l,
@@ -272,7 +265,9 @@ pub async fn serve(
             .name(format!("proxy-{n}"))
             .spawn(move || {
                 super::shard::enter(n);
-                LOCAL.with_borrow_mut(|local| local.thread = n as u64);
+                let mut seed = [0u8; 8];
+                getrandom::fill(&mut seed).expect("the system's random numbers");
+                LOCAL.with_borrow_mut(|local| local.id_prefix = u64::from_le_bytes(seed));
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -577,7 +572,7 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let shared = &*worker.shared;
-    let (n, new_id) = next_request(shared);
+    let (n, new_id) = next_request();
     let request_id = req
         .headers()
         .get("x-request-id")
