@@ -1,9 +1,9 @@
 //! Counters the proxy's threads write without sharing a cache line: one padded shard
 //! per proxy thread, summed when read. A counter every thread increments is one cache
-//! line passed from core to core on every request; on a busy proxy that hand-off costs
-//! more than the request's own work (nginx's workers share nothing for the same
-//! reason). A thread that is not a proxy thread writes shard 0, which is still correct
-//! (the shards are atomics), only not contention-free.
+//! line passed from core to core on every request (nginx's workers share nothing for
+//! the same reason; what it saved here is in BENCHMARKS.md). A thread that is not a
+//! proxy thread writes shard 0, which is still correct (the shards are atomics), only
+//! not contention-free.
 //!
 //! The metric types here are what the proxy's `/metrics` families hold; they encode as
 //! prometheus-client's own counter, gauge and histogram do.
