@@ -91,3 +91,23 @@ mod tests {
         assert_eq!(super::offset(62_345), "+1:02.345");
     }
 }
+
+/// A service instance's limits for its row: `12.3 MiB of 64 MiB · 0.5 CPU`, `—` without.
+pub fn limits(used: &Option<u64>, memory: &Option<u64>, cpus: &Option<f64>) -> String {
+    use crate::core::config::format_size as size;
+    let mut parts = Vec::new();
+    if let Some(limit) = memory {
+        parts.push(match used {
+            Some(used) => format!("{} of {}", size(*used), size(*limit)),
+            None => format!("memory {}", size(*limit)),
+        });
+    }
+    if let Some(cpus) = cpus {
+        parts.push(format!("{cpus} CPU"));
+    }
+    if parts.is_empty() {
+        "—".into()
+    } else {
+        parts.join(" · ")
+    }
+}

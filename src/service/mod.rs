@@ -10,6 +10,7 @@
 //! `service-routes-1`. At start, [`Services::recover`] adopts the instances still alive,
 //! restarts the stable sets' dead ones and kills what belonged to an unfinished rollout.
 
+pub mod cgroup;
 pub mod health;
 pub mod proxy;
 pub mod shard;
@@ -340,6 +341,14 @@ impl Services {
             .join(deployment.to_string())
     }
 
+    /// The name of an instance's cgroup: unique on the host, also among the BetCycle
+    /// servers on it (the data directory's digest).
+    fn cgroup_name(&self, instance: u64) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.data_dir.as_os_str().as_encoded_bytes());
+        format!("betcycle-{}-{instance}", hex::encode(&digest[..6]))
+    }
+
     /// The route table's version: it moves (sequentially consistent, after the new
     /// table is in place) on every change.
     pub fn version(&self) -> u64 {
@@ -393,9 +402,22 @@ impl Services {
             }
         }
         let health: Health = spec.target.health();
+        let limits = cgroup::Limits {
+            memory: spec.target.memory_bytes(),
+            cpus: spec.target.cpus,
+        };
+        let layout = match limits.any() {
+            true => Some(cgroup::layout().map_err(|e| {
+                Error::Invalid(format!("memory and cpus cannot be limited here: {e}"))
+            })?),
+            false => None,
+        };
         let probes = CancellationToken::new();
         let mut members = Vec::new();
         for record in records {
+            let cgroup = layout.map(|layout| {
+                cgroup::Cgroup::new(layout, &self.cgroup_name(record.id), limits)
+            });
             let launch = Launch {
                 command: spec.target.command.clone(),
                 dir: spec.dir.join("workspace"),
@@ -403,6 +425,7 @@ impl Services {
                 log: spec.dir.join(format!("instance-{}.log", record.slot)),
                 stop_grace: spec.target.stop_grace(),
                 sandbox: spec.sandbox.clone(),
+                cgroup,
             };
             let addr = SocketAddr::from(([127, 0, 0, 1], record.port));
             let member = Arc::new(Member {
@@ -718,6 +741,7 @@ impl Services {
         }
         for orphan in instances {
             supervisor::kill_recorded(&orphan);
+            cgroup::remove_leftover(&self.cgroup_name(orphan.id)).await;
             self.store.delete_service_instance(orphan.id).await?;
             let _ = std::fs::remove_dir_all(self.set_dir(
                 &orphan.project,
@@ -903,6 +927,10 @@ pub struct InstanceView {
     pub restarts: u32,
     pub last_exit: Option<String>,
     pub probes: Vec<health::ProbeResult>,
+    /// Its limits (`memory` in bytes, `cpus`), and the memory it uses now.
+    pub memory_limit: Option<u64>,
+    pub memory_used: Option<u64>,
+    pub cpus: Option<f64>,
 }
 
 /// The charts' size in SVG units.
@@ -988,6 +1016,8 @@ impl SetView {
                 .iter()
                 .map(|m| {
                     let r = m.supervised.snapshot();
+                    let cgroup = m.supervised.cgroup.as_ref();
+                    let limits = cgroup.map(|c| c.limits()).unwrap_or_default();
                     InstanceView {
                         slot: r.slot,
                         pid: r.pid,
@@ -996,6 +1026,9 @@ impl SetView {
                         healthy: m.upstream.healthy.load(Ordering::Relaxed),
                         restarts: r.restarts,
                         last_exit: r.last_exit,
+                        memory_limit: limits.memory,
+                        memory_used: cgroup.and_then(|c| c.memory_used()),
+                        cpus: limits.cpus,
                         probes: m
                             .probes
                             .lock()

@@ -36,12 +36,16 @@ pub struct Launch {
     pub stop_grace: Duration,
     /// The Landlock rules' source; `None` runs unconfined.
     pub sandbox: Option<crate::exec::local::sandbox::Sandbox>,
+    /// The instance's own cgroup, when its target sets `memory` or `cpus`.
+    pub cgroup: Option<super::cgroup::Cgroup>,
 }
 
 /// A running (or restarting) instance and the task that watches it.
 pub struct Supervised {
     pub record: Mutex<InstanceRecord>,
     pub state: watch::Sender<InstanceState>,
+    /// The instance's own cgroup, when it has limits.
+    pub cgroup: Option<super::cgroup::Cgroup>,
     stop: CancellationToken,
     done: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -54,6 +58,7 @@ impl Supervised {
         let me = Arc::new(Supervised {
             record: Mutex::new(record),
             state,
+            cgroup: launch.cgroup.clone(),
             stop: CancellationToken::new(),
             done: Mutex::new(None),
         });
@@ -93,6 +98,8 @@ impl Supervised {
 
     async fn watch(self: Arc<Self>, store: Store, launch: Launch) {
         let mut crashes = 0u32;
+        // The cgroup's OOM kills when the process started, to tell one of its own.
+        let mut oom_kills = 0u64;
         let mut adopt = {
             let r = self.record.lock().expect("instance lock");
             r.pid.zip(r.start_ticks)
@@ -103,7 +110,7 @@ impl Supervised {
                     note(&launch.log, &format!("adopted process {pid}"));
                     Process::Adopted { pid, ticks }
                 }
-                None => match spawn(&launch, self.port()) {
+                None => match spawn(&launch, self.port(), &mut oom_kills) {
                     Ok(p) => p,
                     Err(e) => {
                         // Nothing to restart from: the reason is the instance's state.
@@ -134,14 +141,27 @@ impl Supervised {
                 exit = process.exited() => exit,
                 () = self.stop.cancelled() => {
                     terminate(&mut process, launch.stop_grace).await;
+                    if let Some(cgroup) = &launch.cgroup {
+                        cgroup.kill_and_remove().await;
+                    }
                     note(&launch.log, "stopped");
                     return self.forget(&store).await;
                 }
             };
+            let exit = match &launch.cgroup {
+                Some(cgroup) if cgroup.oom_kills() > oom_kills => format!(
+                    "{exit}: out of memory (its limit is {})",
+                    cgroup.memory_limit().unwrap_or_default()
+                ),
+                _ => exit,
+            };
             note(&launch.log, &format!("exited: {exit}"));
-            // What the command left behind in its group goes too, so a restart finds its
-            // port free.
+            // What the command left behind in its group (or its cgroup) goes too, so a
+            // restart finds its port free.
             signal_group(pid as i32, libc::SIGKILL);
+            if let Some(cgroup) = &launch.cgroup {
+                cgroup.kill_and_remove().await;
+            }
             if started.elapsed() >= STABLE_AFTER {
                 crashes = 0;
             }
@@ -234,7 +254,12 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn spawn(launch: &Launch, port: u16) -> std::result::Result<Process, String> {
+/// Starts the instance's process; `oom_kills` becomes its cgroup's count at the start.
+fn spawn(
+    launch: &Launch,
+    port: u16,
+    oom_kills: &mut u64,
+) -> std::result::Result<Process, String> {
     rotate(&launch.log);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -259,22 +284,37 @@ fn spawn(launch: &Launch, port: u16) -> std::result::Result<Process, String> {
         Some(sandbox) => sandbox.confine(&launch.dir)?.rules,
         None => None,
     };
+    let procs = match &launch.cgroup {
+        Some(cgroup) => {
+            let procs = cgroup.prepare()?;
+            *oom_kills = cgroup.oom_kills();
+            note(&launch.log, &cgroup.to_string());
+            procs
+        }
+        None => Vec::new(),
+    };
+    let cgroups = super::cgroup::raw(&procs);
     // SAFETY: the closure runs in the forked child before exec and only makes system
-    // calls (setsid, landlock_restrict_self, prctl); it allocates nothing.
+    // calls (setsid, write, landlock_restrict_self, prctl); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            super::cgroup::join(&cgroups)?;
             match rules.take() {
                 Some(rules) => crate::exec::local::sandbox::apply(rules),
                 None => Ok(()),
             }
         });
     }
-    cmd.spawn()
+    let child = cmd
+        .spawn()
         .map(Process::Child)
-        .map_err(|e| format!("cannot start sh in {}: {e}", launch.dir.display()))
+        .map_err(|e| format!("cannot start sh in {}: {e}", launch.dir.display()));
+    // The child has its own copies; ours close here.
+    drop(procs);
+    child
 }
 
 /// The shell script for `command`: a simple command is `exec`uted, so the instance is one

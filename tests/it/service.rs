@@ -21,7 +21,7 @@ use std::time::Duration;
 /// The app: answers its version (from `version.txt` in its checkout); `mode` says
 /// whether it answers 500 (`fail`) or fails its health check (`sick`).
 const APP: &str = r#"
-import http.server, os
+import http.server, os, time
 VERSION = open("version.txt").read().strip()
 MODE = open("mode").read().strip() if os.path.exists("mode") else "ok"
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -29,6 +29,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/ws":
             return self.echo()
+        if self.path == "/eat":
+            hoard = b"x" * (256 << 20)
+        if self.path == "/spin":
+            end = time.time() + 1
+            while time.time() < end:
+                pass
+        if self.path == "/cgroup":
+            body = open("/proc/self/cgroup", "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
         if self.path == "/healthz":
             status = 404 if MODE == "sick" else 200
         else:
@@ -186,8 +198,12 @@ impl Project {
     }
 
     pub(crate) async fn get(&self, host: &str) -> (u16, String) {
+        self.get_path(host, "/").await
+    }
+
+    async fn get_path(&self, host: &str, path: &str) -> (u16, String) {
         let r = client()
-            .get(format!("{}/", self.proxy))
+            .get(format!("{}{path}", self.proxy))
             .header("host", host)
             .send()
             .await
@@ -1055,5 +1071,144 @@ async fn a_canary_whose_prometheus_query_fails_its_condition_is_rolled_back() {
         project.get("app.test").await.1.split(' ').next(),
         Some("v1")
     );
+    project.server.kill();
+}
+
+/// The files that hold an instance's limits, from the `/proc/self/cgroup` of its process:
+/// `(memory limit, cpu limit, cpu.stat)` on cgroup v2 or v1.
+fn limit_files(own: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let root = Path::new("/sys/fs/cgroup");
+    let line = |want: &str| {
+        own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ours = controllers.split(',').any(|c| c == want) || controllers == want;
+            (ours && path.contains("betcycle-"))
+                .then(|| root.join(controllers).join(path.trim_start_matches('/')))
+        })
+    };
+    match line("") {
+        Some(v2) => (
+            v2.join("memory.max"),
+            v2.join("cpu.max"),
+            v2.join("cpu.stat"),
+        ),
+        None => {
+            let memory = line("memory").expect("the instance is in no memory cgroup of its own");
+            let cpu = line("cpu").expect("the instance is in no cpu cgroup of its own");
+            (
+                memory.join("memory.limit_in_bytes"),
+                cpu.join("cpu.cfs_quota_us"),
+                cpu.join("cpu.stat"),
+            )
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn an_instances_memory_and_cpu_are_limited_and_running_out_of_memory_is_its_recorded_reason()
+{
+    let dir = tempdir();
+    let p = pipeline(&service_target(", memory: 64 MiB, cpus: 0.5"), "");
+    let mut project = Project::new(dir.path(), &p).await;
+    let v1 = project.release("v1", "ok", None).await;
+    let d = project.deploy(v1).await;
+    assert_eq!(
+        d["status"], "succeeded",
+        "limits need cgroup v2 with the memory and cpu controllers given to BetCycle's cgroup, or cgroup v1's memory and cpu hierarchies writable (as root); this machine has neither: {d:#}"
+    );
+    // The instance's own process is in its cgroups, with the limits the target gives.
+    let (status, own) = project.get_path("app.test", "/cgroup").await;
+    assert_eq!(status, 200, "{own}");
+    let (memory, cpu, cpu_stat) = limit_files(&own);
+    let v2 = memory.ends_with("memory.max");
+    assert_eq!(read(&memory).trim(), (64u64 << 20).to_string());
+    let quota = read(&cpu);
+    assert_eq!(
+        quota.trim(),
+        if v2 { "50000 100000" } else { "50000" },
+        "{}",
+        cpu.display()
+    );
+    // Half a CPU: a second of spinning is throttled.
+    assert_eq!(project.get_path("app.test", "/spin").await.0, 200);
+    let throttled = read(&cpu_stat)
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled ")?.parse::<u64>().ok())
+        .unwrap();
+    assert!(throttled > 0, "{}", read(&cpu_stat));
+    let log = project
+        .server
+        .get("/api/v1/projects/demo/environments/web/service/log")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("limits: memory 64 MiB cpus 0.5"), "{log}");
+    // The service view and the console show the limits and the memory in use.
+    let i = &project.service().await["stable"]["instances"][0];
+    assert_eq!(i["memory_limit"], 64u64 << 20, "{i}");
+    assert_eq!(i["cpus"], 0.5);
+    let used = i["memory_used"].as_u64().unwrap();
+    assert!(used > 1 << 20 && used < 64 << 20, "{i}");
+    let page = project
+        .server
+        .get_text(&format!("/projects/demo/deployments/{}", d["number"]))
+        .await;
+    assert!(
+        page.contains(" of 64 MiB · 0.5 CPU</td>"),
+        "{page}"
+    );
+
+    // Past its memory the kernel ends it: the request fails, the reason is recorded, the
+    // instance is restarted in its limits and serves again.
+    let first = instance_pid(&project.service().await);
+    assert_eq!(project.get_path("app.test", "/eat").await.0, 502);
+    let restarted = eventually(
+        Duration::from_secs(20),
+        "the instance was not restarted after running out of memory",
+        || async {
+            let s = project.service().await;
+            let i = &s["stable"]["instances"][0];
+            if i["restarts"] == 1
+                && i["healthy"] == true
+                && i["pid"].as_u64().is_some_and(|p| p != first)
+            {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        restarted["stable"]["instances"][0]["last_exit"],
+        "killed by signal 9: out of memory (its limit is 64 MiB)",
+        "{restarted:#}"
+    );
+    let (status, own) = project.get_path("app.test", "/cgroup").await;
+    assert_eq!(status, 200);
+    assert_eq!(limit_files(&own).0, memory);
+    assert_eq!(read(&memory).trim(), (64u64 << 20).to_string());
+    assert_eq!(project.get("app.test").await.0, 200);
+
+    // Stopped, its cgroups go with it.
+    let gone = project
+        .server
+        .request(Method::DELETE, "/api/v1/projects/demo/environments/web")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+    assert_eq!(app_processes(dir.path()), Vec::<u32>::new());
+    for file in [&memory, &cpu] {
+        let dir = file.parent().unwrap();
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
     project.server.kill();
 }

@@ -143,7 +143,17 @@ pub struct ServiceTarget {
     /// Between SIGTERM and SIGKILL when an instance is stopped. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace: Option<String>,
+    /// Each instance's memory limit, swap included (`256 MiB`): past it the kernel ends
+    /// the process and the supervisor restarts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Each instance's CPU limit in CPUs (`0.5` is half of one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
 }
+
+/// The smallest memory limit a service instance may have.
+const MIN_MEMORY: u64 = 6 << 20;
 
 /// The health probe: `GET path` on each instance every `interval`; an instance is
 /// healthy after `success_threshold` answers in 2xx/3xx in a row and unhealthy after
@@ -212,6 +222,14 @@ impl ServiceTarget {
         duration_or(self.stop_grace.as_deref(), Duration::from_secs(10))
     }
 
+    /// The memory limit in bytes (`None` when unset or not valid, which [`parse`]
+    /// reports).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory
+            .as_deref()
+            .and_then(|m| crate::core::config::parse_size(m).ok())
+    }
+
     pub fn health(&self) -> Health {
         let probe = match &self.health {
             None => None,
@@ -273,6 +291,21 @@ impl ServiceTarget {
         }
         if !(1..=16).contains(&self.instances()) {
             out.push(("instances", "use 1 to 16 instances".to_string()));
+        }
+        if let Some(memory) = &self.memory {
+            match crate::core::config::parse_size(memory) {
+                Ok(bytes) if bytes < MIN_MEMORY => out.push((
+                    "memory",
+                    "memory must be at least 6 MiB (e.g. 256 MiB)".to_string(),
+                )),
+                Ok(_) => {}
+                Err(e) => out.push(("memory", format!("invalid memory \"{memory}\": {e}"))),
+            }
+        }
+        if let Some(cpus) = self.cpus
+            && !(cpus > 0.0 && cpus <= 1024.0)
+        {
+            out.push(("cpus", "cpus must be more than 0 (e.g. 0.5 or 2)".to_string()));
         }
         durations(
             &mut out,

@@ -334,3 +334,36 @@ fn runs_on_takes_agent_labels_and_refuses_an_image() {
         ]
     );
 }
+
+#[test]
+fn a_service_targets_limits_are_read_and_checked() {
+    let p = ok(r#"steps:
+  - { name: build, run: "true" }
+deploy:
+  web:
+    target: { kind: service, command: ./app, host: app.test, memory: 256 MiB, cpus: 0.5 }
+"#);
+    let crate::ci::pipeline::deploy::Target::Service(t) = &p.deploy["web"].target else {
+        panic!("not a service target");
+    };
+    assert_eq!(t.memory_bytes(), Some(256 << 20));
+    assert_eq!(t.cpus, Some(0.5));
+    let got = problems(
+        r#"steps:
+  - { name: build, run: "true" }
+deploy:
+  web:
+    target: { kind: service, command: ./app, host: app.test, memory: 1 MiB, cpus: 0 }
+  api:
+    target: { kind: service, command: ./app, host: api.test, memory: lots }
+"#,
+    );
+    assert_eq!(
+        got,
+        [
+            ".betcycle.yml:5:62: deploy.web.target.memory: memory must be at least 6 MiB (e.g. 256 MiB)",
+            ".betcycle.yml:5:77: deploy.web.target.cpus: cpus must be more than 0 (e.g. 0.5 or 2)",
+            ".betcycle.yml:7:62: deploy.api.target.memory: invalid memory \"lots\": expected a size such as 64 MiB, 1 GB or 1048576",
+        ]
+    );
+}

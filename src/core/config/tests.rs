@@ -244,3 +244,4 @@ fn example_parses_and_covers_every_option() {
     }
     assert_eq!(config.sources.len(), OPTIONS.len());
 }
+
