@@ -61,6 +61,26 @@ pub fn log_text(text: &str) -> String {
     String::from_utf8_lossy(&strip_ansi_escapes::strip(text)).into_owned()
 }
 
+/// A service instance's limits for its row: `12.3 MiB of 64 MiB · 0.5 CPU`, `—` without.
+pub fn limits(used: &Option<u64>, memory: &Option<u64>, cpus: &Option<f64>) -> String {
+    use crate::core::config::format_size as size;
+    let mut parts = Vec::new();
+    if let Some(limit) = memory {
+        parts.push(match used {
+            Some(used) => format!("{} of {}", size(*used), size(*limit)),
+            None => format!("memory {}", size(*limit)),
+        });
+    }
+    if let Some(cpus) = cpus {
+        parts.push(format!("{cpus} CPU"));
+    }
+    if parts.is_empty() {
+        "—".into()
+    } else {
+        parts.join(" · ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -89,25 +109,5 @@ mod tests {
     fn offsets_read_as_minutes_seconds_and_milliseconds() {
         assert_eq!(super::offset(0), "+0:00.000");
         assert_eq!(super::offset(62_345), "+1:02.345");
-    }
-}
-
-/// A service instance's limits for its row: `12.3 MiB of 64 MiB · 0.5 CPU`, `—` without.
-pub fn limits(used: &Option<u64>, memory: &Option<u64>, cpus: &Option<f64>) -> String {
-    use crate::core::config::format_size as size;
-    let mut parts = Vec::new();
-    if let Some(limit) = memory {
-        parts.push(match used {
-            Some(used) => format!("{} of {}", size(*used), size(*limit)),
-            None => format!("memory {}", size(*limit)),
-        });
-    }
-    if let Some(cpus) = cpus {
-        parts.push(format!("{cpus} CPU"));
-    }
-    if parts.is_empty() {
-        "—".into()
-    } else {
-        parts.join(" · ")
     }
 }

@@ -110,7 +110,11 @@ pub fn detect(root: &Path, own: &str) -> Result<Layout, String> {
             return Err(format!(
                 "cgroup v2: BetCycle's cgroup {} is not given the memory and cpu controllers (it has: {}); with systemd, set Delegate=yes and DelegateSubgroup={SERVER_LEAF} in the unit",
                 own.display(),
-                if offered.is_empty() { "none".to_string() } else { offered.join(" ") }
+                if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(" ")
+                }
             ));
         }
         return Ok(Layout::V2 { parent: own });
@@ -234,9 +238,10 @@ impl Cgroup {
                     out.push(("memory.max", bytes.to_string()));
                     out.push(("memory.swap.max", "0".into()));
                 }
-                let quota = self.limits.cpus.map_or("max".into(), |c| {
-                    Limits::quota_us(c).to_string()
-                });
+                let quota = self
+                    .limits
+                    .cpus
+                    .map_or("max".into(), |c| Limits::quota_us(c).to_string());
                 out.push(("cpu.max", format!("{quota} {PERIOD_US}")));
             }
             Hierarchy::Memory => {
@@ -446,7 +451,13 @@ mod tests {
             memory: Some(64 << 20),
             cpus: Some(0.5),
         };
-        let v2 = Cgroup::new(&Layout::V2 { parent: "/x".into() }, "i", limits);
+        let v2 = Cgroup::new(
+            &Layout::V2 {
+                parent: "/x".into(),
+            },
+            "i",
+            limits,
+        );
         assert_eq!(
             v2.settings(Hierarchy::V2),
             vec![

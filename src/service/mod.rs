@@ -415,9 +415,8 @@ impl Services {
         let probes = CancellationToken::new();
         let mut members = Vec::new();
         for record in records {
-            let cgroup = layout.map(|layout| {
-                cgroup::Cgroup::new(layout, &self.cgroup_name(record.id), limits)
-            });
+            let cgroup = layout
+                .map(|layout| cgroup::Cgroup::new(layout, &self.cgroup_name(record.id), limits));
             let launch = Launch {
                 command: spec.target.command.clone(),
                 dir: spec.dir.join("workspace"),
@@ -805,7 +804,7 @@ impl Services {
                 deployment: route.deployment,
                 release: route.release,
                 label: release.label(),
-                target: target.clone(),
+                target: (**target).clone(),
                 dir,
                 env,
                 sandbox: sandbox_of(&self.data_dir, &project, &route.environment),

@@ -255,11 +255,7 @@ fn describe(status: std::process::ExitStatus) -> String {
 }
 
 /// Starts the instance's process; `oom_kills` becomes its cgroup's count at the start.
-fn spawn(
-    launch: &Launch,
-    port: u16,
-    oom_kills: &mut u64,
-) -> std::result::Result<Process, String> {
+fn spawn(launch: &Launch, port: u16, oom_kills: &mut u64) -> std::result::Result<Process, String> {
     rotate(&launch.log);
     let log = std::fs::OpenOptions::new()
         .create(true)

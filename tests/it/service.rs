@@ -1106,8 +1106,7 @@ fn limit_files(own: &str) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn read(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 #[tokio::test]
@@ -1160,10 +1159,7 @@ async fn an_instances_memory_and_cpu_are_limited_and_running_out_of_memory_is_it
         .server
         .get_text(&format!("/projects/demo/deployments/{}", d["number"]))
         .await;
-    assert!(
-        page.contains(" of 64 MiB · 0.5 CPU</td>"),
-        "{page}"
-    );
+    assert!(page.contains(" of 64 MiB · 0.5 CPU</td>"), "{page}");
 
     // Past its memory the kernel ends it: the request fails, the reason is recorded, the
     // instance is restarted in its limits and serves again.

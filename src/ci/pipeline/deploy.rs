@@ -79,7 +79,7 @@ pub enum Target {
     /// A signed POST; success on 2xx, or on a call to a one-time callback URL.
     Webhook(WebhookTarget),
     /// BetCycle runs the release's command on this node, behind its reverse proxy.
-    Service(ServiceTarget),
+    Service(Box<ServiceTarget>),
     /// Apply manifests to a cluster (not built yet).
     Kubernetes(serde_json::Value),
 }
@@ -305,7 +305,10 @@ impl ServiceTarget {
         if let Some(cpus) = self.cpus
             && !(cpus > 0.0 && cpus <= 1024.0)
         {
-            out.push(("cpus", "cpus must be more than 0 (e.g. 0.5 or 2)".to_string()));
+            out.push((
+                "cpus",
+                "cpus must be more than 0 (e.g. 0.5 or 2)".to_string(),
+            ));
         }
         durations(
             &mut out,

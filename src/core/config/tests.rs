@@ -244,4 +244,3 @@ fn example_parses_and_covers_every_option() {
     }
     assert_eq!(config.sources.len(), OPTIONS.len());
 }
-

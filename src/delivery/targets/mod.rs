@@ -50,7 +50,7 @@ pub fn of(def: &TargetDef) -> Result<&dyn Target> {
     match def {
         TargetDef::Exec(t) => Ok(t),
         TargetDef::Webhook(t) => Ok(t),
-        TargetDef::Service(t) => Ok(t),
+        TargetDef::Service(t) => Ok(t.as_ref()),
         TargetDef::Kubernetes(_) => Err(Error::Invalid(
             "the kubernetes target is not built yet in this version of BetCycle".into(),
         )),
