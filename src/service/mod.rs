@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod health;
+pub mod pool;
 pub mod proxy;
 pub mod shard;
 pub mod stats;
@@ -99,8 +100,6 @@ impl Track {
 /// Where the proxy sends a request: an instance's address, while it is healthy.
 pub struct Upstream {
     pub addr: SocketAddr,
-    /// `http://` and the address: the start of every URI the proxy sends it.
-    pub origin: String,
     pub healthy: AtomicBool,
 }
 
@@ -432,7 +431,6 @@ impl Services {
                 supervised: Supervised::start(self.store.clone(), record, launch),
                 upstream: Arc::new(Upstream {
                     addr,
-                    origin: format!("http://{addr}"),
                     healthy: AtomicBool::new(false),
                 }),
                 probes: Mutex::new(VecDeque::new()),

@@ -10,15 +10,15 @@
 //! its own copy of the route table and its own counts, and the shared counters are
 //! sharded ([`super::shard`]); only a canary's split is one count for all.
 
+use super::pool::{Lease, Pool};
 use super::shard::{Counter, Gauge, Histogram};
 use super::{RouteTable, Services, Site, Track};
 use bytes::Bytes;
 use http_body_util::{Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -222,7 +222,7 @@ fn route(services: &Services, host: &str, path: &str) -> Option<(Arc<Site>, u64)
 /// workers).
 struct Worker {
     shared: Arc<Shared>,
-    client: Client<HttpConnector, Limited<Incoming>>,
+    pool: Arc<Pool>,
 }
 
 /// Serves the proxy on `listener` until `shutdown`, with one thread per core, each
@@ -300,16 +300,19 @@ async fn accept(
     permits: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector);
-    let worker = Arc::new(Worker { shared, client });
+    let pool = Arc::new(Pool::default());
+    // Ends with the thread's runtime.
+    tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut every = tokio::time::interval(super::pool::IDLE_TIMEOUT / 2);
+            loop {
+                every.tick().await;
+                pool.sweep();
+            }
+        }
+    });
+    let worker = Arc::new(Worker { shared, pool });
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -525,12 +528,13 @@ impl Drop for InFlight {
 }
 
 /// What the proxy answers with: an instance's body, which keeps its request counted in
-/// flight until it has been sent, or a text of the proxy's own (empty for an upgrade).
-/// One type for both, so no answer is boxed.
+/// flight and its upstream connection borrowed until it has been sent, or a text of the
+/// proxy's own (empty for an upgrade). One type for both, so no answer is boxed.
 enum Body {
     Proxied {
         inner: Incoming,
         _in_flight: InFlight,
+        _lease: Lease,
     },
     Own(Full<Bytes>),
 }
@@ -636,11 +640,14 @@ async fn handle(
     let upgrade = wants_upgrade(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut uri = String::with_capacity(upstream.origin.len() + path.len());
-    uri.push_str(&upstream.origin);
-    uri.push_str(path);
-    parts.uri = Uri::try_from(uri).expect("an address and a path make a URI");
+    // Origin-form (`/path?query`) on the instance's own connection.
+    parts.uri = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     parts.version = hyper::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(host)) {
@@ -684,7 +691,7 @@ async fn handle(
     let started = Instant::now();
     let answer = tokio::time::timeout(
         shared.limits.upstream_timeout,
-        worker.client.request(forwarded),
+        worker.pool.send(upstream.addr, forwarded),
     )
     .await;
     let took = started.elapsed();
@@ -694,7 +701,7 @@ async fn handle(
         set.stats.record(true, took);
         plain(status, text, &request_id)
     };
-    let mut response = match answer {
+    let response = match answer {
         Err(_) => {
             return failed(
                 &meters.timeouts,
@@ -706,9 +713,7 @@ async fn handle(
             );
         }
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
+            if e.body_too_large() {
                 return plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "the request body is over the proxy's limit".into(),
@@ -722,8 +727,9 @@ async fn handle(
                 "the service did not answer".into(),
             );
         }
-        Ok(Ok(response)) => response,
+        Ok(Ok(answer)) => answer,
     };
+    let (mut response, lease) = response;
     let status = response.status();
     count(meters, status, took);
     set.stats.record(status.is_server_error(), took);
@@ -732,6 +738,8 @@ async fn handle(
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        // The connection is the tunnel's now, never another request's.
+        lease.forget();
         let closing = set.closing.clone();
         tokio::spawn(async move {
             let _in_flight = in_flight;
@@ -768,6 +776,7 @@ async fn handle(
     let body = Body::Proxied {
         inner: body,
         _in_flight: in_flight,
+        _lease: lease,
     };
     Response::from_parts(parts, body)
 }
