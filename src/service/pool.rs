@@ -28,6 +28,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per instance at most.
 const MAX_IDLE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections looked at for a ready one before a new one is opened.
+const LOOK_AT: usize = 8;
 /// Connections a request is offered to before it fails (each handed it back unsent).
 const ATTEMPTS: usize = 4;
 
@@ -128,13 +130,25 @@ impl Pool {
         )))
     }
 
-    /// The most recently idle open connection to `addr`.
+    /// The most recently idle connection to `addr` that is ready for a request. One
+    /// given back a moment ago may still be finishing its last response; it is left for
+    /// a later request (only the last few are looked at), closed ones are dropped.
     fn take(&self, addr: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(&addr)?;
-        while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        let mut i = list.len();
+        let mut looked = 0;
+        while i > 0 && looked < LOOK_AT {
+            i -= 1;
+            let (sender, since) = &list[i];
+            if sender.is_closed() || since.elapsed() >= IDLE_TIMEOUT {
+                // The last one, moved here, was looked at already.
+                list.swap_remove(i);
+                continue;
+            }
+            looked += 1;
+            if sender.is_ready() {
+                return Some(list.swap_remove(i).0);
             }
         }
         None
