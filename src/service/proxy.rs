@@ -4,7 +4,8 @@
 //! over a keep-alive pool of connections to the instances. WebSocket upgrades are
 //! tunnelled; `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set; a body over the
 //! limit is refused (413); an instance that does not answer is a 502, one too slow a 504.
-//! All HTTP is hyper's; nothing here parses HTTP. The proxy runs on threads of its own,
+//! All HTTP is hyper's; nothing here parses HTTP (only a Host header's host is told
+//! from its port). The proxy runs on threads of its own,
 //! one per core, so proxied traffic and the server's own work do not share a runtime,
 //! and a request writes almost nothing another proxy thread writes: each thread keeps
 //! its own copy of the route table and its own counts, and the shared counters are
@@ -13,7 +14,7 @@
 use super::pool::{Lease, Pool};
 use super::shard::{Counter, Gauge, Histogram};
 use super::{RouteTable, Services, Site, Track};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -172,10 +173,16 @@ struct Local {
     id_prefix: u64,
     /// Requests this thread took: its request ids and its round-robin over instances.
     requests: u64,
+    /// Room for this thread's next request ids: each id is a slice of one allocation
+    /// shared by many, so making one allocates nothing and cloning one copies nothing.
+    ids: BytesMut,
     /// A copy of the route table and the version it was copied at; its sites are this
     /// thread's own allocations, so counting references to them stays on this core.
     table: Option<(u64, RouteTable)>,
 }
+
+/// Request ids made per allocation.
+const IDS_PER_ALLOCATION: usize = 128;
 
 /// The thread's next request number, and a new request id, unique across threads and
 /// restarts (32 hex digits: the thread's random prefix, then the count).
@@ -192,7 +199,12 @@ fn next_request() -> (u64, HeaderValue) {
             let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
             *digit = b"0123456789abcdef"[nibble as usize];
         }
-        let id = HeaderValue::from_bytes(&id).expect("hex digits are a header value");
+        if local.ids.capacity() < id.len() {
+            local.ids = BytesMut::with_capacity(id.len() * IDS_PER_ALLOCATION);
+        }
+        local.ids.extend_from_slice(&id);
+        let id = HeaderValue::from_maybe_shared(local.ids.split().freeze())
+            .expect("hex digits are a header value");
         (local.requests, id)
     })
 }
@@ -407,22 +419,62 @@ fn plain(status: StatusCode, text: String, request_id: &HeaderValue) -> Response
     r
 }
 
-/// The Host a request is for, without its port: the Host header, or (HTTP/2, which
-/// carries no Host header from browsers) the URI's authority.
-fn host_of(req: &Request<Incoming>) -> Option<String> {
-    let header = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
-    let host =
-        |a: &hyper::http::uri::Authority| a.host().trim_end_matches('.').to_ascii_lowercase();
-    header.as_ref().or(req.uri().authority()).map(host)
+/// The Host a request is for, without its port or a trailing dot and lowercased, as a
+/// header value: the Host header, or (HTTP/2, which carries no Host header from
+/// browsers) the URI's authority. Usually that is the Host header as sent, and then it
+/// is that header's own value (nothing is copied).
+fn host_of(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let Some(value) = req.headers().get(header::HOST) else {
+        let host = bare_host(req.uri().authority()?.as_str())?;
+        return HeaderValue::from_str(&host.to_ascii_lowercase()).ok();
+    };
+    let sent = value.to_str().ok()?;
+    let host = bare_host(sent)?;
+    if host.len() == sent.len() && !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(value.clone());
+    }
+    HeaderValue::from_str(&host.to_ascii_lowercase()).ok()
+}
+
+/// The host of a Host header's `host[:port]`, without trailing dots; None unless it is
+/// a name of letters, digits and `-._~` or a bracketed IPv6 address, and the port (if
+/// any) digits.
+fn bare_host(authority: &str) -> Option<&str> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')? + 2;
+            let literal = &authority[1..end - 1];
+            if literal.is_empty()
+                || !literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return None;
+            }
+            (&authority[..end], &authority[end..])
+        }
+        None => {
+            let end = authority.find(':').unwrap_or(authority.len());
+            let name = authority[..end].trim_end_matches('.');
+            let name_char =
+                |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+            if name.is_empty() || !name.bytes().all(name_char) {
+                return None;
+            }
+            (name, &authority[end..])
+        }
+    };
+    match port.strip_prefix(':') {
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Some(host),
+        None if port.is_empty() => Some(host),
+        _ => None,
+    }
 }
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 section 7.6.1); names, not text, so
-/// removing them parses nothing.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// removing them parses nothing. Connection first (`strip_hop_by_hop` relies on it).
+const HOPS: usize = 9;
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -434,20 +486,42 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Removes the hop-by-hop headers, and those the Connection header names. Most
+/// messages carry none, or only `Connection: keep-alive`: each name is looked at once
+/// (rather than nine removals hashing each), and the usual connection options
+/// (`keep-alive`, `close`, `upgrade`) cost no allocation.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    let mut present = [false; HOPS];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
+        let mut named = Vec::new();
+        for token in headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
+            .map(str::trim)
+        {
+            let hop_by_hop = HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(token));
+            if !token.is_empty()
+                && !hop_by_hop
+                && headers.contains_key(token)
+                && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            {
+                named.push(name);
+            }
+        }
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
@@ -591,15 +665,16 @@ async fn handle(
             &request_id,
         );
     };
+    let host_name = host.to_str().expect("a host is ASCII");
     // Counted in flight before the table's version is checked again: a request either
     // is counted for the set it goes to, or sees that the table moved (a switch) and is
     // routed again; so a retired set's count cannot miss it (see `Services::retire`).
     let (site, track, set_cookie, in_flight) = loop {
-        let Some((site, version)) = route(&shared.services, &host, req.uri().path()) else {
+        let Some((site, version)) = route(&shared.services, host_name, req.uri().path()) else {
             shared.services.metrics.unrouted.inc();
             return plain(
                 StatusCode::NOT_FOUND,
-                format!("no service is deployed for host {host}"),
+                format!("no service is deployed for host {host_name}"),
                 &request_id,
             );
         };
@@ -650,12 +725,10 @@ async fn handle(
     );
     parts.version = hyper::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(host)) {
-        parts.headers.insert(header::HOST, value.clone());
-        parts
-            .headers
-            .insert(HeaderName::from_static("x-forwarded-host"), value);
-    }
+    parts.headers.insert(header::HOST, host.clone());
+    parts
+        .headers
+        .insert(HeaderName::from_static("x-forwarded-host"), host);
     let forwarded_for = match parts
         .headers
         .get("x-forwarded-for")
@@ -785,4 +858,80 @@ fn count(meters: &Meters, status: StatusCode, took: Duration) {
     let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
     meters.requests[class].inc();
     meters.durations.observe(took);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_told_from_its_port_and_anything_else_is_no_host() {
+        for (sent, host) in [
+            ("app.test", Some("app.test")),
+            ("app.test:8080", Some("app.test")),
+            ("app.test.:8080", Some("app.test")),
+            ("App.Test", Some("App.Test")),
+            ("my_app-2.test~x", Some("my_app-2.test~x")),
+            ("127.0.0.1:80", Some("127.0.0.1")),
+            ("[::1]", Some("[::1]")),
+            ("[2001:db8::7]:443", Some("[2001:db8::7]")),
+            ("app.test:", Some("app.test")),
+            ("", None),
+            (".", None),
+            (":80", None),
+            ("app.test:80x", None),
+            ("app.test:80:81", None),
+            ("app test", None),
+            ("user@app.test", None),
+            ("app/test", None),
+            ("[::1", None),
+            ("[]", None),
+            ("[::1]x", None),
+            ("[fe80::1%eth0]", None),
+        ] {
+            assert_eq!(bare_host(sent), host, "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Trace, close"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("x-trace", "1"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+            ("host", "app.test"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("app.test"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex_and_outlive_their_allocation() {
+        let ids: Vec<HeaderValue> = (0..IDS_PER_ALLOCATION * 3)
+            .map(|_| next_request().1)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let text = id.to_str().expect("ASCII");
+            assert_eq!(text.len(), 32);
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+            assert!(seen.insert(text.to_owned()), "{text} twice");
+        }
+    }
 }
