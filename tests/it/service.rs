@@ -1193,6 +1193,38 @@ async fn an_instances_memory_and_cpu_are_limited_and_running_out_of_memory_is_it
     assert_eq!(read(&memory).trim(), (64u64 << 20).to_string());
     assert_eq!(project.get("app.test").await.0, 200);
 
+    // kill -9 of BetCycle, then of the instance while BetCycle is down: the next start
+    // restarts it in the same cgroups with the same limits, and they hold it alone.
+    let before = instance_pid(&project.service().await);
+    project.server.kill();
+    // SAFETY: killing the test's own app process.
+    unsafe { libc::kill(before as i32, libc::SIGKILL) };
+    project.server = Server::start_admin(dir.path(), &["--proxy-listen", "127.0.0.1:0"]);
+    project.proxy = proxy_url(&project.server).await;
+    let own = eventually(
+        Duration::from_secs(20),
+        "the instance was not restarted after BetCycle's restart",
+        || async {
+            match project.get_path("app.test", "/cgroup").await {
+                (200, own) => Ok(own),
+                (status, text) => Err(format!("{status} {text}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(limit_files(&own).0, memory);
+    assert_eq!(read(&memory).trim(), (64u64 << 20).to_string());
+    assert_eq!(read(&cpu).trim(), quota.trim());
+    let after = instance_pid(&project.service().await);
+    assert_ne!(after, before);
+    assert_eq!(app_processes(dir.path()), vec![after as u32]);
+    let procs = read(&memory.with_file_name("cgroup.procs"));
+    assert_eq!(
+        procs.split_whitespace().collect::<Vec<_>>(),
+        [after.to_string()],
+        "{procs}"
+    );
+
     // Stopped, its cgroups go with it.
     let gone = project
         .server
