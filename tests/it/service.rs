@@ -298,6 +298,24 @@ fn alive(pid: u64) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
+/// The service view once its first instance was restarted once (no longer process
+/// `first`) and is healthy again.
+async fn restarted_once(project: &Project, first: u64, what: &str) -> Value {
+    eventually(Duration::from_secs(20), what, || async {
+        let s = project.service().await;
+        let i = &s["stable"]["instances"][0];
+        if i["restarts"] == 1
+            && i["healthy"] == true
+            && i["pid"].as_u64().is_some_and(|p| p != first)
+        {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await
+}
+
 fn instance_pid(service: &Value) -> u64 {
     service["stable"]["instances"][0]["pid"].as_u64().unwrap()
 }
@@ -623,23 +641,7 @@ async fn a_killed_instance_is_restarted_and_a_killed_betcycle_adopts_its_service
     }
     assert!(stream.contains(r#""environment":"web""#), "{stream}");
     drop(events);
-    let restarted = eventually(
-        Duration::from_secs(20),
-        "the instance was not restarted",
-        || async {
-            let s = project.service().await;
-            let i = &s["stable"]["instances"][0];
-            if i["restarts"] == 1
-                && i["healthy"] == true
-                && i["pid"].as_u64().is_some_and(|p| p != first)
-            {
-                Ok(s)
-            } else {
-                Err(s.to_string())
-            }
-        },
-    )
-    .await;
+    let restarted = restarted_once(&project, first, "the instance was not restarted").await;
     let i = &restarted["stable"]["instances"][0];
     assert_eq!(i["last_exit"], "killed by signal 9", "{i}");
     let second = i["pid"].as_u64().unwrap();
@@ -1165,21 +1167,10 @@ async fn an_instances_memory_and_cpu_are_limited_and_running_out_of_memory_is_it
     // instance is restarted in its limits and serves again.
     let first = instance_pid(&project.service().await);
     assert_eq!(project.get_path("app.test", "/eat").await.0, 502);
-    let restarted = eventually(
-        Duration::from_secs(20),
+    let restarted = restarted_once(
+        &project,
+        first,
         "the instance was not restarted after running out of memory",
-        || async {
-            let s = project.service().await;
-            let i = &s["stable"]["instances"][0];
-            if i["restarts"] == 1
-                && i["healthy"] == true
-                && i["pid"].as_u64().is_some_and(|p| p != first)
-            {
-                Ok(s)
-            } else {
-                Err(s.to_string())
-            }
-        },
     )
     .await;
     assert_eq!(
