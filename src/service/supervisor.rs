@@ -98,7 +98,8 @@ impl Supervised {
 
     async fn watch(self: Arc<Self>, store: Store, launch: Launch) {
         let mut crashes = 0u32;
-        // The cgroup's OOM kills when the process started, to tell one of its own.
+        // The cgroup's OOM kills when the process started (or was adopted), to tell one
+        // of its own.
         let mut oom_kills = 0u64;
         let mut adopt = {
             let r = self.record.lock().expect("instance lock");
@@ -108,6 +109,9 @@ impl Supervised {
             let mut process = match adopt.take().filter(|&(pid, ticks)| alive(pid, ticks)) {
                 Some((pid, ticks)) => {
                     note(&launch.log, &format!("adopted process {pid}"));
+                    // Kills before the adoption (of a process the instance started) are
+                    // not this process's end.
+                    oom_kills = launch.cgroup.as_ref().map_or(0, |c| c.oom_kills());
                     Process::Adopted { pid, ticks }
                 }
                 None => match spawn(&launch, self.port(), &mut oom_kills) {
