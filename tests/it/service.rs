@@ -359,6 +359,19 @@ async fn blue_green_under_load_drops_no_request_and_then_serves_only_the_new_rel
         text.contains("no service is deployed for host nothing.test"),
         "{text}"
     );
+    // A host is matched without its port or trailing dot, in any case; what is not a
+    // host is a 400.
+    let (status, text) = project.get("App.TEST.:8080").await;
+    assert_eq!(
+        (status, text.split(' ').next()),
+        (200, Some("v1")),
+        "{text}"
+    );
+    for bad in ["app test", "user@app.test", "app.test:http"] {
+        let (status, text) = project.get(bad).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert!(text.contains("the request names no host"), "{bad}: {text}");
+    }
 
     let v2 = project.release("v2", "ok", None).await;
     let load = Load::start(&project.proxy, 6);
