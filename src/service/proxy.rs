@@ -5,11 +5,11 @@
 //! tunnelled; `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set; a body over the
 //! limit is refused (413); an instance that does not answer is a 502, one too slow a 504.
 //! All HTTP is hyper's; nothing here parses HTTP (only a Host header's host is told
-//! from its port). The proxy runs on threads of its own,
-//! one per core, so proxied traffic and the server's own work do not share a runtime,
-//! and a request writes almost nothing another proxy thread writes: each thread keeps
-//! its own copy of the route table and its own counts, and the shared counters are
-//! sharded ([`super::shard`]); only a canary's split is one count for all.
+//! from its port). The proxy runs on threads of its own, one per core, so proxied
+//! traffic and the server's own work do not share a runtime, and a request writes
+//! almost nothing another proxy thread writes: each thread keeps its own copy of the
+//! route table and its own counts, and the shared counters are sharded
+//! ([`super::shard`]); only a canary's split is one count for all.
 
 use super::pool::{Lease, Pool};
 use super::shard::{Counter, Gauge, Histogram};
