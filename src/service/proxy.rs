@@ -9,7 +9,10 @@
 //! traffic and the server's own work do not share a runtime, and a request writes
 //! almost nothing another proxy thread writes: each thread keeps its own copy of the
 //! route table and its own counts, and the shared counters are sharded
-//! ([`super::shard`]); only a canary's split is one count for all.
+//! ([`super::shard`]); only a canary's split is one count for all. New connections are
+//! spread evenly over the threads: the thread that accepts one hands it to the thread
+//! with the fewest open (Envoy's "exact balance"), since left to the kernel a burst of
+//! connections all goes to whichever thread woke first, and one core serves them all.
 
 use super::pool::{Lease, Pool};
 use super::shard::{Counter, Gauge, Histogram};
@@ -32,6 +35,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,6 +67,11 @@ struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabels {
+    thread: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     service: String,
     track: &'static str,
@@ -78,6 +87,8 @@ pub struct ProxyMetrics {
     in_flight: Family<SetLabels, Gauge>,
     upstream_errors: Family<ErrorLabels, Counter>,
     unrouted: Counter,
+    /// Client connections open, by proxy thread (bounded by the cores).
+    connections: Family<ThreadLabels, prometheus_client::metrics::gauge::Gauge>,
 }
 
 /// One site's and track's metric handles, made once (a request only increments).
@@ -152,6 +163,11 @@ impl ProxyMetrics {
             "betcycle_proxy_unrouted_requests",
             "Requests for a host (and path) no service serves",
             self.unrouted.clone(),
+        );
+        registry.register(
+            "betcycle_proxy_open_connections",
+            "Client connections open to the proxy, by proxy thread",
+            self.connections.clone(),
         );
     }
 }
@@ -237,8 +253,54 @@ struct Worker {
     pool: Arc<Pool>,
 }
 
+/// A connection on its way to the thread that serves it, counted open there.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    open: Open,
+}
+
+/// One of a thread's open connections (its count goes down when dropped).
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Where new connections go: each thread's count of open connections (its
+/// `betcycle_proxy_open_connections`), and the way to hand it one.
+struct Balance {
+    open: Vec<prometheus_client::metrics::gauge::Gauge>,
+    inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+}
+
+impl Balance {
+    /// The thread a new connection goes to — one with the fewest open, `own` if it is
+    /// one of those — counted open there from now on.
+    fn pick(&self, own: usize) -> (usize, Open) {
+        let mut best = own;
+        let mut least = self.open[own].get();
+        for (n, open) in self.open.iter().enumerate() {
+            let count = open.get();
+            if count < least {
+                (best, least) = (n, count);
+            }
+        }
+        (best, self.count(best))
+    }
+
+    /// One more connection open on thread `n`.
+    fn count(&self, n: usize) -> Open {
+        self.open[n].inc();
+        Open(self.open[n].clone())
+    }
+}
+
 /// Serves the proxy on `listener` until `shutdown`, with one thread per core, each
-/// accepting from the same socket.
+/// accepting from the same socket and handing what it accepts to the least busy.
 pub async fn serve(
     listener: TcpListener,
     services: Arc<Services>,
@@ -257,8 +319,26 @@ pub async fn serve(
         }
     };
     let threads = super::shard::shards();
+    let (inboxes, mut inbox_rx): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    let balance = Arc::new(Balance {
+        open: (0..threads)
+            .map(|n| {
+                shared
+                    .services
+                    .metrics
+                    .connections
+                    .get_or_create(&ThreadLabels {
+                        thread: n.to_string(),
+                    })
+                    .clone()
+            })
+            .collect(),
+        inboxes,
+    });
     let mut stopped = Vec::with_capacity(threads);
-    for n in 0..threads {
+    for (n, inbox) in inbox_rx.drain(..).enumerate() {
         let (done, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = match listener.try_clone() {
             Ok(l) => l,
@@ -267,12 +347,13 @@ pub async fn serve(
                 break;
             }
         };
-        let (shared, tls, permits, stop) = (
-            shared.clone(),
-            tls.clone(),
-            permits.clone(),
-            shutdown.clone(),
-        );
+        let thread = ProxyThread {
+            n,
+            shared: shared.clone(),
+            tls: tls.clone(),
+            balance: balance.clone(),
+        };
+        let (permits, stop) = (permits.clone(), shutdown.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("proxy-{n}"))
             .spawn(move || {
@@ -286,7 +367,7 @@ pub async fn serve(
                     .expect("a proxy thread's runtime");
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => accept(listener, shared, tls, permits, stop).await,
+                        Ok(listener) => accept(listener, thread, inbox, permits, stop).await,
                         Err(e) => tracing::error!(error = %e, "the proxy cannot listen"),
                     }
                 });
@@ -304,14 +385,30 @@ pub async fn serve(
     }
 }
 
-/// One thread's accept loop, until `shutdown`; its connections run on its own runtime.
-async fn accept(
-    listener: TcpListener,
+/// What a proxy thread starts with.
+struct ProxyThread {
+    n: usize,
     shared: Arc<Shared>,
     tls: Option<crate::http::tls::Alpn>,
+    balance: Arc<Balance>,
+}
+
+/// One thread's accept loop, until `shutdown`: a connection it accepts runs on its own
+/// runtime or on the thread it is handed to ([`Balance::pick`]); those handed to it
+/// come from `inbox`.
+async fn accept(
+    listener: TcpListener,
+    thread: ProxyThread,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
     permits: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 ) {
+    let ProxyThread {
+        n,
+        shared,
+        tls,
+        balance,
+    } = thread;
     let pool = Arc::new(Pool::default());
     // Ends with the thread's runtime.
     tokio::spawn({
@@ -325,6 +422,18 @@ async fn accept(
         }
     });
     let worker = Arc::new(Worker { shared, pool });
+    // Ends with the thread's runtime, dropping any connection still on its way.
+    tokio::spawn({
+        let (worker, tls) = (worker.clone(), tls.clone());
+        async move {
+            while let Some(h) = inbox.recv().await {
+                match tokio::net::TcpStream::from_std(h.stream) {
+                    Ok(stream) => start(stream, h.peer, &worker, &tls, h.permit, h.open),
+                    Err(e) => tracing::warn!(error = %e, "the proxy cannot take a connection"),
+                }
+            }
+        }
+    });
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -342,29 +451,65 @@ async fn accept(
             },
         };
         let _ = stream.set_nodelay(true);
-        // No cancellation future per connection (polling one locks its waiter list on
-        // every wake-up): at shutdown this loop returns and the thread drops its runtime,
-        // which drops every connection it still holds.
-        let (worker, tls) = (worker.clone(), tls.clone());
-        tokio::spawn(async move {
-            match tls {
-                None => connection(TokioIo::new(stream), peer, false, worker).await,
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                    match tokio::time::timeout(
-                        worker.shared.limits.header_read_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, true, worker).await,
-                        _ => tracing::debug!(%peer, "proxy TLS handshake failed"),
-                    }
+        let (to, open) = balance.pick(n);
+        if to == n {
+            start(stream, peer, &worker, &tls, permit, open);
+            continue;
+        }
+        let handoff = match stream.into_std() {
+            Ok(stream) => Handoff {
+                stream,
+                peer,
+                permit,
+                open,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "the proxy cannot hand a connection on");
+                continue;
+            }
+        };
+        // A thread that is gone (only at shutdown) leaves its connections to this one.
+        if let Err(back) = balance.inboxes[to].send(handoff) {
+            let h = back.0;
+            drop(h.open);
+            if let Ok(stream) = tokio::net::TcpStream::from_std(h.stream) {
+                start(stream, h.peer, &worker, &tls, h.permit, balance.count(n));
+            }
+        }
+    }
+}
+
+/// Serves one client connection on the calling thread's runtime. No cancellation
+/// future per connection (polling one locks its waiter list on every wake-up): at
+/// shutdown the accept loop returns and the thread drops its runtime, which drops every
+/// connection it still holds.
+fn start(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    worker: &Arc<Worker>,
+    tls: &Option<crate::http::tls::Alpn>,
+    permit: OwnedSemaphorePermit,
+    open: Open,
+) {
+    let (worker, tls) = (worker.clone(), tls.clone());
+    tokio::spawn(async move {
+        match tls {
+            None => connection(TokioIo::new(stream), peer, false, worker).await,
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                match tokio::time::timeout(
+                    worker.shared.limits.header_read_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => connection(TokioIo::new(s), peer, true, worker).await,
+                    _ => tracing::debug!(%peer, "proxy TLS handshake failed"),
                 }
             }
-            drop(permit);
-        });
-    }
+        }
+        drop((permit, open));
+    });
 }
 
 /// Who a downstream connection is from: its address, and its IP as the

@@ -940,6 +940,66 @@ async fn the_proxy_speaks_http2_tunnels_websockets_and_limits_bodies() {
     project.server.kill();
 }
 
+/// The open connections of each proxy thread, from `/metrics`.
+async fn open_per_thread(server: &Server) -> Vec<f64> {
+    let text = server.get_text("/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with("betcycle_proxy_open_connections{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_of_connections_is_spread_evenly_over_the_proxy_threads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let server = Server::start(dir.path(), &["--proxy-listen", "127.0.0.1:0"]);
+    let proxy = proxy_url(&server).await;
+    let addr = proxy.trim_start_matches("http://");
+    assert_eq!(open_per_thread(&server).await.iter().sum::<f64>(), 0.0);
+
+    // 16 connections at once (as a load generator opens them), each answered and kept.
+    let connections = futures_util::future::join_all((0..16).map(|_| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 404");
+        stream
+    }))
+    .await;
+    let open = open_per_thread(&server).await;
+    assert!(
+        !open.is_empty(),
+        "no betcycle_proxy_open_connections series"
+    );
+    assert_eq!(open.iter().sum::<f64>(), 16.0, "{open:?}");
+    let least = open.iter().copied().fold(f64::MAX, f64::min);
+    let most = open.iter().copied().fold(0.0, f64::max);
+    assert!(
+        most - least <= 1.0,
+        "the connections are not spread over the proxy threads: {open:?}"
+    );
+
+    drop(connections);
+    eventually(
+        Duration::from_secs(10),
+        "closed connections still counted open",
+        || async {
+            let open = open_per_thread(&server).await;
+            if open.iter().sum::<f64>() == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{open:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn the_proxy_serves_https_with_the_servers_certificate_and_picks_up_its_renewal() {
     let dir = tempdir();
