@@ -1141,7 +1141,13 @@ async fn a_canary_whose_prometheus_query_fails_its_condition_is_rolled_back() {
         "{asked:?}"
     );
     assert_eq!(errors, 0);
-    assert!(seen.iter().all(|(s, _)| *s == 200));
+    let failed: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {}: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
     assert_eq!(
         project.get("app.test").await.1.split(' ').next(),
         Some("v1")
