@@ -1113,7 +1113,7 @@ async fn fake_prometheus(value: &'static str) -> (String, Arc<Mutex<Vec<String>>
 async fn a_canary_whose_prometheus_query_fails_its_condition_is_rolled_back() {
     let dir = tempdir();
     let (prometheus, queries) = fake_prometheus("0.5").await;
-    let strategy = "    strategy: { kind: canary, steps: [50, 100], interval: 1s, min_requests: 1, prometheus: { query: 'sum(rate(app_errors{release=\"{{release}}\"}[1m]))', success_condition: result < 0.1 } }\n";
+    let strategy = "    strategy: { kind: canary, steps: [50, 100], interval: 1s, min_requests: 1, prometheus: { query: 'sum(rate(app_errors{release=\"{{release}}\"}[1m]))', success_condition: result < 0.1 }, sticky: true }\n";
     let mut project = Project::with(
         dir.path(),
         &pipeline(&service_target(""), strategy),
@@ -1124,8 +1124,31 @@ async fn a_canary_whose_prometheus_query_fails_its_condition_is_rolled_back() {
     assert_eq!(project.deploy(v1).await["status"], "succeeded");
     let v2 = project.release("v2", "ok", None).await;
     let load = Load::start(&project.proxy, 2);
+    // One-second requests pinned to the canary, back to back: one is in flight when the
+    // canary is rolled back, and it must still be answered.
+    let spinning = Arc::new(AtomicBool::new(true));
+    let spinner = tokio::spawn({
+        let (url, spinning) = (format!("{}/spin", project.proxy), spinning.clone());
+        async move {
+            let http = client();
+            let mut answers = Vec::new();
+            while spinning.load(Ordering::Relaxed) {
+                let r = http
+                    .get(&url)
+                    .header("host", "app.test")
+                    .header("cookie", "betcycle_track=canary")
+                    .send()
+                    .await;
+                answers.push(r.map(|r| r.status().as_u16()).map_err(|e| e.to_string()));
+            }
+            answers
+        }
+    });
     let d = project.deploy(v2).await;
     let (seen, errors) = load.finish().await;
+    spinning.store(false, Ordering::Relaxed);
+    let spun = spinner.await.unwrap();
+    assert!(spun.iter().all(|a| a == &Ok(200)), "{spun:?}");
     assert_eq!(d["status"], "rolled_back", "{d:#}");
     let message = d["message"].as_str().unwrap();
     assert!(

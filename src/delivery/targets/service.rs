@@ -135,8 +135,10 @@ async fn deploy(t: &ServiceTarget, job: Job<'_>) -> Result<Outcome> {
         .await;
         services.close_controls(&d.project, &d.environment);
         if let Err(reason) = verdict {
+            // Every request goes back to the stable release; those in flight to the
+            // canary finish first (as an old release's do after a switch).
             services.publish(site(old.stable.clone(), None, false))?;
-            set.stop().await;
+            services.retire(set.clone(), drain).await;
             step.note(format!("rolled back: {reason}")).await;
             return Ok(Outcome::RolledBack(reason));
         }
