@@ -56,7 +56,9 @@
   document.addEventListener("htmx:afterSettle", tick);
 
   // A panel an htmx refresh replaces whole (a deployment's, with its log) keeps each
-  // log's scroll position: at the bottom it stays at the bottom, else where it was.
+  // log's scroll position: at the bottom it stays at the bottom, else where it was. It
+  // is put back right after the swap, in the same task, so a scroll between the two
+  // (during the settle delay) is never undone.
   const scrolled = new Map();
   document.addEventListener("htmx:beforeSwap", function (event) {
     scrolled.clear();
@@ -65,7 +67,7 @@
       scrolled.set(log.id, bottom ? Infinity : log.scrollTop);
     });
   });
-  document.addEventListener("htmx:afterSettle", function () {
+  document.addEventListener("htmx:afterSwap", function () {
     scrolled.forEach(function (top, id) {
       const log = document.getElementById(id);
       if (log) log.scrollTop = top === Infinity ? log.scrollHeight : top;
