@@ -39,6 +39,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A proxy thread's count of open connections (prometheus-client's own gauge: it is
+/// written once per connection, so it needs no sharding).
+type OpenGauge = prometheus_client::metrics::gauge::Gauge;
 
 /// The proxy's limits.
 #[derive(Clone, Copy, Debug)]
@@ -88,7 +91,7 @@ pub struct ProxyMetrics {
     upstream_errors: Family<ErrorLabels, Counter>,
     unrouted: Counter,
     /// Client connections open, by proxy thread (bounded by the cores).
-    connections: Family<ThreadLabels, prometheus_client::metrics::gauge::Gauge>,
+    connections: Family<ThreadLabels, OpenGauge>,
 }
 
 /// One site's and track's metric handles, made once (a request only increments).
@@ -262,7 +265,7 @@ struct Handoff {
 }
 
 /// One of a thread's open connections (its count goes down when dropped).
-struct Open(prometheus_client::metrics::gauge::Gauge);
+struct Open(OpenGauge);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -273,7 +276,7 @@ impl Drop for Open {
 /// Where new connections go: each thread's count of open connections (its
 /// `betcycle_proxy_open_connections`), and the way to hand it one.
 struct Balance {
-    open: Vec<prometheus_client::metrics::gauge::Gauge>,
+    open: Vec<OpenGauge>,
     inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
 }
 
